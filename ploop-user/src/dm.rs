@@ -1,0 +1,234 @@
+//! Device-mapper control through its ioctls (`/dev/mapper/control`), enough to stack linear
+//! and crypt targets and to suspend/resume them: suspend with lock_fs is one of the kernel's
+//! own callers of `freeze_bdev`.
+
+use std::{fs, os::fd::AsRawFd, path::PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+const DM_CONTROL: &str = "/dev/mapper/control";
+const DM_NAME_LEN: usize = 128;
+const DM_UUID_LEN: usize = 129;
+const DM_MAX_TYPE_NAME: usize = 16;
+
+const DM_DEV_CREATE: u8 = 3;
+const DM_DEV_REMOVE: u8 = 4;
+const DM_DEV_SUSPEND: u8 = 6;
+const DM_DEV_STATUS: u8 = 7;
+const DM_TABLE_LOAD: u8 = 9;
+
+/// Suspend (set) or resume (clear) in `DM_DEV_SUSPEND`.
+const DM_SUSPEND_FLAG: u32 = 1 << 1;
+/// Not set by us: without it, suspend freezes the filesystem on the device.
+#[allow(dead_code)]
+const DM_SKIP_LOCKFS_FLAG: u32 = 1 << 10;
+
+/// `struct dm_ioctl` from `<linux/dm-ioctl.h>`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DmIoctl {
+    version: [u32; 3],
+    data_size: u32,
+    data_start: u32,
+    target_count: u32,
+    open_count: i32,
+    flags: u32,
+    event_nr: u32,
+    padding: u32,
+    dev: u64,
+    name: [u8; DM_NAME_LEN],
+    uuid: [u8; DM_UUID_LEN],
+    data: [u8; 7],
+}
+const _: () = assert!(std::mem::size_of::<DmIoctl>() == 312);
+
+/// `struct dm_target_spec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DmTargetSpec {
+    sector_start: u64,
+    length: u64,
+    status: i32,
+    next: u32,
+    target_type: [u8; DM_MAX_TYPE_NAME],
+}
+const _: () = assert!(std::mem::size_of::<DmTargetSpec>() == 40);
+
+/// `_IOWR(0xfd, cmd, struct dm_ioctl)`.
+fn request(cmd: u8) -> libc::Ioctl {
+    let dir_rw: u64 = 3;
+    ((dir_rw << 30) | ((std::mem::size_of::<DmIoctl>() as u64) << 16) | (0xfd << 8) | cmd as u64)
+        as libc::Ioctl
+}
+
+fn header(name: &str, data_size: usize) -> Result<DmIoctl> {
+    if name.is_empty() || name.len() >= DM_NAME_LEN || name.contains('/') {
+        bail!("invalid device-mapper name {name:?}");
+    }
+    // SAFETY: all-zero is a valid `DmIoctl`.
+    let mut h: DmIoctl = unsafe { std::mem::zeroed() };
+    h.version = [4, 0, 0];
+    h.data_size = data_size as u32;
+    h.data_start = std::mem::size_of::<DmIoctl>() as u32;
+    h.name[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(h)
+}
+
+fn call(cmd: u8, buf: &mut [u8], what: &str) -> Result<DmIoctl> {
+    let ctl = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(DM_CONTROL)
+        .with_context(|| format!("opening {DM_CONTROL} (is dm-mod loaded?)"))?;
+    // SAFETY: `buf` starts with a `DmIoctl` and is `data_size` long, as the kernel expects.
+    let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), request(cmd), buf.as_mut_ptr()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| what.to_string());
+    }
+    // SAFETY: the kernel wrote a `DmIoctl` back at the start of `buf`.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<DmIoctl>()) })
+}
+
+fn simple(cmd: u8, name: &str, flags: u32, what: &str) -> Result<DmIoctl> {
+    let mut h = header(name, std::mem::size_of::<DmIoctl>())?;
+    h.flags = flags;
+    let mut buf = bytes_of(&h).to_vec();
+    call(cmd, &mut buf, what)
+}
+
+fn bytes_of<T>(v: &T) -> &[u8] {
+    // SAFETY: viewing a `repr(C)` value without padding holes as bytes.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// One line of a table: `start length type params`, in 512-byte sectors.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub start: u64,
+    pub length: u64,
+    pub kind: String,
+    pub params: String,
+}
+
+/// Creates device `name` with `table` and resumes it (makes the table live).
+/// Returns the new block device node.
+pub fn create(name: &str, table: &[Target]) -> Result<PathBuf> {
+    simple(
+        DM_DEV_CREATE,
+        name,
+        0,
+        &format!("creating dm device {name}"),
+    )?;
+    let loaded = load_table(name, table).and_then(|_| resume(name));
+    if let Err(e) = loaded {
+        // Nothing half-done: a device without a live table is removed again.
+        let _ = remove(name);
+        return Err(e);
+    }
+    node(name)
+}
+
+fn load_table(name: &str, table: &[Target]) -> Result<()> {
+    let mut body = Vec::new();
+    for t in table {
+        if t.kind.is_empty() || t.kind.len() >= DM_MAX_TYPE_NAME {
+            bail!("invalid target type {:?}", t.kind);
+        }
+        let mut params = t.params.as_bytes().to_vec();
+        params.push(0);
+        let len = std::mem::size_of::<DmTargetSpec>() + params.len();
+        let padded = len.div_ceil(8) * 8;
+        let mut spec = DmTargetSpec {
+            sector_start: t.start,
+            length: t.length,
+            status: 0,
+            next: padded as u32,
+            target_type: [0; DM_MAX_TYPE_NAME],
+        };
+        spec.target_type[..t.kind.len()].copy_from_slice(t.kind.as_bytes());
+        body.extend_from_slice(bytes_of(&spec));
+        body.extend_from_slice(&params);
+        body.resize(body.len() + (padded - len), 0);
+    }
+    let mut h = header(name, std::mem::size_of::<DmIoctl>() + body.len())?;
+    h.target_count = table.len() as u32;
+    let mut buf = bytes_of(&h).to_vec();
+    buf.extend_from_slice(&body);
+    call(
+        DM_TABLE_LOAD,
+        &mut buf,
+        &format!("loading the table of {name}"),
+    )
+    .map(|_| ())
+}
+
+/// Suspends `name`, freezing the filesystem on it (lock_fs).
+pub fn suspend(name: &str) -> Result<()> {
+    simple(
+        DM_DEV_SUSPEND,
+        name,
+        DM_SUSPEND_FLAG,
+        &format!("suspending {name}"),
+    )
+    .map(|_| ())
+}
+
+/// Resumes `name`, thawing what suspend froze.
+pub fn resume(name: &str) -> Result<()> {
+    simple(DM_DEV_SUSPEND, name, 0, &format!("resuming {name}")).map(|_| ())
+}
+
+pub fn remove(name: &str) -> Result<()> {
+    simple(DM_DEV_REMOVE, name, 0, &format!("removing {name}")).map(|_| ())
+}
+
+/// `/dev/dm-N` of `name`, from the `dev` the kernel reports.
+pub fn node(name: &str) -> Result<PathBuf> {
+    let st = simple(DM_DEV_STATUS, name, 0, &format!("status of {name}"))?;
+    // `dev` is huge_encode_dev(): the user-space encoding.
+    let dev = crate::kernel::KDev::from_user(st.dev);
+    let (major, minor) = (dev.major(), dev.minor());
+    for entry in fs::read_dir("/sys/block").context("reading /sys/block")? {
+        let entry = entry?;
+        let dev = fs::read_to_string(entry.path().join("dev")).unwrap_or_default();
+        if dev.trim() == format!("{major}:{minor}") {
+            return Ok(PathBuf::from("/dev").join(entry.file_name()));
+        }
+    }
+    Err(anyhow!(
+        "dm device {name} ({major}:{minor}) has no node in /sys/block"
+    ))
+}
+
+/// Size of a block device in 512-byte sectors, from sysfs.
+pub fn sectors(dev: &std::path::Path) -> Result<u64> {
+    let name = dev
+        .file_name()
+        .ok_or_else(|| anyhow!("{} is not a device path", dev.display()))?;
+    let path = PathBuf::from("/sys/class/block").join(name).join("size");
+    let s = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    s.trim()
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel_header() {
+        // DM_DEV_CREATE = _IOWR(0xfd, 3, struct dm_ioctl) = 0xc138fd03
+        assert_eq!(request(DM_DEV_CREATE) as u64 & 0xffff_ffff, 0xc138_fd03);
+        assert_eq!(request(DM_DEV_SUSPEND) as u64 & 0xffff_ffff, 0xc138_fd06);
+        assert_eq!(request(DM_TABLE_LOAD) as u64 & 0xffff_ffff, 0xc138_fd09);
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_any_ioctl() {
+        assert!(header("", 312).is_err());
+        assert!(header("a/b", 312).is_err());
+        assert!(header(&"x".repeat(128), 312).is_err());
+        assert!(header("ok", 312).is_ok());
+    }
+}

@@ -1,0 +1,101 @@
+//! `ploop-verify doctor`: what this kernel supports and the probe plan that would be used.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use crate::{
+    kernel::{KernelInfo, SYMBOLS},
+    probe::{Capabilities, Check},
+    trace::ProbeArgs,
+};
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn line(name: &str, c: &Check) -> String {
+    match c {
+        Ok(d) => format!("  {name:<12} yes   {d}"),
+        Err(r) => format!("  {name:<12} no    {r}"),
+    }
+}
+
+/// Why a symbol matters, said when it is missing.
+fn missing_means(role: &str) -> &'static str {
+    match role {
+        "freeze_bdev" | "thaw_bdev" => "no freeze/thaw probes at all",
+        "ploop_snapshot" => "no verdict on ploop snapshots (is the ploop module loaded?)",
+        "get_bdev_from_fd" => "unpatched kernel, or inlined: sync-fd resolution not observed",
+        "find_and_freeze_bdev" => "freeze attribution relies on freeze_bdev alone",
+        _ => "the delta switch (O2) cannot be placed in time",
+    }
+}
+
+pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
+    let kernel = KernelInfo::detect()?;
+    let caps = Capabilities::probe(&kernel, btf);
+    let plan = caps.plan(&kernel, btf, args.probe.method, args.probe.transport);
+    if args.json {
+        let symbols: serde_json::Map<_, _> = SYMBOLS
+            .iter()
+            .map(|s| {
+                (
+                    s.role.to_string(),
+                    serde_json::to_value(kernel.symbol(s.role)).unwrap(),
+                )
+            })
+            .collect();
+        let out = json!({
+            "kernel": { "release": kernel.release, "generation": kernel.generation },
+            "capabilities": caps,
+            "symbols": symbols,
+            "plan": plan.as_ref().ok(),
+            "plan_error": plan.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "kernel {} (freeze/thaw generation: {:?})",
+            kernel.release, kernel.generation
+        );
+        println!("capabilities:");
+        for (name, c) in [
+            ("BTF", &caps.btf),
+            ("kprobe", &caps.kprobe),
+            ("fentry", &caps.fentry),
+            ("ring buffer", &caps.ringbuf),
+            ("perf buffer", &caps.perf),
+        ] {
+            println!("{}", line(name, c));
+        }
+        println!("symbols:");
+        for s in SYMBOLS {
+            match kernel.symbol(s.role) {
+                Some(r) => println!(
+                    "  {:<21} yes   {} ({})",
+                    s.role,
+                    r.name,
+                    r.module.as_deref().unwrap_or("vmlinux")
+                ),
+                None => println!("  {:<21} no    {}", s.role, missing_means(s.role)),
+            }
+        }
+        match &plan {
+            Ok(p) => println!("plan: {p}"),
+            Err(e) => println!("plan: none: {e:#}"),
+        }
+    }
+    Ok(if plan.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,243 @@
+//! Everything that differs between kernel generations lives here, behind [`Generation`]:
+//! symbol names, the shape of `freeze_bdev`'s return value, and the `dev_t` encoding.
+//! Nothing else in the tool asks which kernel it runs on.
+
+use std::{collections::BTreeMap, fs};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+/// The three generations of the freeze/thaw interface the contract names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generation {
+    /// vz7 (RHEL7 3.10): `struct super_block *freeze_bdev(bdev)`, `thaw_bdev(bdev, sb)`.
+    Vz7,
+    /// 5.10 to 6.7: `int freeze_bdev(bdev)`, `int thaw_bdev(bdev)`.
+    FreezeBdev,
+    /// 6.8 and later: `int bdev_freeze(bdev)`, `int bdev_thaw(bdev)`.
+    BdevFreeze,
+}
+
+/// Kernel functions the probes care about; `role` is the name the rest of the tool uses.
+pub struct Symbol {
+    pub role: &'static str,
+    /// Candidates, in the order they are tried.
+    pub names: &'static [&'static str],
+}
+
+pub const SYMBOLS: &[Symbol] = &[
+    Symbol {
+        role: "freeze_bdev",
+        names: &["bdev_freeze", "freeze_bdev"],
+    },
+    Symbol {
+        role: "thaw_bdev",
+        names: &["bdev_thaw", "thaw_bdev"],
+    },
+    Symbol {
+        role: "ploop_snapshot",
+        names: &["ploop_snapshot"],
+    },
+    Symbol {
+        role: "find_and_freeze_bdev",
+        names: &["find_and_freeze_bdev"],
+    },
+    Symbol {
+        role: "get_bdev_from_fd",
+        names: &["get_bdev_from_fd"],
+    },
+    Symbol {
+        role: "ploop_quiesce",
+        names: &["ploop_quiesce"],
+    },
+    Symbol {
+        role: "ploop_relax",
+        names: &["ploop_relax"],
+    },
+];
+
+/// Where a resolved symbol lives.
+#[derive(Clone, Debug, Serialize)]
+pub struct Resolved {
+    pub name: String,
+    /// `None` for vmlinux, the module name otherwise (fentry reaches vmlinux only).
+    pub module: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelInfo {
+    pub release: String,
+    pub generation: Generation,
+    /// role -> symbol actually present.
+    pub symbols: BTreeMap<&'static str, Resolved>,
+}
+
+impl KernelInfo {
+    /// Reads `uname` and `/proc/kallsyms` (names are visible without privileges).
+    pub fn detect() -> Result<Self> {
+        let release = nix::sys::utsname::uname()
+            .context("uname")?
+            .release()
+            .to_string_lossy()
+            .into_owned();
+        let kallsyms = fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+        Ok(Self::from_parts(release, &kallsyms))
+    }
+
+    pub fn from_parts(release: String, kallsyms: &str) -> Self {
+        let mut present: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        for line in kallsyms.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(_addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            // Only text symbols can be probed.
+            if !matches!(kind, "t" | "T") {
+                continue;
+            }
+            let module = f.next().map(|m| m.trim_matches(|c| c == '[' || c == ']'));
+            present.entry(name).or_insert(module);
+        }
+        let mut symbols = BTreeMap::new();
+        for sym in SYMBOLS {
+            if let Some((name, module)) = sym
+                .names
+                .iter()
+                .find_map(|n| present.get(n).map(|m| (*n, *m)))
+            {
+                symbols.insert(
+                    sym.role,
+                    Resolved {
+                        name: name.to_string(),
+                        module: module.map(str::to_string),
+                    },
+                );
+            }
+        }
+        let generation = match symbols.get("freeze_bdev").map(|r| r.name.as_str()) {
+            Some("bdev_freeze") => Generation::BdevFreeze,
+            _ if release.starts_with("3.") => Generation::Vz7,
+            _ => Generation::FreezeBdev,
+        };
+        Self {
+            release,
+            generation,
+            symbols,
+        }
+    }
+
+    pub fn symbol(&self, role: &str) -> Option<&Resolved> {
+        self.symbols.get(role)
+    }
+}
+
+impl Generation {
+    /// Whether a `freeze_bdev` return value means failure. On 3.10 it is a pointer
+    /// (`ERR_PTR` on error, NULL when no filesystem was found); later an int.
+    pub fn freeze_failed(self, ret: i64) -> bool {
+        match self {
+            Generation::Vz7 => (-4095..0).contains(&ret),
+            Generation::FreezeBdev | Generation::BdevFreeze => ret != 0,
+        }
+    }
+
+    /// Number of arguments of a probed function (3.10's `thaw_bdev` also takes the
+    /// `super_block` that freeze returned).
+    pub fn arity(self, role: &str) -> usize {
+        match (self, role) {
+            (Generation::Vz7, "thaw_bdev") => 2,
+            (_, "freeze_bdev" | "thaw_bdev") => 1,
+            _ => 3,
+        }
+    }
+}
+
+/// A kernel-internal `dev_t` (`MAJOR << 20 | MINOR`), the form probes read from
+/// `block_device.bd_dev` and `super_block.s_dev`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KDev(pub u32);
+
+impl KDev {
+    pub fn major(self) -> u32 {
+        self.0 >> 20
+    }
+    pub fn minor(self) -> u32 {
+        self.0 & 0xfffff
+    }
+    /// From a user-space `st_dev`/`st_rdev` (glibc/musl encoding).
+    pub fn from_user(dev: u64) -> Self {
+        let major = libc::major(dev) as u32;
+        let minor = libc::minor(dev) as u32;
+        KDev((major << 20) | minor)
+    }
+}
+
+impl std::fmt::Display for KDev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major(), self.minor())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KALLSYMS_61: &str = "\
+ffffffff81000000 T _stext
+ffffffff8132a1b0 T freeze_bdev
+ffffffff8132a2c0 T thaw_bdev
+ffffffffc0a01000 t ploop_snapshot\t[ploop_model]
+ffffffffc0a02000 t get_bdev_from_fd\t[ploop_model]
+ffffffff8132a2c0 D freeze_bdev_data
+";
+
+    #[test]
+    fn detects_freeze_bdev_generation_and_module_symbols() {
+        let k = KernelInfo::from_parts("6.1.0-56-amd64".into(), KALLSYMS_61);
+        assert_eq!(k.generation, Generation::FreezeBdev);
+        assert_eq!(k.symbol("freeze_bdev").unwrap().name, "freeze_bdev");
+        assert_eq!(
+            k.symbol("ploop_snapshot").unwrap().module.as_deref(),
+            Some("ploop_model")
+        );
+        assert!(k.symbol("ploop_relax").is_none());
+    }
+
+    #[test]
+    fn prefers_renamed_symbols_and_recognises_vz7() {
+        let k = KernelInfo::from_parts(
+            "6.12.95+deb12-amd64".into(),
+            "1 T bdev_freeze\n2 T bdev_thaw\n3 T freeze_bdev_stub\n",
+        );
+        assert_eq!(k.generation, Generation::BdevFreeze);
+        assert_eq!(k.symbol("thaw_bdev").unwrap().name, "bdev_thaw");
+        let k = KernelInfo::from_parts(
+            "3.10.0-1127.18.2.vz7.163.22".into(),
+            "1 T freeze_bdev\n2 T thaw_bdev\n",
+        );
+        assert_eq!(k.generation, Generation::Vz7);
+        assert_eq!(k.generation.arity("thaw_bdev"), 2);
+        assert_eq!(Generation::BdevFreeze.arity("thaw_bdev"), 1);
+    }
+
+    #[test]
+    fn freeze_return_values_per_generation() {
+        assert!(Generation::FreezeBdev.freeze_failed(-16));
+        assert!(!Generation::BdevFreeze.freeze_failed(0));
+        // 3.10: a super_block pointer is success, NULL is "no filesystem", ERR_PTR fails.
+        assert!(!Generation::Vz7.freeze_failed(0xffff_8880_1234_5678u64 as i64));
+        assert!(!Generation::Vz7.freeze_failed(0));
+        assert!(Generation::Vz7.freeze_failed(-16));
+    }
+
+    #[test]
+    fn kernel_dev_t_encoding() {
+        // loop0 is 7:0; a minor above 255 checks the split encoding of user-space dev_t.
+        let user = libc::makedev(7, 300);
+        let k = KDev::from_user(user);
+        assert_eq!((k.major(), k.minor()), (7, 300));
+        assert_eq!(k.0, (7 << 20) | 300);
+        assert_eq!(k.to_string(), "7:300");
+    }
+}

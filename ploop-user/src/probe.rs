@@ -1,0 +1,541 @@
+//! Loading, configuring and attaching the eBPF probes, and streaming their events.
+//!
+//! Two choices shape a probe session: the attach method (kprobe/kretprobe or fentry/fexit)
+//! and the transport (BPF ring buffer or perf event array). Both are picked from what the
+//! running kernel actually accepts, found by trying, and both can be forced by flag.
+
+use std::{
+    fmt,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{
+        Array, MapData, PerCpuArray, RingBuf,
+        perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer},
+    },
+    programs::{FEntry, FExit, KProbe},
+};
+use clap::ValueEnum;
+use ploop_common::{Event, config, names};
+use serde::Serialize;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::{btf, kernel::KernelInfo};
+
+static OBJ_RINGBUF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
+static OBJ_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// kprobe at entry, kretprobe at return (kernel 4.1+; reaches module functions).
+    Kprobe,
+    /// fentry/fexit trampolines (kernel 5.5+ with BTF; vmlinux functions only).
+    Fentry,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// BPF ring buffer (kernel 5.8+): one ordered stream for all CPUs.
+    Ringbuf,
+    /// Perf event array (kernel 4.3+): one buffer per CPU, merged by timestamp.
+    Perf,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            self.to_possible_value()
+                .expect("no skipped variants")
+                .get_name(),
+        )
+    }
+}
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            self.to_possible_value()
+                .expect("no skipped variants")
+                .get_name(),
+        )
+    }
+}
+
+/// The functions a session attaches to: role (program name prefix) and kernel symbol.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub role: &'static str,
+    pub symbol: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub method: Method,
+    pub transport: Transport,
+    pub targets: Vec<Target>,
+    /// BTF used for offsets (and fentry targets).
+    pub btf: PathBuf,
+    pub bd_dev_offset: u64,
+}
+
+/// What one capability check found: `Ok(detail)` or `Err(reason)`.
+pub type Check = std::result::Result<String, String>;
+
+/// What the running kernel accepts, each found by trying it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Capabilities {
+    pub btf: Check,
+    pub bd_dev_offset: Option<u64>,
+    pub kprobe: Check,
+    pub fentry: Check,
+    pub ringbuf: Check,
+    pub perf: Check,
+}
+
+/// An error as one short reason: a verifier log is cut to its first line and its verdict.
+fn err_chain(e: &anyhow::Error) -> String {
+    let full = format!("{e:#}");
+    let lines: Vec<&str> = full.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() <= 3 {
+        return lines.join(" ");
+    }
+    let verdict = lines
+        .iter()
+        .rev()
+        .filter(|l| {
+            !["verification time", "stack depth", "processed ", ": "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .take(1)
+        .copied()
+        .collect::<Vec<_>>();
+    format!(
+        "{} ... {} ({})",
+        lines[0],
+        verdict.join(" "),
+        lines[lines.len() - 1].trim_start_matches(": ")
+    )
+}
+
+/// The freeze/thaw targets: these are required for any session.
+pub fn freeze_thaw_targets(kernel: &KernelInfo) -> Result<Vec<Target>> {
+    ["freeze_bdev", "thaw_bdev"]
+        .into_iter()
+        .map(|role| {
+            let sym = kernel.symbol(role).ok_or_else(|| {
+                anyhow!("this kernel has neither {role} nor its 6.8+ name in /proc/kallsyms")
+            })?;
+            Ok(Target {
+                role,
+                symbol: sym.name.clone(),
+            })
+        })
+        .collect()
+}
+
+impl Capabilities {
+    /// Tries each capability for real: load the objects, attach and detach each method.
+    pub fn probe(kernel: &KernelInfo, btf_file: Option<&Path>) -> Self {
+        let btf_path = btf::path(btf_file);
+        let parsed = btf::load(&btf_path);
+        let bd_dev_offset = parsed
+            .as_ref()
+            .ok()
+            .and_then(|b| btf::member_offset(b, "block_device", "bd_dev").ok());
+        let btf = match (&parsed, bd_dev_offset) {
+            (Ok(_), Some(off)) => Ok(format!(
+                "{} (block_device.bd_dev at {off})",
+                btf_path.display()
+            )),
+            (Ok(_), None) => Err(format!(
+                "{}: block_device.bd_dev not found",
+                btf_path.display()
+            )),
+            (Err(e), _) => Err(err_chain(e)),
+        };
+        let targets = freeze_thaw_targets(kernel);
+        let attach = |method, transport| -> Check {
+            let targets = targets.as_ref().map_err(err_chain)?;
+            let plan = Plan {
+                method,
+                transport,
+                targets: targets.clone(),
+                btf: btf_path.clone(),
+                bd_dev_offset: bd_dev_offset.unwrap_or(config::UNKNOWN),
+            };
+            Session::attach(&plan)
+                .map(|_| format!("attached to {}", plan.symbols()))
+                .map_err(|e| err_chain(&e))
+        };
+        let ringbuf = EbpfLoader::new()
+            .load(OBJ_RINGBUF)
+            .map(|_| "ring buffer maps load".to_string())
+            .map_err(|e| format!("loading the ring-buffer object: {e} (ring buffers need 5.8+)"));
+        let perf = EbpfLoader::new()
+            .load(OBJ_PERF)
+            .map(|_| "perf event array maps load".to_string())
+            .map_err(|e| format!("loading the perf object: {e}"));
+        let kprobe = if !kprobe_interface_present() {
+            Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe) and no kprobe_events in tracefs: CONFIG_KPROBES is off".into())
+        } else if perf.is_ok() {
+            attach(Method::Kprobe, Transport::Perf)
+        } else {
+            Err("cannot test: the perf object does not load".into())
+        };
+        let fentry = if btf.is_err() {
+            Err("needs kernel BTF".into())
+        } else if perf.is_ok() {
+            attach(Method::Fentry, Transport::Perf)
+        } else {
+            Err("cannot test: the perf object does not load".into())
+        };
+        Capabilities {
+            btf,
+            bd_dev_offset,
+            kprobe,
+            fentry,
+            ringbuf,
+            perf,
+        }
+    }
+
+    /// The plan `auto` would use, or why there is none.
+    pub fn plan(
+        &self,
+        kernel: &KernelInfo,
+        btf_file: Option<&Path>,
+        method: Option<Method>,
+        transport: Option<Transport>,
+    ) -> Result<Plan> {
+        let method = match method {
+            Some(m) => m,
+            None if self.fentry.is_ok() => Method::Fentry,
+            None if self.kprobe.is_ok() => Method::Kprobe,
+            None => bail!(
+                "no attach method works here: kprobe: {}; fentry: {}",
+                self.kprobe.as_ref().unwrap_err(),
+                self.fentry.as_ref().unwrap_err()
+            ),
+        };
+        let transport = match transport {
+            Some(t) => t,
+            None if self.ringbuf.is_ok() => Transport::Ringbuf,
+            None if self.perf.is_ok() => Transport::Perf,
+            None => bail!("no transport loads: {}", self.perf.as_ref().unwrap_err()),
+        };
+        let bd_dev_offset = self.bd_dev_offset.ok_or_else(|| {
+            anyhow!(
+                "block_device.bd_dev offset unknown: {}",
+                self.btf.as_ref().err().map(String::as_str).unwrap_or("?")
+            )
+        })?;
+        Ok(Plan {
+            method,
+            transport,
+            targets: freeze_thaw_targets(kernel)?,
+            btf: btf::path(btf_file),
+            bd_dev_offset,
+        })
+    }
+}
+
+fn kprobe_interface_present() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+        || Path::new("/sys/kernel/tracing/kprobe_events").exists()
+        || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists()
+}
+
+impl Plan {
+    /// A plan without trying capabilities: the user said exactly what to use.
+    pub fn explicit(
+        kernel: &KernelInfo,
+        btf_file: Option<&Path>,
+        method: Method,
+        transport: Transport,
+    ) -> Result<Self> {
+        let btf_path = btf::path(btf_file);
+        let parsed = btf::load(&btf_path)?;
+        let bd_dev_offset = btf::member_offset(&parsed, "block_device", "bd_dev")?;
+        Ok(Plan {
+            method,
+            transport,
+            targets: freeze_thaw_targets(kernel)?,
+            btf: btf_path,
+            bd_dev_offset,
+        })
+    }
+
+    pub fn symbols(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| t.symbol.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} via {}, events through {}, block_device.bd_dev at offset {}",
+            self.symbols(),
+            self.method,
+            self.transport,
+            self.bd_dev_offset
+        )
+    }
+}
+
+/// What the event readers hand to the consumer.
+#[derive(Debug)]
+pub enum Record {
+    Event(Event),
+    /// Events the transport dropped (perf `PERF_RECORD_LOST`).
+    Lost(u64),
+}
+
+/// Attached probes. Dropping it detaches everything.
+pub struct Session {
+    ebpf: Ebpf,
+    pub plan: Plan,
+    readers: Option<Readers>,
+    _perf_array: Option<PerfEventArray<MapData>>,
+}
+
+enum Readers {
+    Ring(RingBuf<MapData>),
+    /// The array is kept so that its fd lives as long as the session.
+    Perf(PerfEventArray<MapData>, Vec<PerfEventArrayBuffer>),
+}
+
+/// `AsyncFd` wants `AsRawFd`; the perf buffer offers `AsFd`.
+struct Fd<T>(T);
+impl<T: AsFd> AsRawFd for Fd<T> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Registers an fd-owning reader with the tokio reactor.
+fn watch<T: AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
+    // SAFETY: every `T` used here owns its fd and closes it only when dropped, which
+    // `AsyncFd` does after deregistering.
+    unsafe { AsyncFd::register(inner) }.map_err(|e| anyhow!("registering a reader: {e}"))
+}
+
+fn decode(bytes: &[u8]) -> Option<Event> {
+    (bytes.len() >= ploop_common::EVENT_SIZE)
+        // SAFETY: `Event` is plain old data and the length was checked.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+impl Session {
+    pub fn attach(plan: &Plan) -> Result<Self> {
+        let obj = match plan.transport {
+            Transport::Ringbuf => OBJ_RINGBUF,
+            Transport::Perf => OBJ_PERF,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .load(obj)
+            .with_context(|| format!("loading the {} object", plan.transport))?;
+        {
+            let mut cfg: Array<_, u64> = Array::try_from(
+                ebpf.map_mut(names::CONFIG_MAP)
+                    .ok_or_else(|| anyhow!("no {} map", names::CONFIG_MAP))?,
+            )?;
+            cfg.set(config::BD_DEV_OFFSET, &plan.bd_dev_offset, 0)?;
+        }
+        let readers = match plan.transport {
+            Transport::Ringbuf => Readers::Ring(RingBuf::try_from(
+                ebpf.take_map(names::EVENTS_MAP)
+                    .ok_or_else(|| anyhow!("no events map"))?,
+            )?),
+            Transport::Perf => {
+                let mut array: PerfEventArray<MapData> = PerfEventArray::try_from(
+                    ebpf.take_map(names::EVENTS_MAP)
+                        .ok_or_else(|| anyhow!("no events map"))?,
+                )?;
+                let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+                let mut bufs = Vec::new();
+                for cpu in cpus {
+                    let buf = PerfEventArrayBuffer::open(cpu, 64)
+                        .with_context(|| format!("opening the perf buffer of CPU {cpu}"))?;
+                    array.set(cpu, &buf)?;
+                    bufs.push(buf);
+                }
+                Readers::Perf(array, bufs)
+            }
+        };
+        let fentry_btf = match plan.method {
+            Method::Fentry => Some(if plan.btf == Path::new(btf::SYS_BTF) {
+                Btf::from_sys_fs().context("reading kernel BTF for fentry")?
+            } else {
+                Btf::parse_file(&plan.btf, aya::Endianness::default())
+                    .with_context(|| format!("reading {}", plan.btf.display()))?
+            }),
+            Method::Kprobe => None,
+        };
+        for t in &plan.targets {
+            // Return probes first: every entry seen then has its return seen too.
+            match plan.method {
+                Method::Kprobe => {
+                    for prog in [
+                        format!("{}_kretprobe", t.role),
+                        format!("{}_kprobe", t.role),
+                    ] {
+                        let p: &mut KProbe = ebpf
+                            .program_mut(&prog)
+                            .ok_or_else(|| anyhow!("no program {prog}"))?
+                            .try_into()?;
+                        p.load().with_context(|| format!("loading {prog}"))?;
+                        p.attach(&t.symbol, 0)
+                            .with_context(|| format!("attaching {prog} to {}", t.symbol))?;
+                    }
+                }
+                Method::Fentry => {
+                    let btf = fentry_btf.as_ref().expect("set for fentry");
+                    let prog = format!("{}_fexit", t.role);
+                    let p: &mut FExit = ebpf
+                        .program_mut(&prog)
+                        .ok_or_else(|| anyhow!("no program {prog}"))?
+                        .try_into()?;
+                    p.load(&t.symbol, btf)
+                        .with_context(|| format!("loading {prog} for {}", t.symbol))?;
+                    p.attach()
+                        .with_context(|| format!("attaching {prog} to {}", t.symbol))?;
+                    let prog = format!("{}_fentry", t.role);
+                    let p: &mut FEntry = ebpf
+                        .program_mut(&prog)
+                        .ok_or_else(|| anyhow!("no program {prog}"))?
+                        .try_into()?;
+                    p.load(&t.symbol, btf)
+                        .with_context(|| format!("loading {prog} for {}", t.symbol))?;
+                    p.attach()
+                        .with_context(|| format!("attaching {prog} to {}", t.symbol))?;
+                }
+            }
+        }
+        Ok(Session {
+            ebpf,
+            plan: plan.clone(),
+            readers: Some(readers),
+            _perf_array: None,
+        })
+    }
+
+    /// Starts the readers (and aya-log's, on the ring-buffer object) on the current tokio
+    /// runtime; records arrive on the returned channel until the session is dropped.
+    pub fn stream(&mut self) -> Result<mpsc::UnboundedReceiver<Record>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        match self
+            .readers
+            .take()
+            .ok_or_else(|| anyhow!("already streaming"))?
+        {
+            Readers::Ring(ring) => {
+                let mut fd = watch(ring)?;
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(mut guard) = fd.readable_mut().await else {
+                            return;
+                        };
+                        let ring = guard.get_inner_mut();
+                        while let Some(item) = ring.next() {
+                            if let Some(ev) = decode(&item) {
+                                if tx.send(Record::Event(ev)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        guard.clear_ready();
+                    }
+                });
+            }
+            Readers::Perf(array, bufs) => {
+                self._perf_array = Some(array);
+                for buf in bufs {
+                    let tx = tx.clone();
+                    let mut fd = watch(Fd(buf))?;
+                    tokio::spawn(async move {
+                        loop {
+                            let Ok(mut guard) = fd.readable_mut().await else {
+                                return;
+                            };
+                            let mut out = Vec::new();
+                            guard.get_inner_mut().0.for_each(|e| match e {
+                                PerfEvent::Sample { head, tail } => {
+                                    let mut bytes = head.to_vec();
+                                    bytes.extend_from_slice(tail);
+                                    if let Some(ev) = decode(&bytes) {
+                                        out.push(Record::Event(ev));
+                                    }
+                                }
+                                PerfEvent::Lost { count } => out.push(Record::Lost(count)),
+                            });
+                            guard.clear_ready();
+                            for r in out {
+                                if tx.send(r).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        if self.plan.transport == Transport::Ringbuf {
+            // aya-log: diagnostics from the programs go to stderr.
+            let logger = aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, &StderrLog)
+                .context("starting aya-log")?;
+            let mut fd = watch(logger)?;
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Ok(rx)
+    }
+
+    /// Events the programs themselves could not hand over (ring buffer full).
+    pub fn dropped_in_kernel(&self) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map(names::LOST_MAP)
+            .ok_or_else(|| anyhow!("no lost map"))?;
+        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(lost.get(&0, 0)?.iter().sum())
+    }
+}
+
+struct StderrLog;
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        eprintln!("ebpf {}: {}", record.level(), record.args());
+    }
+    fn flush(&self) {}
+}
+
+/// Where a user-supplied BTF path is checked early, with the flag's name in the message.
+pub fn check_btf_arg(path: Option<&Path>) -> Result<()> {
+    if let Some(p) = path
+        && !p.is_file()
+    {
+        bail!("--btf {}: no such file", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Small triggers that make the kernel freeze and thaw a block device, for live tests and for
+//! checking a probe setup by hand. Each one is a single well-understood kernel path.
+
+use std::{fs, os::fd::AsRawFd, path::PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Subcommand;
+
+use crate::dm;
+
+#[derive(Subcommand, Debug)]
+pub enum Testkit {
+    /// EXT4_IOC_SHUTDOWN with the default flag on the ext4 mounted at MOUNTPOINT: the kernel
+    /// freezes and thaws the filesystem's block device, then marks the fs shut down
+    /// (unmount and mount it again to reuse it).
+    Ext4Shutdown { mountpoint: PathBuf },
+    /// Create a dm-linear device NAME over DEVICE (its whole size); prints the new node.
+    DmLinear { name: String, device: PathBuf },
+    /// Suspend a dm device (freezes the filesystem on it), then resume it (thaws).
+    DmSuspendResume { name: String },
+    /// Remove a dm device.
+    DmRemove { name: String },
+}
+
+/// `_IOR('X', 125, __u32)`
+const EXT4_IOC_SHUTDOWN: u64 = (2 << 30) | (4 << 16) | ((b'X' as u64) << 8) | 125;
+const EXT4_GOING_FLAGS_DEFAULT: u32 = 0;
+
+pub fn run(cmd: Testkit) -> Result<()> {
+    match cmd {
+        Testkit::Ext4Shutdown { mountpoint } => {
+            let dir = fs::File::open(&mountpoint)
+                .with_context(|| format!("opening {}", mountpoint.display()))?;
+            let flag = EXT4_GOING_FLAGS_DEFAULT;
+            // SAFETY: the ioctl reads one u32 through the pointer.
+            let rc =
+                unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_SHUTDOWN as libc::Ioctl, &flag) };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error()).with_context(|| {
+                    format!(
+                        "EXT4_IOC_SHUTDOWN on {} (is it ext4?)",
+                        mountpoint.display()
+                    )
+                });
+            }
+        }
+        Testkit::DmLinear { name, device } => {
+            if !device.exists() {
+                bail!("{}: no such device", device.display());
+            }
+            let sectors = dm::sectors(&device)?;
+            if sectors == 0 {
+                bail!("{} has size 0", device.display());
+            }
+            let node = dm::create(
+                &name,
+                &[dm::Target {
+                    start: 0,
+                    length: sectors,
+                    kind: "linear".into(),
+                    params: format!("{} 0", device.display()),
+                }],
+            )?;
+            println!("{}", node.display());
+        }
+        Testkit::DmSuspendResume { name } => {
+            dm::suspend(&name)?;
+            dm::resume(&name)?;
+        }
+        Testkit::DmRemove { name } => dm::remove(&name)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ext4_shutdown_request_number() {
+        // From <linux/ext4.h>: EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32) = 0x8004587d
+        assert_eq!(super::EXT4_IOC_SHUTDOWN, 0x8004_587d);
+    }
+}

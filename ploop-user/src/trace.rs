@@ -1,0 +1,265 @@
+//! `ploop-verify trace`: attach, run a workload, and write every probe event as JSON lines.
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::{
+    events::TraceEvent,
+    kernel::{Generation, KernelInfo},
+    probe::{Capabilities, Method, Plan, Record, Session, Transport},
+};
+
+/// Probe selection shared by every command that attaches.
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// Attach method; default: fentry where the kernel accepts it, else kprobe.
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// Event transport; default: ring buffer where the kernel has it (5.8+), else perf buffer.
+    #[arg(long, value_enum)]
+    pub transport: Option<Transport>,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Write the trace here as JSON lines (header, events in time order, end record).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Without a COMMAND: stop after this many seconds (default: at Ctrl-C).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Print each event to stdout as it arrives.
+    #[arg(long)]
+    pub print: bool,
+    /// Workload to run while attached; tracing stops when it exits.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// One line of a trace file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "kebab-case")]
+pub enum TraceLine {
+    Header {
+        tool: String,
+        kernel: serde_json::Value,
+        plan: serde_json::Value,
+    },
+    Event(TraceEvent),
+    End {
+        events: u64,
+        lost: u64,
+        command_status: Option<i32>,
+    },
+}
+
+/// Picks the plan: exactly what the user named, or what the kernel is found to accept.
+pub fn plan(kernel: &KernelInfo, btf: Option<&Path>, args: &ProbeArgs) -> Result<Plan> {
+    if let (Some(m), Some(t)) = (args.method, args.transport) {
+        return Plan::explicit(kernel, btf, m, t);
+    }
+    Capabilities::probe(kernel, btf).plan(kernel, btf, args.method, args.transport)
+}
+
+/// Collected records and the count of losses.
+struct Collected {
+    generation: Generation,
+    events: Vec<TraceEvent>,
+    lost: u64,
+}
+
+impl Collected {
+    fn take(&mut self, r: Record, print: bool) {
+        match r {
+            Record::Event(e) => {
+                let ev = TraceEvent::from_raw(&e, self.generation);
+                if print {
+                    println!("{}", serde_json::to_string(&ev).expect("serialisable"));
+                }
+                self.events.push(ev);
+            }
+            Record::Lost(n) => self.lost += n,
+        }
+    }
+}
+
+pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
+    if args.command.is_empty() && args.duration.is_some_and(|d| !(d > 0.0)) {
+        bail!("--duration must be a positive number of seconds");
+    }
+    let kernel = KernelInfo::detect()?;
+    let plan = plan(&kernel, btf, &args.probe)?;
+    let mut session = Session::attach(&plan).context("attaching the probes")?;
+    let mut rx = session.stream()?;
+    eprintln!("ploop-verify: tracing {plan}");
+
+    let mut got = Collected {
+        generation: kernel.generation,
+        events: Vec::new(),
+        lost: 0,
+    };
+    let status = drive(&args, &mut rx, &mut got).await?;
+    // Let the readers hand over what was emitted before the workload ended.
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+        got.take(r, args.print);
+    }
+    got.lost += session.dropped_in_kernel()?;
+    drop(session);
+    // Perf buffers are per CPU: restore one time order.
+    got.events.sort_by_key(|e| e.ts_ns);
+
+    if let Some(out) = &args.out {
+        write_trace(out, &kernel, &plan, &got, status)?;
+    }
+    eprintln!(
+        "ploop-verify: {} events, {} lost{}",
+        got.events.len(),
+        got.lost,
+        args.out
+            .as_ref()
+            .map(|o| format!(", trace in {}", o.display()))
+            .unwrap_or_default()
+    );
+    let returns = |f: &'static str| {
+        got.events
+            .iter()
+            .filter(move |e| e.func == f && e.phase == "return")
+    };
+    let failed = returns("freeze_bdev")
+        .filter(|e| e.ret.is_some_and(|r| kernel.generation.freeze_failed(r)))
+        .count();
+    eprintln!(
+        "ploop-verify: freeze_bdev returned {} times ({failed} failed), thaw_bdev {} times",
+        returns("freeze_bdev").count(),
+        returns("thaw_bdev").count()
+    );
+    if got.lost > 0 {
+        eprintln!(
+            "ploop-verify: warning: {} events were lost; the trace is incomplete",
+            got.lost
+        );
+    }
+    Ok(match status {
+        Some(code) if code != 0 => {
+            eprintln!("ploop-verify: the workload exited with status {code}");
+            ExitCode::from(1)
+        }
+        _ if got.events.is_empty() => {
+            eprintln!("ploop-verify: no event was observed");
+            ExitCode::from(2)
+        }
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// Runs the workload (or waits), collecting records meanwhile. Returns the workload's status.
+async fn drive(
+    args: &TraceArgs,
+    rx: &mut UnboundedReceiver<Record>,
+    got: &mut Collected,
+) -> Result<Option<i32>> {
+    let mut child = match args.command.split_first() {
+        Some((prog, rest)) => Some(
+            tokio::process::Command::new(prog)
+                .args(rest)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {prog}"))?,
+        ),
+        None => None,
+    };
+    let deadline = args
+        .duration
+        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    let progress = std::io::stderr().is_terminal();
+    let mut last = Instant::now();
+    loop {
+        let wait_child = async {
+            match child.as_mut() {
+                Some(c) => c.wait().await,
+                None => std::future::pending::<std::io::Result<std::process::ExitStatus>>().await,
+            }
+        };
+        let wait_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => got.take(r, args.print),
+                None => bail!("the event readers stopped"),
+            },
+            st = wait_child => {
+                let st = st.context("waiting for the workload")?;
+                return Ok(Some(st.code().unwrap_or(128 + st.signal_number())));
+            }
+            _ = wait_deadline => return Ok(None),
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("ploop-verify: interrupted");
+                return Ok(None);
+            }
+        }
+        if progress && last.elapsed() > Duration::from_millis(500) {
+            eprint!("\r{} events, {} lost", got.events.len(), got.lost);
+            let _ = std::io::stderr().flush();
+            last = Instant::now();
+        }
+    }
+}
+
+trait SignalNumber {
+    fn signal_number(&self) -> i32;
+}
+impl SignalNumber for std::process::ExitStatus {
+    fn signal_number(&self) -> i32 {
+        std::os::unix::process::ExitStatusExt::signal(self).unwrap_or(0)
+    }
+}
+
+/// Writes the whole trace to a temporary file and renames it: never a half-written trace.
+fn write_trace(
+    out: &Path,
+    kernel: &KernelInfo,
+    plan: &Plan,
+    got: &Collected,
+    status: Option<i32>,
+) -> Result<()> {
+    let tmp = out.with_extension("partial");
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    let mut line = |l: &TraceLine| -> Result<()> {
+        serde_json::to_writer(&mut w, l)?;
+        w.write_all(b"\n")?;
+        Ok(())
+    };
+    line(&TraceLine::Header {
+        tool: concat!("ploop-verify ", env!("CARGO_PKG_VERSION")).into(),
+        kernel: serde_json::to_value(kernel)?,
+        plan: serde_json::to_value(plan)?,
+    })?;
+    for e in &got.events {
+        line(&TraceLine::Event(e.clone()))?;
+    }
+    line(&TraceLine::End {
+        events: got.events.len() as u64,
+        lost: got.lost,
+        command_status: status,
+    })?;
+    drop(line);
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))
+}

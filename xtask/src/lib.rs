@@ -1,0 +1,21 @@
+//! Build, boot and test tooling for ploop-verify, as a library so that the live tests in
+//! `tests/` drive guests with the same code as `cargo xtask vm-run`.
+
+pub mod build;
+pub mod initramfs;
+pub mod kernels;
+pub mod vm;
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .canonicalize()
+        .expect("the workspace root exists")
+}
+
+/// Where setup caches downloads and the runner keeps its work: `target/ploop`.
+pub fn build_dir() -> PathBuf {
+    root().join("target/ploop")
+}

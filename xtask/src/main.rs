@@ -1,0 +1,146 @@
+//! `cargo xtask`: setup, the static build, the VM runner and the test entry point.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use xtask::{build, kernels::Kernel, vm::Vm};
+
+#[derive(Parser)]
+#[command(
+    about = "Build, boot and test tooling for ploop-verify",
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything (Debian packages, toolchains, bpf-linker, guest kernels):
+    /// runs scripts/setup.sh. Idempotent; a second run takes seconds.
+    Setup,
+    /// Build the static (musl) ploop-verify that guests run; prints its path.
+    BuildStatic,
+    /// Boot a kernel under QEMU with ploop-verify inside and run COMMAND (a shell command).
+    ///
+    /// The command runs in /share, a 9p mount of the printed host directory; its output and
+    /// exit status become this command's. Example:
+    ///   cargo xtask vm-run --kernel 6.12 -- ploop-verify doctor
+    VmRun {
+        /// `6.1`, `6.12` (Debian kernels from setup), or a directory with vmlinuz, modules/.
+        #[arg(long, default_value = "6.1", conflicts_with = "image")]
+        kernel: String,
+        /// A kernel image of your own (with --modules), e.g. a vz7 bzImage.
+        #[arg(long, requires = "modules")]
+        image: Option<PathBuf>,
+        /// The lib/modules/<release> directory that goes with --image.
+        #[arg(long)]
+        modules: Option<PathBuf>,
+        /// Kernel modules to load (dependencies are added).
+        #[arg(long = "module", value_name = "NAME", default_values = ["loop", "dm-mod", "ext4", "crc32c_generic"])]
+        load: Vec<String>,
+        /// Out-of-tree .ko files to load after the kernel's own.
+        #[arg(long = "insmod", value_name = "KO")]
+        insmod: Vec<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Print the kernel console after the command output.
+        #[arg(long)]
+        console: bool,
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Run every test (unit and live guest tests): the README's test command.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::Setup => {
+            let st = Command::new("bash")
+                .arg(xtask::root().join("scripts/setup.sh"))
+                .status()?;
+            Ok(if st.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::BuildStatic => {
+            println!("{}", build::ploop_verify_static()?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::VmRun {
+            kernel,
+            image,
+            modules,
+            load,
+            insmod,
+            timeout,
+            console,
+            command,
+        } => {
+            let kernel = match (image, modules) {
+                (Some(i), Some(m)) => Kernel::custom(&i, &m)?,
+                _ => Kernel::resolve(&kernel)?,
+            };
+            let load: Vec<&str> = load.iter().map(String::as_str).collect();
+            let mut vm = Vm::with_ploop_verify(kernel, &load, command.join(" "))?;
+            vm.timeout = Duration::from_secs(timeout);
+            vm.contents.extra_modules = insmod;
+            eprintln!("xtask: booting {} under QEMU (TCG)", vm.kernel.release);
+            let out = vm.run()?;
+            print!("{}", out.stdout);
+            if console {
+                eprintln!("--- kernel console ---\n{}", out.console);
+            }
+            eprintln!(
+                "xtask: guest ran {:.1}s; initramfs {} KiB; share {}",
+                out.elapsed.as_secs_f64(),
+                out.initramfs_bytes / 1024,
+                out.share.display()
+            );
+            let Some(status) = out.status else {
+                bail!(
+                    "the guest stopped without reporting an exit status; console tail:\n{}",
+                    xtask::vm::tail(&out.console, 30)
+                );
+            };
+            Ok(ExitCode::from(status.clamp(0, 255) as u8))
+        }
+        Cmd::Test { args } => {
+            let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(xtask::root())
+                .arg("test")
+                .args(&args)
+                .status()
+                .context("running cargo test")?;
+            Ok(if st.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

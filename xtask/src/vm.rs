@@ -1,0 +1,281 @@
+//! Boots a kernel under QEMU (TCG: KVM does not work on these machines), runs one shell
+//! command in it, and returns its output, exit status, kernel log and files.
+//!
+//! The guest has two serial ports: ttyS0 carries the kernel console, ttyS1 the command's
+//! output and a final exit marker, so the two never interleave. `/share` in the guest is a
+//! 9p mount of a host directory, for files in both directions.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::{
+    initramfs::{self, Contents},
+    kernels::Kernel,
+};
+
+/// Modules every guest gets: virtio + 9p for `/share`.
+pub const BASE_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+
+#[derive(Clone, Debug)]
+pub struct Vm {
+    pub kernel: Kernel,
+    pub contents: Contents,
+    /// Shell script run by `sh` in the guest, in `/share`.
+    pub command: String,
+    pub timeout: Duration,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Extra kernel command line.
+    pub cmdline: String,
+}
+
+#[derive(Debug)]
+pub struct Output {
+    /// Exit status of the command; `None` if the guest stopped before reporting one.
+    pub status: Option<i32>,
+    /// What the command printed (stdout and stderr).
+    pub stdout: String,
+    /// Kernel console (dmesg at loglevel 4 and above, boot messages).
+    pub console: String,
+    /// The host side of `/share`.
+    pub share: PathBuf,
+    pub initramfs_bytes: u64,
+    pub modules: Vec<String>,
+    pub elapsed: Duration,
+}
+
+const EXIT_MARKER: &str = "@@ploop-vm-exit=";
+
+impl Vm {
+    pub fn new(kernel: Kernel, command: impl Into<String>) -> Self {
+        Vm {
+            kernel,
+            contents: Contents::default(),
+            command: command.into(),
+            timeout: Duration::from_secs(300),
+            memory_mib: 1024,
+            cpus: 2,
+            cmdline: String::new(),
+        }
+    }
+
+    /// A guest with the static `ploop-verify` in `/usr/bin`, a real `mke2fs`, and `modules`.
+    pub fn with_ploop_verify(
+        kernel: Kernel,
+        modules: &[&str],
+        command: impl Into<String>,
+    ) -> Result<Self> {
+        let bin = crate::build::ploop_verify_static()?;
+        let mut vm = Vm::new(kernel, command);
+        vm.contents = Contents {
+            modules: modules.iter().map(|m| m.to_string()).collect(),
+            extra_modules: Vec::new(),
+            host_bins: vec![PathBuf::from("/sbin/mke2fs")],
+            files: vec![(bin, "/usr/bin/ploop-verify".into())],
+            // busybox sh runs its own applets before PATH, and its mke2fs makes only ext2:
+            // the real one is reached under a name busybox does not have.
+            symlinks: vec![("/usr/sbin/mkfs.ext4".into(), "/sbin/mke2fs".into())],
+        };
+        Ok(vm)
+    }
+
+    /// A fresh work directory under `target/ploop/vm`.
+    fn workdir() -> Result<PathBuf> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = crate::build_dir().join("vm").join(format!(
+            "run-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::create_dir_all(dir.join("share"))?;
+        Ok(dir)
+    }
+
+    /// Builds the initramfs, boots, waits. `prepare` may put input files into the share.
+    pub fn run_with(&self, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Output> {
+        let dir = Self::workdir()?;
+        let share = dir.join("share");
+        prepare(&share)?;
+        let mut contents = self.contents.clone();
+        let mut modules: Vec<String> = BASE_MODULES.iter().map(|s| s.to_string()).collect();
+        modules.append(&mut contents.modules);
+        contents.modules = modules;
+        let initrd = initramfs::build(
+            &self.kernel,
+            &contents,
+            &self.command,
+            &dir.join("initramfs.cpio"),
+        )?;
+
+        let console = dir.join("console.log");
+        let stdout = dir.join("output.log");
+        let start = Instant::now();
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args(["-display", "none", "-no-reboot"])
+        .args([
+            "-smp",
+            &self.cpus.to_string(),
+            "-m",
+            &self.memory_mib.to_string(),
+        ])
+        .arg("-kernel")
+        .arg(&self.kernel.image)
+        .arg("-initrd")
+        .arg(&initrd.path)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 loglevel=4 rdinit=/init {}",
+            self.cmdline
+        ))
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", stdout.display()))
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=share,security_model=none,multidevs=remap",
+            share.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut child = qemu
+            .spawn()
+            .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        let finished = loop {
+            if let Some(st) = child.try_wait()? {
+                break Some(st);
+            }
+            if start.elapsed() > self.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let elapsed = start.elapsed();
+        let console_text = read_lossy(&console);
+        let raw = read_lossy(&stdout).replace('\r', "");
+        let (out_text, status) = split_marker(&raw);
+        let Some(qemu_status) = finished else {
+            bail!(
+                "guest timed out after {:?}; console tail:\n{}",
+                self.timeout,
+                tail(&console_text, 40)
+            );
+        };
+        if !qemu_status.success() && status.is_none() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read as _;
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!(
+                "qemu failed ({qemu_status}): {err}\nconsole tail:\n{}",
+                tail(&console_text, 40)
+            );
+        }
+        Ok(Output {
+            status,
+            stdout: out_text,
+            console: console_text,
+            share,
+            initramfs_bytes: initrd.bytes,
+            modules: initrd.modules,
+            elapsed,
+        })
+    }
+
+    pub fn run(&self) -> Result<Output> {
+        self.run_with(|_| Ok(()))
+    }
+}
+
+fn read_lossy(p: &Path) -> String {
+    fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Splits the command output from the exit marker init prints after it.
+fn split_marker(raw: &str) -> (String, Option<i32>) {
+    match raw.rfind(EXIT_MARKER) {
+        Some(i) => {
+            let status = raw[i + EXIT_MARKER.len()..]
+                .lines()
+                .next()
+                .and_then(|s| s.trim().parse().ok());
+            (raw[..i].to_string(), status)
+        }
+        None => (raw.to_string(), None),
+    }
+}
+
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Output {
+    /// Fails with the command output and the console tail unless the command exited 0.
+    pub fn expect_success(&self) -> Result<&Self> {
+        match self.status {
+            Some(0) => Ok(self),
+            s => Err(anyhow!(
+                "guest command exited with {s:?}\n--- output ---\n{}\n--- console tail ---\n{}",
+                self.stdout,
+                tail(&self.console, 30)
+            )),
+        }
+    }
+
+    /// Kernel log lines that mean the kernel itself went wrong.
+    pub fn kernel_problems(&self) -> Vec<&str> {
+        self.console
+            .lines()
+            .filter(|l| {
+                [
+                    "BUG:",
+                    "WARNING:",
+                    "Oops",
+                    "Kernel panic",
+                    "general protection fault",
+                    "hung_task",
+                ]
+                .iter()
+                .any(|p| l.contains(p))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_marker_is_split_off() {
+        let (out, st) = split_marker("hello\nworld\n@@ploop-vm-exit=3\n");
+        assert_eq!(out, "hello\nworld\n");
+        assert_eq!(st, Some(3));
+        assert_eq!(split_marker("no marker").1, None);
+    }
+}
