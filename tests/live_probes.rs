@@ -1,0 +1,124 @@
+//! Live: freeze/thaw probes in Debian guests (6.1: freeze_bdev/thaw_bdev; 6.12:
+//! bdev_freeze/bdev_thaw), for every attach method and transport, with two real triggers.
+
+use std::fs;
+
+use ploop_tests::{Trace, dev_from_hex, run_guest_script};
+use serde_json::Value;
+
+const METHODS: [&str; 2] = ["kprobe", "fentry"];
+const TRANSPORTS: [&str; 2] = ["ringbuf", "perf"];
+
+/// Checks one trace: exactly one freeze and one thaw of `dev`, entry before return, freeze
+/// returned 0 before thaw entered, nothing lost. Returns a description of what is wrong.
+fn check_pair(trace: &Trace, dev: &str) -> Result<(), String> {
+    let one = |func: &str, phase: &str| -> Result<&Value, String> {
+        match trace.on(func, phase, dev).as_slice() {
+            [e] => Ok(*e),
+            evs => Err(format!(
+                "{} {func} {phase} events on {dev} (want 1); events: {:?}",
+                evs.len(),
+                trace.events
+            )),
+        }
+    };
+    let fe = one("freeze_bdev", "entry")?;
+    let fr = one("freeze_bdev", "return")?;
+    let te = one("thaw_bdev", "entry")?;
+    let tr = one("thaw_bdev", "return")?;
+    let ts = |e: &Value| e["ts_ns"].as_u64().unwrap_or(0);
+    if !(ts(fe) <= ts(fr) && ts(fr) <= ts(te) && ts(te) <= ts(tr)) {
+        return Err(format!("out of order: {fe} {fr} {te} {tr}"));
+    }
+    if fr["ret"] != 0 || tr["ret"] != 0 {
+        return Err(format!(
+            "non-zero returns: freeze {} thaw {}",
+            fr["ret"], tr["ret"]
+        ));
+    }
+    if fe["args"][0] != te["args"][0] {
+        return Err("freeze and thaw saw different block_device pointers".into());
+    }
+    if trace.end["lost"] != 0 {
+        return Err(format!("lost events: {}", trace.end["lost"]));
+    }
+    Ok(())
+}
+
+fn live(series: &str, freeze_sym: &str, bd_dev_offset: u64) {
+    let out = run_guest_script(series, "probes.sh", "").expect("guest run");
+    out.expect_success().expect("guest script");
+    assert!(
+        out.kernel_problems().is_empty(),
+        "kernel log: {:?}",
+        out.kernel_problems()
+    );
+    let share = &out.share;
+    let read = |f: &str| fs::read_to_string(share.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+
+    let doctor: Value = serde_json::from_str(&read("doctor.json")).expect("doctor --json");
+    assert_eq!(doctor["symbols"]["freeze_bdev"]["name"], freeze_sym);
+    assert_eq!(
+        doctor["capabilities"]["bd_dev_offset"], bd_dev_offset,
+        "BTF offset"
+    );
+    for cap in ["kprobe", "fentry", "ringbuf", "perf"] {
+        // Debian's 6.1 and 6.12 have all four: an absence here is a bug, not a skip.
+        assert!(
+            doctor["capabilities"][cap].get("Ok").is_some(),
+            "{cap}: {}",
+            doctor["capabilities"][cap]
+        );
+    }
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (trigger, devfile) in [("loop", "dev-loop"), ("dm", "dev-dm")] {
+        let dev = dev_from_hex(&read(devfile)).unwrap();
+        for m in METHODS {
+            for t in TRANSPORTS {
+                let name = format!("{trigger}-{m}-{t}");
+                let rc = read(&format!("rc-{name}"));
+                if rc.trim() != "0" {
+                    failures.push(format!("{name}: trace exited {}", rc.trim()));
+                    continue;
+                }
+                let trace = match Trace::read(&share.join(format!("{name}.jsonl"))) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        failures.push(format!("{name}: {e:#}"));
+                        continue;
+                    }
+                };
+                assert_eq!(trace.header["plan"]["method"], m);
+                assert_eq!(trace.header["plan"]["transport"], t);
+                if let Err(e) = check_pair(&trace, &dev) {
+                    failures.push(format!("{name}: {e}"));
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{series}: {}", failures.join("\n"));
+    assert_eq!(checked, 8);
+    assert_eq!(
+        read("rc-empty").trim(),
+        "2",
+        "trace with no event must exit 2"
+    );
+    assert_eq!(
+        read("rc-failing-workload").trim(),
+        "1",
+        "a failing workload is status 1"
+    );
+}
+
+#[test]
+fn freeze_thaw_probes_on_debian_6_1() {
+    live("6.1", "freeze_bdev", 36);
+}
+
+#[test]
+fn bdev_freeze_thaw_probes_on_debian_6_12() {
+    live("6.12", "bdev_freeze", 52);
+}
