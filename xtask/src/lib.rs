@@ -4,6 +4,7 @@
 pub mod build;
 pub mod initramfs;
 pub mod kernels;
+pub mod module;
 pub mod vm;
 
 use std::path::PathBuf;

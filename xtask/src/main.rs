@@ -27,6 +27,16 @@ enum Cmd {
     Setup,
     /// Build the static (musl) ploop-verify that guests run; prints its path.
     BuildStatic,
+    /// Build an out-of-tree module (default: the ploop model driver) against a guest
+    /// kernel's headers; prints the .ko paths.
+    BuildModule {
+        /// `6.1`, `6.12`, or a directory in the setup layout (vmlinuz, modules/, headers/).
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// Module source directory.
+        #[arg(default_value = "tests/ploop-model")]
+        src: PathBuf,
+    },
     /// Boot a kernel under QEMU with ploop-verify inside and run COMMAND (a shell command).
     ///
     /// The command runs in /share, a 9p mount of the printed host directory; its output and
@@ -89,6 +99,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::BuildStatic => {
             println!("{}", build::ploop_verify_static()?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BuildModule { kernel, src } => {
+            let src = if src.is_absolute() {
+                src
+            } else {
+                xtask::root().join(src)
+            };
+            for ko in xtask::module::build(&Kernel::resolve(&kernel)?, &src)? {
+                println!("{}", ko.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::VmRun {

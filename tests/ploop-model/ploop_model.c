@@ -1,0 +1,1417 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ploop_model - a model of the vz7 ploop snapshot path, for testing eBPF
+ * probes and the ploop-verify checker on stock Debian 6.1 / 6.12 kernels.
+ *
+ * It is NOT the ploop driver.  It provides /dev/ploopN block devices whose
+ * content is a stack of raw delta files, and PLOOP_IOC_SNAPSHOT with the
+ * semantics of the vz7 patch "ploop: Provide interface to pass freezing fs
+ * during snapshot" (see CONTRACT.md).  Function names and shapes that probes
+ * attach to are the vz7 ones: ploop_snapshot, find_and_freeze_bdev,
+ * get_bdev_from_fd, ploop_quiesce, complete_snapshot, ploop_relax.
+ *
+ * Design decisions:
+ *  - Devices: nr_devs gendisks "ploopN", dynamic major "ploop", one minor
+ *    each, no partitions (GENHD_FL_NO_PART), bio based.  Capacity is 0 until
+ *    the first delta is added.
+ *  - PLOOP_IOC_ADD_DELTA: one chunk, pctl_format must be PLOOP_FMT_RAW.
+ *    chunks[0].pctl_fd is a regular file (opened without O_APPEND/O_DIRECT).
+ *    The device size is the i_size of the first (base) delta (non-zero,
+ *    multiple of 512, at most 1 TiB); every later delta must have exactly
+ *    that size (-EINVAL).  pctl_size, pctl_cluster_log and pctl_level are
+ *    ignored; a new delta always goes on top.  With PLOOP_FMT_RDONLY in
+ *    pctl_flags the delta is read-only (the device is read-only while such
+ *    a delta is on top); otherwise the fd must be writable (-EBADF) and the
+ *    previous top is fsync'ed and becomes read-only.  At most 32 deltas
+ *    (-E2BIG).  A delta file living on the ploop device itself: -EINVAL.
+ *    The same file twice: -EBUSY.
+ *  - Raw format: every delta is a sparse file of the device size.  Blocks
+ *    are 4 KiB; each delta has a bitmap of the blocks it holds, initialised
+ *    from SEEK_DATA/SEEK_HOLE when the delta is added (if the file system
+ *    cannot tell, every block counts as held).  Reads come from the highest
+ *    delta holding the block, else zeros; writes go to the top delta (with a
+ *    copy-up of the block from the lower delta for partial writes).  All
+ *    file I/O runs in an ordered workqueue (kernel_read/kernel_write).
+ *    Flushes (REQ_PREFLUSH, empty flush bios, REQ_OP_FLUSH) vfs_fsync the
+ *    top delta, FUA writes are followed by a datasync.
+ *  - PLOOP_IOC_CLEAR (_IO('P', 6)): drops all deltas, capacity back to 0.
+ *    -EBUSY while anybody but the caller has the device open, while a
+ *    PLOOP_IOC_FREEZE is active or during a snapshot.
+ *  - sysfs: /sys/block/ploopN/pstate/{nr_deltas,top,leaked_freezes}; top is
+ *    the level of the top delta (0 = base), -1 without deltas.
+ *  - Autodetection in find_and_freeze_bdev (no sync fd): the holders of the
+ *    ploop disk are listed by reading /sys/block/ploopN/holders in the
+ *    caller's task (so sysfs must be mounted on /sys); a holder counts as
+ *    dm-crypt when /sys/block/<holder>/dm/uuid starts with "CRYPT-" (what
+ *    cryptsetup sets; a crypt table created by dmsetup without such a uuid
+ *    is not detected).  It is frozen and kept frozen whether or not a file
+ *    system sits on it.  Otherwise the "partition walk" runs, which on this
+ *    partition-less disk is the whole disk: it is frozen, and if no file
+ *    system is found on it (6.1: freeze_bdev left bd_fsfreeze_sb NULL;
+ *    6.8+: the bdev holder is not a super block, bd_holder_ops !=
+ *    &fs_holder_ops), thawed at once and nothing counts as frozen.
+ *  - ploop_quiesce() stops new bios (they are parked) and waits up to 30 s
+ *    for in-flight bios; on timeout it returns -ETIMEDOUT (the snapshot then
+ *    relaxes, thaws and fails).  The probed ploop_quiesce/ploop_relax are
+ *    only called by ploop_snapshot; ADD_DELTA/CLEAR use internal helpers.
+ *  - Error after the freeze, for tests: a new-delta fd opened read-only
+ *    passes the checks done before the freeze and is rejected by
+ *    complete_snapshot() with -EBADF after freeze and ploop_quiesce().
+ *  - Leaked freezes (bug=leak_freeze, bug=thaw_other) are remembered; the
+ *    next PLOOP_IOC_THAW on the same ploop device thaws them (instead of the
+ *    ploop bdev).  Module unload thaws them too.
+ *
+ * Module parameters: nr_devs (load time), patched (bool), bug (string, one
+ * of none, leak_freeze, thaw_other, ignore_sync_fd, einval, thaw_early; or
+ * its index 0..5).  patched and bug may be changed at run time via
+ * /sys/module/ploop_model/parameters/; they are sampled once per ioctl.
+ */
+
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/version.h>
+#include <linux/kernel.h>
+#include <linux/blkdev.h>
+#include <linux/bio.h>
+#include <linux/fs.h>
+#include <linux/file.h>
+#include <linux/slab.h>
+#include <linux/mm.h>
+#include <linux/highmem.h>
+#include <linux/bitmap.h>
+#include <linux/workqueue.h>
+#include <linux/wait.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/uaccess.h>
+#include <linux/capability.h>
+#include <linux/kobject.h>
+#include <linux/sysfs.h>
+#include <linux/device.h>
+
+#include "ploop_if.h"
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 5, 0) && \
+    LINUX_VERSION_CODE < KERNEL_VERSION(6, 9, 0)
+#error "ploop_model supports kernels < 6.5 and >= 6.9 (tested: 6.1, 6.12)"
+#endif
+
+#define PLOOP_MAX_DELTAS	32
+#define PLOOP_MAX_LEAKS		16
+#define PLOOP_BLK_SHIFT		12
+#define PLOOP_BLK_SIZE		(1U << PLOOP_BLK_SHIFT)
+#define PLOOP_MAX_SIZE		(1LL << 40)	/* 1 TiB */
+#define PLOOP_QUIESCE_TIMEOUT	(30 * HZ)
+#define PLOOP_MAX_HOLDERS	8
+#define PLOOP_NAME_LEN		32
+
+/* Functions probes attach to: never inlined, never cloned or split. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PLOOP_PROBED	noinline __used __attribute__((__noipa__))
+#else
+#define PLOOP_PROBED	noinline __used
+#endif
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 5, 0)
+typedef blk_mode_t ploop_mode_t;
+#else
+typedef fmode_t ploop_mode_t;
+#endif
+
+enum ploop_bug_id {
+	PLOOP_BUG_NONE,
+	PLOOP_BUG_LEAK_FREEZE,
+	PLOOP_BUG_THAW_OTHER,
+	PLOOP_BUG_IGNORE_SYNC_FD,
+	PLOOP_BUG_EINVAL,
+	PLOOP_BUG_THAW_EARLY,
+	PLOOP_BUG_COUNT,
+};
+
+static const char * const ploop_bug_names[PLOOP_BUG_COUNT] = {
+	[PLOOP_BUG_NONE]		= "none",
+	[PLOOP_BUG_LEAK_FREEZE]		= "leak_freeze",
+	[PLOOP_BUG_THAW_OTHER]		= "thaw_other",
+	[PLOOP_BUG_IGNORE_SYNC_FD]	= "ignore_sync_fd",
+	[PLOOP_BUG_EINVAL]		= "einval",
+	[PLOOP_BUG_THAW_EARLY]		= "thaw_early",
+};
+
+static int nr_devs = 2;
+module_param(nr_devs, int, 0444);
+MODULE_PARM_DESC(nr_devs, "number of /dev/ploopN devices (1..64, default 2)");
+
+static bool patched = true;
+module_param(patched, bool, 0644);
+MODULE_PARM_DESC(patched, "model the patched PLOOP_IOC_SNAPSHOT (sync fd in chunk #1); 0 = unpatched vz7");
+
+static int ploop_bug = PLOOP_BUG_NONE;
+
+static int ploop_bug_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int n;
+	int i;
+
+	for (i = 0; i < PLOOP_BUG_COUNT; i++) {
+		if (sysfs_streq(val, ploop_bug_names[i])) {
+			WRITE_ONCE(ploop_bug, i);
+			return 0;
+		}
+	}
+	if (sysfs_streq(val, "")) {
+		WRITE_ONCE(ploop_bug, PLOOP_BUG_NONE);
+		return 0;
+	}
+	if (!kstrtouint(val, 0, &n) && n < PLOOP_BUG_COUNT) {
+		WRITE_ONCE(ploop_bug, n);
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static int ploop_bug_get(char *buf, const struct kernel_param *kp)
+{
+	int b = READ_ONCE(ploop_bug);
+
+	if (b < 0 || b >= PLOOP_BUG_COUNT)
+		b = PLOOP_BUG_NONE;
+	return scnprintf(buf, PAGE_SIZE, "%s\n", ploop_bug_names[b]);
+}
+
+static const struct kernel_param_ops ploop_bug_ops = {
+	.set = ploop_bug_set,
+	.get = ploop_bug_get,
+};
+module_param_cb(bug, &ploop_bug_ops, NULL, 0644);
+MODULE_PARM_DESC(bug, "injected bug: none, leak_freeze, thaw_other, ignore_sync_fd, einval, thaw_early");
+
+struct ploop_delta {
+	struct file	*file;
+	unsigned long	*map;		/* 4 KiB blocks this delta holds */
+	int		level;
+	bool		rdonly;
+};
+
+struct ploop_device {
+	int			index;
+	struct gendisk		*disk;
+	struct kobject		*pstate;
+
+	struct mutex		ctl_mutex;
+	int			maintenance_type;
+
+	/* deltas[0] is the base, deltas[nr_deltas - 1] the top */
+	struct ploop_delta	*deltas[PLOOP_MAX_DELTAS];
+	unsigned int		nr_deltas;
+	loff_t			size;		/* bytes */
+
+	/* PLOOP_IOC_FREEZE state */
+	bool			user_frozen;
+	/* freezes leaked by an injected bug, thawed by PLOOP_IOC_THAW */
+	struct block_device	*leaked[PLOOP_MAX_LEAKS];
+	int			nr_leaked;
+
+	/* I/O */
+	spinlock_t		lock;
+	struct bio_list		queue;		/* accepted, for the worker */
+	struct bio_list		held;		/* parked while quiesced */
+	unsigned int		inflight;	/* accepted, not yet completed */
+	bool			quiesced;
+	unsigned int		noio_flags;
+	wait_queue_head_t	idle_wait;
+	struct workqueue_struct	*wq;
+	struct work_struct	work;
+	void			*scratch;	/* one block, worker only */
+};
+
+static int ploop_major;
+static struct ploop_device **ploop_devs;
+
+/* ---------------------------------------------------------------------- */
+/* freeze / thaw wrappers for the kernel generations */
+
+static int ploop_bdev_freeze(struct block_device *bdev)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 8, 0)
+	return bdev_freeze(bdev);
+#else
+	return freeze_bdev(bdev);
+#endif
+}
+
+static int ploop_bdev_thaw(struct block_device *bdev)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 8, 0)
+	return bdev_thaw(bdev);
+#else
+	return thaw_bdev(bdev);
+#endif
+}
+
+/* Did the freeze that was just done find a file system on @bdev? */
+static bool ploop_bdev_has_fs(struct block_device *bdev)
+{
+	bool has_fs;
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 8, 0)
+	mutex_lock(&bdev->bd_holder_lock);
+	has_fs = bdev->bd_holder_ops == &fs_holder_ops;
+	mutex_unlock(&bdev->bd_holder_lock);
+#else
+	mutex_lock(&bdev->bd_fsfreeze_mutex);
+	has_fs = bdev->bd_fsfreeze_sb != NULL;
+	mutex_unlock(&bdev->bd_fsfreeze_mutex);
+#endif
+	return has_fs;
+}
+
+/* A reference that keeps a block_device alive (the modern bdgrab/bdput). */
+static void ploop_bdev_grab(struct block_device *bdev)
+{
+	get_device(&bdev->bd_device);
+}
+
+static void ploop_bdev_put(struct block_device *bdev)
+{
+	put_device(&bdev->bd_device);
+}
+
+/* Look a block device up by number and return it with a reference. */
+static struct block_device *ploop_bdev_get_by_dev(dev_t dev)
+{
+	struct block_device *bdev;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
+	struct file *f = bdev_file_open_by_dev(dev, BLK_OPEN_READ, NULL, NULL);
+
+	if (IS_ERR(f))
+		return NULL;
+	bdev = file_bdev(f);
+	ploop_bdev_grab(bdev);
+	fput(f);
+#else
+	bdev = blkdev_get_by_dev(dev, FMODE_READ, NULL);
+	if (IS_ERR(bdev))
+		return NULL;
+	ploop_bdev_grab(bdev);
+	blkdev_put(bdev, FMODE_READ);
+#endif
+	return bdev;
+}
+
+/* ---------------------------------------------------------------------- */
+/* bio path */
+
+static bool ploop_idle(struct ploop_device *plo)
+{
+	bool idle;
+
+	spin_lock_irq(&plo->lock);
+	idle = plo->inflight == 0;
+	spin_unlock_irq(&plo->lock);
+	return idle;
+}
+
+static void ploop_submit_bio(struct bio *bio)
+{
+	struct ploop_device *plo = bio->bi_bdev->bd_disk->private_data;
+	unsigned long flags;
+	bool kick = false;
+
+	spin_lock_irqsave(&plo->lock, flags);
+	if (plo->quiesced) {
+		bio_list_add(&plo->held, bio);
+	} else {
+		bio_list_add(&plo->queue, bio);
+		plo->inflight++;
+		kick = true;
+	}
+	spin_unlock_irqrestore(&plo->lock, flags);
+	if (kick)
+		queue_work(plo->wq, &plo->work);
+}
+
+static int ploop_file_read(struct file *file, void *buf, size_t len, loff_t pos)
+{
+	while (len) {
+		ssize_t n = kernel_read(file, buf, len, &pos);
+
+		if (n < 0)
+			return n;
+		if (n == 0) {		/* short file: the rest reads as zeros */
+			memset(buf, 0, len);
+			return 0;
+		}
+		buf += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int ploop_file_write(struct file *file, const void *buf, size_t len,
+			    loff_t pos)
+{
+	while (len) {
+		ssize_t n = kernel_write(file, buf, len, &pos);
+
+		if (n < 0)
+			return n;
+		if (n == 0)
+			return -EIO;
+		buf += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Read @len bytes at @off of block @blk from the deltas below level @below. */
+static int ploop_read_blk(struct ploop_device *plo, unsigned int below,
+			  unsigned long blk, unsigned int off, void *buf,
+			  unsigned int len)
+{
+	int i;
+
+	for (i = (int)below - 1; i >= 0; i--) {
+		struct ploop_delta *d = plo->deltas[i];
+
+		if (test_bit(blk, d->map))
+			return ploop_file_read(d->file, buf, len,
+				((loff_t)blk << PLOOP_BLK_SHIFT) + off);
+	}
+	memset(buf, 0, len);
+	return 0;
+}
+
+static int ploop_write_blk(struct ploop_device *plo, unsigned long blk,
+			   unsigned int off, const void *buf, unsigned int len)
+{
+	unsigned int nr = plo->nr_deltas;
+	struct ploop_delta *top = plo->deltas[nr - 1];
+	loff_t start = (loff_t)blk << PLOOP_BLK_SHIFT;
+	unsigned int blen = min_t(loff_t, PLOOP_BLK_SIZE, plo->size - start);
+	int err, i;
+
+	if (!test_bit(blk, top->map) && len != blen) {
+		/* partial write of a block the top lacks: copy it up first */
+		for (i = (int)nr - 2; i >= 0; i--)
+			if (test_bit(blk, plo->deltas[i]->map))
+				break;
+		if (i >= 0) {
+			err = ploop_read_blk(plo, nr - 1, blk, 0, plo->scratch,
+					     blen);
+			if (err)
+				return err;
+			memcpy(plo->scratch + off, buf, len);
+			err = ploop_file_write(top->file, plo->scratch, blen,
+					       start);
+			if (!err)
+				set_bit(blk, top->map);
+			return err;
+		}
+		/* no lower copy: the rest of the block is a hole (zeros) */
+	}
+	err = ploop_file_write(top->file, buf, len, start + off);
+	if (!err)
+		set_bit(blk, top->map);
+	return err;
+}
+
+static int ploop_rw_buf(struct ploop_device *plo, void *buf, unsigned int len,
+			loff_t pos, bool write)
+{
+	while (len) {
+		unsigned long blk = pos >> PLOOP_BLK_SHIFT;
+		unsigned int off = pos & (PLOOP_BLK_SIZE - 1);
+		unsigned int n = min(len, PLOOP_BLK_SIZE - off);
+		int err;
+
+		if (write)
+			err = ploop_write_blk(plo, blk, off, buf, n);
+		else
+			err = ploop_read_blk(plo, plo->nr_deltas, blk, off,
+					     buf, n);
+		if (err)
+			return err;
+		buf += n;
+		pos += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static blk_status_t ploop_do_rw(struct ploop_device *plo, struct bio *bio,
+				bool write)
+{
+	loff_t pos = (loff_t)bio->bi_iter.bi_sector << SECTOR_SHIFT;
+	struct bvec_iter iter;
+	struct bio_vec bv;
+
+	if (pos < 0 || pos + bio->bi_iter.bi_size > plo->size)
+		return BLK_STS_IOERR;
+
+	bio_for_each_segment(bv, bio, iter) {
+		char *p = kmap_local_page(bv.bv_page);
+		int err = ploop_rw_buf(plo, p + bv.bv_offset, bv.bv_len, pos,
+				       write);
+
+		kunmap_local(p);
+		if (err)
+			return errno_to_blk_status(err);
+		if (!write)
+			flush_dcache_page(bv.bv_page);
+		pos += bv.bv_len;
+	}
+	return BLK_STS_OK;
+}
+
+static blk_status_t ploop_handle_bio(struct ploop_device *plo, struct bio *bio)
+{
+	unsigned int nr = READ_ONCE(plo->nr_deltas);
+	struct ploop_delta *top;
+	blk_status_t sts;
+	int err;
+
+	if (!nr)
+		return op_is_flush(bio->bi_opf) && !bio->bi_iter.bi_size ?
+			BLK_STS_OK : BLK_STS_IOERR;
+	top = plo->deltas[nr - 1];
+
+	switch (bio_op(bio)) {
+	case REQ_OP_FLUSH:
+		return errno_to_blk_status(vfs_fsync(top->file, 0));
+	case REQ_OP_READ:
+		return ploop_do_rw(plo, bio, false);
+	case REQ_OP_WRITE:
+		if (bio->bi_opf & REQ_PREFLUSH) {
+			err = vfs_fsync(top->file, 0);
+			if (err)
+				return errno_to_blk_status(err);
+		}
+		if (!bio->bi_iter.bi_size)
+			return BLK_STS_OK;
+		if (top->rdonly)
+			return BLK_STS_IOERR;
+		sts = ploop_do_rw(plo, bio, true);
+		if (sts == BLK_STS_OK && (bio->bi_opf & REQ_FUA))
+			sts = errno_to_blk_status(vfs_fsync(top->file, 1));
+		return sts;
+	default:
+		return BLK_STS_NOTSUPP;
+	}
+}
+
+static void ploop_work_fn(struct work_struct *work)
+{
+	struct ploop_device *plo = container_of(work, struct ploop_device,
+						work);
+	unsigned int noio = memalloc_noio_save();
+	struct bio *bio;
+	bool wake;
+
+	for (;;) {
+		spin_lock_irq(&plo->lock);
+		bio = bio_list_pop(&plo->queue);
+		spin_unlock_irq(&plo->lock);
+		if (!bio)
+			break;
+
+		bio->bi_status = ploop_handle_bio(plo, bio);
+		bio_endio(bio);
+
+		spin_lock_irq(&plo->lock);
+		wake = --plo->inflight == 0;
+		spin_unlock_irq(&plo->lock);
+		if (wake)
+			wake_up_all(&plo->idle_wait);
+		cond_resched();
+	}
+	memalloc_noio_restore(noio);
+}
+
+/*
+ * Quiesce: park new bios, wait for the accepted ones.  Always pair with
+ * __ploop_relax(), also when this fails (-ETIMEDOUT).  ctl_mutex held.
+ */
+static int __ploop_quiesce(struct ploop_device *plo)
+{
+	spin_lock_irq(&plo->lock);
+	plo->quiesced = true;
+	spin_unlock_irq(&plo->lock);
+
+	plo->noio_flags = memalloc_noio_save();
+	if (!wait_event_timeout(plo->idle_wait, ploop_idle(plo),
+				PLOOP_QUIESCE_TIMEOUT))
+		return -ETIMEDOUT;
+	return 0;
+}
+
+static void __ploop_relax(struct ploop_device *plo)
+{
+	struct bio *bio;
+	bool kick = false;
+
+	memalloc_noio_restore(plo->noio_flags);
+
+	spin_lock_irq(&plo->lock);
+	plo->quiesced = false;
+	while ((bio = bio_list_pop(&plo->held))) {
+		bio_list_add(&plo->queue, bio);
+		plo->inflight++;
+		kick = true;
+	}
+	spin_unlock_irq(&plo->lock);
+	if (kick)
+		queue_work(plo->wq, &plo->work);
+}
+
+/* ---------------------------------------------------------------------- */
+/* deltas */
+
+static void ploop_delta_free(struct ploop_delta *d)
+{
+	if (!d)
+		return;
+	kvfree(d->map);
+	fput(d->file);
+	kfree(d);
+}
+
+/* Mark the blocks that hold data according to SEEK_DATA/SEEK_HOLE. */
+static int ploop_delta_scan(struct ploop_delta *d, loff_t size)
+{
+	struct file *f = d->file;
+	unsigned long nblocks = DIV_ROUND_UP(size, PLOOP_BLK_SIZE);
+	loff_t saved = vfs_llseek(f, 0, SEEK_CUR);
+	loff_t off = 0, data, hole;
+	int err = 0;
+
+	while (off < size) {
+		unsigned long first, last;
+
+		data = vfs_llseek(f, off, SEEK_DATA);
+		if (data == -ENXIO)
+			break;
+		if (data < 0) {		/* cannot tell: all held */
+			bitmap_set(d->map, 0, nblocks);
+			break;
+		}
+		if (data >= size)
+			break;
+		hole = vfs_llseek(f, data, SEEK_HOLE);
+		if (hole < 0 || hole > size)
+			hole = size;
+		if (hole <= data)
+			hole = size;
+		first = data >> PLOOP_BLK_SHIFT;
+		last = DIV_ROUND_UP(hole, PLOOP_BLK_SIZE);
+		if (last > nblocks)
+			last = nblocks;
+		if (last > first)
+			bitmap_set(d->map, first, last - first);
+		off = hole;
+		if (fatal_signal_pending(current)) {
+			err = -EINTR;
+			break;
+		}
+		cond_resched();
+	}
+	if (saved >= 0)
+		vfs_llseek(f, saved, SEEK_SET);
+	return err;
+}
+
+/*
+ * Take the delta file @fd.  @need_write: the file must be open for writing
+ * (checked here for ADD_DELTA; for a snapshot it is checked by
+ * complete_snapshot() after the freeze).  ctl_mutex held.
+ */
+static int ploop_delta_open(struct ploop_device *plo, int fd, bool need_write,
+			    struct ploop_delta **out)
+{
+	struct ploop_delta *d;
+	struct inode *inode;
+	struct file *file;
+	loff_t size;
+	unsigned int i;
+	int err;
+
+	file = fget(fd);
+	if (!file)
+		return -EBADF;
+	inode = file_inode(file);
+
+	err = -EINVAL;
+	if (!S_ISREG(inode->i_mode) || (file->f_flags & (O_APPEND | O_DIRECT)))
+		goto out_fput;
+	err = -EBADF;
+	if (!(file->f_mode & FMODE_READ) ||
+	    (need_write && !(file->f_mode & FMODE_WRITE)))
+		goto out_fput;
+	err = -EINVAL;
+	if (inode->i_sb->s_bdev && inode->i_sb->s_bdev->bd_disk == plo->disk)
+		goto out_fput;
+	err = -EBUSY;
+	for (i = 0; i < plo->nr_deltas; i++)
+		if (file_inode(plo->deltas[i]->file) == inode)
+			goto out_fput;
+	err = -E2BIG;
+	if (plo->nr_deltas >= PLOOP_MAX_DELTAS)
+		goto out_fput;
+
+	size = i_size_read(inode);
+	err = -EINVAL;
+	if (plo->nr_deltas) {
+		if (size != plo->size)
+			goto out_fput;
+	} else if (size <= 0 || (size & (SECTOR_SIZE - 1)) ||
+		   size > PLOOP_MAX_SIZE) {
+		goto out_fput;
+	}
+
+	err = -ENOMEM;
+	d = kzalloc(sizeof(*d), GFP_KERNEL);
+	if (!d)
+		goto out_fput;
+	d->map = kvcalloc(BITS_TO_LONGS(DIV_ROUND_UP(size, PLOOP_BLK_SIZE)),
+			  sizeof(unsigned long), GFP_KERNEL);
+	if (!d->map) {
+		kfree(d);
+		goto out_fput;
+	}
+	d->file = file;
+	err = ploop_delta_scan(d, size);
+	if (err) {
+		ploop_delta_free(d);
+		return err;
+	}
+	*out = d;
+	return 0;
+
+out_fput:
+	fput(file);
+	return err;
+}
+
+/* ---------------------------------------------------------------------- */
+/* the vz7 snapshot path */
+
+int get_bdev_from_fd(int fd, struct block_device **bdev);
+int find_and_freeze_bdev(struct ploop_device *plo, int sync_fd,
+			 struct block_device **bdev_pp);
+int ploop_quiesce(struct ploop_device *plo);
+void ploop_relax(struct ploop_device *plo);
+int complete_snapshot(struct ploop_device *plo, struct ploop_delta *delta);
+int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
+		   struct block_device *bdev);
+
+PLOOP_PROBED int ploop_quiesce(struct ploop_device *plo)
+{
+	return __ploop_quiesce(plo);
+}
+
+PLOOP_PROBED void ploop_relax(struct ploop_device *plo)
+{
+	__ploop_relax(plo);
+}
+
+/* The block device of the fd's super block, with a reference. */
+PLOOP_PROBED int get_bdev_from_fd(int fd, struct block_device **bdev)
+{
+	struct file *file = fget(fd);
+	struct inode *inode;
+	int ret = -ENODEV;
+
+	if (!file)
+		return -ENODEV;
+
+	inode = file_inode(file);
+	if (!inode)
+		goto fput;
+
+	*bdev = inode->i_sb->s_bdev;
+	if (*bdev) {
+		ploop_bdev_grab(*bdev);
+		ret = 0;
+	}
+fput:
+	fput(file);
+	return ret;
+}
+
+struct ploop_holders {
+	struct dir_context	ctx;
+	int			nr;
+	char			names[PLOOP_MAX_HOLDERS][PLOOP_NAME_LEN];
+};
+
+static bool ploop_holders_actor(struct dir_context *ctx, const char *name,
+				int namlen, loff_t offset, u64 ino,
+				unsigned int d_type)
+{
+	struct ploop_holders *h = container_of(ctx, struct ploop_holders, ctx);
+
+	if (namlen <= 0 || namlen >= PLOOP_NAME_LEN || name[0] == '.')
+		return true;
+	if (h->nr >= PLOOP_MAX_HOLDERS)
+		return false;
+	memcpy(h->names[h->nr], name, namlen);
+	h->names[h->nr][namlen] = '\0';
+	h->nr++;
+	return true;
+}
+
+static int ploop_read_small_file(const char *path, char *buf, size_t size)
+{
+	struct file *f = filp_open(path, O_RDONLY, 0);
+	loff_t pos = 0;
+	ssize_t n;
+
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	n = kernel_read(f, buf, size - 1, &pos);
+	filp_close(f, NULL);
+	if (n < 0)
+		return n;
+	buf[n] = '\0';
+	return 0;
+}
+
+/* A dm-crypt device stacked directly on @plo, with a reference, or NULL. */
+static struct block_device *ploop_get_dm_crypt_bdev(struct ploop_device *plo)
+{
+	struct ploop_holders h = { .ctx.actor = ploop_holders_actor };
+	struct block_device *bdev;
+	char path[96], buf[160];
+	unsigned int ma, mi;
+	struct file *dir;
+	int i;
+
+	snprintf(path, sizeof(path), "/sys/block/%s/holders",
+		 plo->disk->disk_name);
+	dir = filp_open(path, O_RDONLY | O_DIRECTORY, 0);
+	if (IS_ERR(dir))
+		return NULL;
+	iterate_dir(dir, &h.ctx);
+	filp_close(dir, NULL);
+
+	for (i = 0; i < h.nr; i++) {
+		snprintf(path, sizeof(path), "/sys/block/%s/dm/uuid",
+			 h.names[i]);
+		if (ploop_read_small_file(path, buf, sizeof(buf)) ||
+		    strncmp(buf, "CRYPT-", 6))
+			continue;
+		snprintf(path, sizeof(path), "/sys/block/%s/dev", h.names[i]);
+		if (ploop_read_small_file(path, buf, sizeof(buf)) ||
+		    sscanf(buf, "%u:%u", &ma, &mi) != 2)
+			continue;
+		bdev = ploop_bdev_get_by_dev(MKDEV(ma, mi));
+		if (bdev)
+			return bdev;
+	}
+	return NULL;
+}
+
+/*
+ * Freeze the device to sync: the sync fd's, else a dm-crypt on top of
+ * ploop, else the (whole-disk) ploop device if a file system is on it.
+ * *bdev_pp: in, the ioctl's bdev; out, the frozen bdev holding a
+ * reference, or NULL if nothing stays frozen.
+ */
+PLOOP_PROBED int find_and_freeze_bdev(struct ploop_device *plo, int sync_fd,
+				      struct block_device **bdev_pp)
+{
+	struct block_device *bdev = NULL;
+	int ret;
+
+	if (sync_fd != -1) {
+		ret = get_bdev_from_fd(sync_fd, &bdev);
+		if (ret)
+			return ret;
+		ret = ploop_bdev_freeze(bdev);
+		if (ret) {
+			ploop_bdev_put(bdev);
+			return ret;
+		}
+		goto out;
+	}
+
+	bdev = ploop_get_dm_crypt_bdev(plo);
+	if (bdev) {
+		ret = ploop_bdev_freeze(bdev);
+		if (ret) {
+			ploop_bdev_put(bdev);
+			return ret;
+		}
+		goto out;
+	}
+
+	/* the partition walk; this disk has no partitions: just the disk */
+	bdev = plo->disk->part0;
+	ploop_bdev_grab(bdev);
+	ret = ploop_bdev_freeze(bdev);
+	if (ret) {
+		ploop_bdev_put(bdev);
+		return ret;
+	}
+	if (!ploop_bdev_has_fs(bdev)) {
+		ploop_bdev_thaw(bdev);
+		ploop_bdev_put(bdev);
+		bdev = NULL;
+	}
+out:
+	*bdev_pp = bdev;
+	return 0;
+}
+
+/* Switch: the old top becomes read-only and synced, @delta the new top. */
+PLOOP_PROBED int complete_snapshot(struct ploop_device *plo,
+				   struct ploop_delta *delta)
+{
+	unsigned int nr = plo->nr_deltas;
+	struct ploop_delta *top;
+	int err;
+
+	if (!nr)
+		return -ENOENT;
+	if (nr >= PLOOP_MAX_DELTAS)
+		return -E2BIG;
+	if (!(delta->file->f_mode & FMODE_WRITE))
+		return -EBADF;
+
+	top = plo->deltas[nr - 1];
+	err = vfs_fsync(top->file, 0);
+	if (err)
+		return err;
+	top->rdonly = true;
+
+	delta->rdonly = false;
+	delta->level = nr;
+	plo->deltas[nr] = delta;
+	WRITE_ONCE(plo->nr_deltas, nr + 1);
+	return 0;
+}
+
+/* Drop ctl_mutex around a thaw, as around the freeze. */
+static void ploop_snapshot_thaw(struct ploop_device *plo,
+				struct block_device *bdev)
+{
+	plo->maintenance_type = PLOOP_MNTN_SNAPSHOT;
+	mutex_unlock(&plo->ctl_mutex);
+	ploop_bdev_thaw(bdev);
+	mutex_lock(&plo->ctl_mutex);
+	plo->maintenance_type = PLOOP_MNTN_OFF;
+}
+
+/* Remember a freeze an injected bug left behind (PLOOP_IOC_THAW undoes). */
+static void ploop_park_leak(struct ploop_device *plo, struct block_device *bdev)
+{
+	if (plo->nr_leaked < PLOOP_MAX_LEAKS) {
+		plo->leaked[plo->nr_leaked++] = bdev;
+		return;
+	}
+	/* no room: do not leave the device frozen for ever */
+	ploop_bdev_thaw(bdev);
+	ploop_bdev_put(bdev);
+}
+
+PLOOP_PROBED int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
+				struct block_device *bdev)
+{
+	struct ploop_ctl ctl;
+	struct ploop_ctl_chunk chunk, __user *uchunks;
+	struct ploop_delta *delta;
+	struct block_device *frozen = NULL;
+	int bug = READ_ONCE(ploop_bug);
+	bool is_patched = READ_ONCE(patched);
+	int err, sync_fd = -1;
+
+	if (!plo->nr_deltas)
+		return -ENOENT;
+	if (plo->maintenance_type != PLOOP_MNTN_OFF)
+		return -EBUSY;
+
+	if (copy_from_user(&ctl, (void __user *)arg, sizeof(struct ploop_ctl)))
+		return -EFAULT;
+	uchunks = (struct ploop_ctl_chunk __user *)(arg + sizeof(struct ploop_ctl));
+	if (is_patched) {
+		if (ctl.pctl_chunks == 2) {
+			/* chunk #1 carries the fd of the mountpoint to sync */
+			if (copy_from_user(&chunk, &uchunks[1],
+					   sizeof(struct ploop_ctl_chunk)))
+				return -EFAULT;
+			if (chunk.pctl_type || chunk.pctl_flags ||
+			    chunk.pctl_offset || chunk.pctl_start ||
+			    chunk.pctl_len)
+				return -EINVAL;
+			if (bug != PLOOP_BUG_IGNORE_SYNC_FD)
+				sync_fd = chunk.pctl_fd;
+			ctl.pctl_chunks = 1;
+		}
+		if (ctl.pctl_chunks != 1)
+			return bug == PLOOP_BUG_EINVAL ? -EINVAL : -ENOTSUPP;
+	} else if (ctl.pctl_chunks != 1) {
+		return -EINVAL;
+	}
+	if (copy_from_user(&chunk, uchunks, sizeof(struct ploop_ctl_chunk)))
+		return -EFAULT;
+	if (ctl.pctl_format && ctl.pctl_format != PLOOP_FMT_RAW)
+		return -EINVAL;
+
+	err = ploop_delta_open(plo, chunk.pctl_fd, false, &delta);
+	if (err)
+		return err;
+
+	if (ctl.pctl_flags & PLOOP_FLAG_FS_SYNC) {
+		plo->maintenance_type = PLOOP_MNTN_SNAPSHOT;
+		mutex_unlock(&plo->ctl_mutex);
+		err = find_and_freeze_bdev(plo, sync_fd, &bdev);
+		mutex_lock(&plo->ctl_mutex);
+		plo->maintenance_type = PLOOP_MNTN_OFF;
+		if (err) {
+			ploop_delta_free(delta);
+			return err;
+		}
+		frozen = bdev;
+		if (frozen && bug == PLOOP_BUG_THAW_EARLY) {
+			ploop_snapshot_thaw(plo, frozen);
+			ploop_bdev_put(frozen);
+			frozen = NULL;
+		}
+	}
+
+	err = ploop_quiesce(plo);
+	if (!err)
+		err = complete_snapshot(plo, delta);
+	ploop_relax(plo);
+
+	if (err) {
+		ploop_delta_free(delta);
+		if (frozen && bug == PLOOP_BUG_LEAK_FREEZE) {
+			ploop_park_leak(plo, frozen);
+			return err;
+		}
+	} else {
+		set_disk_ro(plo->disk, false);
+	}
+
+	if (frozen) {
+		if (bug == PLOOP_BUG_THAW_OTHER &&
+		    frozen != plo->disk->part0) {
+			ploop_snapshot_thaw(plo, plo->disk->part0);
+			ploop_park_leak(plo, frozen);
+		} else {
+			ploop_snapshot_thaw(plo, frozen);
+			ploop_bdev_put(frozen);
+		}
+	}
+	return err;
+}
+
+/* ---------------------------------------------------------------------- */
+/* other ioctls */
+
+static int ploop_add_delta(struct ploop_device *plo, unsigned long arg)
+{
+	struct ploop_ctl ctl;
+	struct ploop_ctl_chunk chunk;
+	struct ploop_delta *delta;
+	bool rdonly, first;
+	unsigned int nr;
+	loff_t size;
+	int err;
+
+	if (plo->maintenance_type != PLOOP_MNTN_OFF)
+		return -EBUSY;
+	if (copy_from_user(&ctl, (void __user *)arg, sizeof(ctl)))
+		return -EFAULT;
+	if (ctl.pctl_chunks != 1 || ctl.pctl_format != PLOOP_FMT_RAW)
+		return -EINVAL;
+	if (copy_from_user(&chunk, (void __user *)(arg + sizeof(ctl)),
+			   sizeof(chunk)))
+		return -EFAULT;
+	rdonly = ctl.pctl_flags & PLOOP_FMT_RDONLY;
+
+	err = ploop_delta_open(plo, chunk.pctl_fd, !rdonly, &delta);
+	if (err)
+		return err;
+	delta->rdonly = rdonly;
+	size = i_size_read(file_inode(delta->file));
+
+	nr = plo->nr_deltas;
+	first = nr == 0;
+	err = __ploop_quiesce(plo);
+	if (!err && !first && !plo->deltas[nr - 1]->rdonly) {
+		err = vfs_fsync(plo->deltas[nr - 1]->file, 0);
+		if (!err)
+			plo->deltas[nr - 1]->rdonly = true;
+	}
+	if (!err) {
+		if (first)
+			plo->size = size;
+		delta->level = nr;
+		plo->deltas[nr] = delta;
+		WRITE_ONCE(plo->nr_deltas, nr + 1);
+	}
+	__ploop_relax(plo);
+	if (err) {
+		ploop_delta_free(delta);
+		return err;
+	}
+
+	set_disk_ro(plo->disk, rdonly);
+	if (first) {
+		invalidate_bdev(plo->disk->part0);
+		set_capacity_and_notify(plo->disk, size >> SECTOR_SHIFT);
+	}
+	return 0;
+}
+
+static void ploop_drop_deltas(struct ploop_device *plo)
+{
+	unsigned int i, nr = plo->nr_deltas;
+
+	WRITE_ONCE(plo->nr_deltas, 0);
+	plo->size = 0;
+	for (i = 0; i < nr; i++) {
+		ploop_delta_free(plo->deltas[i]);
+		plo->deltas[i] = NULL;
+	}
+}
+
+static int ploop_clear(struct ploop_device *plo)
+{
+	int err;
+
+	if (plo->maintenance_type != PLOOP_MNTN_OFF || plo->user_frozen ||
+	    disk_openers(plo->disk) > 1)
+		return -EBUSY;
+	if (!plo->nr_deltas)
+		return 0;
+
+	sync_blockdev(plo->disk->part0);	/* the caller's buffered writes */
+	err = __ploop_quiesce(plo);
+	if (!err) {
+		struct ploop_delta *top = plo->deltas[plo->nr_deltas - 1];
+
+		if (!top->rdonly)
+			vfs_fsync(top->file, 0);
+		ploop_drop_deltas(plo);
+	}
+	__ploop_relax(plo);
+	if (err)
+		return err;
+
+	set_capacity_and_notify(plo->disk, 0);
+	invalidate_bdev(plo->disk->part0);
+	set_disk_ro(plo->disk, false);
+	return 0;
+}
+
+static int ploop_thaw_leaked(struct ploop_device *plo)
+{
+	int ret = 0, err;
+
+	while (plo->nr_leaked) {
+		struct block_device *bdev = plo->leaked[--plo->nr_leaked];
+
+		err = ploop_bdev_thaw(bdev);
+		if (err && !ret)
+			ret = err;
+		ploop_bdev_put(bdev);
+	}
+	return ret;
+}
+
+static int ploop_ioc_freeze(struct ploop_device *plo)
+{
+	int err;
+
+	if (plo->maintenance_type != PLOOP_MNTN_OFF)
+		return -EBUSY;
+	if (!plo->nr_deltas)
+		return -EINVAL;
+	if (plo->user_frozen)
+		return 0;
+	err = ploop_bdev_freeze(plo->disk->part0);
+	if (!err)
+		plo->user_frozen = true;
+	return err;
+}
+
+static int ploop_ioc_thaw(struct ploop_device *plo)
+{
+	int err;
+
+	if (plo->maintenance_type != PLOOP_MNTN_OFF)
+		return -EBUSY;
+	if (plo->nr_leaked)
+		return ploop_thaw_leaked(plo);
+	if (!plo->user_frozen)
+		return 0;
+	err = ploop_bdev_thaw(plo->disk->part0);
+	plo->user_frozen = false;
+	return err;
+}
+
+static int ploop_ioctl(struct block_device *bdev, ploop_mode_t mode,
+		       unsigned int cmd, unsigned long arg)
+{
+	struct ploop_device *plo = bdev->bd_disk->private_data;
+	int err;
+
+	switch (cmd) {
+	case PLOOP_IOC_ADD_DELTA:
+	case PLOOP_IOC_SNAPSHOT:
+	case PLOOP_IOC_CLEAR:
+	case PLOOP_IOC_FREEZE:
+	case PLOOP_IOC_THAW:
+		break;
+	default:
+		return -ENOTTY;
+	}
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	if (mutex_lock_killable(&plo->ctl_mutex))
+		return -EINTR;
+
+	switch (cmd) {
+	case PLOOP_IOC_ADD_DELTA:
+		err = ploop_add_delta(plo, arg);
+		break;
+	case PLOOP_IOC_SNAPSHOT:
+		err = ploop_snapshot(plo, arg, bdev);
+		break;
+	case PLOOP_IOC_CLEAR:
+		err = ploop_clear(plo);
+		break;
+	case PLOOP_IOC_FREEZE:
+		err = ploop_ioc_freeze(plo);
+		break;
+	default:
+		err = ploop_ioc_thaw(plo);
+		break;
+	}
+	mutex_unlock(&plo->ctl_mutex);
+	return err;
+}
+
+static const struct block_device_operations ploop_fops = {
+	.owner		= THIS_MODULE,
+	.submit_bio	= ploop_submit_bio,
+	.ioctl		= ploop_ioctl,
+};
+
+/* ---------------------------------------------------------------------- */
+/* sysfs: /sys/block/ploopN/pstate/ */
+
+static struct ploop_device *ploop_from_pstate(struct kobject *kobj)
+{
+	return dev_to_disk(kobj_to_dev(kobj->parent))->private_data;
+}
+
+static ssize_t nr_deltas_show(struct kobject *kobj,
+			      struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n",
+			  READ_ONCE(ploop_from_pstate(kobj)->nr_deltas));
+}
+
+static ssize_t top_show(struct kobject *kobj, struct kobj_attribute *attr,
+			char *buf)
+{
+	unsigned int nr = READ_ONCE(ploop_from_pstate(kobj)->nr_deltas);
+
+	return sysfs_emit(buf, "%d\n", (int)nr - 1);
+}
+
+static ssize_t leaked_freezes_show(struct kobject *kobj,
+				   struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%d\n",
+			  READ_ONCE(ploop_from_pstate(kobj)->nr_leaked));
+}
+
+static struct kobj_attribute ploop_attr_nr_deltas = __ATTR_RO(nr_deltas);
+static struct kobj_attribute ploop_attr_top = __ATTR_RO(top);
+static struct kobj_attribute ploop_attr_leaked = __ATTR_RO(leaked_freezes);
+
+static struct attribute *ploop_pstate_attrs[] = {
+	&ploop_attr_nr_deltas.attr,
+	&ploop_attr_top.attr,
+	&ploop_attr_leaked.attr,
+	NULL,
+};
+
+static const struct attribute_group ploop_pstate_group = {
+	.attrs = ploop_pstate_attrs,
+};
+
+/* ---------------------------------------------------------------------- */
+/* setup / teardown */
+
+static void ploop_free_dev(struct ploop_device *plo)
+{
+	if (plo->wq)
+		destroy_workqueue(plo->wq);
+	kfree(plo->scratch);
+	kfree(plo);
+}
+
+static struct ploop_device *ploop_create_dev(int index)
+{
+	struct ploop_device *plo;
+	struct gendisk *disk;
+	int err = -ENOMEM;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
+	struct queue_limits lim = {
+		.logical_block_size	= SECTOR_SIZE,
+		.physical_block_size	= PLOOP_BLK_SIZE,
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
+		.features		= BLK_FEAT_WRITE_CACHE | BLK_FEAT_FUA,
+#endif
+	};
+#endif
+
+	plo = kzalloc(sizeof(*plo), GFP_KERNEL);
+	if (!plo)
+		return ERR_PTR(-ENOMEM);
+	plo->index = index;
+	mutex_init(&plo->ctl_mutex);
+	spin_lock_init(&plo->lock);
+	bio_list_init(&plo->queue);
+	bio_list_init(&plo->held);
+	init_waitqueue_head(&plo->idle_wait);
+	INIT_WORK(&plo->work, ploop_work_fn);
+	plo->maintenance_type = PLOOP_MNTN_OFF;
+
+	plo->scratch = kmalloc(PLOOP_BLK_SIZE, GFP_KERNEL);
+	if (!plo->scratch)
+		goto out_free;
+	plo->wq = alloc_ordered_workqueue("ploop%d", WQ_MEM_RECLAIM, index);
+	if (!plo->wq)
+		goto out_free;
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
+	disk = blk_alloc_disk(&lim, NUMA_NO_NODE);
+#else
+	disk = blk_alloc_disk(NUMA_NO_NODE);
+#endif
+	if (IS_ERR_OR_NULL(disk)) {
+		err = disk ? PTR_ERR(disk) : -ENOMEM;
+		goto out_free;
+	}
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 9, 0)
+	blk_queue_logical_block_size(disk->queue, SECTOR_SIZE);
+	blk_queue_physical_block_size(disk->queue, PLOOP_BLK_SIZE);
+#endif
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 11, 0)
+	blk_queue_write_cache(disk->queue, true, true);
+#endif
+	disk->major = ploop_major;
+	disk->first_minor = index;
+	disk->minors = 1;
+	disk->fops = &ploop_fops;
+	disk->private_data = plo;
+	disk->flags |= GENHD_FL_NO_PART;
+	snprintf(disk->disk_name, sizeof(disk->disk_name), "ploop%d", index);
+	set_capacity(disk, 0);
+	plo->disk = disk;
+
+	err = add_disk(disk);
+	if (err)
+		goto out_put;
+
+	plo->pstate = kobject_create_and_add("pstate", &disk_to_dev(disk)->kobj);
+	if (!plo->pstate) {
+		err = -ENOMEM;
+		goto out_del;
+	}
+	err = sysfs_create_group(plo->pstate, &ploop_pstate_group);
+	if (err)
+		goto out_kobj;
+	return plo;
+
+out_kobj:
+	kobject_put(plo->pstate);
+out_del:
+	del_gendisk(disk);
+out_put:
+	put_disk(disk);
+out_free:
+	ploop_free_dev(plo);
+	return ERR_PTR(err);
+}
+
+static void ploop_destroy_dev(struct ploop_device *plo)
+{
+	kobject_put(plo->pstate);
+	del_gendisk(plo->disk);
+	flush_workqueue(plo->wq);	/* no new bios after del_gendisk */
+
+	mutex_lock(&plo->ctl_mutex);
+	ploop_thaw_leaked(plo);
+	if (plo->user_frozen) {
+		ploop_bdev_thaw(plo->disk->part0);
+		plo->user_frozen = false;
+	}
+	ploop_drop_deltas(plo);
+	mutex_unlock(&plo->ctl_mutex);
+
+	put_disk(plo->disk);
+	ploop_free_dev(plo);
+}
+
+static int __init ploop_model_init(void)
+{
+	int i, err;
+
+	if (nr_devs < 1 || nr_devs > 64)
+		return -EINVAL;
+
+	ploop_major = register_blkdev(0, "ploop");
+	if (ploop_major < 0)
+		return ploop_major;
+
+	ploop_devs = kcalloc(nr_devs, sizeof(*ploop_devs), GFP_KERNEL);
+	if (!ploop_devs) {
+		err = -ENOMEM;
+		goto out_unreg;
+	}
+	for (i = 0; i < nr_devs; i++) {
+		struct ploop_device *plo = ploop_create_dev(i);
+
+		if (IS_ERR(plo)) {
+			err = PTR_ERR(plo);
+			goto out_destroy;
+		}
+		ploop_devs[i] = plo;
+	}
+	pr_info("ploop_model: %d devices, major %d, patched=%d\n",
+		nr_devs, ploop_major, patched);
+	return 0;
+
+out_destroy:
+	while (--i >= 0)
+		ploop_destroy_dev(ploop_devs[i]);
+	kfree(ploop_devs);
+out_unreg:
+	unregister_blkdev(ploop_major, "ploop");
+	return err;
+}
+
+static void __exit ploop_model_exit(void)
+{
+	int i;
+
+	for (i = 0; i < nr_devs; i++)
+		ploop_destroy_dev(ploop_devs[i]);
+	kfree(ploop_devs);
+	unregister_blkdev(ploop_major, "ploop");
+}
+
+module_init(ploop_model_init);
+module_exit(ploop_model_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("Model of the vz7 ploop snapshot path (PLOOP_IOC_SNAPSHOT with sync fd) for probe testing");
