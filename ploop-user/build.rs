@@ -15,11 +15,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo::rerun-if-changed={root}/ploop-common/src");
     let ebpf_dir = format!("{root}/ploop-ebpf");
     aya_build::build_ebpf(
-        [Package {
-            name: "ploop-ebpf",
-            root_dir: &ebpf_dir,
-            ..Default::default()
-        }],
+        [Package { name: "ploop-ebpf", root_dir: &ebpf_dir, ..Default::default() }],
         Toolchain::Custom(toolchain),
     )
 }

@@ -17,12 +17,8 @@ pub const STORAGE_MODULES: &[&str] = &["loop", "dm-mod", "ext4", "crc32c_generic
 /// with `env` prepended. Returns the output; the script's own files are in `out.share`.
 pub fn run_guest_script(series: &str, name: &str, env: &str) -> Result<Output> {
     let kernel = Kernel::resolve(series)?;
-    let script = fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("guest")
-            .join(name),
-    )
-    .with_context(|| format!("reading guest script {name}"))?;
+    let script = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("guest").join(name))
+        .with_context(|| format!("reading guest script {name}"))?;
     let vm = Vm::with_ploop_verify(kernel, STORAGE_MODULES, format!("{env}\n{script}"))?;
     let out = vm.run()?;
     eprintln!(
@@ -57,11 +53,7 @@ impl Trace {
                 Some("event") => events.push(v),
                 Some("end") => end = Some(v),
                 other => {
-                    return Err(anyhow!(
-                        "{}:{}: unknown record {other:?}",
-                        path.display(),
-                        i + 1
-                    ));
+                    return Err(anyhow!("{}:{}: unknown record {other:?}", path.display(), i + 1));
                 }
             }
         }
@@ -83,13 +75,6 @@ impl Trace {
 
 /// `major:minor` as the guest script wrote it with `stat -c %t:%T` (hex).
 pub fn dev_from_hex(text: &str) -> Result<String> {
-    let (ma, mi) = text
-        .trim()
-        .split_once(':')
-        .ok_or_else(|| anyhow!("bad dev {text:?}"))?;
-    Ok(format!(
-        "{}:{}",
-        u32::from_str_radix(ma, 16)?,
-        u32::from_str_radix(mi, 16)?
-    ))
+    let (ma, mi) = text.trim().split_once(':').ok_or_else(|| anyhow!("bad dev {text:?}"))?;
+    Ok(format!("{}:{}", u32::from_str_radix(ma, 16)?, u32::from_str_radix(mi, 16)?))
 }

@@ -31,10 +31,7 @@ fn check_pair(trace: &Trace, dev: &str) -> Result<(), String> {
         return Err(format!("out of order: {fe} {fr} {te} {tr}"));
     }
     if fr["ret"] != 0 || tr["ret"] != 0 {
-        return Err(format!(
-            "non-zero returns: freeze {} thaw {}",
-            fr["ret"], tr["ret"]
-        ));
+        return Err(format!("non-zero returns: freeze {} thaw {}", fr["ret"], tr["ret"]));
     }
     if fe["args"][0] != te["args"][0] {
         return Err("freeze and thaw saw different block_device pointers".into());
@@ -48,20 +45,13 @@ fn check_pair(trace: &Trace, dev: &str) -> Result<(), String> {
 fn live(series: &str, freeze_sym: &str, bd_dev_offset: u64) {
     let out = run_guest_script(series, "probes.sh", "").expect("guest run");
     out.expect_success().expect("guest script");
-    assert!(
-        out.kernel_problems().is_empty(),
-        "kernel log: {:?}",
-        out.kernel_problems()
-    );
+    assert!(out.kernel_problems().is_empty(), "kernel log: {:?}", out.kernel_problems());
     let share = &out.share;
     let read = |f: &str| fs::read_to_string(share.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
 
     let doctor: Value = serde_json::from_str(&read("doctor.json")).expect("doctor --json");
     assert_eq!(doctor["symbols"]["freeze_bdev"]["name"], freeze_sym);
-    assert_eq!(
-        doctor["capabilities"]["bd_dev_offset"], bd_dev_offset,
-        "BTF offset"
-    );
+    assert_eq!(doctor["capabilities"]["bd_dev_offset"], bd_dev_offset, "BTF offset");
     for cap in ["kprobe", "fentry", "ringbuf", "perf"] {
         // Debian's 6.1 and 6.12 have all four: an absence here is a bug, not a skip.
         assert!(
@@ -101,16 +91,8 @@ fn live(series: &str, freeze_sym: &str, bd_dev_offset: u64) {
     }
     assert!(failures.is_empty(), "{series}: {}", failures.join("\n"));
     assert_eq!(checked, 8);
-    assert_eq!(
-        read("rc-empty").trim(),
-        "2",
-        "trace with no event must exit 2"
-    );
-    assert_eq!(
-        read("rc-failing-workload").trim(),
-        "1",
-        "a failing workload is status 1"
-    );
+    assert_eq!(read("rc-empty").trim(), "2", "trace with no event must exit 2");
+    assert_eq!(read("rc-failing-workload").trim(), "1", "a failing workload is status 1");
 }
 
 #[test]

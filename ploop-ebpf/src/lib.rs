@@ -9,19 +9,24 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use ploop_common::{Event, Stash, StashKey, config, flags, phase};
+use ploop_common::{
+    Event, NO_DEV, PLOOP_CTL_CHUNK_SIZE, PLOOP_CTL_SIZE, Stash, StashKey, config, dev_arg, flags,
+    func, phase, sync_state,
+};
 
 /// Filled by user space before attaching; offsets come from the running kernel's BTF,
 /// because aya-ebpf has no CO-RE field relocations.
 #[map(name = "PLOOP_CONFIG")]
 pub static PLOOP_CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
 
-/// Entry arguments waiting for their kretprobe, keyed by thread and function.
+/// Entry arguments waiting for their kretprobe, keyed by thread and function; also the
+/// marker that lets `sys_exit_ioctl` report the ioctl of a snapshot call.
 #[map(name = "PLOOP_STASH")]
 pub static PLOOP_STASH: HashMap<StashKey, Stash> = HashMap::with_max_entries(4096, 0);
 
@@ -32,9 +37,11 @@ pub static PLOOP_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// What differs between the two objects.
 pub trait Flavor {
-    /// Read a kernel value (`bpf_probe_read_kernel`, or `bpf_probe_read` on old kernels).
+    /// Read kernel memory (`bpf_probe_read_kernel`, or `bpf_probe_read` on old kernels).
     fn read_kernel_u32(addr: u64) -> Result<u32, i32>;
     fn read_kernel_u64(addr: u64) -> Result<u64, i32>;
+    /// Read user memory (`bpf_probe_read_user`, or `bpf_probe_read` on old kernels).
+    fn read_user(addr: u64, dst: &mut [u8]) -> Result<(), i32>;
     /// Hand the event to user space; `false` when the transport had no room.
     fn emit<C: EbpfContext>(ctx: &C, ev: &Event) -> bool;
 }
@@ -61,21 +68,28 @@ fn count_lost() {
     }
 }
 
-/// `block_device.bd_dev` of the pointer in argument 0.
+/// `base + config[slot]`, or `None` while the offset is unknown.
+#[inline(always)]
+fn field(base: u64, slot: u32) -> Option<u64> {
+    let off = config(slot);
+    (base != 0 && off != config::UNKNOWN).then(|| base.wrapping_add(off))
+}
+
+/// `block_device.bd_dev` of a `struct block_device *`.
 #[inline(always)]
 fn read_bd_dev<F: Flavor>(bdev: u64) -> (u32, u8) {
-    let off = config(config::BD_DEV_OFFSET);
-    if bdev == 0 || off == config::UNKNOWN {
-        return (0, flags::DEV_UNREAD);
-    }
-    match F::read_kernel_u32(bdev.wrapping_add(off)) {
-        Ok(dev) => (dev, 0),
-        Err(_) => (0, flags::DEV_UNREAD),
+    match field(bdev, config::BD_DEV_OFFSET).map(F::read_kernel_u32) {
+        Some(Ok(dev)) => (dev, 0),
+        _ => (0, flags::DEV_UNREAD),
     }
 }
 
 #[inline(always)]
-fn event(func: u16, ph: u8, fl: u8, dev: u32, args: [u64; 3], ret: i64) -> Event {
+fn event<F: Flavor>(func: u16, ph: u8, args: [u64; 3], ret: i64) -> Event {
+    let (dev, fl) = match dev_arg(func) {
+        NO_DEV => (0, flags::DEV_UNREAD),
+        n => read_bd_dev::<F>(args[n]),
+    };
     Event {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid_tgid: bpf_get_current_pid_tgid(),
@@ -88,6 +102,10 @@ fn event(func: u16, ph: u8, fl: u8, dev: u32, args: [u64; 3], ret: i64) -> Event
         args,
         ret,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ctl: [0; PLOOP_CTL_SIZE],
+        chunks: [0; 2 * PLOOP_CTL_CHUNK_SIZE],
+        sync_dev: 0,
+        sync_state: sync_state::NONE,
     }
 }
 
@@ -98,24 +116,81 @@ fn send<F: Flavor, C: EbpfContext>(ctx: &C, ev: &Event) {
     }
 }
 
+#[inline(always)]
+fn stash_key(pid_tgid: u64, func: u16) -> StashKey {
+    StashKey { pid_tgid, func: func as u32, _pad: 0 }
+}
+
+/// The fd walk for S1: which filesystem does `fd` of the current task name?
+#[inline(always)]
+fn resolve_fd<F: Flavor>(fd: i32) -> (u32, u32) {
+    let walk = || -> Option<(u32, u32)> {
+        let task = unsafe { bpf_get_current_task() };
+        let files = F::read_kernel_u64(field(task, config::TASK_FILES)?).ok()?;
+        let fdt = F::read_kernel_u64(field(files, config::FILES_FDT)?).ok()?;
+        let max_fds = F::read_kernel_u32(field(fdt, config::FDT_MAX_FDS)?).ok()?;
+        if fd < 0 || fd as u32 >= max_fds {
+            return Some((0, sync_state::NO_FILE));
+        }
+        let table = F::read_kernel_u64(field(fdt, config::FDT_FD)?).ok()?;
+        let file = F::read_kernel_u64(table.wrapping_add(fd as u64 * 8)).ok()?;
+        if file == 0 {
+            return Some((0, sync_state::NO_FILE));
+        }
+        let inode = F::read_kernel_u64(field(file, config::FILE_F_INODE)?).ok()?;
+        let sb = F::read_kernel_u64(field(inode, config::INODE_I_SB)?).ok()?;
+        let dev = F::read_kernel_u32(field(sb, config::SB_S_DEV)?).ok()?;
+        let bdev = F::read_kernel_u64(field(sb, config::SB_S_BDEV)?).ok()?;
+        Some((dev, if bdev == 0 { sync_state::NO_BDEV } else { sync_state::RESOLVED }))
+    };
+    walk().unwrap_or((0, sync_state::UNREAD))
+}
+
+/// `ploop_snapshot` entry: copy the request the way the kernel is about to read it, and
+/// resolve chunk #1's fd while the caller's fd table is at hand.
+#[inline(always)]
+fn fill_snapshot<F: Flavor>(ev: &mut Event) {
+    let arg = ev.args[1];
+    if F::read_user(arg, &mut ev.ctl).is_err() {
+        ev.flags |= flags::CTL_UNREAD;
+        return;
+    }
+    if F::read_user(arg + PLOOP_CTL_SIZE as u64, &mut ev.chunks).is_err() {
+        ev.flags |= flags::CHUNKS_UNREAD;
+        return;
+    }
+    // pctl_chunks is the u16 at offset 16; chunk #1's pctl_fd the s32 at its start.
+    let nr = u16::from_le_bytes([ev.ctl[16], ev.ctl[17]]);
+    if nr == 2 {
+        let c1 = PLOOP_CTL_CHUNK_SIZE;
+        let fd = i32::from_le_bytes([
+            ev.chunks[c1],
+            ev.chunks[c1 + 1],
+            ev.chunks[c1 + 2],
+            ev.chunks[c1 + 3],
+        ]);
+        if fd != -1 {
+            let (dev, state) = resolve_fd::<F>(fd);
+            ev.sync_dev = dev;
+            ev.sync_state = state;
+        }
+    }
+}
+
 /// Function entry. `stash` is set for kprobes, whose return probe cannot see the arguments.
 #[inline(always)]
 pub fn on_entry<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], stash: bool) {
-    let (dev, fl) = read_bd_dev::<F>(args[0]);
-    let ev = event(func, phase::ENTRY, fl, dev, args, 0);
+    let mut ev = event::<F>(func, phase::ENTRY, args, 0);
+    if func == func::PLOOP_SNAPSHOT {
+        fill_snapshot::<F>(&mut ev);
+        // Arms sys_exit_ioctl for this thread: E3 compares the errno user space sees.
+        let marker = Stash { args, dev: ev.dev, flags: 0 };
+        let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, func::SYS_IOCTL), &marker, 0);
+    }
     if stash {
-        let key = StashKey {
-            pid_tgid: ev.pid_tgid,
-            func: func as u32,
-            _pad: 0,
-        };
-        let val = Stash {
-            args,
-            dev,
-            flags: fl as u32,
-        };
+        let val = Stash { args, dev: ev.dev, flags: ev.flags as u32 };
         // A full stash only costs the return event its arguments (flagged NO_ENTRY).
-        let _ = PLOOP_STASH.insert(&key, &val, 0);
+        let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, func), &val, 0);
     }
     send::<F, C>(ctx, &ev);
 }
@@ -123,38 +198,65 @@ pub fn on_entry<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], s
 /// Function return seen by a kretprobe: arguments come from the entry stash.
 #[inline(always)]
 pub fn on_kretprobe<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, ret: i64) {
-    let key = StashKey {
-        pid_tgid: bpf_get_current_pid_tgid(),
-        func: func as u32,
-        _pad: 0,
-    };
-    let (args, dev, fl) = match unsafe { PLOOP_STASH.get(&key) } {
-        Some(s) => (s.args, s.dev, s.flags as u8),
-        None => ([0; 3], 0, flags::NO_ENTRY | flags::DEV_UNREAD),
-    };
+    let key = stash_key(bpf_get_current_pid_tgid(), func);
+    let mut ev = event::<F>(func, phase::RETURN, [0; 3], ret);
+    match unsafe { PLOOP_STASH.get(&key) } {
+        Some(s) => {
+            ev.args = s.args;
+            ev.dev = s.dev;
+            ev.flags = s.flags as u8 & flags::DEV_UNREAD;
+        }
+        None => ev.flags = flags::NO_ENTRY | flags::DEV_UNREAD,
+    }
     let _ = PLOOP_STASH.remove(&key);
-    send::<F, C>(ctx, &event(func, phase::RETURN, fl, dev, args, ret));
+    send::<F, C>(ctx, &ev);
 }
 
 /// Function return seen by fexit, which has the arguments at hand.
 #[inline(always)]
 pub fn on_fexit<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], ret: i64) {
-    let (dev, fl) = read_bd_dev::<F>(args[0]);
-    send::<F, C>(ctx, &event(func, phase::RETURN, fl, dev, args, ret));
+    send::<F, C>(ctx, &event::<F>(func, phase::RETURN, args, ret));
+}
+
+/// `syscalls:sys_exit_ioctl`, for threads that entered `ploop_snapshot` in this syscall.
+#[inline(always)]
+pub fn on_sys_exit_ioctl<F: Flavor, C: EbpfContext>(ctx: &C, ret: i64) {
+    let key = stash_key(bpf_get_current_pid_tgid(), func::SYS_IOCTL);
+    let Some(s) = (unsafe { PLOOP_STASH.get(&key) }) else { return };
+    let mut ev = event::<F>(func::SYS_IOCTL, phase::RETURN, s.args, ret);
+    ev.dev = s.dev;
+    ev.flags = 0;
+    let _ = PLOOP_STASH.remove(&key);
+    send::<F, C>(ctx, &ev);
 }
 
 /// Generates every program of an object for one [`Flavor`]. Program names are
 /// `<kernel function>_<attach method>`; user space attaches `freeze_bdev_*` to `freeze_bdev`
-/// or `bdev_freeze`, whichever the kernel has.
+/// or `bdev_freeze`, whichever the kernel has. Functions of the ploop module get kprobes
+/// only: fentry reaches vmlinux functions alone.
 #[macro_export]
 macro_rules! probes {
     ($flavor:ty) => {
-        $crate::probes!(@one $flavor, ploop_common::func::FREEZE_BDEV,
-            freeze_bdev_kprobe, freeze_bdev_kretprobe, freeze_bdev_fentry, freeze_bdev_fexit);
-        $crate::probes!(@one $flavor, ploop_common::func::THAW_BDEV,
-            thaw_bdev_kprobe, thaw_bdev_kretprobe, thaw_bdev_fentry, thaw_bdev_fexit);
+        $crate::probes!(@kprobe $flavor, ploop_common::func::FREEZE_BDEV, freeze_bdev_kprobe, freeze_bdev_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::func::THAW_BDEV, thaw_bdev_kprobe, thaw_bdev_kretprobe);
+        $crate::probes!(@fentry $flavor, ploop_common::func::FREEZE_BDEV, freeze_bdev_fentry, freeze_bdev_fexit);
+        $crate::probes!(@fentry $flavor, ploop_common::func::THAW_BDEV, thaw_bdev_fentry, thaw_bdev_fexit);
+        $crate::probes!(@kprobe $flavor, ploop_common::func::PLOOP_SNAPSHOT, ploop_snapshot_kprobe, ploop_snapshot_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::func::FIND_AND_FREEZE_BDEV, find_and_freeze_bdev_kprobe, find_and_freeze_bdev_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::func::GET_BDEV_FROM_FD, get_bdev_from_fd_kprobe, get_bdev_from_fd_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::func::PLOOP_QUIESCE, ploop_quiesce_kprobe, ploop_quiesce_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::func::PLOOP_RELAX, ploop_relax_kprobe, ploop_relax_kretprobe);
+
+        #[aya_ebpf::macros::tracepoint]
+        pub fn sys_exit_ioctl(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+            // `struct trace_event_raw_sys_exit`: 8 bytes of common fields, the syscall nr,
+            // then `long ret` at offset 16.
+            let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+            $crate::on_sys_exit_ioctl::<$flavor, _>(&ctx, ret);
+            0
+        }
     };
-    (@one $flavor:ty, $func:expr, $kp:ident, $krp:ident, $fentry:ident, $fexit:ident) => {
+    (@kprobe $flavor:ty, $func:expr, $kp:ident, $krp:ident) => {
         #[aya_ebpf::macros::kprobe]
         pub fn $kp(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
             let a = |n| ctx.arg::<u64>(n).unwrap_or(0);
@@ -166,6 +268,8 @@ macro_rules! probes {
             $crate::on_kretprobe::<$flavor, _>(&ctx, $func, ctx.ret::<i64>());
             0
         }
+    };
+    (@fentry $flavor:ty, $func:expr, $fentry:ident, $fexit:ident) => {
         #[aya_ebpf::macros::fentry]
         pub fn $fentry(ctx: aya_ebpf::programs::FEntryContext) -> u32 {
             // freeze/thaw take one argument on every kernel that has fentry (5.5+).

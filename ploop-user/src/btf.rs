@@ -10,26 +10,18 @@ pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The BTF to read: the file the user named, else the running kernel's.
 pub fn path(user: Option<&Path>) -> PathBuf {
-    user.map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(SYS_BTF))
+    user.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(SYS_BTF))
 }
 
 pub fn load(path: &Path) -> Result<Btf> {
-    Btf::from_file(path)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| {
-            format!(
-                "reading BTF from {} (name another with --btf FILE)",
-                path.display()
-            )
-        })
+    Btf::from_file(path).map_err(|e| anyhow!("{e}")).with_context(|| {
+        format!("reading BTF from {} (name another with --btf FILE)", path.display())
+    })
 }
 
 /// Byte offset of `member` in `struct name`, looking through anonymous struct/union members.
 pub fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<u64> {
-    let types = btf
-        .resolve_types_by_name(name)
-        .map_err(|e| anyhow!("{e}"))?;
+    let types = btf.resolve_types_by_name(name).map_err(|e| anyhow!("{e}"))?;
     let st = types
         .iter()
         .find_map(|t| match t {

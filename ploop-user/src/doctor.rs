@@ -46,12 +46,7 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
     if args.json {
         let symbols: serde_json::Map<_, _> = SYMBOLS
             .iter()
-            .map(|s| {
-                (
-                    s.role.to_string(),
-                    serde_json::to_value(kernel.symbol(s.role)).unwrap(),
-                )
-            })
+            .map(|s| (s.role.to_string(), serde_json::to_value(kernel.symbol(s.role)).unwrap()))
             .collect();
         let out = json!({
             "kernel": { "release": kernel.release, "generation": kernel.generation },
@@ -62,10 +57,7 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!(
-            "kernel {} (freeze/thaw generation: {:?})",
-            kernel.release, kernel.generation
-        );
+        println!("kernel {} (freeze/thaw generation: {:?})", kernel.release, kernel.generation);
         println!("capabilities:");
         for (name, c) in [
             ("BTF", &caps.btf),
@@ -93,9 +85,5 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
             Err(e) => println!("plan: none: {e:#}"),
         }
     }
-    Ok(if plan.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(if plan.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }

@@ -1,6 +1,6 @@
 //! The decoded, user-facing form of a probe event: one JSON line of a trace.
 
-use ploop_common::{Event, flags, func, phase};
+use ploop_common::{Event, PLOOP_CTL_CHUNK_SIZE, flags, func, phase, sync_state};
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::{Generation, KDev};
@@ -26,12 +26,131 @@ pub struct TraceEvent {
     /// Set when the return probe did not see its entry (attached mid-call).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub no_entry: bool,
+    /// `ploop_snapshot` entry: the request as the kernel was about to read it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub request: Option<Request>,
+}
+
+/// `PLOOP_FLAG_FS_SYNC` in `ploop_ctl.pctl_flags`.
+pub const PLOOP_FLAG_FS_SYNC: u32 = 0x1000_0000;
+
+/// A `PLOOP_IOC_SNAPSHOT` request copied from user memory at `ploop_snapshot` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// `false` when the `ploop_ctl` itself could not be read (the kernel answers -EFAULT).
+    pub readable: bool,
+    pub format: u32,
+    pub flags: u32,
+    pub chunks: u16,
+    /// Chunks #0 and #1 as found after the `ploop_ctl` (absent if unreadable).
+    #[serde(default)]
+    pub chunk: Vec<Chunk>,
+    /// Chunk #1's fd resolved to a filesystem (two-chunk requests with a fd other than -1).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sync: Option<SyncFd>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub fd: i32,
+    #[serde(rename = "type")]
+    pub kind: u32,
+    pub flags: u32,
+    pub offset: u32,
+    pub start: u64,
+    pub len: u64,
+}
+
+impl Chunk {
+    /// Any field but `pctl_fd` set: what the patch rejects in chunk #1 (E2).
+    pub fn has_extra_fields(&self) -> bool {
+        self.kind != 0 || self.flags != 0 || self.offset != 0 || self.start != 0 || self.len != 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncFd {
+    pub fd: i32,
+    /// `resolved` (a filesystem on a block device), `no-file`, `no-bdev`, or `unread`.
+    pub state: String,
+    /// `s_dev` of the fd's filesystem, `major:minor`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dev: Option<String>,
+    /// `kernel` (walked at ploop_snapshot entry) or `proc` (user space, /proc/PID/fd, later).
+    pub via: String,
+}
+
+impl Request {
+    pub fn fs_sync(&self) -> bool {
+        self.flags & PLOOP_FLAG_FS_SYNC != 0
+    }
+    /// The sync fd the patched kernel would use (`-1`: none, autodetection).
+    pub fn sync_fd(&self) -> i32 {
+        match (self.chunks, self.chunk.get(1)) {
+            (2, Some(c)) => c.fd,
+            _ => -1,
+        }
+    }
+
+    fn decode(e: &Event) -> Self {
+        let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        if e.flags & flags::CTL_UNREAD != 0 {
+            return Request { readable: false, format: 0, flags: 0, chunks: 0, chunk: vec![], sync: None };
+        }
+        let chunk = if e.flags & flags::CHUNKS_UNREAD != 0 {
+            Vec::new()
+        } else {
+            e.chunks
+                .chunks(PLOOP_CTL_CHUNK_SIZE)
+                .map(|c| Chunk {
+                    fd: u32_at(c, 0) as i32,
+                    kind: u32_at(c, 4),
+                    flags: u32_at(c, 8),
+                    offset: u32_at(c, 12),
+                    start: u64_at(c, 16),
+                    len: u64_at(c, 24),
+                })
+                .collect()
+        };
+        let mut req = Request {
+            readable: true,
+            format: u32_at(&e.ctl, 0),
+            flags: u32_at(&e.ctl, 4),
+            chunks: u16::from_le_bytes([e.ctl[16], e.ctl[17]]),
+            chunk,
+            sync: None,
+        };
+        let fd = req.sync_fd();
+        if fd != -1 {
+            let state = match e.sync_state {
+                sync_state::RESOLVED => "resolved",
+                sync_state::NO_FILE => "no-file",
+                sync_state::NO_BDEV => "no-bdev",
+                _ => "unread",
+            };
+            let has_dev = matches!(e.sync_state, sync_state::RESOLVED | sync_state::NO_BDEV);
+            req.sync = Some(SyncFd {
+                fd,
+                state: state.into(),
+                dev: has_dev.then(|| KDev(e.sync_dev).to_string()),
+                via: "kernel".into(),
+            });
+        }
+        req
+    }
 }
 
 pub fn func_name(id: u16) -> &'static str {
     match id {
         func::FREEZE_BDEV => "freeze_bdev",
         func::THAW_BDEV => "thaw_bdev",
+        func::PLOOP_SNAPSHOT => "ploop_snapshot",
+        func::FIND_AND_FREEZE_BDEV => "find_and_freeze_bdev",
+        func::GET_BDEV_FROM_FD => "get_bdev_from_fd",
+        func::PLOOP_QUIESCE => "ploop_quiesce",
+        func::PLOOP_RELAX => "ploop_relax",
+        func::SYS_IOCTL => "sys_ioctl",
         _ => "unknown",
     }
 }
@@ -56,6 +175,7 @@ impl TraceEvent {
             ret: is_return.then_some(e.ret),
             cpu: e.cpu,
             no_entry: e.flags & flags::NO_ENTRY != 0,
+            request: (e.func == func::PLOOP_SNAPSHOT && !is_return).then(|| Request::decode(e)),
         }
     }
 }
@@ -80,6 +200,7 @@ mod tests {
             args: [0xffff_8880_0000_1000, 0, 0],
             ret: -16,
             comm,
+            ..Event::ZERO
         };
         let t = TraceEvent::from_raw(&raw, Generation::FreezeBdev);
         assert_eq!(t.args.len(), 1);
@@ -106,15 +227,53 @@ mod tests {
             args: [0; 3],
             ret: 0,
             comm: [0; 16],
+            ..Event::ZERO
         };
         let t = TraceEvent::from_raw(&raw, Generation::Vz7);
         assert_eq!(t.args.len(), 2, "3.10 thaw_bdev also takes the super_block");
         assert_eq!(t.dev, None);
         assert!(t.no_entry);
-        assert!(
-            serde_json::to_string(&t)
-                .unwrap()
-                .contains("\"no_entry\":true")
-        );
+        assert!(serde_json::to_string(&t).unwrap().contains("\"no_entry\":true"));
+    }
+
+    /// A two-chunk request as the eBPF program copies it: ctl, chunk #0, chunk #1.
+    fn snapshot_entry(chunks: u16, chunk1: [u32; 4], sync: (u32, u32)) -> Event {
+        let mut ev = Event { func: func::PLOOP_SNAPSHOT, phase: phase::ENTRY, ..Event::ZERO };
+        ev.ctl[0..4].copy_from_slice(&1u32.to_le_bytes());
+        ev.ctl[4..8].copy_from_slice(&PLOOP_FLAG_FS_SYNC.to_le_bytes());
+        ev.ctl[16..18].copy_from_slice(&chunks.to_le_bytes());
+        ev.chunks[0..4].copy_from_slice(&5i32.to_le_bytes());
+        for (i, v) in chunk1.iter().enumerate() {
+            ev.chunks[32 + 4 * i..36 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        (ev.sync_dev, ev.sync_state) = sync;
+        ev
+    }
+
+    #[test]
+    fn decodes_a_snapshot_request_with_a_sync_fd() {
+        let ev = snapshot_entry(2, [7, 0, 0, 0], ((254 << 20) | 1, sync_state::RESOLVED));
+        let t = TraceEvent::from_raw(&ev, Generation::FreezeBdev);
+        let r = t.request.expect("a request on ploop_snapshot entry");
+        assert!(r.readable && r.fs_sync());
+        assert_eq!((r.format, r.chunks, r.chunk[0].fd), (1, 2, 5));
+        assert_eq!(r.sync_fd(), 7);
+        assert!(!r.chunk[1].has_extra_fields());
+        let s = r.sync.unwrap();
+        assert_eq!((s.state.as_str(), s.dev.as_deref(), s.via.as_str()), ("resolved", Some("254:1"), "kernel"));
+    }
+
+    #[test]
+    fn chunk1_extra_fields_and_missing_files_are_decoded() {
+        let ev = snapshot_entry(2, [7, 0, 3, 0], (0, sync_state::NO_FILE));
+        let r = TraceEvent::from_raw(&ev, Generation::FreezeBdev).request.unwrap();
+        assert!(r.chunk[1].has_extra_fields(), "pctl_flags of chunk #1 is set");
+        assert_eq!(r.sync.unwrap().state, "no-file");
+        // One chunk: chunk #1 is whatever follows and never a sync fd.
+        let ev = snapshot_entry(1, [7, 0, 0, 0], (0, 0));
+        let r = TraceEvent::from_raw(&ev, Generation::FreezeBdev).request.unwrap();
+        assert_eq!((r.sync_fd(), r.sync), (-1, None));
+        let ev = Event { flags: flags::CTL_UNREAD, ..snapshot_entry(2, [7, 0, 0, 0], (0, 0)) };
+        assert!(!TraceEvent::from_raw(&ev, Generation::FreezeBdev).request.unwrap().readable);
     }
 }

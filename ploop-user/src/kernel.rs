@@ -27,34 +27,13 @@ pub struct Symbol {
 }
 
 pub const SYMBOLS: &[Symbol] = &[
-    Symbol {
-        role: "freeze_bdev",
-        names: &["bdev_freeze", "freeze_bdev"],
-    },
-    Symbol {
-        role: "thaw_bdev",
-        names: &["bdev_thaw", "thaw_bdev"],
-    },
-    Symbol {
-        role: "ploop_snapshot",
-        names: &["ploop_snapshot"],
-    },
-    Symbol {
-        role: "find_and_freeze_bdev",
-        names: &["find_and_freeze_bdev"],
-    },
-    Symbol {
-        role: "get_bdev_from_fd",
-        names: &["get_bdev_from_fd"],
-    },
-    Symbol {
-        role: "ploop_quiesce",
-        names: &["ploop_quiesce"],
-    },
-    Symbol {
-        role: "ploop_relax",
-        names: &["ploop_relax"],
-    },
+    Symbol { role: "freeze_bdev", names: &["bdev_freeze", "freeze_bdev"] },
+    Symbol { role: "thaw_bdev", names: &["bdev_thaw", "thaw_bdev"] },
+    Symbol { role: "ploop_snapshot", names: &["ploop_snapshot"] },
+    Symbol { role: "find_and_freeze_bdev", names: &["find_and_freeze_bdev"] },
+    Symbol { role: "get_bdev_from_fd", names: &["get_bdev_from_fd"] },
+    Symbol { role: "ploop_quiesce", names: &["ploop_quiesce"] },
+    Symbol { role: "ploop_relax", names: &["ploop_relax"] },
 ];
 
 /// Where a resolved symbol lives.
@@ -76,11 +55,8 @@ pub struct KernelInfo {
 impl KernelInfo {
     /// Reads `uname` and `/proc/kallsyms` (names are visible without privileges).
     pub fn detect() -> Result<Self> {
-        let release = nix::sys::utsname::uname()
-            .context("uname")?
-            .release()
-            .to_string_lossy()
-            .into_owned();
+        let release =
+            nix::sys::utsname::uname().context("uname")?.release().to_string_lossy().into_owned();
         let kallsyms = fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
         Ok(Self::from_parts(release, &kallsyms))
     }
@@ -101,17 +77,12 @@ impl KernelInfo {
         }
         let mut symbols = BTreeMap::new();
         for sym in SYMBOLS {
-            if let Some((name, module)) = sym
-                .names
-                .iter()
-                .find_map(|n| present.get(n).map(|m| (*n, *m)))
+            if let Some((name, module)) =
+                sym.names.iter().find_map(|n| present.get(n).map(|m| (*n, *m)))
             {
                 symbols.insert(
                     sym.role,
-                    Resolved {
-                        name: name.to_string(),
-                        module: module.map(str::to_string),
-                    },
+                    Resolved { name: name.to_string(), module: module.map(str::to_string) },
                 );
             }
         }
@@ -120,11 +91,7 @@ impl KernelInfo {
             _ if release.starts_with("3.") => Generation::Vz7,
             _ => Generation::FreezeBdev,
         };
-        Self {
-            release,
-            generation,
-            symbols,
-        }
+        Self { release, generation, symbols }
     }
 
     pub fn symbol(&self, role: &str) -> Option<&Resolved> {
@@ -197,10 +164,7 @@ ffffffff8132a2c0 D freeze_bdev_data
         let k = KernelInfo::from_parts("6.1.0-56-amd64".into(), KALLSYMS_61);
         assert_eq!(k.generation, Generation::FreezeBdev);
         assert_eq!(k.symbol("freeze_bdev").unwrap().name, "freeze_bdev");
-        assert_eq!(
-            k.symbol("ploop_snapshot").unwrap().module.as_deref(),
-            Some("ploop_model")
-        );
+        assert_eq!(k.symbol("ploop_snapshot").unwrap().module.as_deref(), Some("ploop_model"));
         assert!(k.symbol("ploop_relax").is_none());
     }
 

@@ -17,7 +17,7 @@ use aya::{
         Array, MapData, PerCpuArray, RingBuf,
         perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer},
     },
-    programs::{FEntry, FExit, KProbe},
+    programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use clap::ValueEnum;
 use ploop_common::{Event, config, names};
@@ -49,20 +49,12 @@ pub enum Transport {
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            self.to_possible_value()
-                .expect("no skipped variants")
-                .get_name(),
-        )
+        f.write_str(self.to_possible_value().expect("no skipped variants").get_name())
     }
 }
 impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            self.to_possible_value()
-                .expect("no skipped variants")
-                .get_name(),
-        )
+        f.write_str(self.to_possible_value().expect("no skipped variants").get_name())
     }
 }
 
@@ -77,10 +69,42 @@ pub struct Target {
 pub struct Plan {
     pub method: Method,
     pub transport: Transport,
+    /// freeze/thaw, attached with `method`.
     pub targets: Vec<Target>,
+    /// Functions of the ploop driver present on this kernel, attached with kprobes.
+    pub ploop_targets: Vec<Target>,
     /// BTF used for offsets (and fentry targets).
     pub btf: PathBuf,
     pub bd_dev_offset: u64,
+    /// Offsets of the in-kernel fd walk (S1), by config slot; absent when the BTF lacks one.
+    pub fd_walk: Option<Vec<(u32, u64)>>,
+}
+
+/// The fields of the fd walk, in config-slot order.
+const FD_WALK: &[(u32, &str, &str)] = &[
+    (config::TASK_FILES, "task_struct", "files"),
+    (config::FILES_FDT, "files_struct", "fdt"),
+    (config::FDT_MAX_FDS, "fdtable", "max_fds"),
+    (config::FDT_FD, "fdtable", "fd"),
+    (config::FILE_F_INODE, "file", "f_inode"),
+    (config::INODE_I_SB, "inode", "i_sb"),
+    (config::SB_S_DEV, "super_block", "s_dev"),
+    (config::SB_S_BDEV, "super_block", "s_bdev"),
+];
+
+fn fd_walk_offsets(btf: &btf_rs::Btf) -> Option<Vec<(u32, u64)>> {
+    FD_WALK
+        .iter()
+        .map(|&(slot, st, member)| btf::member_offset(btf, st, member).ok().map(|o| (slot, o)))
+        .collect()
+}
+
+/// Optional ploop functions present in this kernel.
+pub fn ploop_targets(kernel: &KernelInfo) -> Vec<Target> {
+    ["ploop_snapshot", "find_and_freeze_bdev", "get_bdev_from_fd", "ploop_quiesce", "ploop_relax"]
+        .into_iter()
+        .filter_map(|role| kernel.symbol(role).map(|s| Target { role, symbol: s.name.clone() }))
+        .collect()
 }
 
 /// What one capability check found: `Ok(detail)` or `Err(reason)`.
@@ -91,6 +115,7 @@ pub type Check = std::result::Result<String, String>;
 pub struct Capabilities {
     pub btf: Check,
     pub bd_dev_offset: Option<u64>,
+    pub fd_walk: Option<Vec<(u32, u64)>>,
     pub kprobe: Check,
     pub fentry: Check,
     pub ringbuf: Check,
@@ -131,10 +156,7 @@ pub fn freeze_thaw_targets(kernel: &KernelInfo) -> Result<Vec<Target>> {
             let sym = kernel.symbol(role).ok_or_else(|| {
                 anyhow!("this kernel has neither {role} nor its 6.8+ name in /proc/kallsyms")
             })?;
-            Ok(Target {
-                role,
-                symbol: sym.name.clone(),
-            })
+            Ok(Target { role, symbol: sym.name.clone() })
         })
         .collect()
 }
@@ -144,19 +166,14 @@ impl Capabilities {
     pub fn probe(kernel: &KernelInfo, btf_file: Option<&Path>) -> Self {
         let btf_path = btf::path(btf_file);
         let parsed = btf::load(&btf_path);
-        let bd_dev_offset = parsed
-            .as_ref()
-            .ok()
-            .and_then(|b| btf::member_offset(b, "block_device", "bd_dev").ok());
+        let bd_dev_offset =
+            parsed.as_ref().ok().and_then(|b| btf::member_offset(b, "block_device", "bd_dev").ok());
+        let fd_walk = parsed.as_ref().ok().and_then(fd_walk_offsets);
         let btf = match (&parsed, bd_dev_offset) {
-            (Ok(_), Some(off)) => Ok(format!(
-                "{} (block_device.bd_dev at {off})",
-                btf_path.display()
-            )),
-            (Ok(_), None) => Err(format!(
-                "{}: block_device.bd_dev not found",
-                btf_path.display()
-            )),
+            (Ok(_), Some(off)) => {
+                Ok(format!("{} (block_device.bd_dev at {off})", btf_path.display()))
+            }
+            (Ok(_), None) => Err(format!("{}: block_device.bd_dev not found", btf_path.display())),
             (Err(e), _) => Err(err_chain(e)),
         };
         let targets = freeze_thaw_targets(kernel);
@@ -166,8 +183,10 @@ impl Capabilities {
                 method,
                 transport,
                 targets: targets.clone(),
+                ploop_targets: Vec::new(),
                 btf: btf_path.clone(),
                 bd_dev_offset: bd_dev_offset.unwrap_or(config::UNKNOWN),
+                fd_walk: None,
             };
             Session::attach(&plan)
                 .map(|_| format!("attached to {}", plan.symbols()))
@@ -195,14 +214,7 @@ impl Capabilities {
         } else {
             Err("cannot test: the perf object does not load".into())
         };
-        Capabilities {
-            btf,
-            bd_dev_offset,
-            kprobe,
-            fentry,
-            ringbuf,
-            perf,
-        }
+        Capabilities { btf, bd_dev_offset, fd_walk, kprobe, fentry, ringbuf, perf }
     }
 
     /// The plan `auto` would use, or why there is none.
@@ -239,8 +251,10 @@ impl Capabilities {
             method,
             transport,
             targets: freeze_thaw_targets(kernel)?,
+            ploop_targets: ploop_targets(kernel),
             btf: btf::path(btf_file),
             bd_dev_offset,
+            fd_walk: self.fd_walk.clone(),
         })
     }
 }
@@ -266,17 +280,23 @@ impl Plan {
             method,
             transport,
             targets: freeze_thaw_targets(kernel)?,
+            ploop_targets: ploop_targets(kernel),
             btf: btf_path,
             bd_dev_offset,
+            fd_walk: fd_walk_offsets(&parsed),
         })
     }
 
     pub fn symbols(&self) -> String {
-        self.targets
-            .iter()
-            .map(|t| t.symbol.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.targets.iter().map(|t| t.symbol.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    fn ploop_symbols(&self) -> String {
+        if self.ploop_targets.is_empty() {
+            return "no ploop functions".into();
+        }
+        let names: Vec<&str> = self.ploop_targets.iter().map(|t| t.symbol.as_str()).collect();
+        format!("{} via kprobe", names.join(", "))
     }
 }
 
@@ -284,9 +304,10 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} via {}, events through {}, block_device.bd_dev at offset {}",
+            "{} via {}; {}; events through {}, block_device.bd_dev at offset {}",
             self.symbols(),
             self.method,
+            self.ploop_symbols(),
             self.transport,
             self.bd_dev_offset
         )
@@ -307,6 +328,29 @@ pub struct Session {
     pub plan: Plan,
     readers: Option<Readers>,
     _perf_array: Option<PerfEventArray<MapData>>,
+    /// Optional probes that did not attach: (role, reason).
+    pub narrowed: Vec<(String, String)>,
+}
+
+/// kretprobe first, then kprobe: every entry seen then has its return seen too.
+fn attach_kprobes(ebpf: &mut Ebpf, t: &Target) -> Result<()> {
+    for prog in [format!("{}_kretprobe", t.role), format!("{}_kprobe", t.role)] {
+        let p: &mut KProbe =
+            ebpf.program_mut(&prog).ok_or_else(|| anyhow!("no program {prog}"))?.try_into()?;
+        p.load().with_context(|| format!("loading {prog}"))?;
+        p.attach(&t.symbol, 0).with_context(|| format!("attaching {prog} to {}", t.symbol))?;
+    }
+    Ok(())
+}
+
+fn attach_ioctl_exit(ebpf: &mut Ebpf) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut("sys_exit_ioctl")
+        .ok_or_else(|| anyhow!("no program sys_exit_ioctl"))?
+        .try_into()?;
+    p.load().context("loading sys_exit_ioctl")?;
+    p.attach("syscalls", "sys_exit_ioctl").context("attaching syscalls:sys_exit_ioctl")?;
+    Ok(())
 }
 
 enum Readers {
@@ -351,16 +395,20 @@ impl Session {
                     .ok_or_else(|| anyhow!("no {} map", names::CONFIG_MAP))?,
             )?;
             cfg.set(config::BD_DEV_OFFSET, &plan.bd_dev_offset, 0)?;
+            // Unknown offsets stay UNKNOWN: the programs then report the fd as unread.
+            let unknown: Vec<(u32, u64)> =
+                FD_WALK.iter().map(|&(slot, ..)| (slot, config::UNKNOWN)).collect();
+            for &(slot, off) in plan.fd_walk.as_ref().unwrap_or(&unknown) {
+                cfg.set(slot, &off, 0)?;
+            }
         }
         let readers = match plan.transport {
             Transport::Ringbuf => Readers::Ring(RingBuf::try_from(
-                ebpf.take_map(names::EVENTS_MAP)
-                    .ok_or_else(|| anyhow!("no events map"))?,
+                ebpf.take_map(names::EVENTS_MAP).ok_or_else(|| anyhow!("no events map"))?,
             )?),
             Transport::Perf => {
                 let mut array: PerfEventArray<MapData> = PerfEventArray::try_from(
-                    ebpf.take_map(names::EVENTS_MAP)
-                        .ok_or_else(|| anyhow!("no events map"))?,
+                    ebpf.take_map(names::EVENTS_MAP).ok_or_else(|| anyhow!("no events map"))?,
                 )?;
                 let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
                 let mut bufs = Vec::new();
@@ -385,20 +433,7 @@ impl Session {
         for t in &plan.targets {
             // Return probes first: every entry seen then has its return seen too.
             match plan.method {
-                Method::Kprobe => {
-                    for prog in [
-                        format!("{}_kretprobe", t.role),
-                        format!("{}_kprobe", t.role),
-                    ] {
-                        let p: &mut KProbe = ebpf
-                            .program_mut(&prog)
-                            .ok_or_else(|| anyhow!("no program {prog}"))?
-                            .try_into()?;
-                        p.load().with_context(|| format!("loading {prog}"))?;
-                        p.attach(&t.symbol, 0)
-                            .with_context(|| format!("attaching {prog} to {}", t.symbol))?;
-                    }
-                }
+                Method::Kprobe => attach_kprobes(&mut ebpf, t)?,
                 Method::Fentry => {
                     let btf = fentry_btf.as_ref().expect("set for fentry");
                     let prog = format!("{}_fexit", t.role);
@@ -408,8 +443,7 @@ impl Session {
                         .try_into()?;
                     p.load(&t.symbol, btf)
                         .with_context(|| format!("loading {prog} for {}", t.symbol))?;
-                    p.attach()
-                        .with_context(|| format!("attaching {prog} to {}", t.symbol))?;
+                    p.attach().with_context(|| format!("attaching {prog} to {}", t.symbol))?;
                     let prog = format!("{}_fentry", t.role);
                     let p: &mut FEntry = ebpf
                         .program_mut(&prog)
@@ -417,28 +451,30 @@ impl Session {
                         .try_into()?;
                     p.load(&t.symbol, btf)
                         .with_context(|| format!("loading {prog} for {}", t.symbol))?;
-                    p.attach()
-                        .with_context(|| format!("attaching {prog} to {}", t.symbol))?;
+                    p.attach().with_context(|| format!("attaching {prog} to {}", t.symbol))?;
                 }
             }
         }
-        Ok(Session {
-            ebpf,
-            plan: plan.clone(),
-            readers: Some(readers),
-            _perf_array: None,
-        })
+        // The ploop functions are optional: what does not attach narrows the checks.
+        let mut narrowed = Vec::new();
+        for t in &plan.ploop_targets {
+            if let Err(e) = attach_kprobes(&mut ebpf, t) {
+                narrowed.push((t.role.to_string(), err_chain(&e)));
+            }
+        }
+        let snapshot_attached = plan.ploop_targets.iter().any(|t| t.role == "ploop_snapshot")
+            && !narrowed.iter().any(|(r, _)| r == "ploop_snapshot");
+        if snapshot_attached && let Err(e) = attach_ioctl_exit(&mut ebpf) {
+            narrowed.push(("sys_exit_ioctl".into(), err_chain(&e)));
+        }
+        Ok(Session { ebpf, plan: plan.clone(), readers: Some(readers), _perf_array: None, narrowed })
     }
 
     /// Starts the readers (and aya-log's, on the ring-buffer object) on the current tokio
     /// runtime; records arrive on the returned channel until the session is dropped.
     pub fn stream(&mut self) -> Result<mpsc::UnboundedReceiver<Record>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        match self
-            .readers
-            .take()
-            .ok_or_else(|| anyhow!("already streaming"))?
-        {
+        match self.readers.take().ok_or_else(|| anyhow!("already streaming"))? {
             Readers::Ring(ring) => {
                 let mut fd = watch(ring)?;
                 tokio::spawn(async move {
@@ -510,10 +546,7 @@ impl Session {
 
     /// Events the programs themselves could not hand over (ring buffer full).
     pub fn dropped_in_kernel(&self) -> Result<u64> {
-        let map = self
-            .ebpf
-            .map(names::LOST_MAP)
-            .ok_or_else(|| anyhow!("no lost map"))?;
+        let map = self.ebpf.map(names::LOST_MAP).ok_or_else(|| anyhow!("no lost map"))?;
         let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(lost.get(&0, 0)?.iter().sum())
     }

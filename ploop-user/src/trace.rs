@@ -51,17 +51,9 @@ pub struct TraceArgs {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "kebab-case")]
 pub enum TraceLine {
-    Header {
-        tool: String,
-        kernel: serde_json::Value,
-        plan: serde_json::Value,
-    },
+    Header { tool: String, kernel: serde_json::Value, plan: serde_json::Value },
     Event(TraceEvent),
-    End {
-        events: u64,
-        lost: u64,
-        command_status: Option<i32>,
-    },
+    End { events: u64, lost: u64, command_status: Option<i32> },
 }
 
 /// Picks the plan: exactly what the user named, or what the kernel is found to accept.
@@ -104,11 +96,7 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let mut rx = session.stream()?;
     eprintln!("ploop-verify: tracing {plan}");
 
-    let mut got = Collected {
-        generation: kernel.generation,
-        events: Vec::new(),
-        lost: 0,
-    };
+    let mut got = Collected { generation: kernel.generation, events: Vec::new(), lost: 0 };
     let status = drive(&args, &mut rx, &mut got).await?;
     // Let the readers hand over what was emitted before the workload ended.
     while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
@@ -126,16 +114,10 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
         "ploop-verify: {} events, {} lost{}",
         got.events.len(),
         got.lost,
-        args.out
-            .as_ref()
-            .map(|o| format!(", trace in {}", o.display()))
-            .unwrap_or_default()
+        args.out.as_ref().map(|o| format!(", trace in {}", o.display())).unwrap_or_default()
     );
-    let returns = |f: &'static str| {
-        got.events
-            .iter()
-            .filter(move |e| e.func == f && e.phase == "return")
-    };
+    let returns =
+        |f: &'static str| got.events.iter().filter(move |e| e.func == f && e.phase == "return");
     let failed = returns("freeze_bdev")
         .filter(|e| e.ret.is_some_and(|r| kernel.generation.freeze_failed(r)))
         .count();
@@ -145,10 +127,7 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
         returns("thaw_bdev").count()
     );
     if got.lost > 0 {
-        eprintln!(
-            "ploop-verify: warning: {} events were lost; the trace is incomplete",
-            got.lost
-        );
+        eprintln!("ploop-verify: warning: {} events were lost; the trace is incomplete", got.lost);
     }
     Ok(match status {
         Some(code) if code != 0 => {
@@ -179,9 +158,7 @@ async fn drive(
         ),
         None => None,
     };
-    let deadline = args
-        .duration
-        .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
     let progress = std::io::stderr().is_terminal();
     let mut last = Instant::now();
     loop {

@@ -109,10 +109,7 @@ impl ModuleIndex {
         };
         let image = read_module(file)?;
         path.push(name.to_string());
-        for dep in modinfo(&image, "depends")?
-            .iter()
-            .flat_map(|d| d.split(','))
-        {
+        for dep in modinfo(&image, "depends")?.iter().flat_map(|d| d.split(',')) {
             if !dep.is_empty() {
                 self.visit(&normalise(dep), seen, order, path)?;
             }
@@ -138,11 +135,7 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>> {
         .output()
         .with_context(|| format!("running {tool} (install it: scripts/setup.sh)"))?;
     if !out.status.success() {
-        bail!(
-            "{tool} -dc {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{tool} -dc {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     }
     Ok(out.stdout)
 }
@@ -166,10 +159,7 @@ pub fn modinfo(image: &[u8], key: &str) -> Result<Vec<String>> {
 
 /// Shared libraries of a dynamic host binary, from `ldd` (empty for static ones).
 fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(bin)
-        .output()
-        .context("running ldd")?;
+    let out = Command::new("ldd").arg(bin).output().context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()
@@ -187,11 +177,7 @@ struct Cpio {
 
 impl Cpio {
     fn new() -> Self {
-        Cpio {
-            out: Vec::new(),
-            ino: 1,
-            dirs: BTreeSet::new(),
-        }
+        Cpio { out: Vec::new(), ino: 1, dirs: BTreeSet::new() }
     }
 
     fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
@@ -325,21 +311,13 @@ pub fn build(kernel: &Kernel, contents: &Contents, command: &str, out: &Path) ->
     let mut libs = BTreeSet::new();
     for bin in &contents.host_bins {
         let data = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-        cpio.file(
-            bin.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?,
-            0o755,
-            &data,
-        );
+        cpio.file(bin.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?, 0o755, &data);
         libs.extend(shared_libs(bin)?);
     }
     for lib in libs {
         let real = lib.canonicalize()?;
         let data = fs::read(&real)?;
-        cpio.file(
-            lib.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?,
-            0o755,
-            &data,
-        );
+        cpio.file(lib.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?, 0o755, &data);
     }
     for (host, guest) in &contents.files {
         let meta = fs::metadata(host).with_context(|| format!("reading {}", host.display()))?;
@@ -353,11 +331,7 @@ pub fn build(kernel: &Kernel, contents: &Contents, command: &str, out: &Path) ->
     let bytes = cpio.finish();
     let mut f = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     f.write_all(&bytes)?;
-    Ok(Built {
-        path: out.to_path_buf(),
-        bytes: bytes.len() as u64,
-        modules: names,
-    })
+    Ok(Built { path: out.to_path_buf(), bytes: bytes.len() as u64, modules: names })
 }
 
 #[cfg(test)]
@@ -366,10 +340,7 @@ mod tests {
 
     #[test]
     fn module_names_are_normalised_across_compressions() {
-        assert_eq!(
-            module_name(Path::new("a/dm-mod.ko.xz")).as_deref(),
-            Some("dm_mod")
-        );
+        assert_eq!(module_name(Path::new("a/dm-mod.ko.xz")).as_deref(), Some("dm_mod"));
         assert_eq!(module_name(Path::new("ext4.ko")).as_deref(), Some("ext4"));
         assert_eq!(module_name(Path::new("x.txt")), None);
     }

@@ -65,26 +65,19 @@ impl Kernel {
         let base = crate::build_dir().join("kernels");
         let mut found: Vec<PathBuf> = fs::read_dir(&base)
             .with_context(|| {
-                format!(
-                    "no guest kernels in {} (run `bash scripts/setup.sh`)",
-                    base.display()
-                )
+                format!("no guest kernels in {} (run `bash scripts/setup.sh`)", base.display())
             })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.join(".complete").exists()
                     && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        n.strip_prefix(spec)
-                            .is_some_and(|r| r.starts_with(['.', '-']))
+                        n.strip_prefix(spec).is_some_and(|r| r.starts_with(['.', '-']))
                     })
             })
             .collect();
         found.sort();
         let dir = found.pop().ok_or_else(|| {
-            anyhow!(
-                "no guest kernel {spec}.* in {} (run `bash scripts/setup.sh`)",
-                base.display()
-            )
+            anyhow!("no guest kernel {spec}.* in {} (run `bash scripts/setup.sh`)", base.display())
         })?;
         Self::from_dir(&dir)
     }

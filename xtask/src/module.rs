@@ -15,22 +15,17 @@ use crate::kernels::Kernel;
 /// are copied to `target/ploop/modules/<name>-<release>` first, so builds for several kernels
 /// never share object files and the source tree stays clean.
 pub fn build(kernel: &Kernel, src: &Path) -> Result<Vec<PathBuf>> {
-    let headers = kernel.headers.as_ref().ok_or_else(|| {
-        anyhow!(
-            "no headers known for {} (Kbuild tree needed)",
-            kernel.release
-        )
-    })?;
+    let headers = kernel
+        .headers
+        .as_ref()
+        .ok_or_else(|| anyhow!("no headers known for {} (Kbuild tree needed)", kernel.release))?;
     let name = src.file_name().and_then(|n| n.to_str()).unwrap_or("module");
-    let work = crate::build_dir()
-        .join("modules")
-        .join(format!("{name}-{}", kernel.release));
+    let work = crate::build_dir().join("modules").join(format!("{name}-{}", kernel.release));
     fs::create_dir_all(&work)?;
     for entry in fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let p = entry?.path();
         let keep = p.extension().is_some_and(|e| e == "c" || e == "h")
-            || p.file_name()
-                .is_some_and(|n| n == "Kbuild" || n == "Makefile");
+            || p.file_name().is_some_and(|n| n == "Kbuild" || n == "Makefile");
         let dst = work.join(p.file_name().expect("a file name"));
         // Only copy what changed: kbuild then rebuilds only what it must.
         if keep && fs::read(&p)? != fs::read(&dst).unwrap_or_default() {
@@ -38,17 +33,12 @@ pub fn build(kernel: &Kernel, src: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     let mut make = Command::new("make");
-    make.arg("-C")
-        .arg(headers)
-        .arg(format!("M={}", work.display()))
-        .arg("modules");
+    make.arg("-C").arg(headers).arg(format!("M={}", work.display())).arg("modules");
     if Path::new("/usr/bin/pahole").exists() {
         // Kernels whose headers ship a vmlinux (6.12) generate module BTF with it.
         make.arg("PAHOLE=/usr/bin/pahole");
     }
-    let out = make
-        .output()
-        .context("running make (apt-get install make gcc)")?;
+    let out = make.output().context("running make (apt-get install make gcc)")?;
     if !out.status.success() {
         bail!(
             "building {} for {} failed:\n{}{}",

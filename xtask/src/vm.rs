@@ -110,53 +110,34 @@ impl Vm {
         let mut modules: Vec<String> = BASE_MODULES.iter().map(|s| s.to_string()).collect();
         modules.append(&mut contents.modules);
         contents.modules = modules;
-        let initrd = initramfs::build(
-            &self.kernel,
-            &contents,
-            &self.command,
-            &dir.join("initramfs.cpio"),
-        )?;
+        let initrd =
+            initramfs::build(&self.kernel, &contents, &self.command, &dir.join("initramfs.cpio"))?;
 
         let console = dir.join("console.log");
         let stdout = dir.join("output.log");
         let start = Instant::now();
         let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-nodefaults",
-            "-no-user-config",
-        ])
-        .args(["-display", "none", "-no-reboot"])
-        .args([
-            "-smp",
-            &self.cpus.to_string(),
-            "-m",
-            &self.memory_mib.to_string(),
-        ])
-        .arg("-kernel")
-        .arg(&self.kernel.image)
-        .arg("-initrd")
-        .arg(&initrd.path)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 loglevel=4 rdinit=/init {}",
-            self.cmdline
-        ))
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", stdout.display()))
-        .arg("-virtfs")
-        .arg(format!(
-            "local,path={},mount_tag=share,security_model=none,multidevs=remap",
-            share.display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        qemu.args(["-accel", "tcg", "-cpu", "max", "-nodefaults", "-no-user-config"])
+            .args(["-display", "none", "-no-reboot"])
+            .args(["-smp", &self.cpus.to_string(), "-m", &self.memory_mib.to_string()])
+            .arg("-kernel")
+            .arg(&self.kernel.image)
+            .arg("-initrd")
+            .arg(&initrd.path)
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 loglevel=4 rdinit=/init {}", self.cmdline))
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", stdout.display()))
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={},mount_tag=share,security_model=none,multidevs=remap",
+                share.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = qemu
             .spawn()
             .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
@@ -188,10 +169,7 @@ impl Vm {
                 use std::io::Read as _;
                 let _ = e.read_to_string(&mut err);
             }
-            bail!(
-                "qemu failed ({qemu_status}): {err}\nconsole tail:\n{}",
-                tail(&console_text, 40)
-            );
+            bail!("qemu failed ({qemu_status}): {err}\nconsole tail:\n{}", tail(&console_text, 40));
         }
         Ok(Output {
             status,
@@ -210,19 +188,15 @@ impl Vm {
 }
 
 fn read_lossy(p: &Path) -> String {
-    fs::read(p)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+    fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// Splits the command output from the exit marker init prints after it.
 fn split_marker(raw: &str) -> (String, Option<i32>) {
     match raw.rfind(EXIT_MARKER) {
         Some(i) => {
-            let status = raw[i + EXIT_MARKER.len()..]
-                .lines()
-                .next()
-                .and_then(|s| s.trim().parse().ok());
+            let status =
+                raw[i + EXIT_MARKER.len()..].lines().next().and_then(|s| s.trim().parse().ok());
             (raw[..i].to_string(), status)
         }
         None => (raw.to_string(), None),

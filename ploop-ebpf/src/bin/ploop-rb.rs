@@ -3,7 +3,12 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel, macros::map, maps::RingBuf};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_user_buf},
+    macros::map,
+    maps::RingBuf,
+};
 use ploop_common::Event;
 
 #[map(name = "PLOOP_EVENTS")]
@@ -19,6 +24,10 @@ impl ploop_ebpf::Flavor for RingBufFlavor {
     #[inline(always)]
     fn read_kernel_u64(addr: u64) -> Result<u64, i32> {
         unsafe { bpf_probe_read_kernel(addr as *const u64) }
+    }
+    #[inline(always)]
+    fn read_user(addr: u64, dst: &mut [u8]) -> Result<(), i32> {
+        unsafe { bpf_probe_read_user_buf(addr as *const u8, dst) }
     }
     #[inline(always)]
     fn emit<C: EbpfContext>(ctx: &C, ev: &Event) -> bool {
