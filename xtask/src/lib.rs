@@ -2,6 +2,7 @@
 //! `tests/` drive guests with the same code as `cargo xtask vm-run`.
 
 pub mod build;
+pub mod build_kernel;
 pub mod initramfs;
 pub mod kernels;
 pub mod module;

@@ -67,6 +67,10 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Apply kernel-patch/ to a vz7 kernel tree, build the ploop modules (or the whole
+    /// kernel), write the artifacts, BTF and a manifest; --boot runs the result under QEMU.
+    /// Exit status: 0 ok, 1 build failed, 2 bad input (not a kernel tree, conflict, no gcc).
+    BuildKernel(xtask::build_kernel::Args),
     /// Run every test (unit and live guest tests): the README's test command.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -150,6 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             Ok(ExitCode::from(status.clamp(0, 255) as u8))
         }
+        Cmd::BuildKernel(args) => Ok(xtask::build_kernel::main(&args)),
         Cmd::Test { args } => {
             let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(xtask::root())

@@ -1,0 +1,582 @@
+//! `cargo xtask build-kernel`: the patch handling against throwaway trees built from the
+//! pre-image of the shipped patch's own hunks (run through the real xtask binary, for its
+//! messages and exit statuses), and the modules-only build path against Debian's
+//! linux-source-6.1, whose result (the ploop model driver) must load in the 6.1 guest.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::{Instant, SystemTime},
+};
+
+use serde_json::Value;
+use xtask::{
+    build_kernel::{self, Args, sha256_hex},
+    initramfs,
+    kernels::Kernel,
+};
+
+const PATCH: &str = "0001-ploop-Provide-interface-to-pass-freezing-fs-during-s.patch";
+
+fn repo() -> PathBuf {
+    xtask::root()
+}
+
+fn shipped_patch() -> String {
+    fs::read_to_string(repo().join("kernel-patch").join(PATCH)).expect("the shipped patch")
+}
+
+// --- the pre-image of the patch's own hunks -----------------------------------------------
+
+struct Hunk {
+    old_start: usize,
+    old: Vec<String>,
+    new: Vec<String>,
+}
+
+/// The hunks of the one file the patch changes, checked against their headers' counts.
+fn hunks(patch: &str) -> Vec<Hunk> {
+    let mut out: Vec<(usize, usize, usize, Vec<&str>)> = Vec::new();
+    let mut in_diff = false;
+    for line in patch.lines() {
+        if line.starts_with("@@ -") {
+            let spec: Vec<usize> = line
+                .trim_start_matches("@@ -")
+                .split(" @@")
+                .next()
+                .unwrap()
+                .split([',', ' ', '+'])
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap())
+                .collect();
+            out.push((spec[0], spec[1], spec[3], Vec::new()));
+            in_diff = true;
+        } else if line == "-- " {
+            break;
+        } else if in_diff && line.starts_with([' ', '-', '+']) {
+            out.last_mut().unwrap().3.push(line);
+        }
+    }
+    out.into_iter()
+        .map(|(old_start, old_len, new_len, lines)| {
+            let old: Vec<String> =
+                lines.iter().filter(|l| !l.starts_with('+')).map(|l| l[1..].to_string()).collect();
+            let new: Vec<String> =
+                lines.iter().filter(|l| !l.starts_with('-')).map(|l| l[1..].to_string()).collect();
+            assert_eq!(old.len(), old_len, "old line count of hunk at {old_start}");
+            assert_eq!(new.len(), new_len, "new line count of hunk at {old_start}");
+            Hunk { old_start, old, new }
+        })
+        .collect()
+}
+
+/// dev.c as it was before the patch, as far as the hunks tell: their context and '-' lines at
+/// their line numbers, numbered filler lines between them.
+fn pre_image(hunks: &[Hunk]) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for h in hunks {
+        while lines.len() < h.old_start - 1 {
+            lines.push(format!("/* dev.c line {} */", lines.len() + 1));
+        }
+        lines.extend(h.old.iter().cloned());
+    }
+    for _ in 0..5 {
+        lines.push(format!("/* dev.c line {} */", lines.len() + 1));
+    }
+    lines
+}
+
+/// The same file after the patch: each hunk's old lines replaced by its new ones.
+fn post_image(hunks: &[Hunk]) -> Vec<String> {
+    let mut lines = pre_image(hunks);
+    for h in hunks.iter().rev() {
+        let at = h.old_start - 1;
+        lines.splice(at..at + h.old.len(), h.new.iter().cloned());
+    }
+    lines
+}
+
+fn text(lines: &[String]) -> String {
+    lines.join("\n") + "\n"
+}
+
+/// A throwaway vz7-like tree: top Makefile, drivers/block/ploop/{dev.c,Makefile}.
+fn fake_tree(name: &str, dev_c: &str) -> PathBuf {
+    let dir = xtask::build_dir()
+        .join("build-kernel-tests")
+        .join(format!("{name}-{}", std::process::id()));
+    if dir.exists() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    fs::create_dir_all(dir.join("drivers/block/ploop")).unwrap();
+    fs::write(
+        dir.join("Makefile"),
+        "VERSION = 3\nPATCHLEVEL = 10\nSUBLEVEL = 0\nEXTRAVERSION = -1127.18.2.vz7.163.22\n\
+         NAME = Unicycling Gorilla\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("drivers/block/ploop/Makefile"),
+        "obj-$(CONFIG_BLK_DEV_PLOOP) += ploop.o\nploop-objs := dev.o map.o io.o sysfs.o\n",
+    )
+    .unwrap();
+    fs::write(dir.join("drivers/block/ploop/dev.c"), dev_c).unwrap();
+    dir
+}
+
+/// Every file under `dir` with its sha256, size, mode and mtime.
+fn tree_state(dir: &Path) -> BTreeMap<PathBuf, (String, u64, u32, SystemTime)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    (
+                        sha256_hex(&fs::read(&p).unwrap()),
+                        m.len(),
+                        m.permissions().mode(),
+                        m.modified().unwrap(),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+// --- the real xtask binary -----------------------------------------------------------------
+
+/// Builds the xtask binary once, in a target dir of its own (`cargo test` holds the lock on
+/// `target/`), and returns its path.
+fn xtask_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let target = xtask::build_dir().join("cargo");
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(repo())
+            .args(["build", "--package", "xtask", "--bin", "xtask", "--target-dir"])
+            .arg(&target)
+            .status()
+            .expect("running cargo");
+        assert!(st.success(), "building the xtask binary failed");
+        target.join("debug/xtask")
+    })
+    .clone()
+}
+
+struct Run {
+    code: i32,
+    stderr: String,
+    secs: f64,
+}
+
+fn build_kernel(args: &[&str], path: Option<&Path>) -> Run {
+    let mut cmd = Command::new(xtask_bin());
+    cmd.arg("build-kernel").args(args);
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let t = Instant::now();
+    let out = cmd.output().expect("running xtask");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        secs: t.elapsed().as_secs_f64(),
+    };
+    eprintln!(
+        "xtask build-kernel {} -> {} in {:.2}s\n{}",
+        args.join(" "),
+        run.code,
+        run.secs,
+        run.stderr
+    );
+    run
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+// --- patch handling ------------------------------------------------------------------------
+
+#[test]
+fn shipped_patch_is_git_format_with_consistent_hunks() {
+    let p = shipped_patch();
+    let first: Vec<&str> = p.lines().take(4).collect();
+    assert_eq!(
+        first,
+        [
+            "From 56e1c4d968993c8985bb90d983cb563a43d32010 Mon Sep 17 00:00:00 2001",
+            "From: Kirill Tkhai <ktkhai@virtuozzo.com>",
+            "Date: Tue, 15 Sep 2020 14:12:20 +0300",
+            "Subject: [PATCH] ploop: Provide interface to pass freezing fs during snapshot",
+        ]
+    );
+    assert!(p.contains("\nSigned-off-by: Kirill Tkhai <ktkhai@virtuozzo.com>\n---\n"));
+    assert!(p.contains(" 1 file changed, 56 insertions(+), 8 deletions(-)\n"));
+    assert!(!p.contains("@@  "), "hunk headers have one space before the context");
+    let h = hunks(&p);
+    assert_eq!(h.len(), 4);
+    let added: usize = h.iter().map(|h| h.new.len()).sum::<usize>();
+    let removed: usize = h.iter().map(|h| h.old.len()).sum::<usize>();
+    // The diffstat: 56 insertions, 8 deletions (context lines count on both sides).
+    assert_eq!(added - removed, 56 - 8);
+    assert_eq!(fs::read_to_string(repo().join("kernel-patch/series")).unwrap().trim(), PATCH);
+}
+
+#[test]
+fn patch_applies_cleanly_then_is_recognised_as_applied() {
+    let h = hunks(&shipped_patch());
+    let tree = fake_tree("clean", &text(&pre_image(&h)));
+    let before = tree_state(&tree);
+
+    let r = build_kernel(&["--src", s(&tree), "--patch-only"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("applied {PATCH}")), "{}", r.stderr);
+    let dev_c = fs::read_to_string(tree.join("drivers/block/ploop/dev.c")).unwrap();
+    assert!(dev_c == text(&post_image(&h)), "dev.c is not the post-image");
+    let after = tree_state(&tree);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "no file added (.orig, .rej) or removed"
+    );
+
+    let again = build_kernel(&["--src", s(&tree), "--patch-only"], None);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stderr.contains("already applied: skipped"), "{}", again.stderr);
+    assert_eq!(tree_state(&tree), after, "an applied series is left alone");
+    eprintln!(
+        "timing: patch check, clean apply {:.2}s, already applied {:.2}s (process included)",
+        r.secs, again.secs
+    );
+    fs::remove_dir_all(&tree).unwrap();
+}
+
+#[test]
+fn conflict_names_patch_and_hunk_and_leaves_tree_unchanged() {
+    let h = hunks(&shipped_patch());
+    let mut pre = pre_image(&h);
+    // A context line of hunk #2 (`struct ploop_ctl ctl;` in ploop_snapshot) differs.
+    let at = h[1].old_start - 1 + 4;
+    assert_eq!(pre[at], "\tstruct ploop_ctl ctl;");
+    pre[at] = "\tstruct ploop_ctl ctl = {};".into();
+    let tree = fake_tree("conflict", &text(&pre));
+    let before = tree_state(&tree);
+    let r = build_kernel(&["--src", s(&tree), "--patch-only"], None);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for want in [
+        "conflict",
+        PATCH,
+        "drivers/block/ploop/dev.c: hunk #2",
+        "@@ -3683,12 +3715,12 @@",
+        "the tree is unchanged",
+    ] {
+        assert!(r.stderr.contains(want), "want {want:?} in:\n{}", r.stderr);
+    }
+    assert_eq!(tree_state(&tree), before, "the tree changed");
+    fs::remove_dir_all(&tree).unwrap();
+}
+
+#[test]
+fn conflict_in_a_later_patch_undoes_the_earlier_ones() {
+    let h = hunks(&shipped_patch());
+    let tree = fake_tree("series", &text(&pre_image(&h)));
+    let series = tree.with_extension("patches");
+    fs::create_dir_all(&series).unwrap();
+    fs::write(series.join(PATCH), shipped_patch()).unwrap();
+    fs::write(
+        series.join("0002-ploop-build-map2.patch"),
+        "From 0000000000000000000000000000000000000002 Mon Sep 17 00:00:00 2001\n\
+         Subject: [PATCH] ploop: build map2\n---\n\
+         diff --git a/drivers/block/ploop/Makefile b/drivers/block/ploop/Makefile\n\
+         --- a/drivers/block/ploop/Makefile\n\
+         +++ b/drivers/block/ploop/Makefile\n\
+         @@ -1,2 +1,2 @@\n \
+         obj-$(CONFIG_BLK_DEV_PLOOP) += ploop.o\n\
+         -ploop-objs := dev.o map.o io.o\n\
+         +ploop-objs := dev.o map.o map2.o io.o\n",
+    )
+    .unwrap();
+    fs::write(
+        series.join("series"),
+        format!("# two patches\n{PATCH}\n0002-ploop-build-map2.patch -p1\n"),
+    )
+    .unwrap();
+    let before = tree_state(&tree);
+    let r = build_kernel(&["--src", s(&tree), "--patches", s(&series), "--patch-only"], None);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("applied {PATCH}")), "{}", r.stderr);
+    for want in [
+        "conflict: 0002-ploop-build-map2.patch",
+        "drivers/block/ploop/Makefile: hunk #1 `@@ -1,2 +1,2 @@` FAILED",
+        "1 earlier patch(es) of the series undone",
+    ] {
+        assert!(r.stderr.contains(want), "want {want:?} in:\n{}", r.stderr);
+    }
+    assert_eq!(tree_state(&tree), before, "the tree changed");
+    fs::remove_dir_all(&tree).unwrap();
+    fs::remove_dir_all(&series).unwrap();
+}
+
+#[test]
+fn not_a_kernel_tree_is_bad_input() {
+    let base = xtask::build_dir()
+        .join("build-kernel-tests")
+        .join(format!("notree-{}", std::process::id()));
+    let empty = base.join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let r = build_kernel(&["--src", s(&empty), "--modules-only"], None);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for want in ["is not a kernel tree with the ploop driver", "Makefile", "drivers/block/ploop/"] {
+        assert!(r.stderr.contains(want), "want {want:?} in:\n{}", r.stderr);
+    }
+
+    // A mainline-like tree: a kernel Makefile, but no ploop driver.
+    let vanilla = base.join("vanilla");
+    fs::create_dir_all(vanilla.join("drivers/block")).unwrap();
+    fs::write(vanilla.join("Makefile"), "VERSION = 6\nPATCHLEVEL = 1\n").unwrap();
+    let r = build_kernel(&["--src", s(&vanilla)], None);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("missing: drivers/block/ploop/"), "{}", r.stderr);
+    assert!(!r.stderr.contains("top-level kernel Makefile"), "{}", r.stderr);
+
+    let r = build_kernel(&["--src", s(&base.join("nonexistent"))], None);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is not a directory"), "{}", r.stderr);
+    fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn missing_compiler_is_bad_input_and_touches_nothing() {
+    let h = hunks(&shipped_patch());
+    let tree = fake_tree("nocc", &text(&pre_image(&h)));
+    // A PATH with every tool of a kernel build but the compiler.
+    let bin = tree.with_extension("bin");
+    fs::create_dir_all(&bin).unwrap();
+    for tool in ["make", "patch", "ld", "flex", "bison", "bc", "perl", "sh"] {
+        let real = build_kernel::which(tool).unwrap_or_else(|| panic!("{tool} not on PATH"));
+        let link = bin.join(tool);
+        let _ = fs::remove_file(&link);
+        symlink(real, link).unwrap();
+    }
+    let before = tree_state(&tree);
+    let r = build_kernel(&["--src", s(&tree), "--modules-only"], Some(&bin));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no compiler: gcc not found on PATH"), "{}", r.stderr);
+    assert!(r.stderr.contains("apt-get install gcc"), "{}", r.stderr);
+    assert_eq!(tree_state(&tree), before, "nothing is patched without a compiler");
+    fs::remove_dir_all(&tree).unwrap();
+    fs::remove_dir_all(&bin).unwrap();
+}
+
+// --- the build path: Debian's linux-source-6.1 -----------------------------------------------
+
+/// The Debian package version of the 6.1 guest kernel setup unpacked (e.g. `6.1.192-2`):
+/// the source must be the very same version for vermagic and modversions to match.
+fn image_version(kernel: &Kernel) -> String {
+    let debs = xtask::build_dir().join("cache/debs");
+    let prefix = format!("linux-image-{}_", kernel.release);
+    let deb = fs::read_dir(&debs)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", debs.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+        .unwrap_or_else(|| panic!("no {prefix}*.deb in {}", debs.display()));
+    let out =
+        Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Version").output().expect("dpkg-deb");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn sh(script: &str) {
+    let st = Command::new("sh").args(["-euc", script]).status().expect("sh");
+    assert!(st.success(), "failed: {script}");
+}
+
+/// Debian's linux-source-6.1 of `version`, downloaded and unpacked once under target/ploop
+/// (`cache/linux-source/*.deb`, `linux-source/<version>/linux-source-6.1`).
+fn linux_source(version: &str) -> PathBuf {
+    let cache = xtask::build_dir().join("cache/linux-source");
+    fs::create_dir_all(&cache).unwrap();
+    let deb = cache.join(format!("linux-source-6.1_{version}_all.deb"));
+    if !deb.exists() {
+        let t = Instant::now();
+        let st = Command::new("apt-get")
+            .current_dir(&cache)
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+            .arg(format!("linux-source-6.1={version}"))
+            .status()
+            .expect("apt-get");
+        assert!(
+            st.success(),
+            "apt-get download linux-source-6.1={version} failed (apt-get update?)"
+        );
+        eprintln!("downloaded {} in {:.1}s", deb.display(), t.elapsed().as_secs_f64());
+    }
+    let dir = xtask::build_dir().join("linux-source").join(version);
+    let tree = dir.join("linux-source-6.1");
+    if !dir.join(".complete").exists() {
+        let t = Instant::now();
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        fs::create_dir_all(&dir).unwrap();
+        sh(&format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -xO ./usr/src/linux-source-6.1.tar.xz | tar -xJ -C '{}'",
+            deb.display(),
+            dir.display()
+        ));
+        assert!(tree.join("Makefile").is_file());
+        fs::write(dir.join(".complete"), version).unwrap();
+        eprintln!("unpacked {} in {:.1}s", tree.display(), t.elapsed().as_secs_f64());
+    }
+    tree
+}
+
+/// A copy of the tree with the ploop model driver at drivers/block/ploop/ (kept between
+/// runs, so a second run is an incremental build).
+fn work_tree(pristine: &Path, version: &str) -> PathBuf {
+    let dir = xtask::build_dir().join("build-kernel-tests/linux-6.1");
+    let tree = dir.join(format!("linux-source-{version}"));
+    if !dir.join(format!(".copied-{version}")).exists() {
+        let t = Instant::now();
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("cp").arg("-a").arg(pristine).arg(&tree).status().unwrap();
+        assert!(st.success());
+        fs::write(dir.join(format!(".copied-{version}")), "").unwrap();
+        eprintln!("copied the tree in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    let ploop = tree.join("drivers/block/ploop");
+    fs::create_dir_all(&ploop).unwrap();
+    let model = repo().join("tests/ploop-model");
+    for e in fs::read_dir(&model).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "c" || x == "h") {
+            let dst = ploop.join(p.file_name().unwrap());
+            let data = fs::read(&p).unwrap();
+            // Only what changed, so that kbuild rebuilds only what it must.
+            if fs::read(&dst).ok() != Some(data.clone()) {
+                fs::write(&dst, data).unwrap();
+            }
+        }
+    }
+    let kbuild = "# SPDX-License-Identifier: GPL-2.0\nobj-m := ploop_model.o\n";
+    if fs::read_to_string(ploop.join("Kbuild")).ok().as_deref() != Some(kbuild) {
+        fs::write(ploop.join("Kbuild"), kbuild).unwrap();
+    }
+    tree
+}
+
+#[test]
+fn modules_only_build_of_the_model_driver_loads_in_debian_6_1() {
+    let kernel = Kernel::resolve("6.1").expect("the 6.1 guest kernel (scripts/setup.sh)");
+    let headers = kernel.headers.clone().expect("6.1 headers");
+    let version = image_version(&kernel);
+    let tree = work_tree(&linux_source(&version), &version);
+    let out_dir = xtask::build_dir().join("build-kernel-tests/linux-6.1/out");
+    let guest = "set -e\n\
+                 grep '^ploop_model ' /proc/modules\n\
+                 lsmod | grep -q '^ploop_model' && echo lsmod-lists-ploop_model\n\
+                 test -b /dev/ploop0 && echo dev-ploop0-is-a-block-device\n\
+                 echo patched=$(cat /sys/module/ploop_model/parameters/patched)\n";
+    let config = headers.join(".config");
+    let symvers = headers.join("Module.symvers");
+    let argv = [
+        "build-kernel",
+        "--src",
+        s(&tree),
+        "--modules-only",
+        "--no-patches",
+        "--config",
+        s(&config),
+        "--kernelrelease",
+        &kernel.release,
+        "--symvers",
+        s(&symvers),
+        "--jobs",
+        "2",
+        "--out",
+        s(&out_dir),
+        "--boot",
+        "--boot-kernel",
+        "6.1",
+        "--boot-command",
+        guest,
+    ];
+    let args = Args::parse_from_argv(argv).expect("arguments");
+    let t = Instant::now();
+    let built = match build_kernel::run(&args) {
+        Ok(b) => b,
+        Err(e) => panic!("build-kernel failed with status {}: {e}", e.exit_code()),
+    };
+    let total = t.elapsed().as_secs_f64();
+    assert_eq!(built.release.as_deref(), Some(kernel.release.as_str()));
+    assert_eq!(built.modules.len(), 1, "{:?}", built.modules);
+    let ko = &built.modules[0];
+    assert_eq!(ko.file_name().unwrap(), "ploop_model.ko");
+
+    // vermagic as the Debian kernel's own modules have it.
+    let theirs = initramfs::read_module(&kernel.modules.join("kernel/drivers/block/loop.ko"))
+        .or_else(|_| {
+            initramfs::read_module(&kernel.modules.join("kernel/drivers/block/loop.ko.xz"))
+        })
+        .expect("loop.ko of the 6.1 kernel");
+    let ours = initramfs::read_module(ko).unwrap();
+    assert_eq!(
+        initramfs::modinfo(&ours, "vermagic").unwrap(),
+        initramfs::modinfo(&theirs, "vermagic").unwrap()
+    );
+
+    // The manifest.
+    let manifest: Value =
+        serde_json::from_str(&fs::read_to_string(built.manifest.as_ref().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(manifest["kernelrelease"], kernel.release.as_str());
+    assert_eq!(manifest["mode"], "modules-only");
+    assert_eq!(manifest["patches"], serde_json::json!([]));
+    assert_eq!(
+        manifest["config"]["sha256"],
+        sha256_hex(&fs::read(tree.join(".config")).unwrap()).as_str()
+    );
+    assert_eq!(manifest["artifacts"]["modules"][0], s(ko));
+    assert!(out_dir.join("build.log").is_file());
+
+    // The guest: the module loaded, no kernel BUG/WARNING, no modversions complaint.
+    let boot = built.boot.as_ref().expect("the guest ran");
+    assert_eq!(boot.status, Some(0), "guest output:\n{}", boot.stdout);
+    for want in
+        ["ploop_model ", "lsmod-lists-ploop_model", "dev-ploop0-is-a-block-device", "patched=Y"]
+    {
+        assert!(boot.stdout.contains(want), "want {want:?}:\n{}", boot.stdout);
+    }
+    assert!(boot.kernel_problems().is_empty(), "kernel log: {:?}", boot.kernel_problems());
+    for bad in ["disagrees about version", "Invalid module format", "insmod"] {
+        assert!(
+            !boot.console.lines().any(|l| l.contains(bad)),
+            "{bad:?} in the console:\n{}",
+            xtask::vm::tail(&boot.console, 40)
+        );
+    }
+    eprintln!(
+        "timing: modules-only build + boot {total:.1}s; build steps {}",
+        manifest["timings_s"]
+    );
+}
