@@ -172,7 +172,11 @@ impl TraceEvent {
                 .iter()
                 .map(|a| format!("{a:#x}"))
                 .collect(),
-            ret: is_return.then_some(e.ret),
+            ret: is_return.then_some(if generation.returns_int(func) {
+                e.ret as i32 as i64
+            } else {
+                e.ret
+            }),
             cpu: e.cpu,
             no_entry: e.flags & flags::NO_ENTRY != 0,
             request: (e.func == func::PLOOP_SNAPSHOT && !is_return).then(|| Request::decode(e)),
@@ -275,5 +279,16 @@ mod tests {
         assert_eq!((r.sync_fd(), r.sync), (-1, None));
         let ev = Event { flags: flags::CTL_UNREAD, ..snapshot_entry(2, [7, 0, 0, 0], (0, 0)) };
         assert!(!TraceEvent::from_raw(&ev, Generation::FreezeBdev).request.unwrap().readable);
+    }
+
+    #[test]
+    fn int_returns_read_from_a_64_bit_register_are_sign_extended() {
+        let ev = Event { func: func::PLOOP_SNAPSHOT, phase: phase::RETURN, ret: 4294966772, ..Event::ZERO };
+        assert_eq!(TraceEvent::from_raw(&ev, Generation::FreezeBdev).ret, Some(-524));
+        let ev = Event { func: func::SYS_IOCTL, phase: phase::RETURN, ret: -524, ..Event::ZERO };
+        assert_eq!(TraceEvent::from_raw(&ev, Generation::FreezeBdev).ret, Some(-524));
+        let ptr = 0xffff_8880_1234_5000u64 as i64;
+        let ev = Event { func: func::FREEZE_BDEV, phase: phase::RETURN, ret: ptr, ..Event::ZERO };
+        assert_eq!(TraceEvent::from_raw(&ev, Generation::Vz7).ret, Some(ptr), "3.10: a super_block *");
     }
 }

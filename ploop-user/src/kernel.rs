@@ -5,10 +5,10 @@
 use std::{collections::BTreeMap, fs};
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The three generations of the freeze/thaw interface the contract names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Generation {
     /// vz7 (RHEL7 3.10): `struct super_block *freeze_bdev(bdev)`, `thaw_bdev(bdev, sb)`.
@@ -109,6 +109,16 @@ impl Generation {
         }
     }
 
+    /// Whether a probed function returns a C `int`: the probes read the whole return
+    /// register, so an int must be sign-extended from its low 32 bits. Pointers (3.10's
+    /// `freeze_bdev` and `find_and_freeze_bdev`) and the syscall's `long` are 64-bit.
+    pub fn returns_int(self, role: &str) -> bool {
+        !matches!(
+            (self, role),
+            (Generation::Vz7, "freeze_bdev" | "find_and_freeze_bdev") | (_, "sys_ioctl")
+        )
+    }
+
     /// Number of arguments of a probed function (3.10's `thaw_bdev` also takes the
     /// `super_block` that freeze returned).
     pub fn arity(self, role: &str) -> usize {
@@ -193,6 +203,15 @@ ffffffff8132a2c0 D freeze_bdev_data
         assert!(!Generation::Vz7.freeze_failed(0xffff_8880_1234_5678u64 as i64));
         assert!(!Generation::Vz7.freeze_failed(0));
         assert!(Generation::Vz7.freeze_failed(-16));
+    }
+
+    #[test]
+    fn int_returns_are_told_from_pointers() {
+        assert!(Generation::FreezeBdev.returns_int("ploop_snapshot"));
+        assert!(Generation::BdevFreeze.returns_int("freeze_bdev"));
+        assert!(!Generation::Vz7.returns_int("freeze_bdev"));
+        assert!(Generation::Vz7.returns_int("thaw_bdev"));
+        assert!(!Generation::FreezeBdev.returns_int("sys_ioctl"));
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! ploop-verify: checks the ploop snapshot freeze/thaw contract live, with eBPF.
 
 mod btf;
+mod checker;
 mod dm;
 mod doctor;
 mod events;
 mod kernel;
 mod probe;
+mod report;
+mod run;
+mod stack;
 mod testkit;
 mod trace;
+mod tracefile;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -37,6 +42,22 @@ enum Command {
     /// Show what this kernel supports (BTF, kprobes, fentry, ring buffer, symbols) and the
     /// probe plan that would be used, with the reason for everything missing.
     Doctor(doctor::DoctorArgs),
+    /// Check the snapshot contract live while COMMAND runs (or until Ctrl-C / --duration).
+    ///
+    /// Attaches to ploop_snapshot and its helpers, freeze/thaw and the ioctl exit; judges
+    /// every snapshot call on every invariant (O1-O4, S1-S3, E1-E3, C1, T1) and prints each
+    /// violation as it is found. Writes trace.jsonl, summary.json, junit.xml, results.ktap,
+    /// summary.md and timeline.svg into --out. It only observes: it never freezes or thaws
+    /// anything itself, so an interrupted run leaves no filesystem frozen.
+    ///
+    /// Exit status: 0 clean; 1 violations; 2 nothing could be verified (probes would not
+    /// attach, no snapshot observed, events lost).
+    ///
+    /// Example: ploop-verify run --out report -- ploop-verify snapshot --device /dev/ploop0 \
+    ///   --delta /var/top.delta --sync-fd-from /mnt
+    Run(run::RunArgs),
+    /// Replay a trace through the checker and write the reports again (same verdicts).
+    Report(run::ReportArgs),
     /// Attach the freeze/thaw probes, run COMMAND (or wait), and record every event.
     ///
     /// Example: ploop-verify trace --out t.jsonl -- fsfreeze --freeze /mnt
@@ -65,6 +86,11 @@ fn main() -> ExitCode {
             .enable_all()
             .build()?
             .block_on(trace::run(a, btf)),
+        Command::Run(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(run::run(a, btf)),
+        Command::Report(a) => run::replay(a),
         Command::Testkit(t) => testkit::run(t).map(|()| ExitCode::SUCCESS),
     });
     match result {

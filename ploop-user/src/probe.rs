@@ -330,6 +330,8 @@ pub struct Session {
     _perf_array: Option<PerfEventArray<MapData>>,
     /// Optional probes that did not attach: (role, reason).
     pub narrowed: Vec<(String, String)>,
+    /// Roles whose probes are attached.
+    pub probed: Vec<String>,
 }
 
 /// kretprobe first, then kprobe: every entry seen then has its return seen too.
@@ -467,7 +469,22 @@ impl Session {
         if snapshot_attached && let Err(e) = attach_ioctl_exit(&mut ebpf) {
             narrowed.push(("sys_exit_ioctl".into(), err_chain(&e)));
         }
-        Ok(Session { ebpf, plan: plan.clone(), readers: Some(readers), _perf_array: None, narrowed })
+        let probed = plan
+            .targets
+            .iter()
+            .chain(&plan.ploop_targets)
+            .map(|t| t.role.to_string())
+            .chain(snapshot_attached.then(|| "sys_exit_ioctl".to_string()))
+            .filter(|r| !narrowed.iter().any(|(n, _)| n == r))
+            .collect();
+        Ok(Session {
+            ebpf,
+            plan: plan.clone(),
+            readers: Some(readers),
+            _perf_array: None,
+            narrowed,
+            probed,
+        })
     }
 
     /// Starts the readers (and aya-log's, on the ring-buffer object) on the current tokio

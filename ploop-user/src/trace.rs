@@ -9,10 +9,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
+    tracefile::{self, TraceLine},
     events::TraceEvent,
     kernel::{Generation, KernelInfo},
     probe::{Capabilities, Method, Plan, Record, Session, Transport},
@@ -45,15 +45,6 @@ pub struct TraceArgs {
     /// Workload to run while attached; tracing stops when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
-}
-
-/// One line of a trace file.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "record", rename_all = "kebab-case")]
-pub enum TraceLine {
-    Header { tool: String, kernel: serde_json::Value, plan: serde_json::Value },
-    Event(TraceEvent),
-    End { events: u64, lost: u64, command_status: Option<i32> },
 }
 
 /// Picks the plan: exactly what the user named, or what the kernel is found to accept.
@@ -103,13 +94,12 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
         got.take(r, args.print);
     }
     got.lost += session.dropped_in_kernel()?;
-    drop(session);
     // Perf buffers are per CPU: restore one time order.
     got.events.sort_by_key(|e| e.ts_ns);
-
     if let Some(out) = &args.out {
-        write_trace(out, &kernel, &plan, &got, status)?;
+        write_trace(out, &kernel, &session, &got, status)?;
     }
+    drop(session);
     eprintln!(
         "ploop-verify: {} events, {} lost{}",
         got.events.len(),
@@ -206,37 +196,23 @@ impl SignalNumber for std::process::ExitStatus {
     }
 }
 
-/// Writes the whole trace to a temporary file and renames it: never a half-written trace.
+/// Writes the whole trace at once (events sorted by time); never half-written.
 fn write_trace(
     out: &Path,
     kernel: &KernelInfo,
-    plan: &Plan,
+    session: &Session,
     got: &Collected,
     status: Option<i32>,
 ) -> Result<()> {
-    let tmp = out.with_extension("partial");
-    let mut w = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-    );
-    let mut line = |l: &TraceLine| -> Result<()> {
-        serde_json::to_writer(&mut w, l)?;
-        w.write_all(b"\n")?;
-        Ok(())
-    };
-    line(&TraceLine::Header {
-        tool: concat!("ploop-verify ", env!("CARGO_PKG_VERSION")).into(),
-        kernel: serde_json::to_value(kernel)?,
-        plan: serde_json::to_value(plan)?,
-    })?;
+    let mut w = tracefile::Writer::create(out)?;
+    w.line(&TraceLine::Header(tracefile::header(kernel, session)?))?;
     for e in &got.events {
-        line(&TraceLine::Event(e.clone()))?;
+        w.line(&TraceLine::Event(e.clone()))?;
     }
-    line(&TraceLine::End {
+    w.line(&TraceLine::End(tracefile::End {
         events: got.events.len() as u64,
         lost: got.lost,
         command_status: status,
-    })?;
-    drop(line);
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))
+    }))?;
+    w.finish()
 }

@@ -1,0 +1,387 @@
+//! The contract's invariants, each in one place: its id, what it reads, and its verdict on one
+//! finished `ploop_snapshot` call. The ids are those of CONTRACT.md.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Call, Context, PatchState};
+use crate::kernel::Generation;
+
+pub const ENOENT: i64 = -2;
+pub const EFAULT: i64 = -14;
+pub const EBUSY: i64 = -16;
+pub const ENODEV: i64 = -19;
+pub const EINVAL: i64 = -22;
+/// The kernel-internal ENOTSUPP; user space sees errno 524.
+pub const ENOTSUPP: i64 = -524;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", content = "why", rename_all = "kebab-case")]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+    /// The invariant does not apply to this call (or cannot be judged here), and why.
+    NotApplicable(String),
+    /// Waits for the kernel's patch status to be known (E1 on an ambiguous -EINVAL).
+    Deferred,
+}
+
+pub struct Invariant {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub check: fn(&Call, &Context) -> Verdict,
+}
+
+pub const INVARIANTS: &[Invariant] = &[
+    Invariant { id: "O1", title: "every freeze is thawed exactly once before return", check: o1 },
+    Invariant { id: "O2", title: "freeze before ploop_quiesce, thaw after ploop_relax", check: o2 },
+    Invariant { id: "O3", title: "nothing frozen without PLOOP_FLAG_FS_SYNC", check: o3 },
+    Invariant { id: "O4", title: "3.10: thaw gets the super_block freeze returned", check: o4 },
+    Invariant { id: "S1", title: "the frozen device is the sync fd's st_dev", check: s1 },
+    Invariant { id: "S2", title: "the filesystem above ploop is frozen during the switch", check: s2 },
+    Invariant { id: "S3", title: "a sync fd without a block device gives -ENODEV", check: s3 },
+    Invariant { id: "E1", title: "pctl_chunks not 1 or 2: -ENOTSUPP (unpatched: -EINVAL)", check: e1 },
+    Invariant { id: "E2", title: "chunk #1 with fields besides pctl_fd: -EINVAL", check: e2 },
+    Invariant { id: "E3", title: "user-visible errno equals ploop_snapshot's return", check: e3 },
+    Invariant { id: "C1", title: "a snapshot in progress refuses another with -EBUSY", check: c1 },
+    Invariant { id: "T1", title: "the freeze window stays under the limit", check: t1 },
+];
+
+pub fn errno_name(ret: i64) -> String {
+    let name = match ret {
+        0 => return "0".into(),
+        ENOENT => "ENOENT",
+        EFAULT => "EFAULT",
+        EBUSY => "EBUSY",
+        ENODEV => "ENODEV",
+        EINVAL => "EINVAL",
+        ENOTSUPP => "ENOTSUPP",
+        -9 => "EBADF",
+        -12 => "ENOMEM",
+        -5 => "EIO",
+        -110 => "ETIMEDOUT",
+        _ => return ret.to_string(),
+    };
+    format!("-{name}")
+}
+
+fn na(why: impl Into<String>) -> Verdict {
+    Verdict::NotApplicable(why.into())
+}
+
+/// Errors the kernel returns before it looks at the chunks or freezes anything.
+fn failed_early(call: &Call) -> Option<String> {
+    match call.ret {
+        Some(r @ (ENOENT | EBUSY | EFAULT)) => Some(format!("failed before chunk parsing ({})", errno_name(r))),
+        _ if !call.request.readable => Some("ploop_ctl unreadable".into()),
+        _ => None,
+    }
+}
+
+fn frozen_list(call: &Call) -> String {
+    let devs: Vec<String> = call.freezes.iter().filter(|f| f.ok).map(|f| call.dev_name(&f.dev)).collect();
+    if devs.is_empty() { "nothing".into() } else { devs.join(", ") }
+}
+
+fn o1(call: &Call, _: &Context) -> Verdict {
+    let mut problems: Vec<String> = call
+        .freezes
+        .iter()
+        .filter(|f| f.ok && f.thaw.is_none())
+        .map(|f| {
+            format!(
+                "freeze of {} leaked: not thawed before ploop_snapshot returned {}",
+                call.dev_name(&f.dev),
+                call.ret.map(errno_name).unwrap_or_else(|| "?".into())
+            )
+        })
+        .collect();
+    problems.extend(
+        call.stray_thaws
+            .iter()
+            .map(|t| format!("thaw of {} without a freeze of it in this call", call.dev_name(&t.dev))),
+    );
+    if problems.is_empty() { Verdict::Pass } else { Verdict::Fail(problems.join("; ")) }
+}
+
+fn o2(call: &Call, ctx: &Context) -> Verdict {
+    if !ctx.probed("ploop_quiesce") || !ctx.probed("ploop_relax") {
+        return na("ploop_quiesce/ploop_relax are not probed on this kernel");
+    }
+    let (Some(q), Some(r)) = (call.quiesce_ns, call.relax_ns) else {
+        return na("no delta switch in this call");
+    };
+    let mut problems = Vec::new();
+    for f in call.freezes.iter().filter(|f| f.ok) {
+        if f.entry_ns > q && f.entry_ns < r {
+            problems.push(format!("freeze of {} during the switch", call.dev_name(&f.dev)));
+        }
+    }
+    for f in call.counting(ctx.generation) {
+        if f.entry_ns > r {
+            problems.push(format!("freeze of {} after ploop_relax", call.dev_name(&f.dev)));
+        }
+        if let Some(t) = &f.thaw
+            && f.entry_ns < q
+            && t.entry_ns < r
+        {
+            let when = if t.entry_ns < q { "before ploop_quiesce" } else { "before ploop_relax returned" };
+            problems.push(format!("thaw of {} {when}", call.dev_name(&f.dev)));
+        }
+    }
+    if problems.is_empty() { Verdict::Pass } else { Verdict::Fail(problems.join("; ")) }
+}
+
+fn o3(call: &Call, _: &Context) -> Verdict {
+    if !call.request.readable {
+        return na("ploop_ctl unreadable");
+    }
+    if call.request.fs_sync() {
+        return na("PLOOP_FLAG_FS_SYNC is set");
+    }
+    match call.freezes.iter().any(|f| f.ok) {
+        false => Verdict::Pass,
+        true => Verdict::Fail(format!("froze {} without PLOOP_FLAG_FS_SYNC", frozen_list(call))),
+    }
+}
+
+fn o4(call: &Call, ctx: &Context) -> Verdict {
+    if ctx.generation != Generation::Vz7 {
+        return na("thaw takes no super_block on this kernel");
+    }
+    let bad: Vec<String> = call
+        .freezes
+        .iter()
+        .filter_map(|f| {
+            let t = f.thaw.as_ref()?;
+            (t.sb_arg != Some(f.ret as u64)).then(|| {
+                format!(
+                    "thaw of {} got super_block {:#x}, freeze returned {:#x}",
+                    call.dev_name(&f.dev),
+                    t.sb_arg.unwrap_or(0),
+                    f.ret as u64
+                )
+            })
+        })
+        .collect();
+    if call.freezes.iter().all(|f| f.thaw.is_none()) {
+        return na("no freeze/thaw pair");
+    }
+    if bad.is_empty() { Verdict::Pass } else { Verdict::Fail(bad.join("; ")) }
+}
+
+fn s1(call: &Call, ctx: &Context) -> Verdict {
+    if !call.request.fs_sync() {
+        return na("PLOOP_FLAG_FS_SYNC is not set");
+    }
+    let Some(sync) = &call.request.sync else { return na("no sync fd (autodetection)") };
+    if sync.state != "resolved" {
+        return na(format!("sync fd {} is {}: see S3", sync.fd, sync.state));
+    }
+    let Some(want) = &sync.dev else { return na("sync fd device unknown") };
+    if !call.reached_freeze() {
+        return na(format!(
+            "failed before the freeze stage ({})",
+            call.ret.map(errno_name).unwrap_or_else(|| "?".into())
+        ));
+    }
+    let counting = call.counting(ctx.generation);
+    let via = if sync.via == "proc" { " (sync fd resolved through /proc)" } else { "" };
+    if counting.is_empty() {
+        return Verdict::Fail(format!(
+            "nothing was frozen; the sync fd {} names {}{via}",
+            sync.fd,
+            call.dev_name(want)
+        ));
+    }
+    let other: Vec<String> =
+        counting.iter().filter(|f| &f.dev != want).map(|f| call.dev_name(&f.dev)).collect();
+    if other.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!(
+            "froze {}; the sync fd {} names {}{via}",
+            other.join(", "),
+            sync.fd,
+            call.dev_name(want)
+        ))
+    }
+}
+
+fn s2(call: &Call, ctx: &Context) -> Verdict {
+    if !call.request.fs_sync() {
+        return na("PLOOP_FLAG_FS_SYNC is not set");
+    }
+    if !call.reached_freeze() || call.ret != Some(0) {
+        return na(format!(
+            "no completed switch ({})",
+            call.ret.map(errno_name).unwrap_or_else(|| "?".into())
+        ));
+    }
+    let Some(stack) = &call.stack else { return na("no device stack was recorded") };
+    let filesystems: Vec<_> = stack.filesystems().collect();
+    if filesystems.is_empty() {
+        return na(format!("no filesystem mounted above {}", stack.name(&stack.ploop_dev)));
+    }
+    let held = call.held_during_switch(ctx.generation);
+    let mut problems = Vec::new();
+    if !filesystems.iter().any(|fs| held.iter().any(|f| f.dev == fs.dev)) {
+        let fs = filesystems[0];
+        problems.push(format!(
+            "the filesystem on {} ({} at {}) was not frozen during the switch; frozen: {}",
+            stack.name(&fs.dev),
+            fs.fstype.as_deref().unwrap_or("?"),
+            fs.mounts.join(", "),
+            if held.is_empty() {
+                "nothing".to_string()
+            } else {
+                held.iter().map(|f| stack.name(&f.dev)).collect::<Vec<_>>().join(", ")
+            }
+        ));
+    }
+    for f in &held {
+        if call.has_fs(&f.dev, ctx.generation) == Some(false) {
+            problems.push(format!("froze {}, which holds no filesystem", stack.name(&f.dev)));
+        }
+    }
+    if problems.is_empty() { Verdict::Pass } else { Verdict::Fail(problems.join("; ")) }
+}
+
+fn s3(call: &Call, ctx: &Context) -> Verdict {
+    if !call.request.fs_sync() {
+        return na("PLOOP_FLAG_FS_SYNC is not set");
+    }
+    let Some(sync) = &call.request.sync else { return na("no sync fd") };
+    if sync.state != "no-file" && sync.state != "no-bdev" {
+        return na(format!("sync fd {} is {}", sync.fd, sync.state));
+    }
+    if let PatchState::Unpatched(_) = ctx.patched {
+        return na("this kernel lacks the sync-fd interface");
+    }
+    if call.request.chunk.get(1).is_some_and(|c| c.has_extra_fields()) {
+        return na("chunk #1 carries other fields: see E2");
+    }
+    let froze = call.freezes.iter().any(|f| f.ok);
+    let ret = call.ret.unwrap_or(0);
+    let reached = call.find_and_freeze_ret.is_some() || call.get_bdev_called || ret == 0;
+    if !reached && ret != ENODEV {
+        return na(format!("failed before the freeze stage ({})", errno_name(ret)));
+    }
+    match (ret, froze) {
+        (ENODEV, false) => Verdict::Pass,
+        (ENODEV, true) => Verdict::Fail(format!("returned -ENODEV but froze {}", frozen_list(call))),
+        (r, _) => Verdict::Fail(format!(
+            "sync fd {} ({}) answered {} and froze {}; -ENODEV with nothing frozen is due",
+            sync.fd,
+            sync.state,
+            errno_name(r),
+            frozen_list(call)
+        )),
+    }
+}
+
+fn e1(call: &Call, ctx: &Context) -> Verdict {
+    if let Some(why) = failed_early(call) {
+        return na(why);
+    }
+    let n = call.request.chunks;
+    if n == 1 || n == 2 {
+        return na(format!("pctl_chunks is {n}"));
+    }
+    if call.freezes.iter().any(|f| f.ok) {
+        return Verdict::Fail(format!("pctl_chunks={n} froze {}", frozen_list(call)));
+    }
+    match (call.ret, &ctx.patched) {
+        (Some(ENOTSUPP), _) => Verdict::Pass,
+        (Some(EINVAL), PatchState::Patched(why)) => {
+            Verdict::Fail(format!("pctl_chunks={n} answered -EINVAL where -ENOTSUPP (524) is due ({why})"))
+        }
+        (Some(EINVAL), PatchState::Unpatched(_)) => Verdict::Pass,
+        (Some(EINVAL), PatchState::Unknown) => Verdict::Deferred,
+        (r, _) => Verdict::Fail(format!(
+            "pctl_chunks={n} answered {}; -ENOTSUPP (524) is due (-EINVAL unpatched)",
+            r.map(errno_name).unwrap_or_else(|| "?".into())
+        )),
+    }
+}
+
+fn e2(call: &Call, _: &Context) -> Verdict {
+    if let Some(why) = failed_early(call) {
+        return na(why);
+    }
+    let extra = call.request.chunks == 2 && call.request.chunk.get(1).is_some_and(|c| c.has_extra_fields());
+    if !extra {
+        return na("chunk #1 carries only pctl_fd, or there is none");
+    }
+    if call.freezes.iter().any(|f| f.ok) {
+        return Verdict::Fail(format!("a malformed chunk #1 froze {}", frozen_list(call)));
+    }
+    match call.ret {
+        Some(EINVAL) => Verdict::Pass,
+        r => Verdict::Fail(format!(
+            "chunk #1 with fields besides pctl_fd answered {}; -EINVAL is due",
+            r.map(errno_name).unwrap_or_else(|| "?".into())
+        )),
+    }
+}
+
+fn e3(call: &Call, ctx: &Context) -> Verdict {
+    if !ctx.probed("sys_exit_ioctl") {
+        return na("syscalls:sys_exit_ioctl is not attached");
+    }
+    let (Some(k), Some(u)) = (call.ret, call.user_ret) else { return na("the ioctl exit was not seen") };
+    if k == u {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("ploop_snapshot returned {}, the ioctl returned {}", errno_name(k), errno_name(u)))
+    }
+}
+
+fn c1(call: &Call, ctx: &Context) -> Verdict {
+    if call.ret == Some(EBUSY) && call.freezes.iter().any(|f| f.ok) {
+        return Verdict::Fail(format!("answered -EBUSY but froze {}", frozen_list(call)));
+    }
+    let Some(mine) = call.maintenance_window() else {
+        return if call.ret == Some(EBUSY) { Verdict::Pass } else { na("no maintenance window") };
+    };
+    let clash: Vec<String> = ctx
+        .finished_on_device(call)
+        .filter_map(|other| {
+            let w = other.maintenance_window()?;
+            (w.0 < mine.1 && mine.0 < w.1)
+                .then(|| format!("snapshot #{} (tid {})", other.seq, other.tid))
+        })
+        .collect();
+    if clash.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!(
+            "its freeze/switch window overlapped {} on the same device; -EBUSY was due",
+            clash.join(", ")
+        ))
+    }
+}
+
+fn t1(call: &Call, ctx: &Context) -> Verdict {
+    let windows: Vec<(String, u64)> = call
+        .freezes
+        .iter()
+        .filter(|f| f.ok)
+        .filter_map(|f| Some((f.dev.clone(), f.thaw.as_ref()?.ret_ns?.saturating_sub(f.ret_ns))))
+        .collect();
+    if windows.is_empty() {
+        return na("no completed freeze window");
+    }
+    let over: Vec<String> = windows
+        .iter()
+        .filter(|(_, w)| *w > ctx.max_freeze_ns)
+        .map(|(d, w)| {
+            format!(
+                "{} stayed frozen {:.1} ms (limit {:.1} ms)",
+                call.dev_name(d),
+                *w as f64 / 1e6,
+                ctx.max_freeze_ns as f64 / 1e6
+            )
+        })
+        .collect();
+    if over.is_empty() { Verdict::Pass } else { Verdict::Fail(over.join("; ")) }
+}

@@ -1,0 +1,491 @@
+//! The checker: one deterministic automaton per `ploop_snapshot` call, keyed by thread (the
+//! contract runs everything in the caller's task). Freeze and thaw events of a thread with no
+//! snapshot call open (PLOOP_IOC_FREEZE/THAW, dm suspend, fsfreeze, ...) are counted and
+//! never mixed into a call. A call is judged when it completes: at the exit of its ioctl
+//! when that is probed, else at `ploop_snapshot`'s return.
+
+pub mod invariants;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    events::{Request, TraceEvent},
+    kernel::Generation,
+    stack::Stack,
+};
+pub use invariants::{INVARIANTS, Verdict};
+use invariants::ENOTSUPP;
+
+/// Whether the kernel has the sync-fd interface, and the evidence for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "evidence", rename_all = "kebab-case")]
+pub enum PatchState {
+    Unknown,
+    Patched(String),
+    Unpatched(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thaw {
+    pub dev: String,
+    pub entry_ns: u64,
+    pub ret_ns: Option<u64>,
+    pub ret: Option<i64>,
+    /// 3.10: the `super_block *` passed to `thaw_bdev`.
+    pub sb_arg: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub dev: String,
+    pub entry_ns: u64,
+    pub ret_ns: u64,
+    pub ret: i64,
+    /// The device was frozen (the call succeeded; on 3.10 also with a NULL super_block).
+    pub ok: bool,
+    pub thaw: Option<Thaw>,
+}
+
+/// One `ploop_snapshot` call as observed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Call {
+    pub seq: u64,
+    pub tid: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub ploop_dev: Option<String>,
+    /// `struct ploop_device *`: identifies the device when its dev_t is unreadable.
+    pub plo: String,
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    pub request: Request,
+    pub freezes: Vec<Freeze>,
+    pub stray_thaws: Vec<Thaw>,
+    /// Freeze entries whose return has not been seen yet.
+    #[serde(skip)]
+    pending_freezes: Vec<Freeze>,
+    pub quiesce_ns: Option<u64>,
+    pub relax_ns: Option<u64>,
+    pub get_bdev_called: bool,
+    pub find_and_freeze_ret: Option<i64>,
+    pub ret: Option<i64>,
+    /// What the ioctl returned to user space (syscall exit).
+    pub user_ret: Option<i64>,
+    pub stack: Option<Stack>,
+}
+
+impl Call {
+    pub fn dev_name(&self, dev: &str) -> String {
+        match &self.stack {
+            Some(s) => s.name(dev),
+            None => dev.to_string(),
+        }
+    }
+
+    /// Whether `dev` held a filesystem: 3.10 says so through freeze's return (NULL: none);
+    /// otherwise the mount table at the time of the call does.
+    pub fn has_fs(&self, dev: &str, generation: Generation) -> Option<bool> {
+        if generation == Generation::Vz7 {
+            return self.freezes.iter().find(|f| f.dev == dev).map(|f| f.ret != 0);
+        }
+        let stack = self.stack.as_ref()?;
+        // A device outside the ploop stack (a sync fd elsewhere) was named for its filesystem.
+        Some(stack.device(dev).is_none_or(|d| !d.mounts.is_empty()))
+    }
+
+    /// Successful freezes that count: the partition walk of the autodetection freezes devices
+    /// without a filesystem and thaws them at once; such pairs before the switch are normal.
+    pub fn counting(&self, generation: Generation) -> Vec<&Freeze> {
+        let switch_at = self.quiesce_ns.or(self.end_ns).unwrap_or(u64::MAX);
+        self.freezes
+            .iter()
+            .filter(|f| f.ok)
+            .filter(|f| {
+                let walk_pair = self.has_fs(&f.dev, generation) == Some(false)
+                    && f.thaw.as_ref().is_some_and(|t| t.entry_ns < switch_at);
+                !walk_pair
+            })
+            .collect()
+    }
+
+    /// Freezes in force across the delta switch (or, without switch probes, until return).
+    pub fn held_during_switch(&self, generation: Generation) -> Vec<&Freeze> {
+        let (from, to) = match (self.quiesce_ns, self.relax_ns) {
+            (Some(q), Some(r)) => (q, r),
+            _ => (self.end_ns.unwrap_or(u64::MAX), self.end_ns.unwrap_or(u64::MAX)),
+        };
+        self.counting(generation)
+            .into_iter()
+            .filter(|f| f.ret_ns <= from && f.thaw.as_ref().is_none_or(|t| t.entry_ns >= to))
+            .collect()
+    }
+
+    pub fn reached_freeze(&self) -> bool {
+        self.ret == Some(0)
+            || !self.freezes.is_empty()
+            || self.find_and_freeze_ret.is_some()
+            || self.quiesce_ns.is_some()
+    }
+
+    /// From the first freeze (or the switch) to the last thaw (or the end of the switch).
+    pub fn maintenance_window(&self) -> Option<(u64, u64)> {
+        let ok = self.freezes.iter().filter(|f| f.ok);
+        let start = ok.clone().map(|f| f.entry_ns).chain(self.quiesce_ns).min()?;
+        let end = ok
+            .filter_map(|f| f.thaw.as_ref().and_then(|t| t.ret_ns))
+            .chain(self.relax_ns)
+            .max()
+            .unwrap_or(start);
+        Some((start, end))
+    }
+
+    /// The device this call works on: its dev_t, or the `ploop_device` pointer.
+    fn device_key(&self) -> &str {
+        self.ploop_dev.as_deref().unwrap_or(&self.plo)
+    }
+}
+
+/// What invariants may consult besides the call itself.
+pub struct Context<'a> {
+    pub generation: Generation,
+    pub patched: &'a PatchState,
+    pub max_freeze_ns: u64,
+    pub probed: &'a [String],
+    finished: &'a [CallReport],
+}
+
+impl Context<'_> {
+    pub fn probed(&self, role: &str) -> bool {
+        self.probed.iter().any(|p| p == role)
+    }
+    /// Calls already judged on the same device as `call`.
+    pub fn finished_on_device<'b>(&'b self, call: &'b Call) -> impl Iterator<Item = &'b Call> {
+        self.finished.iter().map(|r| &r.call).filter(move |o| o.device_key() == call.device_key())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CallReport {
+    pub call: Call,
+    /// Invariant id -> verdict, in the order of [`INVARIANTS`].
+    pub verdicts: Vec<(String, Verdict)>,
+}
+
+impl CallReport {
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.verdicts.iter().filter_map(|(id, v)| match v {
+            Verdict::Fail(why) => Some((id.as_str(), why.as_str())),
+            _ => None,
+        })
+    }
+}
+
+/// A violation, as printed the moment it is known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub id: String,
+    pub seq: u64,
+    pub tid: u32,
+    pub device: String,
+    pub ts_ns: u64,
+    pub why: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VIOLATION {} snapshot #{} (tid {}, {}): {}", self.id, self.seq, self.tid, self.device, self.why)
+    }
+}
+
+pub struct Options {
+    pub max_freeze_ns: u64,
+}
+
+pub struct Checker {
+    generation: Generation,
+    probed: Vec<String>,
+    opts: Options,
+    pub patched: PatchState,
+    open: HashMap<u32, Call>,
+    /// Latest device stack per ploop dev, recorded just before the call that uses it.
+    stacks: HashMap<String, Stack>,
+    pub finished: Vec<CallReport>,
+    pub incomplete: Vec<Call>,
+    /// freeze/thaw events of threads outside any snapshot call.
+    pub outside: u64,
+    pub events: u64,
+    seq: u64,
+    /// Freeze windows of judged calls (ns), for the histogram.
+    pub windows_ns: Vec<u64>,
+}
+
+impl Checker {
+    /// `probed`: roles attached (`ploop_quiesce`, `sys_exit_ioctl`, ...).
+    pub fn new(generation: Generation, probed: Vec<String>, opts: Options) -> Self {
+        Checker {
+            generation,
+            probed,
+            opts,
+            patched: PatchState::Unknown,
+            open: HashMap::new(),
+            stacks: HashMap::new(),
+            finished: Vec::new(),
+            incomplete: Vec::new(),
+            outside: 0,
+            events: 0,
+            seq: 0,
+            windows_ns: Vec::new(),
+        }
+    }
+
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    pub fn stack(&mut self, stack: Stack) {
+        self.stacks.insert(stack.ploop_dev.clone(), stack);
+    }
+
+    pub fn snapshots(&self) -> usize {
+        self.finished.len()
+    }
+
+    pub fn violations(&self) -> usize {
+        self.finished.iter().map(|r| r.failures().count()).sum()
+    }
+
+    /// Feeds one event; returns the violations it completes.
+    pub fn event(&mut self, e: &TraceEvent) -> Vec<Violation> {
+        self.events += 1;
+        let entry = e.phase == "entry";
+        if e.func == "ploop_snapshot" && entry {
+            if let Some(old) = self.open.remove(&e.tid) {
+                self.incomplete.push(old);
+            }
+            self.seq += 1;
+            let ploop_dev = e.dev.clone();
+            let stack = ploop_dev.as_ref().and_then(|d| self.stacks.get(d)).cloned();
+            self.open.insert(
+                e.tid,
+                Call {
+                    seq: self.seq,
+                    tid: e.tid,
+                    pid: e.pid,
+                    comm: e.comm.clone(),
+                    ploop_dev,
+                    plo: e.args.first().cloned().unwrap_or_default(),
+                    start_ns: e.ts_ns,
+                    end_ns: None,
+                    request: e.request.clone().unwrap_or(Request {
+                        readable: false,
+                        format: 0,
+                        flags: 0,
+                        chunks: 0,
+                        chunk: vec![],
+                        sync: None,
+                    }),
+                    freezes: Vec::new(),
+                    stray_thaws: Vec::new(),
+                    pending_freezes: Vec::new(),
+                    quiesce_ns: None,
+                    relax_ns: None,
+                    get_bdev_called: false,
+                    find_and_freeze_ret: None,
+                    ret: None,
+                    user_ret: None,
+                    stack,
+                },
+            );
+            return Vec::new();
+        }
+        let Some(call) = self.open.get_mut(&e.tid) else {
+            if e.func == "freeze_bdev" || e.func == "thaw_bdev" {
+                self.outside += 1;
+            }
+            return Vec::new();
+        };
+        let dev = e.dev.clone().unwrap_or_else(|| "?".into());
+        let ret = e.ret.unwrap_or(0);
+        match (e.func.as_str(), entry) {
+            ("freeze_bdev", true) => call.pending_freezes.push(Freeze {
+                dev,
+                entry_ns: e.ts_ns,
+                ret_ns: 0,
+                ret: 0,
+                ok: false,
+                thaw: None,
+            }),
+            ("freeze_bdev", false) => {
+                let i = call.pending_freezes.iter().rposition(|f| f.dev == dev);
+                let mut f = match i {
+                    Some(i) => call.pending_freezes.remove(i),
+                    None => Freeze { dev, entry_ns: e.ts_ns, ret_ns: 0, ret: 0, ok: false, thaw: None },
+                };
+                f.ret_ns = e.ts_ns;
+                f.ret = ret;
+                f.ok = !self.generation.freeze_failed(ret);
+                call.freezes.push(f);
+            }
+            ("thaw_bdev", true) => {
+                let thaw = Thaw {
+                    dev: dev.clone(),
+                    entry_ns: e.ts_ns,
+                    ret_ns: None,
+                    ret: None,
+                    sb_arg: e.args.get(1).and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()),
+                };
+                match call.freezes.iter_mut().rev().find(|f| f.ok && f.dev == dev && f.thaw.is_none()) {
+                    Some(f) => f.thaw = Some(thaw),
+                    None => call.stray_thaws.push(thaw),
+                }
+            }
+            ("thaw_bdev", false) => {
+                let open = call
+                    .freezes
+                    .iter_mut()
+                    .rev()
+                    .filter_map(|f| f.thaw.as_mut())
+                    .chain(call.stray_thaws.iter_mut().rev())
+                    .find(|t| t.dev == dev && t.ret_ns.is_none());
+                if let Some(t) = open {
+                    t.ret_ns = Some(e.ts_ns);
+                    t.ret = Some(ret);
+                }
+            }
+            ("ploop_quiesce", true) => {
+                call.quiesce_ns.get_or_insert(e.ts_ns);
+            }
+            ("ploop_relax", false) => call.relax_ns = Some(e.ts_ns),
+            ("get_bdev_from_fd", true) => call.get_bdev_called = true,
+            ("find_and_freeze_bdev", false) => call.find_and_freeze_ret = Some(ret),
+            ("ploop_snapshot", false) => {
+                call.ret = Some(ret);
+                call.end_ns = Some(e.ts_ns);
+                if !self.probed.iter().any(|p| p == "sys_exit_ioctl") {
+                    return self.judge(e.tid, e.ts_ns);
+                }
+            }
+            ("sys_ioctl", false) => {
+                call.user_ret = Some(ret);
+                return self.judge(e.tid, e.ts_ns);
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// What this call tells about the kernel's patch status.
+    fn evidence(call: &Call) -> Option<String> {
+        let r = &call.request;
+        if call.ret == Some(ENOTSUPP) {
+            return Some(format!("pctl_chunks={} answered -ENOTSUPP", r.chunks));
+        }
+        if call.get_bdev_called {
+            return Some("get_bdev_from_fd ran for a sync fd".into());
+        }
+        if r.chunks == 2 && call.ret == Some(0) && r.chunk.get(1).is_some_and(|c| !c.has_extra_fields()) {
+            return Some("a two-chunk snapshot succeeded".into());
+        }
+        None
+    }
+
+    fn judge(&mut self, tid: u32, now: u64) -> Vec<Violation> {
+        let Some(call) = self.open.remove(&tid) else { return Vec::new() };
+        let mut out = Vec::new();
+        if self.patched == PatchState::Unknown
+            && let Some(why) = Self::evidence(&call)
+        {
+            self.patched = PatchState::Patched(why);
+            out.extend(self.resolve_deferred(now));
+        }
+        let ctx = Context {
+            generation: self.generation,
+            patched: &self.patched,
+            max_freeze_ns: self.opts.max_freeze_ns,
+            probed: &self.probed,
+            finished: &self.finished,
+        };
+        let verdicts: Vec<(String, Verdict)> =
+            INVARIANTS.iter().map(|inv| (inv.id.to_string(), (inv.check)(&call, &ctx))).collect();
+        let report = CallReport { call, verdicts };
+        for f in report.call.freezes.iter().filter(|f| f.ok) {
+            if let Some(end) = f.thaw.as_ref().and_then(|t| t.ret_ns) {
+                self.windows_ns.push(end.saturating_sub(f.ret_ns));
+            }
+        }
+        out.extend(report.failures().map(|(id, why)| violation(&report.call, id, why, now)));
+        self.finished.push(report);
+        out
+    }
+
+    /// Turns deferred E1 verdicts into final ones now that the patch status is known.
+    fn resolve_deferred(&mut self, now: u64) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for r in &mut self.finished {
+            for (id, v) in &mut r.verdicts {
+                if *v != Verdict::Deferred {
+                    continue;
+                }
+                *v = match &self.patched {
+                    PatchState::Patched(why) => {
+                        let why = format!(
+                            "pctl_chunks={} answered -EINVAL where -ENOTSUPP (524) is due ({why})",
+                            r.call.request.chunks
+                        );
+                        out.push(violation(&r.call, id, &why, now));
+                        Verdict::Fail(why)
+                    }
+                    _ => Verdict::Pass,
+                };
+            }
+        }
+        out
+    }
+
+    /// End of the run: open calls are incomplete; an undecided patch status with -EINVAL
+    /// answers to bad chunk counts means an unpatched kernel.
+    pub fn finish(&mut self, now: u64) -> Vec<Violation> {
+        let mut open: Vec<Call> = self.open.drain().map(|(_, c)| c).collect();
+        open.sort_by_key(|c| c.seq);
+        self.incomplete.extend(open);
+        let deferred = self.finished.iter().any(|r| r.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred));
+        if self.patched == PatchState::Unknown && deferred {
+            self.patched =
+                PatchState::Unpatched("pctl_chunks outside {1, 2} answered -EINVAL, not -ENOTSUPP".into());
+        }
+        self.resolve_deferred(now)
+    }
+
+    /// Per invariant: (pass, fail, not applicable) counts.
+    pub fn tally(&self) -> BTreeMap<&'static str, (usize, usize, usize)> {
+        let mut t: BTreeMap<&'static str, (usize, usize, usize)> =
+            INVARIANTS.iter().map(|i| (i.id, (0, 0, 0))).collect();
+        for r in &self.finished {
+            for (inv, (_, v)) in INVARIANTS.iter().zip(&r.verdicts) {
+                let e = t.get_mut(inv.id).expect("every id is present");
+                match v {
+                    Verdict::Pass => e.0 += 1,
+                    Verdict::Fail(_) => e.1 += 1,
+                    Verdict::NotApplicable(_) | Verdict::Deferred => e.2 += 1,
+                }
+            }
+        }
+        t
+    }
+}
+
+fn violation(call: &Call, id: &str, why: &str, now: u64) -> Violation {
+    Violation {
+        id: id.to_string(),
+        seq: call.seq,
+        tid: call.tid,
+        device: call.ploop_dev.clone().map(|d| call.dev_name(&d)).unwrap_or_else(|| call.plo.clone()),
+        ts_ns: now,
+        why: why.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,313 @@
+//! The checker on hand-made event sequences: one per correct configuration and per known bug
+//! of the model driver, each with the exact set of invariants it must trip.
+
+use super::*;
+use crate::{
+    events::{Chunk, PLOOP_FLAG_FS_SYNC, Request, SyncFd},
+    stack::{Stack, StackDev},
+};
+
+const PLOOP: &str = "253:0";
+const CRYPT: &str = "254:0";
+const LINEAR: &str = "254:1";
+
+fn dev(d: &str, name: &str, holders: &[&str], mounts: &[&str]) -> StackDev {
+    StackDev {
+        dev: d.into(),
+        name: name.into(),
+        holders: holders.iter().map(|s| s.to_string()).collect(),
+        mounts: mounts.iter().map(|s| s.to_string()).collect(),
+        fstype: (!mounts.is_empty()).then(|| "ext4".into()),
+    }
+}
+
+/// ext4 on dm-linear on dm-crypt on ploop: the stack of the commit message.
+fn linear_stack() -> Stack {
+    Stack {
+        ploop_dev: PLOOP.into(),
+        devices: vec![
+            dev(PLOOP, "ploop0", &[CRYPT], &[]),
+            dev(CRYPT, "dm-0", &[LINEAR], &[]),
+            dev(LINEAR, "dm-1", &[], &["/mnt"]),
+        ],
+    }
+}
+
+fn plain_stack() -> Stack {
+    Stack { ploop_dev: PLOOP.into(), devices: vec![dev(PLOOP, "ploop0", &[], &["/mnt"])] }
+}
+
+fn request(flags: u32, chunks: u16, chunk1: Option<Chunk>, sync: Option<(&str, Option<&str>)>) -> Request {
+    let c0 = Chunk { fd: 5, kind: 0, flags: 0, offset: 0, start: 0, len: 0 };
+    let c1 = chunk1.unwrap_or(Chunk { fd: 7, kind: 0, flags: 0, offset: 0, start: 0, len: 0 });
+    Request {
+        readable: true,
+        format: 1,
+        flags,
+        chunks,
+        sync: sync.map(|(state, dev)| SyncFd {
+            fd: c1.fd,
+            state: state.into(),
+            dev: dev.map(str::to_string),
+            via: "kernel".into(),
+        }),
+        chunk: vec![c0, c1],
+    }
+}
+
+fn sync_req(sync_dev: &str) -> Request {
+    request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("resolved", Some(sync_dev))))
+}
+
+/// Builds event sequences in time order.
+struct Seq {
+    ts: u64,
+    events: Vec<TraceEvent>,
+}
+
+impl Seq {
+    fn new() -> Self {
+        Seq { ts: 1_000, events: Vec::new() }
+    }
+    fn ev(&mut self, tid: u32, func: &str, phase: &str, dev: Option<&str>, ret: Option<i64>) -> &mut TraceEvent {
+        self.ts += 1_000_000;
+        self.events.push(TraceEvent {
+            ts_ns: self.ts,
+            pid: tid,
+            tid,
+            comm: "ploop-verify".into(),
+            func: func.into(),
+            phase: phase.into(),
+            dev: dev.map(str::to_string),
+            args: vec!["0xffff0000".into()],
+            ret,
+            cpu: 0,
+            no_entry: false,
+            request: None,
+        });
+        self.events.last_mut().unwrap()
+    }
+    fn start(&mut self, tid: u32, req: Request) -> &mut Self {
+        self.ev(tid, "ploop_snapshot", "entry", Some(PLOOP), None).request = Some(req);
+        self
+    }
+    fn call(&mut self, tid: u32, func: &str) -> &mut Self {
+        self.ev(tid, func, "entry", None, None);
+        self.ev(tid, func, "return", None, Some(0));
+        self
+    }
+    fn freeze(&mut self, tid: u32, d: &str) -> &mut Self {
+        self.ev(tid, "freeze_bdev", "entry", Some(d), None);
+        self.ev(tid, "freeze_bdev", "return", Some(d), Some(0));
+        self
+    }
+    fn thaw(&mut self, tid: u32, d: &str) -> &mut Self {
+        self.ev(tid, "thaw_bdev", "entry", Some(d), None);
+        self.ev(tid, "thaw_bdev", "return", Some(d), Some(0));
+        self
+    }
+    fn switch(&mut self, tid: u32) -> &mut Self {
+        self.call(tid, "ploop_quiesce").call(tid, "ploop_relax")
+    }
+    fn end(&mut self, tid: u32, ret: i64) -> &mut Self {
+        self.ev(tid, "ploop_snapshot", "return", Some(PLOOP), Some(ret));
+        self.ev(tid, "sys_ioctl", "return", Some(PLOOP), Some(ret));
+        self
+    }
+    /// A correct patched snapshot of `tid` freezing `d` through a sync fd.
+    fn good_sync(&mut self, tid: u32, d: &str) -> &mut Self {
+        self.start(tid, sync_req(d)).call(tid, "get_bdev_from_fd").freeze(tid, d).switch(tid).thaw(tid, d).end(tid, 0)
+    }
+}
+
+fn all_probed() -> Vec<String> {
+    ["ploop_snapshot", "find_and_freeze_bdev", "get_bdev_from_fd", "ploop_quiesce", "ploop_relax", "sys_exit_ioctl"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Runs a sequence through a checker; returns the sorted, deduplicated violated ids.
+fn run(stack: Stack, seq: &Seq) -> (Checker, Vec<String>) {
+    let mut c = Checker::new(Generation::FreezeBdev, all_probed(), Options { max_freeze_ns: 5_000_000_000 });
+    c.stack(stack);
+    let mut ids: Vec<String> = seq.events.iter().flat_map(|e| c.event(e)).map(|v| v.id).collect();
+    ids.extend(c.finish(u64::MAX).into_iter().map(|v| v.id));
+    ids.sort();
+    ids.dedup();
+    (c, ids)
+}
+
+#[test]
+fn correct_sync_fd_snapshot_on_the_linear_stack_is_clean() {
+    let mut s = Seq::new();
+    s.good_sync(10, LINEAR);
+    let (c, ids) = run(linear_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}: {:?}", c.finished[0].verdicts);
+    assert_eq!(c.snapshots(), 1);
+    let t = c.tally();
+    for id in ["O1", "O2", "S1", "S2", "E3", "C1", "T1"] {
+        assert_eq!(t[id].0, 1, "{id} judged and passed");
+    }
+    assert!(matches!(c.patched, PatchState::Patched(_)));
+}
+
+#[test]
+fn autodetection_on_the_linear_stack_trips_s2() {
+    // No sync fd: the old autodetection freezes dm-crypt (no filesystem there) and keeps it.
+    let mut s = Seq::new();
+    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None)).freeze(10, CRYPT).switch(10).thaw(10, CRYPT).end(10, 0);
+    let (c, ids) = run(linear_stack(), &s);
+    assert_eq!(ids, ["S2"]);
+    let why = c.finished[0].failures().next().unwrap().1.to_string();
+    assert!(why.contains("dm-1 (254:1)") && why.contains("holds no filesystem"), "{why}");
+}
+
+#[test]
+fn autodetection_walk_pairs_on_a_plain_device_are_normal() {
+    // ext4 directly on ploop: freeze ploop (it has the filesystem) around the switch.
+    let mut s = Seq::new();
+    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None)).freeze(10, PLOOP).switch(10).thaw(10, PLOOP).end(10, 0);
+    assert!(run(plain_stack(), &s).1.is_empty());
+    // No filesystem anywhere: the walk freezes and thaws ploop at once; nothing to flag.
+    let bare = Stack { ploop_dev: PLOOP.into(), devices: vec![dev(PLOOP, "ploop0", &[], &[])] };
+    let mut s = Seq::new();
+    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None)).freeze(10, PLOOP).thaw(10, PLOOP).switch(10).end(10, 0);
+    assert!(run(bare, &s).1.is_empty());
+}
+
+#[test]
+fn bug_leak_freeze_is_o1() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(LINEAR)).call(10, "get_bdev_from_fd").freeze(10, LINEAR).call(10, "ploop_quiesce");
+    s.end(10, -9);
+    assert_eq!(run(linear_stack(), &s).1, ["O1"]);
+}
+
+#[test]
+fn bug_thaw_other_is_o1() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(LINEAR)).call(10, "get_bdev_from_fd").freeze(10, LINEAR).switch(10).thaw(10, PLOOP).end(10, 0);
+    assert_eq!(run(linear_stack(), &s).1, ["O1"]);
+}
+
+#[test]
+fn bug_ignore_sync_fd_is_s1_and_leaves_the_filesystem_unfrozen() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(LINEAR)).freeze(10, CRYPT).switch(10).thaw(10, CRYPT).end(10, 0);
+    assert_eq!(run(linear_stack(), &s).1, ["S1", "S2"]);
+}
+
+#[test]
+fn bug_thaw_early_is_o2_and_leaves_the_switch_unfrozen() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(LINEAR)).call(10, "get_bdev_from_fd").freeze(10, LINEAR).thaw(10, LINEAR).switch(10);
+    s.end(10, 0);
+    assert_eq!(run(linear_stack(), &s).1, ["O2", "S2"]);
+}
+
+#[test]
+fn bug_einval_is_e1_once_the_kernel_shows_it_is_patched() {
+    // The ambiguous answer comes first; the proof of the patch later resolves it.
+    let mut s = Seq::new();
+    s.start(11, request(0, 0, None, None)).end(11, -22);
+    s.good_sync(10, LINEAR);
+    let (c, ids) = run(linear_stack(), &s);
+    assert_eq!(ids, ["E1"]);
+    assert!(matches!(c.patched, PatchState::Patched(_)));
+}
+
+#[test]
+fn unpatched_kernel_is_a_property_not_a_violation() {
+    let mut s = Seq::new();
+    s.start(11, request(0, 0, None, None)).end(11, -22);
+    s.start(12, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("resolved", Some(LINEAR))))).end(12, -22);
+    s.start(13, request(PLOOP_FLAG_FS_SYNC, 1, None, None)).freeze(13, PLOOP).switch(13).thaw(13, PLOOP).end(13, 0);
+    let (c, ids) = run(plain_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    assert!(matches!(c.patched, PatchState::Unpatched(_)), "{:?}", c.patched);
+}
+
+#[test]
+fn patched_error_codes_pass_and_wrong_ones_fail() {
+    let mut s = Seq::new();
+    s.start(11, request(0, 0, None, None)).end(11, -524);
+    s.start(12, request(0, 3, None, None)).end(12, -524);
+    let bad_chunk1 = Chunk { fd: 7, kind: 0, flags: 0, offset: 4, start: 0, len: 0 };
+    s.start(13, request(PLOOP_FLAG_FS_SYNC, 2, Some(bad_chunk1), None)).end(13, -22);
+    // tmpfs sync fd: -ENODEV, nothing frozen.
+    s.start(14, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("no-bdev", Some("0:40")))));
+    s.call(14, "get_bdev_from_fd").end(14, -19);
+    let (c, ids) = run(plain_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    let t = c.tally();
+    assert_eq!((t["E1"].0, t["E2"].0, t["S3"].0), (2, 1, 1));
+
+    let mut s = Seq::new();
+    let bad_chunk1 = Chunk { fd: 7, kind: 1, flags: 0, offset: 0, start: 0, len: 0 };
+    s.start(13, request(0, 2, Some(bad_chunk1), None)).end(13, 0);
+    s.start(14, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("no-file", None)))).freeze(14, PLOOP).switch(14);
+    s.thaw(14, PLOOP).end(14, 0);
+    assert_eq!(run(plain_stack(), &s).1, ["E2", "S3"]);
+}
+
+#[test]
+fn errno_mismatch_is_e3_and_fs_sync_off_freezing_is_o3() {
+    let mut s = Seq::new();
+    s.start(10, request(0, 1, None, None)).freeze(10, PLOOP).switch(10).thaw(10, PLOOP);
+    s.ev(10, "ploop_snapshot", "return", Some(PLOOP), Some(0));
+    s.ev(10, "sys_ioctl", "return", Some(PLOOP), Some(-5));
+    assert_eq!(run(plain_stack(), &s).1, ["E3", "O3"]);
+}
+
+#[test]
+fn overlapping_snapshots_on_one_device_are_c1_and_other_threads_do_not_mix() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(PLOOP)).freeze(10, PLOOP);
+    s.start(11, sync_req(PLOOP)).freeze(11, PLOOP).switch(11).thaw(11, PLOOP).end(11, 0);
+    s.switch(10).thaw(10, PLOOP).end(10, 0);
+    // PLOOP_IOC_FREEZE/THAW from another thread: not a snapshot, not counted in one.
+    s.freeze(12, PLOOP).thaw(12, PLOOP);
+    let (c, ids) = run(plain_stack(), &s);
+    assert!(ids.contains(&"C1".to_string()), "{ids:?}");
+    assert_eq!(c.outside, 4);
+    // Serial snapshots on one device are fine, and -EBUSY with nothing frozen is right.
+    let mut s = Seq::new();
+    s.good_sync(10, PLOOP).good_sync(10, PLOOP);
+    s.start(11, sync_req(PLOOP)).end(11, -16);
+    assert!(run(plain_stack(), &s).1.is_empty());
+}
+
+#[test]
+fn long_freeze_windows_are_t1() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(PLOOP)).call(10, "get_bdev_from_fd").freeze(10, PLOOP).switch(10);
+    s.ts += 6_000_000_000;
+    s.thaw(10, PLOOP).end(10, 0);
+    assert_eq!(run(plain_stack(), &s).1, ["T1"]);
+}
+
+#[test]
+fn vz7_thaw_must_get_the_super_block_freeze_returned() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(PLOOP));
+    s.ev(10, "freeze_bdev", "entry", Some(PLOOP), None);
+    s.ev(10, "freeze_bdev", "return", Some(PLOOP), Some(0x7fff_1000));
+    s.switch(10);
+    s.ev(10, "thaw_bdev", "entry", Some(PLOOP), None).args = vec!["0xffff0000".into(), "0x7fff2000".into()];
+    s.ev(10, "thaw_bdev", "return", Some(PLOOP), Some(0));
+    s.end(10, 0);
+    let mut c = Checker::new(Generation::Vz7, all_probed(), Options { max_freeze_ns: u64::MAX });
+    c.stack(plain_stack());
+    let ids: Vec<String> = s.events.iter().flat_map(|e| c.event(e)).map(|v| v.id).collect();
+    assert_eq!(ids, ["O4"]);
+}
+
+#[test]
+fn unfinished_calls_are_incomplete_not_judged() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(PLOOP)).freeze(10, PLOOP);
+    let (c, ids) = run(plain_stack(), &s);
+    assert!(ids.is_empty());
+    assert_eq!((c.snapshots(), c.incomplete.len()), (0, 1));
+}

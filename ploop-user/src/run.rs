@@ -1,0 +1,396 @@
+//! `ploop-verify run`: attach, run the workload, check every snapshot call live, write the
+//! trace and the reports. `ploop-verify report`: the same checks replayed from a trace.
+//!
+//! Both go through one [`Pipeline`]: probe -> event -> checker -> report. The live side only
+//! adds what must be read at the time of the call (the device stack, and the sync fd through
+//! /proc when the kernel walk failed) and records it in the trace, so a replay is identical.
+
+use std::{
+    collections::BTreeMap,
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::{
+    checker::{Checker, Options, Violation},
+    events::TraceEvent,
+    kernel::{KDev, KernelInfo},
+    probe::{Record, Session},
+    report,
+    stack::Stack,
+    trace::{self, ProbeArgs},
+    tracefile::{self, End, Header, TraceLine},
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct Policy {
+    /// T1: the longest a device may stay frozen, in milliseconds.
+    #[arg(long, default_value_t = 5000.0, value_name = "MS")]
+    pub max_freeze_ms: f64,
+    /// Fewer snapshot calls than this means nothing was verified (exit 2). Never below 1:
+    /// a run that saw no snapshot is never reported clean.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub expect_snapshots: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub policy: Policy,
+    /// Directory for trace.jsonl and the reports (created if needed).
+    #[arg(long, short, default_value = "ploop-verify-report", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Without a COMMAND: stop after this many seconds (default: at Ctrl-C).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// No progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Workload to run while checking; the run ends when it exits.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A trace written by `ploop-verify run` (trace.jsonl) or `trace --out`.
+    pub trace: PathBuf,
+    #[command(flatten)]
+    pub policy: Policy,
+    /// Directory for the reports (default: the trace's directory).
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// probe -> event -> checker (-> trace file): shared by the live run and the replay.
+struct Pipeline {
+    checker: Checker,
+    writer: Option<tracefile::Writer>,
+    violations: Vec<Violation>,
+    last_ts: u64,
+}
+
+impl Pipeline {
+    fn new(header: &Header, policy: &Policy, writer: Option<tracefile::Writer>) -> Result<Self> {
+        let mut p = Pipeline {
+            checker: Checker::new(
+                header.generation,
+                header.probed.clone(),
+                Options { max_freeze_ns: (policy.max_freeze_ms * 1e6) as u64 },
+            ),
+            writer,
+            violations: Vec::new(),
+            last_ts: 0,
+        };
+        if let Some(w) = &mut p.writer {
+            w.line(&TraceLine::Header(header.clone()))?;
+        }
+        Ok(p)
+    }
+
+    fn push(&mut self, line: TraceLine) -> Result<()> {
+        if let Some(w) = &mut self.writer {
+            w.line(&line)?;
+        }
+        match line {
+            TraceLine::Stack(s) => self.checker.stack(s),
+            TraceLine::Event(e) => {
+                self.last_ts = self.last_ts.max(e.ts_ns);
+                let found = self.checker.event(&e);
+                self.report(found);
+            }
+            TraceLine::Header(_) | TraceLine::End(_) => {}
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, found: Vec<Violation>) {
+        for v in found {
+            eprintln!("\rploop-verify: {v}");
+            self.violations.push(v);
+        }
+    }
+
+    /// Judges what is left, writes the end record and every report. Returns the exit code.
+    fn finish(mut self, header: &Header, end: End, policy: &Policy, dir: &Path) -> Result<ExitCode> {
+        let found = self.checker.finish(self.last_ts);
+        self.report(found);
+        if let Some(mut w) = self.writer.take() {
+            w.line(&TraceLine::End(end.clone()))?;
+            w.finish()?;
+        }
+        let summary = report::summarise(
+            &self.checker,
+            header,
+            &end,
+            self.violations.clone(),
+            policy.expect_snapshots.max(1),
+        );
+        report::write_all(dir, &summary, &self.checker)?;
+        print_summary(&summary, dir);
+        Ok(ExitCode::from(summary.exit_code))
+    }
+}
+
+fn print_summary(s: &report::Summary, dir: &Path) {
+    eprintln!(
+        "\rploop-verify: {}: {} snapshot calls, {} violations, {} events, {} lost",
+        s.verdict, s.snapshots, s.violations, s.events, s.lost
+    );
+    if let Some(r) = &s.reason {
+        eprintln!("ploop-verify: {r}");
+    }
+    for i in &s.invariants {
+        eprintln!(
+            "  {:<3} {:<4} pass {:>4}  fail {:>4}  n/a {:>4}  {}",
+            i.id,
+            if i.fail > 0 { "FAIL" } else { "" },
+            i.pass,
+            i.fail,
+            i.not_applicable,
+            i.title
+        );
+    }
+    eprintln!("ploop-verify: reports in {}", dir.display());
+}
+
+pub fn replay(args: ReportArgs) -> Result<ExitCode> {
+    let trace = tracefile::read(&args.trace)?;
+    let dir = match &args.out {
+        Some(d) => d.clone(),
+        None => args.trace.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+    };
+    let mut p = Pipeline::new(&trace.header, &args.policy, None)?;
+    for line in trace.body {
+        p.push(line)?;
+    }
+    p.finish(&trace.header, trace.end, &args.policy, &dir)
+}
+
+/// Monotonic clock, the base of `bpf_ktime_get_ns`.
+fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// Perf buffers are per CPU and a task may migrate between its freeze and its thaw: events
+/// wait here until no earlier one can still arrive (30 ms), then leave in time order.
+struct Reorder {
+    pending: BTreeMap<(u64, u64), TraceEvent>,
+    seq: u64,
+}
+
+const REORDER_NS: u64 = 30_000_000;
+
+impl Reorder {
+    fn push(&mut self, e: TraceEvent) {
+        self.seq += 1;
+        self.pending.insert((e.ts_ns, self.seq), e);
+    }
+    fn ready(&mut self, cutoff: u64) -> Vec<TraceEvent> {
+        let later = self.pending.split_off(&(cutoff, 0));
+        std::mem::replace(&mut self.pending, later).into_values().collect()
+    }
+}
+
+/// What only the live side can know, recorded before the event that needs it.
+fn context_for(e: &mut TraceEvent) -> Option<Stack> {
+    if e.func != "ploop_snapshot" || e.phase != "entry" {
+        return None;
+    }
+    if let Some(sync) = e.request.as_mut().and_then(|r| r.sync.as_mut())
+        && sync.state == "unread"
+    {
+        // The kernel walk failed: ask /proc now (the fd may have changed since: marked).
+        let path = format!("/proc/{}/fd/{}", e.pid, sync.fd);
+        sync.via = "proc".into();
+        match nix::sys::stat::stat(path.as_str()) {
+            Ok(st) => {
+                let dev = KDev::from_user(st.st_dev);
+                sync.state = if dev.major() == 0 { "no-bdev" } else { "resolved" }.into();
+                sync.dev = Some(dev.to_string());
+            }
+            Err(_) => sync.state = "no-file".into(),
+        }
+    }
+    e.dev.as_deref().map(Stack::capture)
+}
+
+pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
+    if args.command.is_empty() && args.duration.is_some_and(|d| !(d > 0.0)) {
+        bail!("--duration must be a positive number of seconds");
+    }
+    if !(args.policy.max_freeze_ms > 0.0) {
+        bail!("--max-freeze-ms must be positive");
+    }
+    let kernel = KernelInfo::detect()?;
+    if kernel.symbol("ploop_snapshot").is_none() {
+        eprintln!(
+            "ploop-verify: ploop_snapshot is not in this kernel (/proc/kallsyms): no verdict on ploop \
+             at all. Load the ploop module (or the model driver) first."
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let plan = trace::plan(&kernel, btf, &args.probe)?;
+    let mut session = Session::attach(&plan).context("attaching the probes")?;
+    for (role, why) in &session.narrowed {
+        eprintln!("ploop-verify: not probed: {role}: {why}");
+    }
+    let mut rx = session.stream()?;
+    eprintln!("ploop-verify: checking {plan}");
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let header = tracefile::header(&kernel, &session)?;
+    let writer = tracefile::Writer::create(&args.out.join("trace.jsonl"))?;
+    let mut p = Pipeline::new(&header, &args.policy, Some(writer))?;
+
+    let mut lost = 0;
+    let status = drive(&args, &mut rx, &mut p, &mut lost).await?;
+    lost += session.dropped_in_kernel()?;
+    drop(session);
+    let end = End { events: p.checker.events, lost, command_status: status };
+    if let Some(code) = status.filter(|c| *c != 0) {
+        eprintln!("ploop-verify: the workload exited with status {code}");
+    }
+    p.finish(&header, end, &args.policy, &args.out)
+}
+
+/// Runs the workload while feeding the pipeline; returns the workload's exit status.
+async fn drive(
+    args: &RunArgs,
+    rx: &mut UnboundedReceiver<Record>,
+    p: &mut Pipeline,
+    lost: &mut u64,
+) -> Result<Option<i32>> {
+    let generation = p.checker_generation();
+    let mut child = match args.command.split_first() {
+        Some((prog, rest)) => Some(
+            tokio::process::Command::new(prog)
+                .args(rest)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {prog}"))?,
+        ),
+        None => None,
+    };
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    let tty = std::io::stderr().is_terminal();
+    let mut reorder = Reorder { pending: BTreeMap::new(), seq: 0 };
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut last_progress = Instant::now();
+    let take = |r: Record, reorder: &mut Reorder, lost: &mut u64| match r {
+        Record::Event(e) => reorder.push(TraceEvent::from_raw(&e, generation)),
+        Record::Lost(n) => *lost += n,
+    };
+    let status = loop {
+        let wait_child = async {
+            match child.as_mut() {
+                Some(c) => c.wait().await,
+                None => std::future::pending::<std::io::Result<std::process::ExitStatus>>().await,
+            }
+        };
+        let wait_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => take(r, &mut reorder, lost),
+                None => bail!("the event readers stopped"),
+            },
+            _ = tick.tick() => {
+                for mut e in reorder.ready(mono_ns().saturating_sub(REORDER_NS)) {
+                    if let Some(s) = context_for(&mut e) {
+                        p.push(TraceLine::Stack(s))?;
+                    }
+                    p.push(TraceLine::Event(e))?;
+                }
+                let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(10) };
+                if !args.quiet && last_progress.elapsed() >= every {
+                    let line = format!(
+                        "snapshots {}, violations {}, events {}, lost {}",
+                        p.checker.snapshots(),
+                        p.violations.len(),
+                        p.checker.events,
+                        lost
+                    );
+                    if tty { eprint!("\r{line}") } else { eprintln!("ploop-verify: {line}") }
+                    last_progress = Instant::now();
+                }
+            }
+            st = wait_child => {
+                let st = st.context("waiting for the workload")?;
+                break Some(st.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)));
+            }
+            _ = wait_deadline => break None,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("\rploop-verify: interrupted; stopping the workload");
+                if let Some(c) = child.as_mut() {
+                    // It got the same SIGINT from the terminal; give it time to finish its ioctl.
+                    if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
+                        let _ = c.kill().await;
+                    }
+                }
+                break None;
+            }
+        }
+    };
+    // Events emitted before the workload ended may still be in the buffers.
+    let settle = tokio::time::Instant::now() + Duration::from_millis(200);
+    while let Ok(Some(r)) = tokio::time::timeout_at(settle, rx.recv()).await {
+        take(r, &mut reorder, lost);
+    }
+    for mut e in reorder.ready(u64::MAX) {
+        if let Some(s) = context_for(&mut e) {
+            p.push(TraceLine::Stack(s))?;
+        }
+        p.push(TraceLine::Event(e))?;
+    }
+    Ok(status)
+}
+
+impl Pipeline {
+    fn checker_generation(&self) -> crate::kernel::Generation {
+        self.checker.generation()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reorder_releases_in_time_order_up_to_the_cutoff() {
+        let ev = |ts| TraceEvent {
+            ts_ns: ts,
+            pid: 1,
+            tid: 1,
+            comm: String::new(),
+            func: "freeze_bdev".into(),
+            phase: "entry".into(),
+            dev: None,
+            args: vec![],
+            ret: None,
+            cpu: 0,
+            no_entry: false,
+            request: None,
+        };
+        let mut r = Reorder { pending: BTreeMap::new(), seq: 0 };
+        for ts in [30, 10, 20, 10] {
+            r.push(ev(ts));
+        }
+        let out: Vec<u64> = r.ready(20).iter().map(|e| e.ts_ns).collect();
+        assert_eq!(out, [10, 10]);
+        let out: Vec<u64> = r.ready(u64::MAX).iter().map(|e| e.ts_ns).collect();
+        assert_eq!(out, [20, 30]);
+    }
+}

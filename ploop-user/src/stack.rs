@@ -1,0 +1,132 @@
+//! What sits above a ploop device at the time of a snapshot call: the block devices stacked
+//! on it (sysfs `holders`, through any dm stack) and the filesystems mounted on them
+//! (mountinfo). S2 and O2 read it; it is recorded in the trace so a replay sees the same.
+
+use std::{collections::BTreeSet, fs, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stack {
+    /// The ploop device, `major:minor`.
+    pub ploop_dev: String,
+    /// The ploop device and every device above it, bottom first.
+    pub devices: Vec<StackDev>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackDev {
+    pub dev: String,
+    pub name: String,
+    /// `major:minor` of the devices holding this one.
+    #[serde(default)]
+    pub holders: Vec<String>,
+    /// Mountpoints of the filesystem on this device (empty: no filesystem mounted).
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fstype: Option<String>,
+}
+
+impl Stack {
+    /// Reads sysfs and `/proc/self/mountinfo` now.
+    pub fn capture(ploop_dev: &str) -> Stack {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Self::capture_from(Path::new("/sys"), &mountinfo, ploop_dev)
+    }
+
+    pub fn capture_from(sys: &Path, mountinfo: &str, ploop_dev: &str) -> Stack {
+        let mut devices = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![ploop_dev.to_string()];
+        while let Some(dev) = todo.pop() {
+            if !seen.insert(dev.clone()) {
+                continue;
+            }
+            let name = fs::read_link(sys.join("dev/block").join(&dev))
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| dev.clone());
+            let holders: Vec<String> = fs::read_dir(sys.join("class/block").join(&name).join("holders"))
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
+                        .map(|d| d.trim().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let (mounts, fstype) = mounts_of(mountinfo, &dev);
+            todo.extend(holders.iter().cloned());
+            devices.push(StackDev { dev, name, holders, mounts, fstype });
+        }
+        Stack { ploop_dev: ploop_dev.to_string(), devices }
+    }
+
+    pub fn device(&self, dev: &str) -> Option<&StackDev> {
+        self.devices.iter().find(|d| d.dev == dev)
+    }
+
+    /// Devices of this stack that carry a mounted filesystem.
+    pub fn filesystems(&self) -> impl Iterator<Item = &StackDev> {
+        self.devices.iter().filter(|d| !d.mounts.is_empty())
+    }
+
+    pub fn name(&self, dev: &str) -> String {
+        match self.device(dev) {
+            Some(d) => format!("{} ({dev})", d.name),
+            None => dev.to_string(),
+        }
+    }
+}
+
+/// Mountpoints and filesystem type of the filesystem whose `st_dev` is `dev`.
+fn mounts_of(mountinfo: &str, dev: &str) -> (Vec<String>, Option<String>) {
+    let mut mounts = Vec::new();
+    let mut fstype = None;
+    for line in mountinfo.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || f[2] != dev {
+            continue;
+        }
+        mounts.push(f[4].to_string());
+        if let Some(sep) = f.iter().position(|w| *w == "-") {
+            fstype = f.get(sep + 1).map(|s| s.to_string());
+        }
+    }
+    (mounts, fstype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// ploop0 (253:0) <- dm-0 crypt (254:0) <- dm-1 linear (254:1), ext4 on dm-1.
+    #[test]
+    fn walks_holders_through_a_dm_stack() {
+        let tmp = std::env::temp_dir().join(format!("ploop-stack-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        for (dev, name, holders) in
+            [("253:0", "ploop0", vec!["dm-0"]), ("254:0", "dm-0", vec!["dm-1"]), ("254:1", "dm-1", vec![])]
+        {
+            fs::create_dir_all(tmp.join("dev/block")).unwrap();
+            let class = tmp.join("class/block").join(name);
+            fs::create_dir_all(class.join("holders")).unwrap();
+            fs::write(class.join("dev"), format!("{dev}\n")).unwrap();
+            symlink(&class, tmp.join("dev/block").join(dev)).unwrap();
+            for h in holders {
+                symlink(tmp.join("class/block").join(h), class.join("holders").join(h)).unwrap();
+            }
+        }
+        let mountinfo = "22 1 0:21 / /proc rw - proc proc rw\n\
+                         40 1 254:1 / /mnt/data rw,relatime - ext4 /dev/dm-1 rw\n";
+        let s = Stack::capture_from(&tmp, mountinfo, "253:0");
+        let names: Vec<&str> = s.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["ploop0", "dm-0", "dm-1"]);
+        let fss: Vec<&str> = s.filesystems().map(|d| d.dev.as_str()).collect();
+        assert_eq!(fss, ["254:1"]);
+        assert_eq!(s.device("254:1").unwrap().fstype.as_deref(), Some("ext4"));
+        assert_eq!(s.name("254:0"), "dm-0 (254:0)");
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+}
