@@ -113,12 +113,7 @@ pub struct Target {
 /// Creates device `name` with `table` and resumes it (makes the table live).
 /// Returns the new block device node.
 pub fn create(name: &str, table: &[Target]) -> Result<PathBuf> {
-    simple(
-        DM_DEV_CREATE,
-        name,
-        0,
-        &format!("creating dm device {name}"),
-    )?;
+    simple(DM_DEV_CREATE, name, 0, &format!("creating dm device {name}"))?;
     let loaded = load_table(name, table).and_then(|_| resume(name));
     if let Err(e) = loaded {
         // Nothing half-done: a device without a live table is removed again.
@@ -126,6 +121,39 @@ pub fn create(name: &str, table: &[Target]) -> Result<PathBuf> {
         return Err(e);
     }
     node(name)
+}
+
+/// Like [`create`], with a dm uuid set at `DM_DEV_CREATE`. cryptsetup gives its crypt
+/// devices uuids that start with `CRYPT-`; the ploop snapshot autodetection looks for that
+/// prefix among the holders of the ploop device.
+pub fn create_with_uuid(name: &str, uuid: &str, table: &[Target]) -> Result<PathBuf> {
+    if uuid.is_empty() || uuid.len() >= DM_UUID_LEN || uuid.contains('\0') {
+        bail!("invalid device-mapper uuid {uuid:?} (1 to {} bytes)", DM_UUID_LEN - 1);
+    }
+    let mut h = header(name, std::mem::size_of::<DmIoctl>())?;
+    h.uuid[..uuid.len()].copy_from_slice(uuid.as_bytes());
+    let mut buf = bytes_of(&h).to_vec();
+    call(DM_DEV_CREATE, &mut buf, &format!("creating dm device {name} (uuid {uuid})"))?;
+    let loaded = load_table(name, table).and_then(|_| resume(name));
+    if let Err(e) = loaded {
+        let _ = remove(name);
+        return Err(e);
+    }
+    node(name)
+}
+
+/// A dm-crypt table over all of `device` (`sectors` long): `aes-xts-plain64` with `key_hex`,
+/// IV offset 0, data from sector 0. Plain mode: no header on the device.
+pub fn crypt_table(device: &std::path::Path, sectors: u64, key_hex: &str) -> Result<Target> {
+    if !(key_hex.len() == 64 || key_hex.len() == 128) || !key_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("the aes-xts key must be 64 or 128 hex digits (256 or 512 bits)");
+    }
+    Ok(Target {
+        start: 0,
+        length: sectors,
+        kind: "crypt".into(),
+        params: format!("aes-xts-plain64 {key_hex} 0 {} 0", device.display()),
+    })
 }
 
 fn load_table(name: &str, table: &[Target]) -> Result<()> {
@@ -154,23 +182,12 @@ fn load_table(name: &str, table: &[Target]) -> Result<()> {
     h.target_count = table.len() as u32;
     let mut buf = bytes_of(&h).to_vec();
     buf.extend_from_slice(&body);
-    call(
-        DM_TABLE_LOAD,
-        &mut buf,
-        &format!("loading the table of {name}"),
-    )
-    .map(|_| ())
+    call(DM_TABLE_LOAD, &mut buf, &format!("loading the table of {name}")).map(|_| ())
 }
 
 /// Suspends `name`, freezing the filesystem on it (lock_fs).
 pub fn suspend(name: &str) -> Result<()> {
-    simple(
-        DM_DEV_SUSPEND,
-        name,
-        DM_SUSPEND_FLAG,
-        &format!("suspending {name}"),
-    )
-    .map(|_| ())
+    simple(DM_DEV_SUSPEND, name, DM_SUSPEND_FLAG, &format!("suspending {name}")).map(|_| ())
 }
 
 /// Resumes `name`, thawing what suspend froze.
@@ -195,21 +212,15 @@ pub fn node(name: &str) -> Result<PathBuf> {
             return Ok(PathBuf::from("/dev").join(entry.file_name()));
         }
     }
-    Err(anyhow!(
-        "dm device {name} ({major}:{minor}) has no node in /sys/block"
-    ))
+    Err(anyhow!("dm device {name} ({major}:{minor}) has no node in /sys/block"))
 }
 
 /// Size of a block device in 512-byte sectors, from sysfs.
 pub fn sectors(dev: &std::path::Path) -> Result<u64> {
-    let name = dev
-        .file_name()
-        .ok_or_else(|| anyhow!("{} is not a device path", dev.display()))?;
+    let name = dev.file_name().ok_or_else(|| anyhow!("{} is not a device path", dev.display()))?;
     let path = PathBuf::from("/sys/class/block").join(name).join("size");
     let s = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    s.trim()
-        .parse()
-        .with_context(|| format!("parsing {}", path.display()))
+    s.trim().parse().with_context(|| format!("parsing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -230,5 +241,15 @@ mod tests {
         assert!(header("a/b", 312).is_err());
         assert!(header(&"x".repeat(128), 312).is_err());
         assert!(header("ok", 312).is_ok());
+    }
+
+    #[test]
+    fn crypt_tables() {
+        let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let t = crypt_table(std::path::Path::new("/dev/ploop0"), 2048, key).unwrap();
+        assert_eq!(t.kind, "crypt");
+        assert_eq!(t.params, format!("aes-xts-plain64 {key} 0 /dev/ploop0 0"));
+        assert!(crypt_table(std::path::Path::new("/dev/x"), 1, "abc").is_err());
+        assert!(crypt_table(std::path::Path::new("/dev/x"), 1, &"g".repeat(64)).is_err());
     }
 }

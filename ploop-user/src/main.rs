@@ -6,6 +6,9 @@ mod dm;
 mod doctor;
 mod events;
 mod kernel;
+mod ploop_abi;
+mod ploop_stress;
+mod ploopctl;
 mod probe;
 mod report;
 mod run;
@@ -65,6 +68,11 @@ enum Command {
     /// Triggers that make the kernel freeze and thaw a block device (for tests).
     #[command(subcommand)]
     Testkit(testkit::Testkit),
+    /// Make delta files and bring a ploop device up from them, or down (see each --help).
+    #[command(subcommand)]
+    Device(ploopctl::Device),
+    Snapshot(ploopctl::SnapshotArgs),
+    Support(ploopctl::SupportArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +96,9 @@ fn main() -> ExitCode {
             .block_on(trace::run(a, btf)),
         Command::Run(a) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
+        Command::Device(d) => ploopctl::device(d),
+        Command::Snapshot(a) => ploopctl::snapshot(a),
+        Command::Support(a) => ploopctl::support(a),
             .build()?
             .block_on(run::run(a, btf)),
         Command::Report(a) => run::replay(a),
