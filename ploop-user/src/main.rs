@@ -96,13 +96,13 @@ fn main() -> ExitCode {
             .block_on(trace::run(a, btf)),
         Command::Run(a) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-        Command::Device(d) => ploopctl::device(d),
-        Command::Snapshot(a) => ploopctl::snapshot(a),
-        Command::Support(a) => ploopctl::support(a),
             .build()?
             .block_on(run::run(a, btf)),
         Command::Report(a) => run::replay(a),
         Command::Testkit(t) => testkit::run(t).map(|()| ExitCode::SUCCESS),
+        Command::Device(d) => ploopctl::device(d),
+        Command::Snapshot(a) => ploopctl::snapshot(a),
+        Command::Support(a) => ploopctl::support(a),
     });
     match result {
         Ok(code) => code,
