@@ -381,6 +381,44 @@ fn missing_compiler_is_bad_input_and_touches_nothing() {
     fs::remove_dir_all(&bin).unwrap();
 }
 
+// --- BTF ----------------------------------------------------------------------------------
+
+#[test]
+fn btf_is_emitted_with_pahole_and_a_vmlinux_without_dwarf_is_reported() {
+    let dir =
+        xtask::build_dir().join("build-kernel-tests").join(format!("btf-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let c = dir.join("v.c");
+    fs::write(
+        &c,
+        "struct block_device { unsigned int bd_dev; void *bd_holder; };\n\
+         int bdev_freeze(struct block_device *b) { return b->bd_dev; }\n",
+    )
+    .unwrap();
+    for (name, flags) in [("vmlinux-dwarf", &["-g"][..]), ("vmlinux-nodwarf", &[][..])] {
+        let st = Command::new("gcc")
+            .args(flags)
+            .arg("-c")
+            .arg(&c)
+            .arg("-o")
+            .arg(dir.join(name))
+            .status()
+            .expect("gcc");
+        assert!(st.success());
+    }
+    let btf = dir.join("vmlinux.btf");
+    build_kernel::emit_btf(&dir.join("vmlinux-dwarf"), &btf).expect("BTF from DWARF");
+    let data = fs::read(&btf).unwrap();
+    assert_eq!(&data[..2], &[0x9f, 0xeb], "BTF magic");
+    assert!(data.windows(11).any(|w| w == b"bdev_freeze"), "the function is in the BTF");
+    assert!(data.windows(12).any(|w| w == b"block_device"), "the struct is in the BTF");
+
+    let err = build_kernel::emit_btf(&dir.join("vmlinux-nodwarf"), &btf).unwrap_err();
+    assert!(format!("{err:#}").contains("CONFIG_DEBUG_INFO"), "{err:#}");
+    assert!(!btf.exists(), "no stale BTF is left");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 // --- the build path: Debian's linux-source-6.1 -----------------------------------------------
 
 /// The Debian package version of the 6.1 guest kernel setup unpacked (e.g. `6.1.192-2`):

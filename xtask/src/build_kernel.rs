@@ -386,18 +386,20 @@ fn parse_patch(name: &str, path: &Path, strip: u32, bytes: &[u8]) -> Patch {
     let mut files: Vec<(String, Vec<String>)> = Vec::new();
     let mut old_name: Option<String> = None;
     for line in text.lines() {
-        if from.is_none() && files.is_empty() {
-            if let Some(rest) = line.strip_prefix("From ") {
-                let sha = rest.split_whitespace().next().unwrap_or("");
-                if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    from = Some(sha.to_string());
-                }
+        if from.is_none()
+            && files.is_empty()
+            && let Some(rest) = line.strip_prefix("From ")
+        {
+            let sha = rest.split_whitespace().next().unwrap_or("");
+            if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                from = Some(sha.to_string());
             }
         }
-        if subject.is_none() && files.is_empty() {
-            if let Some(s) = line.strip_prefix("Subject: ") {
-                subject = Some(s.trim_start_matches("[PATCH] ").to_string());
-            }
+        if subject.is_none()
+            && files.is_empty()
+            && let Some(s) = line.strip_prefix("Subject: ")
+        {
+            subject = Some(s.trim_start_matches("[PATCH] ").to_string());
         }
         if let Some(f) = line.strip_prefix("--- ") {
             old_name = Some(f.split('\t').next().unwrap_or(f).to_string());
@@ -405,10 +407,10 @@ fn parse_patch(name: &str, path: &Path, strip: u32, bytes: &[u8]) -> Patch {
             let new = f.split('\t').next().unwrap_or(f).to_string();
             let pick = if new == "/dev/null" { old_name.take().unwrap_or(new) } else { new };
             files.push((strip_path(&pick, strip), Vec::new()));
-        } else if line.starts_with("@@ ") {
-            if let Some(f) = files.last_mut() {
-                f.1.push(line.to_string());
-            }
+        } else if line.starts_with("@@ ")
+            && let Some(f) = files.last_mut()
+        {
+            f.1.push(line.to_string());
         }
     }
     Patch {
@@ -461,8 +463,11 @@ fn run_patch(src: &Path, p: &Patch, reverse: bool, dry: bool) -> Result<(bool, S
 }
 
 /// The files of `patches`, saved so that a failed series can be undone exactly.
+/// A file's bytes, permissions and mtime.
+type Saved = (Vec<u8>, fs::Permissions, SystemTime);
+
 struct Snapshot {
-    files: Vec<(PathBuf, Option<(Vec<u8>, fs::Permissions, SystemTime)>)>,
+    files: Vec<(PathBuf, Option<Saved>)>,
     dirs: Vec<PathBuf>,
 }
 
@@ -812,15 +817,14 @@ impl Builder {
         };
         // The release the build really used (a KERNELRELEASE override is not seen by
         // `make kernelrelease` on every version).
-        if let Ok(h) = fs::read_to_string(src.join("include/generated/utsrelease.h")) {
-            if let Some(uts) = h.split('"').nth(1) {
-                if uts != release {
-                    return Err(failed(anyhow!(
-                        "the build used release {uts:?}, not {release:?} (UTS_RELEASE in \
-                         include/generated/utsrelease.h)"
-                    )));
-                }
-            }
+        if let Ok(h) = fs::read_to_string(src.join("include/generated/utsrelease.h"))
+            && let Some(uts) = h.split('"').nth(1)
+            && uts != release
+        {
+            return Err(failed(anyhow!(
+                "the build used release {uts:?}, not {release:?} (UTS_RELEASE in \
+                 include/generated/utsrelease.h)"
+            )));
         }
         say(format!("kernel release {release}"));
 
@@ -846,10 +850,12 @@ impl Builder {
         }
         modules.sort();
         if modules.is_empty() {
-            return Err(failed(anyhow!(
-                "the build produced no .ko in drivers/block/ploop (is CONFIG_BLK_DEV_PLOOP=m \
-                 in the config?)"
-            )));
+            let msg = "the build produced no .ko in drivers/block/ploop (CONFIG_BLK_DEV_PLOOP \
+                       is not =m in the config)";
+            if args.modules_only {
+                return Err(failed(anyhow!("{msg}")));
+            }
+            say(format!("WARNING: {msg}; built in or not built"));
         }
         if !args.modules_only {
             let root = out.join("root");
@@ -878,28 +884,16 @@ impl Builder {
         let btf_path = out.join("vmlinux.btf");
         let _ = fs::remove_file(&btf_path);
         if vmlinux.is_file() {
-            if which("pahole").is_none() {
-                btf_note = json!("pahole not found (apt-get install pahole)");
-            } else {
-                let t = Instant::now();
-                let o = Command::new("pahole")
-                    .arg("--btf_encode_detached")
-                    .arg(&btf_path)
-                    .arg(&vmlinux)
-                    .output()
-                    .map_err(failed)?;
-                if o.status.success() && btf_path.metadata().is_ok_and(|m| m.len() > 0) {
+            let t = Instant::now();
+            match emit_btf(&vmlinux, &btf_path) {
+                Ok(()) => {
                     say(format!("BTF {} ({:.1}s)", btf_path.display(), t.elapsed().as_secs_f64()));
                     btf = Some(btf_path.clone());
-                } else {
-                    btf_note = json!(format!(
-                        "pahole failed (is CONFIG_DEBUG_INFO set?): {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    ));
                 }
-            }
-            if let Some(n) = btf_note.as_str() {
-                say(format!("WARNING: no BTF for vmlinux: {n}"));
+                Err(e) => {
+                    say(format!("WARNING: no BTF for vmlinux: {e:#}"));
+                    btf_note = json!(format!("{e:#}"));
+                }
             }
         } else {
             btf_note = json!("no vmlinux in the tree (a --modules-only build does not link one)");
@@ -968,6 +962,34 @@ impl Builder {
             boot: None,
         })
     }
+}
+
+/// `pahole --btf_encode_detached out vmlinux`: BTF from the DWARF of `vmlinux`, for
+/// `ploop-verify --btf` on kernels without /sys/kernel/btf/vmlinux (vz7's 3.10).
+pub fn emit_btf(vmlinux: &Path, out: &Path) -> anyhow::Result<()> {
+    if which("pahole").is_none() {
+        anyhow::bail!("pahole not found on PATH (apt-get install pahole)");
+    }
+    let _ = fs::remove_file(out);
+    let o = Command::new("pahole")
+        .arg("--btf_encode_detached")
+        .arg(out)
+        .arg(vmlinux)
+        .env("LC_ALL", "C")
+        .output()
+        .context("running pahole")?;
+    // BTF starts with the magic 0xeB9F (little endian on x86).
+    let magic = fs::read(out).ok().filter(|b| b.len() > 24 && b[..2] == [0x9f, 0xeb]);
+    if !o.status.success() || magic.is_none() {
+        let _ = fs::remove_file(out);
+        anyhow::bail!(
+            "pahole made no BTF from {} (built without CONFIG_DEBUG_INFO?): {}{}",
+            vmlinux.display(),
+            String::from_utf8_lossy(&o.stdout).trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn round(s: f64) -> f64 {
@@ -1071,10 +1093,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
         msg.push(0);
     }
     msg.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
-    for block in msg.chunks_exact(64) {
+    for block in msg.as_chunks::<64>().0 {
         let mut w = [0u32; 64];
-        for (i, c) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+        for (i, c) in block.as_chunks::<4>().0.iter().enumerate() {
+            w[i] = u32::from_be_bytes(*c);
         }
         for i in 16..64 {
             let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
