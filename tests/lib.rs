@@ -6,20 +6,27 @@ use anyhow::{Context as _, Result, anyhow};
 use serde_json::Value;
 use xtask::{
     kernels::Kernel,
-    vm::{Output, Vm},
+    vm::{Output, Vm, guest_script},
 };
 
-/// Modules for ext4 on loop and on device-mapper. `crc32c_generic` is not a modinfo
-/// dependency of ext4 (it is requested through the crypto API at mount time).
-pub const STORAGE_MODULES: &[&str] = &["loop", "dm-mod", "ext4", "crc32c_generic"];
+pub use xtask::vm::{CRYPT_MODULES, STORAGE_MODULES};
 
 /// Boots Debian kernel `series` (`6.1`, `6.12`) and runs the guest script `tests/guest/NAME`
-/// with `env` prepended. Returns the output; the script's own files are in `out.share`.
+/// (after `tests/guest/lib.sh` and `env`). The script's own files are in `out.share`.
 pub fn run_guest_script(series: &str, name: &str, env: &str) -> Result<Output> {
-    let kernel = Kernel::resolve(series)?;
-    let script = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("guest").join(name))
-        .with_context(|| format!("reading guest script {name}"))?;
-    let vm = Vm::with_ploop_verify(kernel, STORAGE_MODULES, format!("{env}\n{script}"))?;
+    let vm = Vm::with_ploop_verify(Kernel::resolve(series)?, STORAGE_MODULES, guest_script(name, env)?)?;
+    run_logged(series, vm)
+}
+
+/// Like [`run_guest_script`], with the ploop model driver built for this kernel and loaded,
+/// and dm-crypt available.
+pub fn run_model_script(series: &str, name: &str, env: &str) -> Result<Output> {
+    let mut vm = Vm::with_model(Kernel::resolve(series)?, guest_script(name, env)?)?;
+    vm.timeout = std::time::Duration::from_secs(900);
+    run_logged(series, vm)
+}
+
+fn run_logged(series: &str, vm: Vm) -> Result<Output> {
     let out = vm.run()?;
     eprintln!(
         "guest {series}: {:.1}s, initramfs {} KiB, output:\n{}",

@@ -80,11 +80,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(64) } else { ExitCode::SUCCESS };
         }
     };
     let btf = cli.btf.as_deref();

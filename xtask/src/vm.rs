@@ -23,6 +23,22 @@ use crate::{
 /// Modules every guest gets: virtio + 9p for `/share`.
 pub const BASE_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
+/// Modules for ext4 on loop and on device-mapper. `crc32c_generic` is not a modinfo
+/// dependency of ext4 (it is requested through the crypto API at mount time).
+pub const STORAGE_MODULES: &[&str] = &["loop", "dm-mod", "ext4", "crc32c_generic"];
+
+/// Modules for dm-crypt with aes-xts-plain64 (the crypto API loads nothing by itself in the
+/// guest: no modprobe, no modules.dep).
+pub const CRYPT_MODULES: &[&str] = &["dm-crypt", "xts", "ecb"];
+
+/// A guest script: `tests/guest/lib.sh`, then `env` (variable assignments), then
+/// `tests/guest/NAME`.
+pub fn guest_script(name: &str, env: &str) -> Result<String> {
+    let dir = crate::root().join("tests/guest");
+    let read = |f: &str| fs::read_to_string(dir.join(f)).with_context(|| format!("reading guest script {f}"));
+    Ok(format!("{}\n{env}\n{}", read("lib.sh")?, read(name)?))
+}
+
 #[derive(Clone, Debug)]
 pub struct Vm {
     pub kernel: Kernel,
@@ -83,6 +99,16 @@ impl Vm {
             // the real one is reached under a name busybox does not have.
             symlinks: vec![("/usr/sbin/mkfs.ext4".into(), "/sbin/mke2fs".into())],
         };
+        Ok(vm)
+    }
+
+    /// A guest with ploop-verify, storage and dm-crypt modules, and the ploop model driver
+    /// (tests/ploop-model) built for this kernel and loaded.
+    pub fn with_model(kernel: Kernel, command: impl Into<String>) -> Result<Self> {
+        let kos = crate::module::build(&kernel, &crate::root().join("tests/ploop-model"))?;
+        let modules: Vec<&str> = STORAGE_MODULES.iter().chain(CRYPT_MODULES).copied().collect();
+        let mut vm = Vm::with_ploop_verify(kernel, &modules, command)?;
+        vm.contents.extra_modules = kos;
         Ok(vm)
     }
 

@@ -1,0 +1,132 @@
+# Guest side of live_checker: `ploop-verify run` around snapshot workloads on the ploop model
+# driver. Each run writes its reports to /share/NAME/ and its exit status to /share/NAME.rc;
+# the host test reads summary.json and replays trace.jsonl.
+# Called with a workload name (from inside `ploop-verify run`), it runs that workload only.
+set -u
+P=/sys/module/ploop_model/parameters
+CLEAN_SNAPSHOTS=${CLEAN_SNAPSHOTS:-210}
+
+# up KIND [DEV]: DEV (default /dev/ploop0) from a fresh base delta, the KIND stack, ext4 on
+# top mounted at /mnt/DEVNAME; sets MNT.
+up() {
+  dev=${2:-/dev/ploop0}; n=${dev#/dev/ploop}; MNT=/mnt/p$n
+  rm -f /tmp/p$n-*.img; mkdir -p $MNT
+  ploop-verify device create --size 64M /tmp/p$n-0.img >/dev/null &&
+    ploop-verify device attach --device $dev /tmp/p$n-0.img >/dev/null &&
+    stack_up "$1" $dev $n && mkfs.ext4 -q "$TOP" && mount -t ext4 "$TOP" $MNT
+}
+down() { # KIND [DEV]
+  dev=${2:-/dev/ploop0}; n=${dev#/dev/ploop}
+  umount /mnt/p$n; stack_down "$1" $n
+  ploop-verify device detach --device $dev >/dev/null
+  rm -f /tmp/p$n-*.img
+}
+# snaps N MODE [DEV]: N snapshots (MODE sync: the fd of the mountpoint; auto: none) while
+# two writers do fsync-heavy I/O on the filesystem.
+snaps() {
+  dev=${3:-/dev/ploop0}; n=${dev#/dev/ploop}; mnt=/mnt/p$n
+  rm -f /tmp/stop$n
+  for w in 1 2; do
+    ( while [ ! -e /tmp/stop$n ]; do
+        dd if=/dev/urandom of=$mnt/w$w bs=4k count=16 conv=fsync 2>/dev/null
+      done ) &
+  done
+  i=0
+  while [ $i -lt $1 ]; do
+    i=$((i + 1))
+    if [ "$2" = sync ]; then sync_fd="--sync-fd-from $mnt"; else sync_fd=; fi
+    ploop-verify snapshot --device $dev --delta /tmp/p$n-$i.img $sync_fd >/dev/null ||
+      echo "snapshot $i ($2 on $dev) failed"
+  done
+  touch /tmp/stop$n; wait
+}
+
+# --- workloads ---------------------------------------------------------------------------
+wl_clean() {
+  per=$(( (CLEAN_SNAPSHOTS + 8) / 9 ))   # 3 stacks x 3 device cycles (32 deltas at most)
+  for kind in direct crypt linear; do
+    for mode in sync auto sync; do
+      [ $kind = linear ] && mode=sync   # autodetection cannot see this stack: see wl_s2
+      up $kind || { echo "up $kind failed"; return 1; }
+      snaps $per $mode
+      down $kind
+    done
+  done
+  # Two devices at once, and PLOOP_IOC_FREEZE/THAW (not snapshots) in between.
+  up direct /dev/ploop0 && up crypt /dev/ploop1 || return 1
+  snaps 6 sync /dev/ploop0 & snaps 6 auto /dev/ploop1 &
+  ploop-verify device freeze --device /dev/ploop0 && ploop-verify device thaw --device /dev/ploop0
+  wait
+  # Every error path of the patched ABI, each answered as the contract says.
+  S="ploop-verify snapshot --raw --device /dev/ploop0"
+  ploop-verify device create --size 64M /tmp/p0-e.img >/dev/null
+  $S --delta /tmp/p0-e.img --chunks 0            # E1: ENOTSUPP
+  $S --delta /tmp/p0-e.img --chunks 3            # E1: ENOTSUPP
+  $S --delta /tmp/p0-e.img --sync-fd-from /mnt/p0 --chunk1-len 4096   # E2: EINVAL
+  $S --delta /tmp/p0-e.img --sync-fd-from /mnt/p0 --chunk1-type 1     # E2: EINVAL
+  $S --delta /tmp/p0-e.img --sync-fd-from /tmp   # S3: tmpfs, ENODEV
+  $S --delta /tmp/p0-e.img --sync-fd 999         # S3: no such fd, ENODEV
+  $S --delta /tmp/p0-e.img --fault ctl           # EFAULT
+  $S --delta /tmp/p0-e.img --no-fs-sync          # O3: nothing frozen
+  ploop-verify support --device /dev/ploop0
+  down crypt /dev/ploop1
+  ploop-verify snapshot --device /dev/ploop1 --delta /tmp/p0-e.img   # ENOENT: no delta
+  down direct /dev/ploop0
+  return 0
+}
+wl_s2_auto() { snaps 3 auto; }
+wl_s2_sync() { snaps 3 sync; }
+wl_leak_freeze() {
+  ploop-verify device create --size 64M /tmp/p0-x.img >/dev/null
+  ploop-verify snapshot --raw --device /dev/ploop0 --delta /tmp/p0-x.img --sync-fd-from /mnt/p0 \
+    --delta-readonly
+  ploop-verify device thaw --device /dev/ploop0   # recover the leaked freeze
+}
+wl_thaw_other() {
+  ploop-verify snapshot --device /dev/ploop0 --delta /tmp/p0-1.img --sync-fd-from /mnt/p0
+  ploop-verify device thaw --device /dev/ploop0
+}
+wl_sync_one() { ploop-verify snapshot --device /dev/ploop0 --delta /tmp/p0-1.img --sync-fd-from /mnt/p0; }
+wl_einval() { wl_sync_one; ploop-verify support --device /dev/ploop0; }
+wl_unpatched() {
+  snaps 3 auto
+  ploop-verify support --device /dev/ploop0
+  ploop-verify snapshot --device /dev/ploop0 --delta /tmp/p0-9.img --sync-fd-from /mnt/p0
+  return 0
+}
+
+if [ $# -gt 0 ]; then "$@"; exit $?; fi
+
+# --- main: one `ploop-verify run` per case --------------------------------------------------
+mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
+ploop-verify doctor | tail -9
+# check NAME WORKLOAD: run WORKLOAD (a function above) under `ploop-verify run`.
+check() {
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  ploop-verify run --quiet --out /share/$1 -- sh /etc/ploop-vm/command $2
+  echo $? > /share/$1.rc
+  echo "run $1: exit $(cat /share/$1.rc), $(cut -d' ' -f1 /proc/uptime) - $t0 s"
+}
+check clean wl_clean
+
+up linear; check s2-auto wl_s2_auto; down linear
+up linear; check s2-sync wl_s2_sync; down linear
+
+for bug in leak_freeze thaw_other ignore_sync_fd thaw_early einval; do
+  kind=linear; [ $bug = einval ] && kind=direct
+  up $kind || echo "up $kind for $bug failed"
+  echo $bug > $P/bug
+  case $bug in
+    leak_freeze) wl=wl_leak_freeze ;; thaw_other) wl=wl_thaw_other ;; einval) wl=wl_einval ;;
+    *) wl=wl_sync_one ;;
+  esac
+  check bug-$bug $wl
+  echo none > $P/bug
+  ploop-verify device thaw --device /dev/ploop0 2>/dev/null
+  down $kind
+done
+
+echo N > $P/patched
+up direct; check unpatched wl_unpatched; down direct
+echo Y > $P/patched
+echo done

@@ -1,0 +1,124 @@
+//! Live: `ploop-verify run` in a 6.1 guest over the ploop model driver. Correct
+//! configurations are clean over hundreds of snapshots; each known bug of the model trips its
+//! invariant and only the ones it really breaks; the unpatched kernel is a property, not a
+//! violation; and every recorded trace replays to the same verdicts.
+
+use std::{collections::BTreeSet, fs, path::Path, process::Command};
+
+use ploop_tests::run_model_script;
+use serde_json::Value;
+
+const CLEAN_SNAPSHOTS: u64 = 210;
+
+fn summary(dir: &Path) -> Value {
+    let p = dir.join("summary.json");
+    serde_json::from_str(&fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .expect("summary.json is JSON")
+}
+
+fn violated(s: &Value) -> BTreeSet<String> {
+    s["violation_list"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn tally(s: &Value, id: &str) -> (u64, u64) {
+    let i = s["invariants"].as_array().unwrap().iter().find(|i| i["id"] == id).unwrap();
+    (i["pass"].as_u64().unwrap(), i["fail"].as_u64().unwrap())
+}
+
+/// Replays `dir/trace.jsonl` on the host and compares the verdicts with the live ones.
+fn replay_matches(bin: &Path, dir: &Path) -> Result<(), String> {
+    let out = dir.join("replay");
+    let st = Command::new(bin)
+        .arg("report")
+        .arg(dir.join("trace.jsonl"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .map_err(|e| e.to_string())?;
+    let live = summary(dir);
+    let again = summary(&out);
+    for key in ["verdict", "violation_list", "invariants", "snapshots", "kernel_patch"] {
+        if live[key] != again[key] {
+            return Err(format!("{key}: live {} vs replay {}", live[key], again[key]));
+        }
+    }
+    if Some(st.code().unwrap_or(-1) as i64) != live["exit_code"].as_i64() {
+        return Err(format!("replay exit {st} vs live {}", live["exit_code"]));
+    }
+    Ok(())
+}
+
+#[test]
+fn checker_verdicts_on_the_model_driver_6_1() {
+    let out = run_model_script("6.1", "checker.sh", &format!("CLEAN_SNAPSHOTS={CLEAN_SNAPSHOTS}"))
+        .expect("guest run");
+    out.expect_success().expect("guest script");
+    assert!(out.kernel_problems().is_empty(), "kernel log: {:?}", out.kernel_problems());
+    let share = &out.share;
+    let rc = |name: &str| fs::read_to_string(share.join(format!("{name}.rc"))).unwrap().trim().to_string();
+    let mut failures = Vec::new();
+
+    // Correct configurations: clean, every invariant exercised.
+    let clean = summary(&share.join("clean"));
+    if rc("clean") != "0" || clean["violations"] != 0 {
+        failures.push(format!("clean run: exit {}, violations {:?}", rc("clean"), clean["violation_list"]));
+    }
+    let n = clean["snapshots"].as_u64().unwrap();
+    assert!(n >= CLEAN_SNAPSHOTS, "only {n} snapshot calls judged");
+    assert_eq!(clean["kernel_patch"]["state"], "patched");
+    assert_eq!(clean["lost"], 0);
+    for (id, min) in [("O1", 200), ("O2", 150), ("S1", 100), ("S2", 150), ("S3", 2), ("E1", 3), ("E2", 2), ("E3", 200)]
+    {
+        let (pass, _) = tally(&clean, id);
+        if pass < min {
+            failures.push(format!("clean run: {id} passed {pass} times, want at least {min}"));
+        }
+    }
+    assert!(clean["outside_snapshot_events"].as_u64().unwrap() >= 4, "PLOOP_IOC_FREEZE/THAW seen outside");
+
+    // The stack of the commit message: autodetection misses the filesystem, the sync fd not.
+    let s2 = summary(&share.join("s2-auto"));
+    if violated(&s2) != BTreeSet::from(["S2".to_string()]) || rc("s2-auto") != "1" {
+        failures.push(format!("s2-auto: exit {}, violated {:?}", rc("s2-auto"), violated(&s2)));
+    }
+    let s2 = summary(&share.join("s2-sync"));
+    if rc("s2-sync") != "0" || tally(&s2, "S2").0 != 3 {
+        failures.push(format!("s2-sync: exit {}, {:?}", rc("s2-sync"), s2["violation_list"]));
+    }
+
+    // Each known bug: its own invariant, plus only what it really breaks besides (a thaw before
+    // the switch, or the wrong device frozen, also leaves the filesystem unfrozen: S2).
+    for (bug, want) in [
+        ("leak_freeze", &["O1"][..]),
+        ("thaw_other", &["O1"]),
+        ("ignore_sync_fd", &["S1", "S2"]),
+        ("thaw_early", &["O2", "S2"]),
+        ("einval", &["E1"]),
+    ] {
+        let name = format!("bug-{bug}");
+        let got = violated(&summary(&share.join(&name)));
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        if got != want || rc(&name) != "1" {
+            failures.push(format!("{name}: exit {}, violated {got:?}, want {want:?}", rc(&name)));
+        }
+    }
+
+    // Unpatched: a property of the kernel, no violation.
+    let u = summary(&share.join("unpatched"));
+    if rc("unpatched") != "0" || u["kernel_patch"]["state"] != "unpatched" {
+        failures.push(format!("unpatched: exit {}, {} {:?}", rc("unpatched"), u["kernel_patch"], u["violation_list"]));
+    }
+
+    // Every trace replays to the same verdicts, on the host.
+    let bin = xtask::build::ploop_verify_static().expect("static ploop-verify");
+    let runs = ["clean", "s2-auto", "s2-sync", "bug-leak_freeze", "bug-thaw_other", "bug-ignore_sync_fd"];
+    for name in runs.iter().copied().chain(["bug-thaw_early", "bug-einval", "unpatched"]) {
+        if let Err(e) = replay_matches(&bin, &share.join(name)) {
+            failures.push(format!("replay {name}: {e}"));
+        }
+    }
+    for f in ["junit.xml", "results.ktap", "summary.md", "timeline.svg", "trace.jsonl"] {
+        assert!(share.join("clean").join(f).is_file(), "clean/{f} written");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
