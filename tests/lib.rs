@@ -14,7 +14,8 @@ pub use xtask::vm::{CRYPT_MODULES, STORAGE_MODULES};
 /// Boots Debian kernel `series` (`6.1`, `6.12`) and runs the guest script `tests/guest/NAME`
 /// (after `tests/guest/lib.sh` and `env`). The script's own files are in `out.share`.
 pub fn run_guest_script(series: &str, name: &str, env: &str) -> Result<Output> {
-    let vm = Vm::with_ploop_verify(Kernel::resolve(series)?, STORAGE_MODULES, guest_script(name, env)?)?;
+    let vm =
+        Vm::with_ploop_verify(Kernel::resolve(series)?, STORAGE_MODULES, guest_script(name, env)?)?;
     run_logged(series, vm)
 }
 

@@ -13,6 +13,7 @@ mod probe;
 mod report;
 mod run;
 mod stack;
+mod synth;
 mod testkit;
 mod trace;
 mod tracefile;

@@ -9,7 +9,9 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    checker::{CallReport, Checker, INVARIANTS, PatchState, Verdict, Violation, invariants::errno_name},
+    checker::{
+        CallReport, Checker, INVARIANTS, PatchState, Verdict, Violation, invariants::errno_name,
+    },
     tracefile::{End, Header},
 };
 
@@ -164,7 +166,10 @@ pub fn junit(s: &Summary, calls: &[CallReport]) -> String {
         s.violations
     );
     if calls.is_empty() {
-        let _ = writeln!(out, "  <testsuite name=\"ploop-verify\" tests=\"1\" failures=\"0\" skipped=\"1\">");
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"ploop-verify\" tests=\"1\" failures=\"0\" skipped=\"1\">"
+        );
         let _ = writeln!(
             out,
             "    <testcase classname=\"ploop-verify\" name=\"snapshots\"><skipped message=\"{}\"/></testcase>",
@@ -174,7 +179,11 @@ pub fn junit(s: &Summary, calls: &[CallReport]) -> String {
     }
     for r in calls {
         let fails = r.failures().count();
-        let na = r.verdicts.iter().filter(|(_, v)| !matches!(v, Verdict::Pass | Verdict::Fail(_))).count();
+        let na = r
+            .verdicts
+            .iter()
+            .filter(|(_, v)| !matches!(v, Verdict::Pass | Verdict::Fail(_)))
+            .count();
         let _ = writeln!(
             out,
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{fails}\" skipped=\"{na}\">",
@@ -208,11 +217,14 @@ pub fn junit(s: &Summary, calls: &[CallReport]) -> String {
 
 /// KTAP: one top-level test per snapshot call, one subtest per invariant.
 pub fn ktap(s: &Summary, calls: &[CallReport]) -> String {
-    let clean = |t: &str| t.replace(['#', '\n'], " ");
+    // '#' starts a KTAP directive: keep it out of names and reasons.
+    let clean = |t: &str| t.replace('#', "").replace('\n', " ");
     let mut out = String::from("KTAP version 1\n");
-    let _ = writeln!(out, "# {}: {} snapshot calls, {} violations", s.tool, s.snapshots, s.violations);
+    let _ =
+        writeln!(out, "# {}: {} snapshot calls, {} violations", s.tool, s.snapshots, s.violations);
     if calls.is_empty() {
-        let _ = writeln!(out, "1..0 # SKIP {}", clean(s.reason.as_deref().unwrap_or("no snapshot")));
+        let _ =
+            writeln!(out, "1..0 # SKIP {}", clean(s.reason.as_deref().unwrap_or("no snapshot")));
         return out;
     }
     let _ = writeln!(out, "1..{}", calls.len());
@@ -222,8 +234,12 @@ pub fn ktap(s: &Summary, calls: &[CallReport]) -> String {
         for (i, (id, v)) in r.verdicts.iter().enumerate() {
             let _ = match v {
                 Verdict::Pass => writeln!(out, "    ok {} {id}", i + 1),
-                Verdict::Fail(why) => writeln!(out, "    # {id}: {}\n    not ok {} {id}", clean(why), i + 1),
-                Verdict::NotApplicable(why) => writeln!(out, "    ok {} {id} # SKIP {}", i + 1, clean(why)),
+                Verdict::Fail(why) => {
+                    writeln!(out, "    # {id}: {}\n    not ok {} {id}", clean(why), i + 1)
+                }
+                Verdict::NotApplicable(why) => {
+                    writeln!(out, "    ok {} {id} # SKIP {}", i + 1, clean(why))
+                }
                 Verdict::Deferred => writeln!(out, "    ok {} {id} # SKIP undecided", i + 1),
             };
         }
@@ -263,12 +279,20 @@ pub fn markdown(s: &Summary) -> String {
     out.push_str("| id | invariant | pass | fail | n/a |\n|---|---|---:|---:|---:|\n");
     for i in &s.invariants {
         let mark = if i.fail > 0 { " ❌" } else { "" };
-        let _ = writeln!(out, "| {}{mark} | {} | {} | {} | {} |", i.id, i.title, i.pass, i.fail, i.not_applicable);
+        let _ = writeln!(
+            out,
+            "| {}{mark} | {} | {} | {} | {} |",
+            i.id, i.title, i.pass, i.fail, i.not_applicable
+        );
     }
     if !s.violation_list.is_empty() {
         out.push_str("\n### Violations\n\n");
         for v in s.violation_list.iter().take(50) {
-            let _ = writeln!(out, "- **{}** snapshot #{} (tid {}, {}): {}", v.id, v.seq, v.tid, v.device, v.why);
+            let _ = writeln!(
+                out,
+                "- **{}** snapshot #{} (tid {}, {}): {}",
+                v.id, v.seq, v.tid, v.device, v.why
+            );
         }
         if s.violation_list.len() > 50 {
             let _ = writeln!(out, "- ... and {} more (summary.json)", s.violation_list.len() - 50);
@@ -289,7 +313,8 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64]) -> String {
     let (left, width, row_h) = (260.0, 600.0, 18.0);
     let hist_top = 60.0 + rows as f64 * row_h + 40.0;
     let height = hist_top + 220.0;
-    let total_w = left + width + 40.0;
+    // Room on the right for the percentile labels of the histogram.
+    let total_w = left + width + 130.0;
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -305,13 +330,15 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64]) -> String {
         o,
         "<text x=\"10\" y=\"38\" fill=\"#555\">each row: one call on its own scale; bars: freeze windows per device; black tick: ploop_quiesce..ploop_relax; red: error or violation</text>"
     );
-    let mut devices: Vec<String> = Vec::new();
+    // Devices in order of first appearance, with a name for the legend.
+    let mut devices: Vec<(String, String)> = Vec::new();
     for (i, r) in calls.iter().take(MAX_ROWS).enumerate() {
         let c = &r.call;
         let y = 60.0 + i as f64 * row_h;
         let end = c.end_ns.unwrap_or(c.start_ns + 1);
         let span = (end.saturating_sub(c.start_ns)).max(1) as f64;
-        let x = |t: u64| left + (t.saturating_sub(c.start_ns) as f64 / span).clamp(0.0, 1.0) * width;
+        let x =
+            |t: u64| left + (t.saturating_sub(c.start_ns) as f64 / span).clamp(0.0, 1.0) * width;
         let bad = r.failures().next().is_some();
         let err = c.ret.is_some_and(|r| r != 0);
         let colour = if bad || err { "#d62728" } else { "#333" };
@@ -319,11 +346,17 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64]) -> String {
             o,
             "<text x=\"10\" y=\"{}\" fill=\"{colour}\">{}</text>",
             y + 12.0,
-            xml(&format!("#{} tid {} {}{}", c.seq, c.tid, c.ret.map(errno_name).unwrap_or_default(), if bad {
-                format!(" {}", r.failures().map(|(id, _)| id).collect::<Vec<_>>().join(","))
-            } else {
-                String::new()
-            }))
+            xml(&format!(
+                "#{} tid {} ret {}{}",
+                c.seq,
+                c.tid,
+                c.ret.map(errno_name).unwrap_or_default(),
+                if bad {
+                    format!(" {}", r.failures().map(|(id, _)| id).collect::<Vec<_>>().join(","))
+                } else {
+                    String::new()
+                }
+            ))
         );
         let _ = writeln!(
             o,
@@ -333,8 +366,8 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64]) -> String {
             if bad { "#d62728" } else { "#ccc" }
         );
         for f in c.freezes.iter().filter(|f| f.ok) {
-            let k = devices.iter().position(|d| *d == f.dev).unwrap_or_else(|| {
-                devices.push(f.dev.clone());
+            let k = devices.iter().position(|d| d.0 == f.dev).unwrap_or_else(|| {
+                devices.push((f.dev.clone(), c.dev_name(&f.dev)));
                 devices.len() - 1
             });
             let to = f.thaw.as_ref().and_then(|t| t.ret_ns).unwrap_or(end);
@@ -373,15 +406,16 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64]) -> String {
             calls.len() - MAX_ROWS
         );
     }
-    for (k, d) in devices.iter().enumerate() {
+    for (k, (_, name)) in devices.iter().enumerate() {
         let _ = writeln!(
             o,
-            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{d}</text>",
-            left + k as f64 * 110.0,
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            10.0 + k as f64 * 150.0,
             hist_top - 30.0,
             COLOURS[k % COLOURS.len()],
-            left + 14.0 + k as f64 * 110.0,
-            hist_top - 21.0
+            24.0 + k as f64 * 150.0,
+            hist_top - 21.0,
+            xml(name)
         );
     }
     histogram(&mut o, &s.freeze_window, windows_ns, left, hist_top, width);
@@ -423,19 +457,37 @@ fn histogram(o: &mut String, w: &Windows, windows_ns: &[u64], left: f64, top: f6
             bw - 1.0
         );
     }
-    let _ = writeln!(o, "<line x1=\"{left}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"black\"/>", left + width);
-    for (label, v, colour) in [("p50", w.p50_ms, "#2ca02c"), ("p99", w.p99_ms, "#ff7f0e"), ("max", w.max_ms, "#d62728")] {
+    let _ = writeln!(
+        o,
+        "<line x1=\"{left}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"black\"/>",
+        left + width
+    );
+    for (label, v, colour) in
+        [("p50", w.p50_ms, "#2ca02c"), ("p99", w.p99_ms, "#ff7f0e"), ("max", w.max_ms, "#d62728")]
+    {
         let x = left + (v / max).clamp(0.0, 1.0) * width;
         let _ = writeln!(
             o,
             "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{base}\" stroke=\"{colour}\" stroke-dasharray=\"4 2\"/><text x=\"{:.1}\" y=\"{}\" fill=\"{colour}\">{label} {v:.2} ms</text>",
             top + 30.0,
             x + 3.0,
-            top + 40.0 + if label == "p99" { 12.0 } else if label == "max" { 24.0 } else { 0.0 }
+            top + 40.0
+                + if label == "p99" {
+                    12.0
+                } else if label == "max" {
+                    24.0
+                } else {
+                    0.0
+                }
         );
     }
     let _ = writeln!(o, "<text x=\"{left}\" y=\"{}\">0 ms</text>", base + 14.0);
-    let _ = writeln!(o, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{max:.2} ms</text>", left + width, base + 14.0);
+    let _ = writeln!(
+        o,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{max:.2} ms</text>",
+        left + width,
+        base + 14.0
+    );
 }
 
 /// Writes every report into `dir` (created if needed), each file atomically.

@@ -42,6 +42,14 @@ pub enum Testkit {
     FuzzSnapshot(crate::ploop_stress::FuzzArgs),
     /// Time PLOOP_IOC_SNAPSHOT over a series of snapshots; prints min/p50/p90/max/mean.
     SnapshotBench(crate::ploop_stress::BenchArgs),
+    /// Write a synthetic trace of CALLS correct snapshot calls (for the replay benchmark:
+    /// `ploop-verify report` on it measures the checker's throughput).
+    SynthTrace {
+        #[arg(long, default_value_t = 100_000)]
+        calls: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// The fixed aes-xts-plain64 key of `testkit dm-crypt` (test data only, never a secret).
@@ -109,6 +117,10 @@ pub fn run(cmd: Testkit) -> Result<()> {
         }
         Testkit::FuzzSnapshot(a) => crate::ploop_stress::fuzz(a)?,
         Testkit::SnapshotBench(a) => crate::ploop_stress::bench(a)?,
+        Testkit::SynthTrace { calls, out } => {
+            let events = crate::synth::write(&out, calls)?;
+            println!("{events} events in {calls} snapshot calls: {}", out.display());
+        }
     }
     Ok(())
 }

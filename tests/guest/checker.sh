@@ -6,41 +6,6 @@ set -u
 P=/sys/module/ploop_model/parameters
 CLEAN_SNAPSHOTS=${CLEAN_SNAPSHOTS:-210}
 
-# up KIND [DEV]: DEV (default /dev/ploop0) from a fresh base delta, the KIND stack, ext4 on
-# top mounted at /mnt/DEVNAME; sets MNT.
-up() {
-  dev=${2:-/dev/ploop0}; n=${dev#/dev/ploop}; MNT=/mnt/p$n
-  rm -f /tmp/p$n-*.img; mkdir -p $MNT
-  ploop-verify device create --size 64M /tmp/p$n-0.img >/dev/null &&
-    ploop-verify device attach --device $dev /tmp/p$n-0.img >/dev/null &&
-    stack_up "$1" $dev $n && mkfs.ext4 -q "$TOP" && mount -t ext4 "$TOP" $MNT
-}
-down() { # KIND [DEV]
-  dev=${2:-/dev/ploop0}; n=${dev#/dev/ploop}
-  umount /mnt/p$n; stack_down "$1" $n
-  ploop-verify device detach --device $dev >/dev/null
-  rm -f /tmp/p$n-*.img
-}
-# snaps N MODE [DEV]: N snapshots (MODE sync: the fd of the mountpoint; auto: none) while
-# two writers do fsync-heavy I/O on the filesystem.
-snaps() {
-  dev=${3:-/dev/ploop0}; n=${dev#/dev/ploop}; mnt=/mnt/p$n
-  rm -f /tmp/stop$n
-  for w in 1 2; do
-    ( while [ ! -e /tmp/stop$n ]; do
-        dd if=/dev/urandom of=$mnt/w$w bs=4k count=16 conv=fsync 2>/dev/null
-      done ) &
-  done
-  i=0
-  while [ $i -lt $1 ]; do
-    i=$((i + 1))
-    if [ "$2" = sync ]; then sync_fd="--sync-fd-from $mnt"; else sync_fd=; fi
-    ploop-verify snapshot --device $dev --delta /tmp/p$n-$i.img $sync_fd >/dev/null ||
-      echo "snapshot $i ($2 on $dev) failed"
-  done
-  touch /tmp/stop$n; wait
-}
-
 # --- workloads ---------------------------------------------------------------------------
 wl_clean() {
   per=$(( (CLEAN_SNAPSHOTS + 8) / 9 ))   # 3 stacks x 3 device cycles (32 deltas at most)

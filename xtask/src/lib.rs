@@ -1,7 +1,9 @@
 //! Build, boot and test tooling for ploop-verify, as a library so that the live tests in
 //! `tests/` drive guests with the same code as `cargo xtask vm-run`.
 
+pub mod bench;
 pub mod build;
+pub mod demo;
 pub mod build_kernel;
 pub mod initramfs;
 pub mod kernels;

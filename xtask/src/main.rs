@@ -11,10 +11,7 @@ use clap::{Parser, Subcommand};
 use xtask::{build, kernels::Kernel, vm::Vm};
 
 #[derive(Parser)]
-#[command(
-    about = "Build, boot and test tooling for ploop-verify",
-    max_term_width = 100
-)]
+#[command(about = "Build, boot and test tooling for ploop-verify", max_term_width = 100)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -25,6 +22,20 @@ enum Cmd {
     /// Install everything (Debian packages, toolchains, bpf-linker, guest kernels):
     /// runs scripts/setup.sh. Idempotent; a second run takes seconds.
     Setup,
+    /// The main job without a vz7 kernel: boot a 6.1 guest with the ploop model driver,
+    /// build ext4 on dm-linear on dm-crypt on ploop, and check snapshots live with
+    /// `ploop-verify run` (with the sync fd: clean; with the old autodetection: S2 fires).
+    /// Reports (Markdown, SVG timeline, JUnit, KTAP, JSON, trace) go to --out.
+    Demo {
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        #[arg(long, default_value = "ploop-verify-report")]
+        out: PathBuf,
+    },
+    /// Benchmarks (they print numbers; nothing passes or fails): checker throughput on
+    /// replay of a synthetic trace, on one core; and the PLOOP_IOC_SNAPSHOT latency on the
+    /// model driver without and with `ploop-verify run` attached, in one guest (ratio).
+    Bench(xtask::bench::BenchArgs),
     /// Build the static (musl) ploop-verify that guests run; prints its path.
     BuildStatic,
     /// Build an out-of-tree module (default: the ploop model driver) against a guest
@@ -92,40 +103,29 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Setup => {
-            let st = Command::new("bash")
-                .arg(xtask::root().join("scripts/setup.sh"))
-                .status()?;
-            Ok(if st.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            let st = Command::new("bash").arg(xtask::root().join("scripts/setup.sh")).status()?;
+            Ok(if st.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Demo { kernel, out } => {
+            xtask::demo::run(&kernel, &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(a) => {
+            xtask::bench::run(&a)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::BuildStatic => {
             println!("{}", build::ploop_verify_static()?.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BuildModule { kernel, src } => {
-            let src = if src.is_absolute() {
-                src
-            } else {
-                xtask::root().join(src)
-            };
+            let src = if src.is_absolute() { src } else { xtask::root().join(src) };
             for ko in xtask::module::build(&Kernel::resolve(&kernel)?, &src)? {
                 println!("{}", ko.display());
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::VmRun {
-            kernel,
-            image,
-            modules,
-            load,
-            insmod,
-            timeout,
-            console,
-            command,
-        } => {
+        Cmd::VmRun { kernel, image, modules, load, insmod, timeout, console, command } => {
             let kernel = match (image, modules) {
                 (Some(i), Some(m)) => Kernel::custom(&i, &m)?,
                 _ => Kernel::resolve(&kernel)?,
@@ -162,11 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .args(&args)
                 .status()
                 .context("running cargo test")?;
-            Ok(if st.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if st.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

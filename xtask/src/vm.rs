@@ -35,7 +35,9 @@ pub const CRYPT_MODULES: &[&str] = &["dm-crypt", "xts", "ecb"];
 /// `tests/guest/NAME`.
 pub fn guest_script(name: &str, env: &str) -> Result<String> {
     let dir = crate::root().join("tests/guest");
-    let read = |f: &str| fs::read_to_string(dir.join(f)).with_context(|| format!("reading guest script {f}"));
+    let read = |f: &str| {
+        fs::read_to_string(dir.join(f)).with_context(|| format!("reading guest script {f}"))
+    };
     Ok(format!("{}\n{env}\n{}", read("lib.sh")?, read(name)?))
 }
 

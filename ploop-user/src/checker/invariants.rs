@@ -37,9 +37,17 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: "O3", title: "nothing frozen without PLOOP_FLAG_FS_SYNC", check: o3 },
     Invariant { id: "O4", title: "3.10: thaw gets the super_block freeze returned", check: o4 },
     Invariant { id: "S1", title: "the frozen device is the sync fd's st_dev", check: s1 },
-    Invariant { id: "S2", title: "the filesystem above ploop is frozen during the switch", check: s2 },
+    Invariant {
+        id: "S2",
+        title: "the filesystem above ploop is frozen during the switch",
+        check: s2,
+    },
     Invariant { id: "S3", title: "a sync fd without a block device gives -ENODEV", check: s3 },
-    Invariant { id: "E1", title: "pctl_chunks not 1 or 2: -ENOTSUPP (unpatched: -EINVAL)", check: e1 },
+    Invariant {
+        id: "E1",
+        title: "pctl_chunks not 1 or 2: -ENOTSUPP (unpatched: -EINVAL)",
+        check: e1,
+    },
     Invariant { id: "E2", title: "chunk #1 with fields besides pctl_fd: -EINVAL", check: e2 },
     Invariant { id: "E3", title: "user-visible errno equals ploop_snapshot's return", check: e3 },
     Invariant { id: "C1", title: "a snapshot in progress refuses another with -EBUSY", check: c1 },
@@ -71,14 +79,17 @@ fn na(why: impl Into<String>) -> Verdict {
 /// Errors the kernel returns before it looks at the chunks or freezes anything.
 fn failed_early(call: &Call) -> Option<String> {
     match call.ret {
-        Some(r @ (ENOENT | EBUSY | EFAULT)) => Some(format!("failed before chunk parsing ({})", errno_name(r))),
+        Some(r @ (ENOENT | EBUSY | EFAULT)) => {
+            Some(format!("failed before chunk parsing ({})", errno_name(r)))
+        }
         _ if !call.request.readable => Some("ploop_ctl unreadable".into()),
         _ => None,
     }
 }
 
 fn frozen_list(call: &Call) -> String {
-    let devs: Vec<String> = call.freezes.iter().filter(|f| f.ok).map(|f| call.dev_name(&f.dev)).collect();
+    let devs: Vec<String> =
+        call.freezes.iter().filter(|f| f.ok).map(|f| call.dev_name(&f.dev)).collect();
     if devs.is_empty() { "nothing".into() } else { devs.join(", ") }
 }
 
@@ -96,9 +107,9 @@ fn o1(call: &Call, _: &Context) -> Verdict {
         })
         .collect();
     problems.extend(
-        call.stray_thaws
-            .iter()
-            .map(|t| format!("thaw of {} without a freeze of it in this call", call.dev_name(&t.dev))),
+        call.stray_thaws.iter().map(|t| {
+            format!("thaw of {} without a freeze of it in this call", call.dev_name(&t.dev))
+        }),
     );
     if problems.is_empty() { Verdict::Pass } else { Verdict::Fail(problems.join("; ")) }
 }
@@ -124,7 +135,8 @@ fn o2(call: &Call, ctx: &Context) -> Verdict {
             && f.entry_ns < q
             && t.entry_ns < r
         {
-            let when = if t.entry_ns < q { "before ploop_quiesce" } else { "before ploop_relax returned" };
+            let when =
+                if t.entry_ns < q { "before ploop_quiesce" } else { "before ploop_relax returned" };
             problems.push(format!("thaw of {} {when}", call.dev_name(&f.dev)));
         }
     }
@@ -268,7 +280,9 @@ fn s3(call: &Call, ctx: &Context) -> Verdict {
     }
     match (ret, froze) {
         (ENODEV, false) => Verdict::Pass,
-        (ENODEV, true) => Verdict::Fail(format!("returned -ENODEV but froze {}", frozen_list(call))),
+        (ENODEV, true) => {
+            Verdict::Fail(format!("returned -ENODEV but froze {}", frozen_list(call)))
+        }
         (r, _) => Verdict::Fail(format!(
             "sync fd {} ({}) answered {} and froze {}; -ENODEV with nothing frozen is due",
             sync.fd,
@@ -292,9 +306,9 @@ fn e1(call: &Call, ctx: &Context) -> Verdict {
     }
     match (call.ret, &ctx.patched) {
         (Some(ENOTSUPP), _) => Verdict::Pass,
-        (Some(EINVAL), PatchState::Patched(why)) => {
-            Verdict::Fail(format!("pctl_chunks={n} answered -EINVAL where -ENOTSUPP (524) is due ({why})"))
-        }
+        (Some(EINVAL), PatchState::Patched(why)) => Verdict::Fail(format!(
+            "pctl_chunks={n} answered -EINVAL where -ENOTSUPP (524) is due ({why})"
+        )),
         (Some(EINVAL), PatchState::Unpatched(_)) => Verdict::Pass,
         (Some(EINVAL), PatchState::Unknown) => Verdict::Deferred,
         (r, _) => Verdict::Fail(format!(
@@ -308,7 +322,8 @@ fn e2(call: &Call, _: &Context) -> Verdict {
     if let Some(why) = failed_early(call) {
         return na(why);
     }
-    let extra = call.request.chunks == 2 && call.request.chunk.get(1).is_some_and(|c| c.has_extra_fields());
+    let extra =
+        call.request.chunks == 2 && call.request.chunk.get(1).is_some_and(|c| c.has_extra_fields());
     if !extra {
         return na("chunk #1 carries only pctl_fd, or there is none");
     }
@@ -328,11 +343,17 @@ fn e3(call: &Call, ctx: &Context) -> Verdict {
     if !ctx.probed("sys_exit_ioctl") {
         return na("syscalls:sys_exit_ioctl is not attached");
     }
-    let (Some(k), Some(u)) = (call.ret, call.user_ret) else { return na("the ioctl exit was not seen") };
+    let (Some(k), Some(u)) = (call.ret, call.user_ret) else {
+        return na("the ioctl exit was not seen");
+    };
     if k == u {
         Verdict::Pass
     } else {
-        Verdict::Fail(format!("ploop_snapshot returned {}, the ioctl returned {}", errno_name(k), errno_name(u)))
+        Verdict::Fail(format!(
+            "ploop_snapshot returned {}, the ioctl returned {}",
+            errno_name(k),
+            errno_name(u)
+        ))
     }
 }
 
@@ -344,12 +365,9 @@ fn c1(call: &Call, ctx: &Context) -> Verdict {
         return if call.ret == Some(EBUSY) { Verdict::Pass } else { na("no maintenance window") };
     };
     let clash: Vec<String> = ctx
-        .finished_on_device(call)
-        .filter_map(|other| {
-            let w = other.maintenance_window()?;
-            (w.0 < mine.1 && mine.0 < w.1)
-                .then(|| format!("snapshot #{} (tid {})", other.seq, other.tid))
-        })
+        .recent_on_device(call)
+        .filter(|o| o.window.0 < mine.1 && mine.0 < o.window.1)
+        .map(|o| format!("snapshot #{} (tid {})", o.seq, o.tid))
         .collect();
     if clash.is_empty() {
         Verdict::Pass

@@ -6,7 +6,7 @@
 
 pub mod invariants;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +15,8 @@ use crate::{
     kernel::Generation,
     stack::Stack,
 };
-pub use invariants::{INVARIANTS, Verdict};
 use invariants::ENOTSUPP;
+pub use invariants::{INVARIANTS, Verdict};
 
 /// Whether the kernel has the sync-fd interface, and the evidence for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,16 +153,27 @@ pub struct Context<'a> {
     pub patched: &'a PatchState,
     pub max_freeze_ns: u64,
     pub probed: &'a [String],
-    finished: &'a [CallReport],
+    recent: &'a HashMap<String, VecDeque<Recent>>,
 }
+
+/// What C1 needs of a judged call: its maintenance window on its device.
+pub struct Recent {
+    pub seq: u64,
+    pub tid: u32,
+    pub window: (u64, u64),
+}
+
+/// Judged calls remembered per device for C1: an overlap needs two calls in flight at once,
+/// so the last few suffice and the checker stays linear in the number of calls.
+const RECENT_PER_DEVICE: usize = 16;
 
 impl Context<'_> {
     pub fn probed(&self, role: &str) -> bool {
         self.probed.iter().any(|p| p == role)
     }
-    /// Calls already judged on the same device as `call`.
-    pub fn finished_on_device<'b>(&'b self, call: &'b Call) -> impl Iterator<Item = &'b Call> {
-        self.finished.iter().map(|r| &r.call).filter(move |o| o.device_key() == call.device_key())
+    /// The last calls judged on the same device as `call`.
+    pub fn recent_on_device(&self, call: &Call) -> impl Iterator<Item = &Recent> {
+        self.recent.get(call.device_key()).into_iter().flatten()
     }
 }
 
@@ -195,7 +206,11 @@ pub struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "VIOLATION {} snapshot #{} (tid {}, {}): {}", self.id, self.seq, self.tid, self.device, self.why)
+        write!(
+            f,
+            "VIOLATION {} snapshot #{} (tid {}, {}): {}",
+            self.id, self.seq, self.tid, self.device, self.why
+        )
     }
 }
 
@@ -209,6 +224,7 @@ pub struct Checker {
     opts: Options,
     pub patched: PatchState,
     open: HashMap<u32, Call>,
+    recent: HashMap<String, VecDeque<Recent>>,
     /// Latest device stack per ploop dev, recorded just before the call that uses it.
     stacks: HashMap<String, Stack>,
     pub finished: Vec<CallReport>,
@@ -230,6 +246,7 @@ impl Checker {
             opts,
             patched: PatchState::Unknown,
             open: HashMap::new(),
+            recent: HashMap::new(),
             stacks: HashMap::new(),
             finished: Vec::new(),
             incomplete: Vec::new(),
@@ -321,7 +338,9 @@ impl Checker {
                 let i = call.pending_freezes.iter().rposition(|f| f.dev == dev);
                 let mut f = match i {
                     Some(i) => call.pending_freezes.remove(i),
-                    None => Freeze { dev, entry_ns: e.ts_ns, ret_ns: 0, ret: 0, ok: false, thaw: None },
+                    None => {
+                        Freeze { dev, entry_ns: e.ts_ns, ret_ns: 0, ret: 0, ok: false, thaw: None }
+                    }
                 };
                 f.ret_ns = e.ts_ns;
                 f.ret = ret;
@@ -334,9 +353,17 @@ impl Checker {
                     entry_ns: e.ts_ns,
                     ret_ns: None,
                     ret: None,
-                    sb_arg: e.args.get(1).and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()),
+                    sb_arg: e
+                        .args
+                        .get(1)
+                        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()),
                 };
-                match call.freezes.iter_mut().rev().find(|f| f.ok && f.dev == dev && f.thaw.is_none()) {
+                match call
+                    .freezes
+                    .iter_mut()
+                    .rev()
+                    .find(|f| f.ok && f.dev == dev && f.thaw.is_none())
+                {
                     Some(f) => f.thaw = Some(thaw),
                     None => call.stray_thaws.push(thaw),
                 }
@@ -385,7 +412,10 @@ impl Checker {
         if call.get_bdev_called {
             return Some("get_bdev_from_fd ran for a sync fd".into());
         }
-        if r.chunks == 2 && call.ret == Some(0) && r.chunk.get(1).is_some_and(|c| !c.has_extra_fields()) {
+        if r.chunks == 2
+            && call.ret == Some(0)
+            && r.chunk.get(1).is_some_and(|c| !c.has_extra_fields())
+        {
             return Some("a two-chunk snapshot succeeded".into());
         }
         None
@@ -405,11 +435,18 @@ impl Checker {
             patched: &self.patched,
             max_freeze_ns: self.opts.max_freeze_ns,
             probed: &self.probed,
-            finished: &self.finished,
+            recent: &self.recent,
         };
         let verdicts: Vec<(String, Verdict)> =
             INVARIANTS.iter().map(|inv| (inv.id.to_string(), (inv.check)(&call, &ctx))).collect();
         let report = CallReport { call, verdicts };
+        if let Some(window) = report.call.maintenance_window() {
+            let q = self.recent.entry(report.call.device_key().to_string()).or_default();
+            q.push_back(Recent { seq: report.call.seq, tid: report.call.tid, window });
+            if q.len() > RECENT_PER_DEVICE {
+                q.pop_front();
+            }
+        }
         for f in report.call.freezes.iter().filter(|f| f.ok) {
             if let Some(end) = f.thaw.as_ref().and_then(|t| t.ret_ns) {
                 self.windows_ns.push(end.saturating_sub(f.ret_ns));
@@ -450,10 +487,12 @@ impl Checker {
         let mut open: Vec<Call> = self.open.drain().map(|(_, c)| c).collect();
         open.sort_by_key(|c| c.seq);
         self.incomplete.extend(open);
-        let deferred = self.finished.iter().any(|r| r.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred));
+        let deferred =
+            self.finished.iter().any(|r| r.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred));
         if self.patched == PatchState::Unknown && deferred {
-            self.patched =
-                PatchState::Unpatched("pctl_chunks outside {1, 2} answered -EINVAL, not -ENOTSUPP".into());
+            self.patched = PatchState::Unpatched(
+                "pctl_chunks outside {1, 2} answered -EINVAL, not -ENOTSUPP".into(),
+            );
         }
         self.resolve_deferred(now)
     }
@@ -481,7 +520,11 @@ fn violation(call: &Call, id: &str, why: &str, now: u64) -> Violation {
         id: id.to_string(),
         seq: call.seq,
         tid: call.tid,
-        device: call.ploop_dev.clone().map(|d| call.dev_name(&d)).unwrap_or_else(|| call.plo.clone()),
+        device: call
+            .ploop_dev
+            .clone()
+            .map(|d| call.dev_name(&d))
+            .unwrap_or_else(|| call.plo.clone()),
         ts_ns: now,
         why: why.to_string(),
     }

@@ -37,7 +37,12 @@ fn plain_stack() -> Stack {
     Stack { ploop_dev: PLOOP.into(), devices: vec![dev(PLOOP, "ploop0", &[], &["/mnt"])] }
 }
 
-fn request(flags: u32, chunks: u16, chunk1: Option<Chunk>, sync: Option<(&str, Option<&str>)>) -> Request {
+fn request(
+    flags: u32,
+    chunks: u16,
+    chunk1: Option<Chunk>,
+    sync: Option<(&str, Option<&str>)>,
+) -> Request {
     let c0 = Chunk { fd: 5, kind: 0, flags: 0, offset: 0, start: 0, len: 0 };
     let c1 = chunk1.unwrap_or(Chunk { fd: 7, kind: 0, flags: 0, offset: 0, start: 0, len: 0 });
     Request {
@@ -69,7 +74,14 @@ impl Seq {
     fn new() -> Self {
         Seq { ts: 1_000, events: Vec::new() }
     }
-    fn ev(&mut self, tid: u32, func: &str, phase: &str, dev: Option<&str>, ret: Option<i64>) -> &mut TraceEvent {
+    fn ev(
+        &mut self,
+        tid: u32,
+        func: &str,
+        phase: &str,
+        dev: Option<&str>,
+        ret: Option<i64>,
+    ) -> &mut TraceEvent {
         self.ts += 1_000_000;
         self.events.push(TraceEvent {
             ts_ns: self.ts,
@@ -116,20 +128,36 @@ impl Seq {
     }
     /// A correct patched snapshot of `tid` freezing `d` through a sync fd.
     fn good_sync(&mut self, tid: u32, d: &str) -> &mut Self {
-        self.start(tid, sync_req(d)).call(tid, "get_bdev_from_fd").freeze(tid, d).switch(tid).thaw(tid, d).end(tid, 0)
+        self.start(tid, sync_req(d))
+            .call(tid, "get_bdev_from_fd")
+            .freeze(tid, d)
+            .switch(tid)
+            .thaw(tid, d)
+            .end(tid, 0)
     }
 }
 
 fn all_probed() -> Vec<String> {
-    ["ploop_snapshot", "find_and_freeze_bdev", "get_bdev_from_fd", "ploop_quiesce", "ploop_relax", "sys_exit_ioctl"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "ploop_snapshot",
+        "find_and_freeze_bdev",
+        "get_bdev_from_fd",
+        "ploop_quiesce",
+        "ploop_relax",
+        "sys_exit_ioctl",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Runs a sequence through a checker; returns the sorted, deduplicated violated ids.
 fn run(stack: Stack, seq: &Seq) -> (Checker, Vec<String>) {
-    let mut c = Checker::new(Generation::FreezeBdev, all_probed(), Options { max_freeze_ns: 5_000_000_000 });
+    let mut c = Checker::new(
+        Generation::FreezeBdev,
+        all_probed(),
+        Options { max_freeze_ns: 5_000_000_000 },
+    );
     c.stack(stack);
     let mut ids: Vec<String> = seq.events.iter().flat_map(|e| c.event(e)).map(|v| v.id).collect();
     ids.extend(c.finish(u64::MAX).into_iter().map(|v| v.id));
@@ -156,7 +184,11 @@ fn correct_sync_fd_snapshot_on_the_linear_stack_is_clean() {
 fn autodetection_on_the_linear_stack_trips_s2() {
     // No sync fd: the old autodetection freezes dm-crypt (no filesystem there) and keeps it.
     let mut s = Seq::new();
-    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None)).freeze(10, CRYPT).switch(10).thaw(10, CRYPT).end(10, 0);
+    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
+        .freeze(10, CRYPT)
+        .switch(10)
+        .thaw(10, CRYPT)
+        .end(10, 0);
     let (c, ids) = run(linear_stack(), &s);
     assert_eq!(ids, ["S2"]);
     let why = c.finished[0].failures().next().unwrap().1.to_string();
@@ -167,19 +199,30 @@ fn autodetection_on_the_linear_stack_trips_s2() {
 fn autodetection_walk_pairs_on_a_plain_device_are_normal() {
     // ext4 directly on ploop: freeze ploop (it has the filesystem) around the switch.
     let mut s = Seq::new();
-    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None)).freeze(10, PLOOP).switch(10).thaw(10, PLOOP).end(10, 0);
+    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
+        .freeze(10, PLOOP)
+        .switch(10)
+        .thaw(10, PLOOP)
+        .end(10, 0);
     assert!(run(plain_stack(), &s).1.is_empty());
     // No filesystem anywhere: the walk freezes and thaws ploop at once; nothing to flag.
     let bare = Stack { ploop_dev: PLOOP.into(), devices: vec![dev(PLOOP, "ploop0", &[], &[])] };
     let mut s = Seq::new();
-    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None)).freeze(10, PLOOP).thaw(10, PLOOP).switch(10).end(10, 0);
+    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
+        .freeze(10, PLOOP)
+        .thaw(10, PLOOP)
+        .switch(10)
+        .end(10, 0);
     assert!(run(bare, &s).1.is_empty());
 }
 
 #[test]
 fn bug_leak_freeze_is_o1() {
     let mut s = Seq::new();
-    s.start(10, sync_req(LINEAR)).call(10, "get_bdev_from_fd").freeze(10, LINEAR).call(10, "ploop_quiesce");
+    s.start(10, sync_req(LINEAR))
+        .call(10, "get_bdev_from_fd")
+        .freeze(10, LINEAR)
+        .call(10, "ploop_quiesce");
     s.end(10, -9);
     assert_eq!(run(linear_stack(), &s).1, ["O1"]);
 }
@@ -187,7 +230,12 @@ fn bug_leak_freeze_is_o1() {
 #[test]
 fn bug_thaw_other_is_o1() {
     let mut s = Seq::new();
-    s.start(10, sync_req(LINEAR)).call(10, "get_bdev_from_fd").freeze(10, LINEAR).switch(10).thaw(10, PLOOP).end(10, 0);
+    s.start(10, sync_req(LINEAR))
+        .call(10, "get_bdev_from_fd")
+        .freeze(10, LINEAR)
+        .switch(10)
+        .thaw(10, PLOOP)
+        .end(10, 0);
     assert_eq!(run(linear_stack(), &s).1, ["O1"]);
 }
 
@@ -201,7 +249,11 @@ fn bug_ignore_sync_fd_is_s1_and_leaves_the_filesystem_unfrozen() {
 #[test]
 fn bug_thaw_early_is_o2_and_leaves_the_switch_unfrozen() {
     let mut s = Seq::new();
-    s.start(10, sync_req(LINEAR)).call(10, "get_bdev_from_fd").freeze(10, LINEAR).thaw(10, LINEAR).switch(10);
+    s.start(10, sync_req(LINEAR))
+        .call(10, "get_bdev_from_fd")
+        .freeze(10, LINEAR)
+        .thaw(10, LINEAR)
+        .switch(10);
     s.end(10, 0);
     assert_eq!(run(linear_stack(), &s).1, ["O2", "S2"]);
 }
@@ -221,8 +273,13 @@ fn bug_einval_is_e1_once_the_kernel_shows_it_is_patched() {
 fn unpatched_kernel_is_a_property_not_a_violation() {
     let mut s = Seq::new();
     s.start(11, request(0, 0, None, None)).end(11, -22);
-    s.start(12, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("resolved", Some(LINEAR))))).end(12, -22);
-    s.start(13, request(PLOOP_FLAG_FS_SYNC, 1, None, None)).freeze(13, PLOOP).switch(13).thaw(13, PLOOP).end(13, 0);
+    s.start(12, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("resolved", Some(LINEAR)))))
+        .end(12, -22);
+    s.start(13, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
+        .freeze(13, PLOOP)
+        .switch(13)
+        .thaw(13, PLOOP)
+        .end(13, 0);
     let (c, ids) = run(plain_stack(), &s);
     assert!(ids.is_empty(), "{ids:?}");
     assert!(matches!(c.patched, PatchState::Unpatched(_)), "{:?}", c.patched);
@@ -246,7 +303,9 @@ fn patched_error_codes_pass_and_wrong_ones_fail() {
     let mut s = Seq::new();
     let bad_chunk1 = Chunk { fd: 7, kind: 1, flags: 0, offset: 0, start: 0, len: 0 };
     s.start(13, request(0, 2, Some(bad_chunk1), None)).end(13, 0);
-    s.start(14, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("no-file", None)))).freeze(14, PLOOP).switch(14);
+    s.start(14, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("no-file", None))))
+        .freeze(14, PLOOP)
+        .switch(14);
     s.thaw(14, PLOOP).end(14, 0);
     assert_eq!(run(plain_stack(), &s).1, ["E2", "S3"]);
 }
@@ -294,7 +353,8 @@ fn vz7_thaw_must_get_the_super_block_freeze_returned() {
     s.ev(10, "freeze_bdev", "entry", Some(PLOOP), None);
     s.ev(10, "freeze_bdev", "return", Some(PLOOP), Some(0x7fff_1000));
     s.switch(10);
-    s.ev(10, "thaw_bdev", "entry", Some(PLOOP), None).args = vec!["0xffff0000".into(), "0x7fff2000".into()];
+    s.ev(10, "thaw_bdev", "entry", Some(PLOOP), None).args =
+        vec!["0xffff0000".into(), "0x7fff2000".into()];
     s.ev(10, "thaw_bdev", "return", Some(PLOOP), Some(0));
     s.end(10, 0);
     let mut c = Checker::new(Generation::Vz7, all_probed(), Options { max_freeze_ns: u64::MAX });
