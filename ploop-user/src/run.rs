@@ -21,7 +21,7 @@ use crate::{
     checker::{Checker, Options, Violation},
     events::TraceEvent,
     kernel::{KDev, KernelInfo},
-    probe::{Record, Session},
+    probe::{Record, Session, Transport},
     report,
     stack::Stack,
     trace::{self, ProbeArgs},
@@ -76,6 +76,8 @@ struct Pipeline {
     writer: Option<tracefile::Writer>,
     violations: Vec<Violation>,
     last_ts: u64,
+    /// Live: print how long after its completing event each violation was found.
+    live: bool,
 }
 
 impl Pipeline {
@@ -86,10 +88,12 @@ impl Pipeline {
                 header.probed.clone(),
                 Options { max_freeze_ns: (policy.max_freeze_ms * 1e6) as u64 },
             ),
-            writer,
+            writer: None,
             violations: Vec::new(),
             last_ts: 0,
+            live: writer.is_some(),
         };
+        p.writer = writer;
         if let Some(w) = &mut p.writer {
             w.line(&TraceLine::Header(header.clone()))?;
         }
@@ -114,13 +118,24 @@ impl Pipeline {
 
     fn report(&mut self, found: Vec<Violation>) {
         for v in found {
-            eprintln!("\rploop-verify: {v}");
+            if self.live {
+                let after = mono_ns().saturating_sub(v.ts_ns) as f64 / 1e6;
+                eprintln!("\rploop-verify: {v} [found {after:.0} ms after the event]");
+            } else {
+                eprintln!("\rploop-verify: {v}");
+            }
             self.violations.push(v);
         }
     }
 
     /// Judges what is left, writes the end record and every report. Returns the exit code.
-    fn finish(mut self, header: &Header, end: End, policy: &Policy, dir: &Path) -> Result<ExitCode> {
+    fn finish(
+        mut self,
+        header: &Header,
+        end: End,
+        policy: &Policy,
+        dir: &Path,
+    ) -> Result<ExitCode> {
         let found = self.checker.finish(self.last_ts);
         self.report(found);
         if let Some(mut w) = self.writer.take() {
@@ -182,13 +197,20 @@ fn mono_ns() -> u64 {
 }
 
 /// Perf buffers are per CPU and a task may migrate between its freeze and its thaw: events
-/// wait here until no earlier one can still arrive (30 ms), then leave in time order.
+/// wait here until no earlier one can still arrive, then leave in time order.
 struct Reorder {
     pending: BTreeMap<(u64, u64), TraceEvent>,
     seq: u64,
 }
 
-const REORDER_NS: u64 = 30_000_000;
+/// How long events wait for earlier ones: perf buffers are per CPU; the ring buffer is one
+/// stream in which each task's events are already in order (the checker's state is per task).
+fn reorder_window(t: Transport) -> u64 {
+    match t {
+        Transport::Perf => 30_000_000,
+        Transport::Ringbuf => 0,
+    }
+}
 
 impl Reorder {
     fn push(&mut self, e: TraceEvent) {
@@ -246,13 +268,15 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     }
     let mut rx = session.stream()?;
     eprintln!("ploop-verify: checking {plan}");
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let header = tracefile::header(&kernel, &session)?;
     let writer = tracefile::Writer::create(&args.out.join("trace.jsonl"))?;
     let mut p = Pipeline::new(&header, &args.policy, Some(writer))?;
 
     let mut lost = 0;
-    let status = drive(&args, &mut rx, &mut p, &mut lost).await?;
+    let window = reorder_window(plan.transport);
+    let status = drive(&args, window, &mut rx, &mut p, &mut lost).await?;
     lost += session.dropped_in_kernel()?;
     drop(session);
     let end = End { events: p.checker.events, lost, command_status: status };
@@ -265,6 +289,7 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
 /// Runs the workload while feeding the pipeline; returns the workload's exit status.
 async fn drive(
     args: &RunArgs,
+    window: u64,
     rx: &mut UnboundedReceiver<Record>,
     p: &mut Pipeline,
     lost: &mut u64,
@@ -308,7 +333,7 @@ async fn drive(
                 None => bail!("the event readers stopped"),
             },
             _ = tick.tick() => {
-                for mut e in reorder.ready(mono_ns().saturating_sub(REORDER_NS)) {
+                for mut e in reorder.ready(mono_ns().saturating_sub(window)) {
                     if let Some(s) = context_for(&mut e) {
                         p.push(TraceLine::Stack(s))?;
                     }
