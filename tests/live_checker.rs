@@ -144,6 +144,24 @@ fn checker_verdicts(series: &str, clean_snapshots: u64) {
             failures.push(format!("replay {name}: {e}"));
         }
     }
+    // A damaged trace: a clear error naming the line, exit 2, no report written.
+    let trace = fs::read_to_string(share.join("clean/trace.jsonl")).unwrap();
+    let cut: Vec<&str> = trace.lines().collect();
+    let broken = share.join("broken.jsonl");
+    fs::write(
+        &broken,
+        format!("{}\n{}\n", cut[..cut.len() / 2].join("\n"), &cut[cut.len() / 2][..10]),
+    )
+    .unwrap();
+    let out_dir = share.join("broken-report");
+    let o =
+        Command::new(&bin).arg("report").arg(&broken).arg("--out").arg(&out_dir).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = cut.len() / 2 + 1;
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("broken.jsonl:{line}: not a trace record")), "{err}");
+    assert!(!out_dir.exists(), "nothing written for a broken trace");
+
     for f in ["junit.xml", "results.ktap", "summary.md", "timeline.svg", "trace.jsonl"] {
         assert!(share.join("clean").join(f).is_file(), "clean/{f} written");
     }

@@ -92,6 +92,12 @@ fn live(series: &str, freeze_sym: &str, bd_dev_offset: u64) {
     assert!(failures.is_empty(), "{series}: {}", failures.join("\n"));
     assert_eq!(checked, 8);
     assert_eq!(read("rc-empty").trim(), "2", "trace with no event must exit 2");
+    assert_eq!(read("rc-no-ploop").trim(), "2", "run without ploop_snapshot must exit 2");
+    assert!(
+        read("no-ploop.err").contains("no verdict on ploop at all"),
+        "{}",
+        read("no-ploop.err")
+    );
     assert_eq!(read("rc-failing-workload").trim(), "1", "a failing workload is status 1");
 }
 

@@ -38,6 +38,9 @@ ploop-verify testkit dm-remove lin0
 # Nothing to observe: trace must say so with exit status 2, never 0.
 ploop-verify trace --out /share/empty.jsonl -- true
 echo $? > /share/rc-empty
+# No ploop module: `run` says there is no verdict on ploop at all, and exits 2.
+ploop-verify run --out /share/no-ploop -- true 2> /share/no-ploop.err
+echo $? > /share/rc-no-ploop
 # A workload that fails is reported as status 1.
 mount -t ext4 /dev/loop0 /mnt/a
 ploop-verify trace -- sh -c 'ploop-verify testkit ext4-shutdown /mnt/a; exit 3'
