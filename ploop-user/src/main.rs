@@ -17,6 +17,7 @@ mod synth;
 mod testkit;
 mod trace;
 mod tracefile;
+mod workload;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -334,22 +334,32 @@ pub struct Session {
     pub probed: Vec<String>,
 }
 
+/// A program of the object, as the type its section says it is.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name} in the object"))?;
+    Ok(prog.try_into()?)
+}
+
+fn attaching(prog: &str, t: &Target) -> String {
+    format!("loading and attaching {prog} to {}", t.symbol)
+}
+
 /// kretprobe first, then kprobe: every entry seen then has its return seen too.
 fn attach_kprobes(ebpf: &mut Ebpf, t: &Target) -> Result<()> {
     for prog in [format!("{}_kretprobe", t.role), format!("{}_kprobe", t.role)] {
-        let p: &mut KProbe =
-            ebpf.program_mut(&prog).ok_or_else(|| anyhow!("no program {prog}"))?.try_into()?;
-        p.load().with_context(|| format!("loading {prog}"))?;
-        p.attach(&t.symbol, 0).with_context(|| format!("attaching {prog} to {}", t.symbol))?;
+        let p: &mut KProbe = program(ebpf, &prog)?;
+        p.load()
+            .and_then(|()| p.attach(&t.symbol, 0).map(drop))
+            .with_context(|| attaching(&prog, t))?;
     }
     Ok(())
 }
 
 fn attach_ioctl_exit(ebpf: &mut Ebpf) -> Result<()> {
-    let p: &mut TracePoint = ebpf
-        .program_mut("sys_exit_ioctl")
-        .ok_or_else(|| anyhow!("no program sys_exit_ioctl"))?
-        .try_into()?;
+    let p: &mut TracePoint = program(ebpf, "sys_exit_ioctl")?;
     p.load().context("loading sys_exit_ioctl")?;
     p.attach("syscalls", "sys_exit_ioctl").context("attaching syscalls:sys_exit_ioctl")?;
     Ok(())
@@ -438,22 +448,16 @@ impl Session {
                 Method::Kprobe => attach_kprobes(&mut ebpf, t)?,
                 Method::Fentry => {
                     let btf = fentry_btf.as_ref().expect("set for fentry");
-                    let prog = format!("{}_fexit", t.role);
-                    let p: &mut FExit = ebpf
-                        .program_mut(&prog)
-                        .ok_or_else(|| anyhow!("no program {prog}"))?
-                        .try_into()?;
+                    let fexit = format!("{}_fexit", t.role);
+                    let fentry = format!("{}_fentry", t.role);
+                    let p: &mut FExit = program(&mut ebpf, &fexit)?;
                     p.load(&t.symbol, btf)
-                        .with_context(|| format!("loading {prog} for {}", t.symbol))?;
-                    p.attach().with_context(|| format!("attaching {prog} to {}", t.symbol))?;
-                    let prog = format!("{}_fentry", t.role);
-                    let p: &mut FEntry = ebpf
-                        .program_mut(&prog)
-                        .ok_or_else(|| anyhow!("no program {prog}"))?
-                        .try_into()?;
+                        .and_then(|()| p.attach().map(drop))
+                        .with_context(|| attaching(&fexit, t))?;
+                    let p: &mut FEntry = program(&mut ebpf, &fentry)?;
                     p.load(&t.symbol, btf)
-                        .with_context(|| format!("loading {prog} for {}", t.symbol))?;
-                    p.attach().with_context(|| format!("attaching {prog} to {}", t.symbol))?;
+                        .and_then(|()| p.attach().map(drop))
+                        .with_context(|| attaching(&fentry, t))?;
                 }
             }
         }
@@ -501,10 +505,10 @@ impl Session {
                         };
                         let ring = guard.get_inner_mut();
                         while let Some(item) = ring.next() {
-                            if let Some(ev) = decode(&item) {
-                                if tx.send(Record::Event(ev)).is_err() {
-                                    return;
-                                }
+                            if let Some(ev) = decode(&item)
+                                && tx.send(Record::Event(ev)).is_err()
+                            {
+                                return;
                             }
                         }
                         guard.clear_ready();

@@ -26,12 +26,13 @@ use crate::{
     stack::Stack,
     trace::{self, ProbeArgs},
     tracefile::{self, End, Header, TraceLine},
+    workload::{Stopped, Workload, positive},
 };
 
 #[derive(Args, Debug, Clone)]
 pub struct Policy {
     /// T1: the longest a device may stay frozen, in milliseconds.
-    #[arg(long, default_value_t = 5000.0, value_name = "MS")]
+    #[arg(long, default_value_t = 5000.0, value_name = "MS", value_parser = positive)]
     pub max_freeze_ms: f64,
     /// Fewer snapshot calls than this means nothing was verified (exit 2). Never below 1:
     /// a run that saw no snapshot is never reported clean.
@@ -49,7 +50,7 @@ pub struct RunArgs {
     #[arg(long, short, default_value = "ploop-verify-report", value_name = "DIR")]
     pub out: PathBuf,
     /// Without a COMMAND: stop after this many seconds (default: at Ctrl-C).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = positive)]
     pub duration: Option<f64>,
     /// No progress line.
     #[arg(long, short)]
@@ -247,12 +248,6 @@ fn context_for(e: &mut TraceEvent) -> Option<Stack> {
 }
 
 pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
-    if args.command.is_empty() && args.duration.is_some_and(|d| !(d > 0.0)) {
-        bail!("--duration must be a positive number of seconds");
-    }
-    if !(args.policy.max_freeze_ms > 0.0) {
-        bail!("--max-freeze-ms must be positive");
-    }
     let kernel = KernelInfo::detect()?;
     if kernel.symbol("ploop_snapshot").is_none() {
         eprintln!(
@@ -295,17 +290,7 @@ async fn drive(
     lost: &mut u64,
 ) -> Result<Option<i32>> {
     let generation = p.checker_generation();
-    let mut child = match args.command.split_first() {
-        Some((prog, rest)) => Some(
-            tokio::process::Command::new(prog)
-                .args(rest)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting {prog}"))?,
-        ),
-        None => None,
-    };
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    let mut workload = Workload::start(&args.command, args.duration)?;
     let tty = std::io::stderr().is_terminal();
     let mut reorder = Reorder { pending: BTreeMap::new(), seq: 0 };
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -315,18 +300,6 @@ async fn drive(
         Record::Lost(n) => *lost += n,
     };
     let status = loop {
-        let wait_child = async {
-            match child.as_mut() {
-                Some(c) => c.wait().await,
-                None => std::future::pending::<std::io::Result<std::process::ExitStatus>>().await,
-            }
-        };
-        let wait_deadline = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             r = rx.recv() => match r {
                 Some(r) => take(r, &mut reorder, lost),
@@ -352,20 +325,13 @@ async fn drive(
                     last_progress = Instant::now();
                 }
             }
-            st = wait_child => {
-                let st = st.context("waiting for the workload")?;
-                break Some(st.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)));
-            }
-            _ = wait_deadline => break None,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("\rploop-verify: interrupted; stopping the workload");
-                if let Some(c) = child.as_mut() {
-                    // It got the same SIGINT from the terminal; give it time to finish its ioctl.
-                    if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
-                        let _ = c.kill().await;
-                    }
+            stopped = workload.stopped() => {
+                let stopped = stopped?;
+                if let Stopped::Interrupted = stopped {
+                    eprintln!("\rploop-verify: interrupted; stopping the workload");
+                    workload.wind_down().await;
                 }
-                break None;
+                break stopped.status();
             }
         }
     };

@@ -12,10 +12,11 @@ use clap::Args;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    tracefile::{self, TraceLine},
     events::TraceEvent,
     kernel::{Generation, KernelInfo},
     probe::{Capabilities, Method, Plan, Record, Session, Transport},
+    tracefile::{self, TraceLine},
+    workload::{Stopped, Workload, positive},
 };
 
 /// Probe selection shared by every command that attaches.
@@ -37,7 +38,7 @@ pub struct TraceArgs {
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Without a COMMAND: stop after this many seconds (default: at Ctrl-C).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = positive)]
     pub duration: Option<f64>,
     /// Print each event to stdout as it arrives.
     #[arg(long)]
@@ -78,9 +79,6 @@ impl Collected {
 }
 
 pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
-    if args.command.is_empty() && args.duration.is_some_and(|d| !(d > 0.0)) {
-        bail!("--duration must be a positive number of seconds");
-    }
     let kernel = KernelInfo::detect()?;
     let plan = plan(&kernel, btf, &args.probe)?;
     let mut session = Session::attach(&plan).context("attaching the probes")?;
@@ -138,45 +136,22 @@ async fn drive(
     rx: &mut UnboundedReceiver<Record>,
     got: &mut Collected,
 ) -> Result<Option<i32>> {
-    let mut child = match args.command.split_first() {
-        Some((prog, rest)) => Some(
-            tokio::process::Command::new(prog)
-                .args(rest)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting {prog}"))?,
-        ),
-        None => None,
-    };
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    let mut workload = Workload::start(&args.command, args.duration)?;
     let progress = std::io::stderr().is_terminal();
     let mut last = Instant::now();
     loop {
-        let wait_child = async {
-            match child.as_mut() {
-                Some(c) => c.wait().await,
-                None => std::future::pending::<std::io::Result<std::process::ExitStatus>>().await,
-            }
-        };
-        let wait_deadline = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             r = rx.recv() => match r {
                 Some(r) => got.take(r, args.print),
                 None => bail!("the event readers stopped"),
             },
-            st = wait_child => {
-                let st = st.context("waiting for the workload")?;
-                return Ok(Some(st.code().unwrap_or(128 + st.signal_number())));
-            }
-            _ = wait_deadline => return Ok(None),
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("ploop-verify: interrupted");
-                return Ok(None);
+            stopped = workload.stopped() => {
+                let stopped = stopped?;
+                if let Stopped::Interrupted = stopped {
+                    eprintln!("\rploop-verify: interrupted");
+                    workload.wind_down().await;
+                }
+                return Ok(stopped.status());
             }
         }
         if progress && last.elapsed() > Duration::from_millis(500) {
@@ -184,15 +159,6 @@ async fn drive(
             let _ = std::io::stderr().flush();
             last = Instant::now();
         }
-    }
-}
-
-trait SignalNumber {
-    fn signal_number(&self) -> i32;
-}
-impl SignalNumber for std::process::ExitStatus {
-    fn signal_number(&self) -> i32 {
-        std::os::unix::process::ExitStatusExt::signal(self).unwrap_or(0)
     }
 }
 

@@ -17,10 +17,14 @@ wl_clean() {
       down $kind
     done
   done
-  # Two devices at once, and PLOOP_IOC_FREEZE/THAW (not snapshots) in between.
+  # Two devices at once, and PLOOP_IOC_FREEZE/THAW (not snapshots) on one while the other
+  # snapshots. (On the same device a freeze would meet -EBUSY from a snapshot in progress.)
   up direct /dev/ploop0 && up crypt /dev/ploop1 || return 1
-  snaps 6 sync /dev/ploop0 & snaps 6 auto /dev/ploop1 &
-  ploop-verify device freeze --device /dev/ploop0 && ploop-verify device thaw --device /dev/ploop0
+  snaps 6 auto /dev/ploop1 &
+  for i in 1 2 3; do
+    ploop-verify device freeze --device /dev/ploop0 && ploop-verify device thaw --device /dev/ploop0
+  done
+  snaps 6 sync /dev/ploop0
   wait
   # Every error path of the patched ABI, each answered as the contract says.
   S="ploop-verify snapshot --raw --device /dev/ploop0"
