@@ -57,7 +57,7 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("kernel {} (freeze/thaw generation: {:?})", kernel.release, kernel.generation);
+        println!("kernel {} ({})", kernel.release, kernel.generation);
         println!("capabilities:");
         for (name, c) in [
             ("BTF", &caps.btf),
@@ -68,6 +68,11 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         ] {
             println!("{}", line(name, c));
         }
+        let fd_walk: Check = match &caps.fd_walk {
+            Some(_) => Ok("task->files->fdt->fd[]->f_inode->i_sb offsets found: S1 resolves the sync fd in the kernel".into()),
+            None => Err("offsets missing from the BTF: S1 falls back to /proc/PID/fd (marked)".into()),
+        };
+        println!("{}", line("fd walk", &fd_walk));
         println!("symbols:");
         for s in SYMBOLS {
             match kernel.symbol(s.role) {

@@ -99,6 +99,16 @@ impl KernelInfo {
     }
 }
 
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Generation::Vz7 => "3.10 vz7: freeze_bdev returns the super_block, thaw_bdev takes it",
+            Generation::FreezeBdev => "5.10-6.7: int freeze_bdev/thaw_bdev",
+            Generation::BdevFreeze => "6.8+: int bdev_freeze/bdev_thaw",
+        })
+    }
+}
+
 impl Generation {
     /// Whether a `freeze_bdev` return value means failure. On 3.10 it is a pointer
     /// (`ERR_PTR` on error, NULL when no filesystem was found); later an int.
