@@ -22,13 +22,14 @@
  *    ignored; a new delta always goes on top.  With PLOOP_FMT_RDONLY in
  *    pctl_flags the delta is read-only (the device is read-only while such
  *    a delta is on top); otherwise the fd must be writable (-EBADF) and the
- *    previous top is fsync'ed and becomes read-only.  At most 32 deltas
+ *    previous top is fsync'ed and becomes read-only.  At most 128 deltas
  *    (-E2BIG).  A delta file living on the ploop device itself: -EINVAL.
  *    The same file twice: -EBUSY.
  *  - Raw format: every delta is a sparse file of the device size.  Blocks
  *    are 4 KiB; each delta has a bitmap of the blocks it holds, initialised
- *    from SEEK_DATA/SEEK_HOLE when the delta is added (if the file system
- *    cannot tell, every block counts as held).  Reads come from the highest
+ *    when the delta is added: empty if the file has no block allocated,
+ *    else from SEEK_DATA/SEEK_HOLE; where those call a sparse file all data
+ *    (9p), a block is held if it is not all zeros.  Reads come from the highest
  *    delta holding the block, else zeros; writes go to the top delta (with a
  *    copy-up of the block from the lower delta for partial writes).  All
  *    file I/O runs in an ordered workqueue (kernel_read/kernel_write).
@@ -37,8 +38,10 @@
  *  - PLOOP_IOC_CLEAR (_IO('P', 6)): drops all deltas, capacity back to 0.
  *    -EBUSY while anybody but the caller has the device open, while a
  *    PLOOP_IOC_FREEZE is active or during a snapshot.
- *  - sysfs: /sys/block/ploopN/pstate/{nr_deltas,top,leaked_freezes}; top is
- *    the level of the top delta (0 = base), -1 without deltas.
+ *  - sysfs: /sys/block/ploopN/pstate/{nr_deltas,top,leaked_freezes,
+ *    maintenance}; top is the level of the top delta (0 = base), -1 without
+ *    deltas; maintenance is maintenance_type (3 = PLOOP_MNTN_SNAPSHOT while
+ *    a snapshot has ctl_mutex dropped around freeze or thaw).
  *  - Autodetection in find_and_freeze_bdev (no sync fd): the holders of the
  *    ploop disk are listed by reading /sys/block/ploopN/holders in the
  *    caller's task (so sysfs must be mounted on /sys); a holder counts as
@@ -90,6 +93,7 @@
 #include <linux/kobject.h>
 #include <linux/sysfs.h>
 #include <linux/device.h>
+#include <linux/delay.h>
 
 #include "ploop_if.h"
 
@@ -98,7 +102,7 @@
 #error "ploop_model supports kernels < 6.5 and >= 6.9 (tested: 6.1, 6.12)"
 #endif
 
-#define PLOOP_MAX_DELTAS	32
+#define PLOOP_MAX_DELTAS	128
 #define PLOOP_MAX_LEAKS		16
 #define PLOOP_BLK_SHIFT		12
 #define PLOOP_BLK_SIZE		(1U << PLOOP_BLK_SHIFT)
@@ -106,6 +110,7 @@
 #define PLOOP_QUIESCE_TIMEOUT	(30 * HZ)
 #define PLOOP_MAX_HOLDERS	8
 #define PLOOP_NAME_LEN		32
+#define PLOOP_MAX_HOLD_MS	10000
 
 /* Functions probes attach to: never inlined, never cloned or split. */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -146,6 +151,10 @@ MODULE_PARM_DESC(nr_devs, "number of /dev/ploopN devices (1..64, default 2)");
 static bool patched = true;
 module_param(patched, bool, 0644);
 MODULE_PARM_DESC(patched, "model the patched PLOOP_IOC_SNAPSHOT (sync fd in chunk #1); 0 = unpatched vz7");
+
+static unsigned int snapshot_hold_ms;
+module_param(snapshot_hold_ms, uint, 0644);
+MODULE_PARM_DESC(snapshot_hold_ms, "test aid: keep the snapshot maintenance window (after the freeze, ctl_mutex dropped) open this long, at most 10000 ms, so that a concurrent snapshot gets -EBUSY; 0 = off");
 
 static int ploop_bug = PLOOP_BUG_NONE;
 
@@ -577,14 +586,63 @@ static void ploop_delta_free(struct ploop_delta *d)
 	kfree(d);
 }
 
-/* Mark the blocks that hold data according to SEEK_DATA/SEEK_HOLE. */
+/*
+ * Fallback for file systems that allocate sparsely but cannot report holes
+ * (9p, for one: its llseek says the whole file is data): a block counts as
+ * held if it contains anything but zeros.
+ */
+static int ploop_delta_scan_zeros(struct ploop_delta *d, loff_t size)
+{
+	const size_t chunk = 16 * PLOOP_BLK_SIZE;
+	loff_t pos;
+	void *buf;
+	int err = 0;
+
+	bitmap_zero(d->map, DIV_ROUND_UP(size, PLOOP_BLK_SIZE));
+	buf = kvmalloc(chunk, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	for (pos = 0; pos < size; pos += chunk) {
+		size_t len = min_t(loff_t, chunk, size - pos);
+		size_t off;
+
+		err = ploop_file_read(d->file, buf, len, pos);
+		if (err)
+			break;
+		for (off = 0; off < len; off += PLOOP_BLK_SIZE)
+			if (memchr_inv(buf + off, 0,
+				       min_t(size_t, PLOOP_BLK_SIZE, len - off)))
+				set_bit((pos + off) >> PLOOP_BLK_SHIFT, d->map);
+		if (fatal_signal_pending(current)) {
+			err = -EINTR;
+			break;
+		}
+		cond_resched();
+	}
+	kvfree(buf);
+	return err;
+}
+
+/*
+ * Mark the blocks the delta holds: none if the file has no block allocated
+ * (a fresh sparse delta), else those SEEK_DATA/SEEK_HOLE report; if those
+ * call the whole file data although it is sparse, the zero-block fallback.
+ */
 static int ploop_delta_scan(struct ploop_delta *d, loff_t size)
 {
 	struct file *f = d->file;
 	unsigned long nblocks = DIV_ROUND_UP(size, PLOOP_BLK_SIZE);
 	loff_t saved = vfs_llseek(f, 0, SEEK_CUR);
 	loff_t off = 0, data, hole;
+	struct kstat st;
 	int err = 0;
+
+	/* stat, not i_blocks: ext4 counts delayed allocations only there */
+	err = vfs_getattr(&f->f_path, &st, STATX_BLOCKS, AT_STATX_SYNC_AS_STAT);
+	if (err)
+		return err;
+	if (!st.blocks)
+		return 0;
 
 	while (off < size) {
 		unsigned long first, last;
@@ -618,6 +676,9 @@ static int ploop_delta_scan(struct ploop_delta *d, loff_t size)
 	}
 	if (saved >= 0)
 		vfs_llseek(f, saved, SEEK_SET);
+	if (!err && bitmap_full(d->map, nblocks) &&
+	    (st.blocks << SECTOR_SHIFT) < (u64)size)
+		err = ploop_delta_scan_zeros(d, size);
 	return err;
 }
 
@@ -896,11 +957,11 @@ PLOOP_PROBED int complete_snapshot(struct ploop_device *plo,
 static void ploop_snapshot_thaw(struct ploop_device *plo,
 				struct block_device *bdev)
 {
-	plo->maintenance_type = PLOOP_MNTN_SNAPSHOT;
+	WRITE_ONCE(plo->maintenance_type, PLOOP_MNTN_SNAPSHOT);
 	mutex_unlock(&plo->ctl_mutex);
 	ploop_bdev_thaw(bdev);
 	mutex_lock(&plo->ctl_mutex);
-	plo->maintenance_type = PLOOP_MNTN_OFF;
+	WRITE_ONCE(plo->maintenance_type, PLOOP_MNTN_OFF);
 }
 
 /* Remember a freeze an injected bug left behind (PLOOP_IOC_THAW undoes). */
@@ -924,6 +985,7 @@ PLOOP_PROBED int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
 	struct block_device *frozen = NULL;
 	int bug = READ_ONCE(ploop_bug);
 	bool is_patched = READ_ONCE(patched);
+	unsigned int hold;
 	int err, sync_fd = -1;
 
 	if (!plo->nr_deltas)
@@ -963,11 +1025,15 @@ PLOOP_PROBED int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
 		return err;
 
 	if (ctl.pctl_flags & PLOOP_FLAG_FS_SYNC) {
-		plo->maintenance_type = PLOOP_MNTN_SNAPSHOT;
+		WRITE_ONCE(plo->maintenance_type, PLOOP_MNTN_SNAPSHOT);
 		mutex_unlock(&plo->ctl_mutex);
 		err = find_and_freeze_bdev(plo, sync_fd, &bdev);
+		hold = READ_ONCE(snapshot_hold_ms);
+		if (hold)	/* test aid: keep the window open (C1 / -EBUSY) */
+			msleep_interruptible(min_t(unsigned int, hold,
+						   PLOOP_MAX_HOLD_MS));
 		mutex_lock(&plo->ctl_mutex);
-		plo->maintenance_type = PLOOP_MNTN_OFF;
+		WRITE_ONCE(plo->maintenance_type, PLOOP_MNTN_OFF);
 		if (err) {
 			ploop_delta_free(delta);
 			return err;
@@ -1232,7 +1298,15 @@ static ssize_t leaked_freezes_show(struct kobject *kobj,
 			  READ_ONCE(ploop_from_pstate(kobj)->nr_leaked));
 }
 
+static ssize_t maintenance_show(struct kobject *kobj,
+				struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%d\n",
+			  READ_ONCE(ploop_from_pstate(kobj)->maintenance_type));
+}
+
 static struct kobj_attribute ploop_attr_nr_deltas = __ATTR_RO(nr_deltas);
+static struct kobj_attribute ploop_attr_maintenance = __ATTR_RO(maintenance);
 static struct kobj_attribute ploop_attr_top = __ATTR_RO(top);
 static struct kobj_attribute ploop_attr_leaked = __ATTR_RO(leaked_freezes);
 
@@ -1240,6 +1314,7 @@ static struct attribute *ploop_pstate_attrs[] = {
 	&ploop_attr_nr_deltas.attr,
 	&ploop_attr_top.attr,
 	&ploop_attr_leaked.attr,
+	&ploop_attr_maintenance.attr,
 	NULL,
 };
 
