@@ -30,6 +30,12 @@ pub static PLOOP_CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
 #[map(name = "PLOOP_STASH")]
 pub static PLOOP_STASH: HashMap<StashKey, Stash> = HashMap::with_max_entries(4096, 0);
 
+/// Where events are built: a 176-byte event on the 512-byte BPF stack, zeroed, made LLVM emit
+/// `memset` calls (bpf-to-bpf calls, which old kernels refuse). A per-CPU slot needs neither.
+/// `ctl`/`chunks` keep stale bytes outside `ploop_snapshot` entries; nothing reads them there.
+#[map(name = "PLOOP_SCRATCH")]
+pub static PLOOP_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
 /// Events that the transport refused (buffer full). Slot 0. The perf transport also reports
 /// its own losses to user space; this counts what the program itself saw fail.
 #[map(name = "PLOOP_LOST")]
@@ -46,9 +52,10 @@ pub trait Flavor {
     fn emit<C: EbpfContext>(ctx: &C, ev: &Event) -> bool;
 }
 
-/// Argument `n` of an fentry/fexit program, as a plain number. Loading it from the context
-/// directly gives the verifier a typed BTF pointer, and adding a runtime offset to one is
-/// refused; a probe read of the context slot yields a scalar.
+/// The 8-byte slot `n` of the program context, read with the flavor's probe read, as a plain
+/// number: fentry/fexit arguments (a direct load gives the verifier a typed BTF pointer, to
+/// which adding a runtime offset is refused), and tracepoint fields (aya's `read_at` uses
+/// `bpf_probe_read_kernel`, which old kernels lack).
 #[inline(always)]
 pub fn tracing_arg<F: Flavor, C: EbpfContext>(ctx: &C, n: usize) -> u64 {
     let slot = (ctx.as_ptr() as *const u64).wrapping_add(n);
@@ -85,28 +92,28 @@ fn read_bd_dev<F: Flavor>(bdev: u64) -> (u32, u8) {
 }
 
 #[inline(always)]
-fn event<F: Flavor>(func: u16, ph: u8, args: [u64; 3], ret: i64) -> Event {
+fn event<F: Flavor>(func: u16, ph: u8, args: [u64; 3], ret: i64) -> Option<&'static mut Event> {
     let (dev, fl) = match dev_arg(func) {
         NO_DEV => (0, flags::DEV_UNREAD),
         n => read_bd_dev::<F>(args[n]),
     };
-    Event {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid_tgid: bpf_get_current_pid_tgid(),
-        func,
-        phase: ph,
-        flags: fl,
-        cpu: unsafe { bpf_get_smp_processor_id() },
-        dev,
-        _pad: 0,
-        args,
-        ret,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        ctl: [0; PLOOP_CTL_SIZE],
-        chunks: [0; 2 * PLOOP_CTL_CHUNK_SIZE],
-        sync_dev: 0,
-        sync_state: sync_state::NONE,
-    }
+    // SAFETY: this CPU's slot; a BPF program is not preempted by another on the same CPU
+    // that uses it before this one has sent the event.
+    let ev = unsafe { &mut *PLOOP_SCRATCH.get_ptr_mut(0)? };
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.pid_tgid = bpf_get_current_pid_tgid();
+    ev.func = func;
+    ev.phase = ph;
+    ev.flags = fl;
+    ev.cpu = unsafe { bpf_get_smp_processor_id() };
+    ev.dev = dev;
+    ev._pad = 0;
+    ev.args = args;
+    ev.ret = ret;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.sync_dev = 0;
+    ev.sync_state = sync_state::NONE;
+    Some(ev)
 }
 
 #[inline(always)]
@@ -180,9 +187,9 @@ fn fill_snapshot<F: Flavor>(ev: &mut Event) {
 /// Function entry. `stash` is set for kprobes, whose return probe cannot see the arguments.
 #[inline(always)]
 pub fn on_entry<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], stash: bool) {
-    let mut ev = event::<F>(func, phase::ENTRY, args, 0);
+    let Some(ev) = event::<F>(func, phase::ENTRY, args, 0) else { return count_lost() };
     if func == func::PLOOP_SNAPSHOT {
-        fill_snapshot::<F>(&mut ev);
+        fill_snapshot::<F>(ev);
         // Arms sys_exit_ioctl for this thread: E3 compares the errno user space sees.
         let marker = Stash { args, dev: ev.dev, flags: 0 };
         let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, func::SYS_IOCTL), &marker, 0);
@@ -192,14 +199,14 @@ pub fn on_entry<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], s
         // A full stash only costs the return event its arguments (flagged NO_ENTRY).
         let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, func), &val, 0);
     }
-    send::<F, C>(ctx, &ev);
+    send::<F, C>(ctx, ev);
 }
 
 /// Function return seen by a kretprobe: arguments come from the entry stash.
 #[inline(always)]
 pub fn on_kretprobe<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, ret: i64) {
     let key = stash_key(bpf_get_current_pid_tgid(), func);
-    let mut ev = event::<F>(func, phase::RETURN, [0; 3], ret);
+    let Some(ev) = event::<F>(func, phase::RETURN, [0; 3], ret) else { return count_lost() };
     match unsafe { PLOOP_STASH.get(&key) } {
         Some(s) => {
             ev.args = s.args;
@@ -209,13 +216,16 @@ pub fn on_kretprobe<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, ret: i64) {
         None => ev.flags = flags::NO_ENTRY | flags::DEV_UNREAD,
     }
     let _ = PLOOP_STASH.remove(&key);
-    send::<F, C>(ctx, &ev);
+    send::<F, C>(ctx, ev);
 }
 
 /// Function return seen by fexit, which has the arguments at hand.
 #[inline(always)]
 pub fn on_fexit<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], ret: i64) {
-    send::<F, C>(ctx, &event::<F>(func, phase::RETURN, args, ret));
+    match event::<F>(func, phase::RETURN, args, ret) {
+        Some(ev) => send::<F, C>(ctx, ev),
+        None => count_lost(),
+    }
 }
 
 /// `syscalls:sys_exit_ioctl`, for threads that entered `ploop_snapshot` in this syscall.
@@ -223,11 +233,12 @@ pub fn on_fexit<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], r
 pub fn on_sys_exit_ioctl<F: Flavor, C: EbpfContext>(ctx: &C, ret: i64) {
     let key = stash_key(bpf_get_current_pid_tgid(), func::SYS_IOCTL);
     let Some(s) = (unsafe { PLOOP_STASH.get(&key) }) else { return };
-    let mut ev = event::<F>(func::SYS_IOCTL, phase::RETURN, s.args, ret);
-    ev.dev = s.dev;
-    ev.flags = 0;
+    let (args, dev) = (s.args, s.dev);
     let _ = PLOOP_STASH.remove(&key);
-    send::<F, C>(ctx, &ev);
+    let Some(ev) = event::<F>(func::SYS_IOCTL, phase::RETURN, args, ret) else { return count_lost() };
+    ev.dev = dev;
+    ev.flags = 0;
+    send::<F, C>(ctx, ev);
 }
 
 /// Generates every program of an object for one [`Flavor`]. Program names are
@@ -250,8 +261,8 @@ macro_rules! probes {
         #[aya_ebpf::macros::tracepoint]
         pub fn sys_exit_ioctl(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
             // `struct trace_event_raw_sys_exit`: 8 bytes of common fields, the syscall nr,
-            // then `long ret` at offset 16.
-            let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
+            // then `long ret` at offset 16 (slot 2).
+            let ret = $crate::tracing_arg::<$flavor, _>(&ctx, 2) as i64;
             $crate::on_sys_exit_ioctl::<$flavor, _>(&ctx, ret);
             0
         }

@@ -593,3 +593,66 @@ pub fn check_btf_arg(path: Option<&Path>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
+
+    /// (opcode, src_reg, imm) of every instruction in the object's program sections.
+    fn instructions(obj: &object::File) -> Vec<(u8, u8, i32)> {
+        obj.sections()
+            .filter(|s| s.kind() == SectionKind::Text)
+            .flat_map(|s| {
+                s.data()
+                    .unwrap()
+                    .chunks_exact(8)
+                    .map(|i| (i[0], i[1] >> 4, i32::from_le_bytes([i[4], i[5], i[6], i[7]])))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The legacy object must stay loadable on old kernels (vz7's 3.10 tech preview, < 4.16):
+    /// no bpf-to-bpf calls, no global data, no ring buffer, and only helpers old kernels have
+    /// (bpf_probe_read, not the _kernel/_user variants of 5.5).
+    #[test]
+    fn perf_object_is_fit_for_old_kernels() {
+        let obj = object::File::parse(super::OBJ_PERF).unwrap();
+        let insns = instructions(&obj);
+        assert!(insns.len() > 100);
+        const CALL: u8 = 0x85;
+        assert!(!insns.iter().any(|&(op, src, _)| op == CALL && src == 1), "bpf-to-bpf call");
+        let helpers: std::collections::BTreeSet<i32> = insns
+            .iter()
+            .filter(|&&(op, src, _)| op == CALL && src == 0)
+            .map(|&(_, _, imm)| imm)
+            .collect();
+        // map ops 1-3, probe_read 4, ktime 5, smp id 8, pid_tgid 14, comm 16,
+        // perf_event_output 25, get_current_task 35 (4.8).
+        assert!(helpers.iter().all(|&h| h <= 35), "helpers newer than 4.8: {helpers:?}");
+        assert!(helpers.contains(&4) && !helpers.contains(&113) && !helpers.contains(&112));
+        for s in obj.sections() {
+            let name = s.name().unwrap();
+            assert!(
+                ![".data", ".bss", ".rodata"].iter().any(|g| name.starts_with(g)),
+                "global data: {name}"
+            );
+        }
+        let syms: Vec<String> = obj.symbols().map(|s| s.name().unwrap().to_string()).collect();
+        assert!(!syms.iter().any(|s| s.contains("AYA_LOG")), "aya-log needs a ring buffer");
+    }
+
+    #[test]
+    fn ring_buffer_object_has_every_program_of_the_perf_one() {
+        let names = |bytes: &[u8]| -> std::collections::BTreeSet<String> {
+            let obj = object::File::parse(bytes).unwrap();
+            obj.symbols()
+                .filter(|s| s.kind() == object::SymbolKind::Text && s.is_global())
+                .map(|s| s.name().unwrap().to_string())
+                .collect()
+        };
+        let perf = names(super::OBJ_PERF);
+        assert!(perf.contains("ploop_snapshot_kprobe") && perf.contains("thaw_bdev_fexit"));
+        assert!(perf.is_subset(&names(super::OBJ_RINGBUF)));
+    }
+}
