@@ -145,7 +145,9 @@ pub fn create_with_uuid(name: &str, uuid: &str, table: &[Target]) -> Result<Path
 /// A dm-crypt table over all of `device` (`sectors` long): `aes-xts-plain64` with `key_hex`,
 /// IV offset 0, data from sector 0. Plain mode: no header on the device.
 pub fn crypt_table(device: &std::path::Path, sectors: u64, key_hex: &str) -> Result<Target> {
-    if !(key_hex.len() == 64 || key_hex.len() == 128) || !key_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !(key_hex.len() == 64 || key_hex.len() == 128)
+        || !key_hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         bail!("the aes-xts key must be 64 or 128 hex digits (256 or 512 bits)");
     }
     Ok(Target {

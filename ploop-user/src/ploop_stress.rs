@@ -340,9 +340,8 @@ fn random_case(rng: &mut Rng, pool: &Pool, patched: bool) -> Case {
     let mut exact = None;
     let mut allowed = Vec::new();
     let mut fresh_used = false;
-    if ctl_fault {
-        exact = Some(libc::EFAULT);
-    } else if patched && chunks == 2 && matches!(fault, Fault::Chunk0 | Fault::Chunk1) {
+    // The ctl, or (patched, two chunks) chunk #1, cannot be read.
+    if ctl_fault || (patched && chunks == 2 && matches!(fault, Fault::Chunk0 | Fault::Chunk1)) {
         exact = Some(libc::EFAULT);
     } else if patched && chunks == 2 && c1_nonzero {
         exact = Some(libc::EINVAL);
@@ -490,13 +489,13 @@ pub fn fuzz(args: FuzzArgs) -> Result<()> {
             seen.err().map(errno_name)
         ),
     };
-    if let Ok(bug) = fs::read_to_string("/sys/module/ploop_model/parameters/bug") {
-        if bug.trim() != "none" {
-            bail!(
-                "the model driver has bug={} injected: the oracle expects a correct driver",
-                bug.trim()
-            );
-        }
+    if let Ok(bug) = fs::read_to_string("/sys/module/ploop_model/parameters/bug")
+        && bug.trim() != "none"
+    {
+        bail!(
+            "the model driver has bug={} injected: the oracle expects a correct driver",
+            bug.trim()
+        );
     }
     let shared = Arc::new(Shared {
         next: AtomicU64::new(0),

@@ -577,7 +577,11 @@ pub fn device(cmd: Device) -> Result<ExitCode> {
                 }
                 Err(e) => {
                     let holders = dev.holders();
-                    let hint = if e == libc::EBUSY {
+                    let hint = if e == libc::EBUSY
+                        && dev.pstate("maintenance").is_some_and(|m| m != 0)
+                    {
+                        "a snapshot is in progress on the device".to_string()
+                    } else if e == libc::EBUSY {
                         format!(
                             "the device is in use: unmount it and remove the dm devices on it{}",
                             if holders.is_empty() {
