@@ -31,8 +31,9 @@ use crate::ploop_abi::{
 
 #[derive(Subcommand, Debug)]
 pub enum Device {
-    /// Make a raw delta file: a sparse file of SIZE bytes (nothing is written, so it takes no
-    /// space). The first delta attached to a device fixes the device's size; every other
+    /// Make a raw delta file (sparse, SIZE bytes)
+    ///
+    /// Nothing is written, so it takes no space. The first delta attached to a device fixes the device's size; every other
     /// delta of the device must have the same size.
     ///
     /// Example: ploop-verify device create --size 64M /tmp/base.img
@@ -47,8 +48,9 @@ pub enum Device {
         #[arg(value_name = "DELTA_FILE")]
         delta: PathBuf,
     },
-    /// Bring DEVICE up from delta files with PLOOP_IOC_ADD_DELTA, base first: every delta
-    /// but the last is added read-only (PLOOP_FMT_RDONLY); the last one is the writable top,
+    /// Bring DEVICE up from delta files, base first
+    ///
+    /// PLOOP_IOC_ADD_DELTA for each delta, base first: every delta but the last is added read-only (PLOOP_FMT_RDONLY); the last one is the writable top,
     /// unless --read-only. The device must have no delta yet. If any delta is refused, the
     /// ones already added are dropped again (PLOOP_IOC_CLEAR): the device is left as it was.
     ///
@@ -64,7 +66,9 @@ pub enum Device {
         #[arg(value_name = "DELTA", required = true)]
         deltas: Vec<PathBuf>,
     },
-    /// Drop every delta of DEVICE (PLOOP_IOC_CLEAR); its size goes back to 0. Fails with
+    /// Drop every delta of DEVICE (PLOOP_IOC_CLEAR)
+    ///
+    /// Its size goes back to 0. Fails with
     /// EBUSY while the device is open elsewhere: a mounted filesystem, a dm device on top of
     /// it, a snapshot in progress. A short EBUSY (a process closing the device) is retried
     /// for about two seconds.
@@ -73,15 +77,20 @@ pub enum Device {
         #[arg(long, value_name = "DEVICE")]
         device: PathBuf,
     },
-    /// PLOOP_IOC_FREEZE: freeze the ploop device itself (and a filesystem directly on it).
-    /// Not a snapshot; undo with `device thaw`.
+    /// PLOOP_IOC_FREEZE: freeze the ploop device itself
+    ///
+    /// Freezes the filesystem directly on it, if any. Not a snapshot; undo with `device thaw`.
     Freeze {
+        /// The ploop block device, e.g. /dev/ploop0.
         #[arg(long, value_name = "DEVICE")]
         device: PathBuf,
     },
-    /// PLOOP_IOC_THAW: undo `device freeze`. On the model driver it also thaws freezes that an
-    /// injected bug leaked (pstate/leaked_freezes), which is the way to recover from them.
+    /// PLOOP_IOC_THAW: undo `device freeze`, or recover leaked freezes
+    ///
+    /// On the model driver it also thaws the freezes that an injected bug leaked
+    /// (pstate/leaked_freezes): the way to recover from them.
     Thaw {
+        /// The ploop block device, e.g. /dev/ploop0.
         #[arg(long, value_name = "DEVICE")]
         device: PathBuf,
     },

@@ -20,12 +20,16 @@ pub enum Testkit {
     DmSuspendResume { name: String },
     /// Remove a dm device.
     DmRemove { name: String },
-    /// Create a dm-crypt device NAME over DEVICE (its whole size; plain mode, no header):
-    /// aes-xts-plain64 with a fixed test key unless --key. Its dm uuid is
+    /// Create a dm-crypt device NAME over DEVICE; prints the new node
+    ///
+    /// Its whole size, plain mode (no header), aes-xts-plain64 with a fixed test key unless
+    /// --key. Its dm uuid is
     /// CRYPT-PLAIN-<NAME> unless --uuid/--no-uuid: like cryptsetup's, so the ploop snapshot
-    /// autodetection recognises it. Prints the new node.
+    /// autodetection recognises it.
     DmCrypt {
+        /// The dm name (/dev/mapper/NAME).
         name: String,
+        /// The device to encrypt, e.g. /dev/ploop0.
         device: PathBuf,
         /// The dm uuid (the autodetection wants the prefix CRYPT-).
         #[arg(long, conflicts_with = "no_uuid")]
