@@ -1027,7 +1027,11 @@ fn boot(args: &Args, built: &mut Built) -> Result<(), Error> {
             "ploop-verify doctor".into()
         }
     });
-    let load: Vec<&str> = args.boot_modules.iter().map(String::as_str).collect();
+    let mut load: Vec<&str> = args.boot_modules.iter().map(String::as_str).collect();
+    if extra.is_empty() {
+        // A full build: its ploop modules are in its modules tree; load them by name.
+        load.extend(built.modules.iter().filter_map(|m| m.file_stem().and_then(|s| s.to_str())));
+    }
     let mut vm = Vm::with_ploop_verify(kernel, &load, command).map_err(failed)?;
     vm.timeout = Duration::from_secs(args.boot_timeout);
     vm.contents.extra_modules = extra;
