@@ -5,6 +5,8 @@
 //! names. Both sides compile it, so a change here is a change on both sides at once.
 #![no_std]
 
+pub mod ploop_if;
+
 /// Which kernel function an event comes from. Names are the 5.10-6.7 (and vz7) kernel names;
 /// `bdev_freeze`/`bdev_thaw` on 6.8+ report as `FREEZE_BDEV`/`THAW_BDEV`: the role matters to
 /// the checker, the symbol that was attached is recorded by user space.
@@ -121,9 +123,7 @@ impl Event {
 pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
 const _: () = assert!(EVENT_SIZE == 176);
 
-/// `sizeof(struct ploop_ctl)` and `sizeof(struct ploop_ctl_chunk)` on x86-64.
-pub const PLOOP_CTL_SIZE: usize = 24;
-pub const PLOOP_CTL_CHUNK_SIZE: usize = 32;
+pub use ploop_if::{CHUNK_SIZE as PLOOP_CTL_CHUNK_SIZE, CTL_SIZE as PLOOP_CTL_SIZE};
 
 /// Slots of the `PLOOP_CONFIG` array map (u64 values). Configuration lives in a map, not in
 /// globals, so that the same object loads on kernels before 5.2.

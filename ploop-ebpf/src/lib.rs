@@ -6,6 +6,8 @@
 //! names, is generated here by [`probes!`], so both objects offer the same programs.
 #![no_std]
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     EbpfContext,
     helpers::{
@@ -17,7 +19,9 @@ use aya_ebpf::{
 };
 use ploop_common::{
     Event, NO_DEV, PLOOP_CTL_CHUNK_SIZE, PLOOP_CTL_SIZE, Stash, StashKey, config, dev_arg, flags,
-    func, phase, sync_state,
+    func, phase,
+    ploop_if::{PloopCtl, PloopCtlChunk},
+    sync_state,
 };
 
 /// Filled by user space before attaching; offsets come from the running kernel's BTF,
@@ -166,10 +170,10 @@ fn fill_snapshot<F: Flavor>(ev: &mut Event) {
         ev.flags |= flags::CHUNKS_UNREAD;
         return;
     }
-    // pctl_chunks is the u16 at offset 16; chunk #1's pctl_fd the s32 at its start.
-    let nr = u16::from_le_bytes([ev.ctl[16], ev.ctl[17]]);
+    let n = offset_of!(PloopCtl, pctl_chunks);
+    let nr = u16::from_le_bytes([ev.ctl[n], ev.ctl[n + 1]]);
     if nr == 2 {
-        let c1 = PLOOP_CTL_CHUNK_SIZE;
+        let c1 = PLOOP_CTL_CHUNK_SIZE + offset_of!(PloopCtlChunk, pctl_fd);
         let fd = i32::from_le_bytes([
             ev.chunks[c1],
             ev.chunks[c1 + 1],
@@ -235,7 +239,9 @@ pub fn on_sys_exit_ioctl<F: Flavor, C: EbpfContext>(ctx: &C, ret: i64) {
     let Some(s) = (unsafe { PLOOP_STASH.get(&key) }) else { return };
     let (args, dev) = (s.args, s.dev);
     let _ = PLOOP_STASH.remove(&key);
-    let Some(ev) = event::<F>(func::SYS_IOCTL, phase::RETURN, args, ret) else { return count_lost() };
+    let Some(ev) = event::<F>(func::SYS_IOCTL, phase::RETURN, args, ret) else {
+        return count_lost();
+    };
     ev.dev = dev;
     ev.flags = 0;
     send::<F, C>(ctx, ev);

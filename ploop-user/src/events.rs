@@ -1,6 +1,10 @@
 //! The decoded, user-facing form of a probe event: one JSON line of a trace.
 
-use ploop_common::{Event, PLOOP_CTL_CHUNK_SIZE, flags, func, phase, sync_state};
+use ploop_common::{
+    Event, PLOOP_CTL_CHUNK_SIZE, flags, func, phase,
+    ploop_if::{PLOOP_FLAG_FS_SYNC, PloopCtl, PloopCtlChunk},
+    sync_state,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::{Generation, KDev};
@@ -30,9 +34,6 @@ pub struct TraceEvent {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub request: Option<Request>,
 }
-
-/// `PLOOP_FLAG_FS_SYNC` in `ploop_ctl.pctl_flags`.
-pub const PLOOP_FLAG_FS_SYNC: u32 = 0x1000_0000;
 
 /// A `PLOOP_IOC_SNAPSHOT` request copied from user memory at `ploop_snapshot` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,31 +94,41 @@ impl Request {
     }
 
     fn decode(e: &Event) -> Self {
-        let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-        let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        // SAFETY (both reads): plain-old-data structs read from byte arrays of their size.
+        let ctl: PloopCtl = unsafe { std::ptr::read_unaligned(e.ctl.as_ptr().cast()) };
         if e.flags & flags::CTL_UNREAD != 0 {
-            return Request { readable: false, format: 0, flags: 0, chunks: 0, chunk: vec![], sync: None };
+            return Request {
+                readable: false,
+                format: 0,
+                flags: 0,
+                chunks: 0,
+                chunk: vec![],
+                sync: None,
+            };
         }
         let chunk = if e.flags & flags::CHUNKS_UNREAD != 0 {
             Vec::new()
         } else {
             e.chunks
                 .chunks(PLOOP_CTL_CHUNK_SIZE)
-                .map(|c| Chunk {
-                    fd: u32_at(c, 0) as i32,
-                    kind: u32_at(c, 4),
-                    flags: u32_at(c, 8),
-                    offset: u32_at(c, 12),
-                    start: u64_at(c, 16),
-                    len: u64_at(c, 24),
+                .map(|c| {
+                    let c: PloopCtlChunk = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
+                    Chunk {
+                        fd: c.pctl_fd,
+                        kind: c.pctl_type,
+                        flags: c.pctl_flags,
+                        offset: c.pctl_offset,
+                        start: c.pctl_start,
+                        len: c.pctl_len,
+                    }
                 })
                 .collect()
         };
         let mut req = Request {
             readable: true,
-            format: u32_at(&e.ctl, 0),
-            flags: u32_at(&e.ctl, 4),
-            chunks: u16::from_le_bytes([e.ctl[16], e.ctl[17]]),
+            format: ctl.pctl_format,
+            flags: ctl.pctl_flags,
+            chunks: ctl.pctl_chunks,
             chunk,
             sync: None,
         };
@@ -264,7 +275,10 @@ mod tests {
         assert_eq!(r.sync_fd(), 7);
         assert!(!r.chunk[1].has_extra_fields());
         let s = r.sync.unwrap();
-        assert_eq!((s.state.as_str(), s.dev.as_deref(), s.via.as_str()), ("resolved", Some("254:1"), "kernel"));
+        assert_eq!(
+            (s.state.as_str(), s.dev.as_deref(), s.via.as_str()),
+            ("resolved", Some("254:1"), "kernel")
+        );
     }
 
     #[test]
@@ -283,12 +297,21 @@ mod tests {
 
     #[test]
     fn int_returns_read_from_a_64_bit_register_are_sign_extended() {
-        let ev = Event { func: func::PLOOP_SNAPSHOT, phase: phase::RETURN, ret: 4294966772, ..Event::ZERO };
+        let ev = Event {
+            func: func::PLOOP_SNAPSHOT,
+            phase: phase::RETURN,
+            ret: 4294966772,
+            ..Event::ZERO
+        };
         assert_eq!(TraceEvent::from_raw(&ev, Generation::FreezeBdev).ret, Some(-524));
         let ev = Event { func: func::SYS_IOCTL, phase: phase::RETURN, ret: -524, ..Event::ZERO };
         assert_eq!(TraceEvent::from_raw(&ev, Generation::FreezeBdev).ret, Some(-524));
         let ptr = 0xffff_8880_1234_5000u64 as i64;
         let ev = Event { func: func::FREEZE_BDEV, phase: phase::RETURN, ret: ptr, ..Event::ZERO };
-        assert_eq!(TraceEvent::from_raw(&ev, Generation::Vz7).ret, Some(ptr), "3.10: a super_block *");
+        assert_eq!(
+            TraceEvent::from_raw(&ev, Generation::Vz7).ret,
+            Some(ptr),
+            "3.10: a super_block *"
+        );
     }
 }

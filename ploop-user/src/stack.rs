@@ -47,14 +47,15 @@ impl Stack {
                 .ok()
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| dev.clone());
-            let holders: Vec<String> = fs::read_dir(sys.join("class/block").join(&name).join("holders"))
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok())
-                        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
-                        .map(|d| d.trim().to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let holders: Vec<String> =
+                fs::read_dir(sys.join("class/block").join(&name).join("holders"))
+                    .map(|rd| {
+                        rd.filter_map(|e| e.ok())
+                            .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
+                            .map(|d| d.trim().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
             let (mounts, fstype) = mounts_of(mountinfo, &dev);
             todo.extend(holders.iter().cloned());
             devices.push(StackDev { dev, name, holders, mounts, fstype });
@@ -106,9 +107,11 @@ mod tests {
     fn walks_holders_through_a_dm_stack() {
         let tmp = std::env::temp_dir().join(format!("ploop-stack-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
-        for (dev, name, holders) in
-            [("253:0", "ploop0", vec!["dm-0"]), ("254:0", "dm-0", vec!["dm-1"]), ("254:1", "dm-1", vec![])]
-        {
+        for (dev, name, holders) in [
+            ("253:0", "ploop0", vec!["dm-0"]),
+            ("254:0", "dm-0", vec!["dm-1"]),
+            ("254:1", "dm-1", vec![]),
+        ] {
             fs::create_dir_all(tmp.join("dev/block")).unwrap();
             let class = tmp.join("class/block").join(name);
             fs::create_dir_all(class.join("holders")).unwrap();

@@ -6,8 +6,10 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use ploop_common::ploop_if::PLOOP_FLAG_FS_SYNC;
+
 use crate::{
-    events::{Chunk, PLOOP_FLAG_FS_SYNC, Request, SyncFd, TraceEvent},
+    events::{Chunk, Request, SyncFd, TraceEvent},
     kernel::Generation,
     stack::{Stack, StackDev},
     tracefile::{End, Header, TOOL, TraceLine, Writer},

@@ -46,7 +46,10 @@ pub struct End {
 pub const TOOL: &str = concat!("ploop-verify ", env!("CARGO_PKG_VERSION"));
 
 /// The header of a trace taken through `session` on this kernel.
-pub fn header(kernel: &crate::kernel::KernelInfo, session: &crate::probe::Session) -> Result<Header> {
+pub fn header(
+    kernel: &crate::kernel::KernelInfo,
+    session: &crate::probe::Session,
+) -> Result<Header> {
     Ok(Header {
         tool: TOOL.into(),
         kernel: serde_json::to_value(kernel)?,
@@ -78,7 +81,8 @@ impl Writer {
 
     pub fn finish(self) -> Result<()> {
         self.w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        fs::rename(&self.tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))
+        fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 }
 
@@ -106,7 +110,9 @@ pub fn read(path: &Path) -> Result<Trace> {
         match (rec, header.is_some()) {
             (TraceLine::Header(h), false) => header = Some(h),
             (TraceLine::Header(_), true) => bail!("{}:{n}: a second header", path.display()),
-            (_, false) => bail!("{}:{n}: the trace must start with a header record", path.display()),
+            (_, false) => {
+                bail!("{}:{n}: the trace must start with a header record", path.display())
+            }
             (TraceLine::End(e), true) => end = Some(e),
             (other, true) => body.push(other),
         }
@@ -161,8 +167,11 @@ mod tests {
         fs::write(&p, format!("{h}\n")).unwrap();
         let e = read(&p).err().unwrap().to_string();
         assert!(e.contains(":1: the trace ends without an end record"), "{e}");
-        fs::write(&p, "{\"record\":\"end\",\"events\":0,\"lost\":0,\"command_status\":null}\n").unwrap();
-        assert!(read(&p).err().unwrap().to_string().contains(":1: the trace must start with a header"));
+        fs::write(&p, "{\"record\":\"end\",\"events\":0,\"lost\":0,\"command_status\":null}\n")
+            .unwrap();
+        assert!(
+            read(&p).err().unwrap().to_string().contains(":1: the trace must start with a header")
+        );
         fs::remove_file(p).unwrap();
     }
 }

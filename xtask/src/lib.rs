@@ -3,8 +3,8 @@
 
 pub mod bench;
 pub mod build;
-pub mod demo;
 pub mod build_kernel;
+pub mod demo;
 pub mod initramfs;
 pub mod kernels;
 pub mod module;

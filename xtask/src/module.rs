@@ -22,6 +22,10 @@ pub fn build(kernel: &Kernel, src: &Path) -> Result<Vec<PathBuf>> {
     let name = src.file_name().and_then(|n| n.to_str()).unwrap_or("module");
     let work = crate::build_dir().join("modules").join(format!("{name}-{}", kernel.release));
     fs::create_dir_all(&work)?;
+    // Test binaries and benchmarks may build the same module for the same kernel at once:
+    // one kbuild run per directory at a time (the lock goes with the file, at return).
+    let lock = fs::File::create(work.with_extension("lock"))?;
+    lock.lock().with_context(|| format!("locking {}", work.display()))?;
     for entry in fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let p = entry?.path();
         let keep = p.extension().is_some_and(|e| e == "c" || e == "h")

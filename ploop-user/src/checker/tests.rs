@@ -2,8 +2,10 @@
 //! of the model driver, each with the exact set of invariants it must trip.
 
 use super::*;
+use ploop_common::ploop_if::PLOOP_FLAG_FS_SYNC;
+
 use crate::{
-    events::{Chunk, PLOOP_FLAG_FS_SYNC, Request, SyncFd},
+    events::{Chunk, Request, SyncFd},
     stack::{Stack, StackDev},
 };
 
