@@ -41,7 +41,7 @@ if [ ! -e "$bpo" ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /et
 fi
 
 pkgs=(qemu-system-x86 busybox-static e2fsprogs cpio xz-utils zstd pahole kmod gcc make
-      bc bison flex libelf-dev libssl-dev dwarves patch)
+      bc bison flex libelf-dev libssl-dev dwarves patch time util-linux)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 # apt lists are refreshed at most once a day by this script; kernel resolution needs them.

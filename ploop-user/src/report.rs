@@ -3,7 +3,11 @@
 //! `summary.md` (fit for a CI job summary) and `timeline.svg`. Every file is rendered in
 //! memory first and renamed into place, so a failure leaves no half-written report.
 
-use std::{fmt::Write as _, fs, path::Path};
+use std::{
+    fmt::{self, Write as _},
+    fs, io,
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -148,18 +152,20 @@ fn xml(s: &str) -> String {
 fn call_label(r: &CallReport) -> String {
     let c = &r.call;
     format!(
-        "snapshot #{} tid {} {} ret {}",
+        "snapshot #{} {}[{}/{}] {} ret {}",
         c.seq,
+        c.comm,
+        c.pid,
         c.tid,
         c.ploop_dev.as_deref().unwrap_or("?"),
         c.ret.map(errno_name).unwrap_or_else(|| "?".into())
     )
 }
 
-pub fn junit(s: &Summary, calls: &[CallReport]) -> String {
+pub fn junit(s: &Summary, calls: &[CallReport], out: &mut impl fmt::Write) {
     let tests = calls.len() * INVARIANTS.len();
     let skipped: usize = s.invariants.iter().map(|i| i.not_applicable).sum();
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = out.write_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         out,
         "<testsuites name=\"ploop-verify\" tests=\"{tests}\" failures=\"{}\" skipped=\"{skipped}\">",
@@ -175,7 +181,7 @@ pub fn junit(s: &Summary, calls: &[CallReport]) -> String {
             "    <testcase classname=\"ploop-verify\" name=\"snapshots\"><skipped message=\"{}\"/></testcase>",
             xml(s.reason.as_deref().unwrap_or("no snapshot"))
         );
-        out.push_str("  </testsuite>\n");
+        let _ = out.write_str("  </testsuite>\n");
     }
     for r in calls {
         let fails = r.failures().count();
@@ -194,7 +200,9 @@ pub fn junit(s: &Summary, calls: &[CallReport]) -> String {
             let name = xml(&format!("{id} snapshot #{}: {}", r.call.seq, inv.title));
             let _ = write!(out, "    <testcase classname=\"ploop-verify.{id}\" name=\"{name}\"");
             match v {
-                Verdict::Pass => out.push_str("/>\n"),
+                Verdict::Pass => {
+                    let _ = out.write_str("/>\n");
+                }
                 Verdict::Fail(why) => {
                     let _ = writeln!(
                         out,
@@ -206,30 +214,31 @@ pub fn junit(s: &Summary, calls: &[CallReport]) -> String {
                 Verdict::NotApplicable(why) => {
                     let _ = writeln!(out, "><skipped message=\"{}\"/></testcase>", xml(why));
                 }
-                Verdict::Deferred => out.push_str("><skipped message=\"undecided\"/></testcase>\n"),
+                Verdict::Deferred => {
+                    let _ = out.write_str("><skipped message=\"undecided\"/></testcase>\n");
+                }
             }
         }
-        out.push_str("  </testsuite>\n");
+        let _ = out.write_str("  </testsuite>\n");
     }
-    out.push_str("</testsuites>\n");
-    out
+    let _ = out.write_str("</testsuites>\n");
 }
 
 /// KTAP: one top-level test per snapshot call, one subtest per invariant.
-pub fn ktap(s: &Summary, calls: &[CallReport]) -> String {
+pub fn ktap(s: &Summary, calls: &[CallReport], out: &mut impl fmt::Write) {
     // '#' starts a KTAP directive: keep it out of names and reasons.
     let clean = |t: &str| t.replace('#', "").replace('\n', " ");
-    let mut out = String::from("KTAP version 1\n");
+    let _ = out.write_str("KTAP version 1\n");
     let _ =
         writeln!(out, "# {}: {} snapshot calls, {} violations", s.tool, s.snapshots, s.violations);
     if calls.is_empty() {
         let _ =
             writeln!(out, "1..0 # SKIP {}", clean(s.reason.as_deref().unwrap_or("no snapshot")));
-        return out;
+        return;
     }
     let _ = writeln!(out, "1..{}", calls.len());
     for (n, r) in calls.iter().enumerate() {
-        out.push_str("    KTAP version 1\n");
+        let _ = out.write_str("    KTAP version 1\n");
         let _ = writeln!(out, "    1..{}", r.verdicts.len());
         for (i, (id, v)) in r.verdicts.iter().enumerate() {
             let _ = match v {
@@ -246,7 +255,6 @@ pub fn ktap(s: &Summary, calls: &[CallReport]) -> String {
         let ok = if r.failures().next().is_some() { "not ok" } else { "ok" };
         let _ = writeln!(out, "{ok} {} {}", n + 1, clean(&call_label(r)).replace(' ', "_"));
     }
-    out
 }
 
 pub fn markdown(s: &Summary) -> String {
@@ -307,7 +315,7 @@ const COLOURS: [&str; 6] = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2
 /// Each snapshot call on its own row, on its own time scale (calls last milliseconds, runs
 /// minutes): the call span, the freeze window per device, the switch, errors in red; then the
 /// freeze-window histogram with p50, p99 and max.
-pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64]) -> String {
+pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64], o: &mut impl fmt::Write) {
     const MAX_ROWS: usize = 300;
     let rows = calls.len().min(MAX_ROWS);
     let (left, width, row_h) = (260.0, 600.0, 18.0);
@@ -315,7 +323,6 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64]) -> String {
     let height = hist_top + 220.0;
     // Room on the right for the percentile labels of the histogram.
     let total_w = left + width + 130.0;
-    let mut o = String::new();
     let _ = writeln!(
         o,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{total_w}\" height=\"{height}\" font-family=\"monospace\" font-size=\"11\">"
@@ -418,12 +425,18 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64]) -> String {
             xml(name)
         );
     }
-    histogram(&mut o, &s.freeze_window, windows_ns, left, hist_top, width);
-    o.push_str("</svg>\n");
-    o
+    histogram(o, &s.freeze_window, windows_ns, left, hist_top, width);
+    let _ = o.write_str("</svg>\n");
 }
 
-fn histogram(o: &mut String, w: &Windows, windows_ns: &[u64], left: f64, top: f64, width: f64) {
+fn histogram(
+    o: &mut impl fmt::Write,
+    w: &Windows,
+    windows_ns: &[u64],
+    left: f64,
+    top: f64,
+    width: f64,
+) {
     let h = 150.0;
     let _ = writeln!(
         o,
@@ -490,23 +503,53 @@ fn histogram(o: &mut String, w: &Windows, windows_ns: &[u64], left: f64, top: f6
     );
 }
 
+/// `fmt::Write` into a file: the big reports are rendered straight to disk, never held whole.
+struct Sink<W: io::Write> {
+    w: W,
+    err: Option<io::Error>,
+}
+
+impl<W: io::Write> fmt::Write for Sink<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.w.write_all(s.as_bytes()).map_err(|e| {
+            self.err.get_or_insert(e);
+            fmt::Error
+        })
+    }
+}
+
+/// Renders one report into `dir/.NAME.partial`, then renames it into place.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    render: impl FnOnce(&mut Sink<io::BufWriter<fs::File>>),
+) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.partial"));
+    let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut sink = Sink { w: io::BufWriter::new(f), err: None };
+    render(&mut sink);
+    if let Some(e) = sink.err {
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
+    sink.w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Writes every report into `dir` (created if needed), each file atomically.
 pub fn write_all(dir: &Path, s: &Summary, checker: &Checker) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let files = [
-        ("summary.json", serde_json::to_string_pretty(s)? + "\n"),
-        ("junit.xml", junit(s, &checker.finished)),
-        ("results.ktap", ktap(s, &checker.finished)),
-        ("summary.md", markdown(s)),
-        ("timeline.svg", svg(s, &checker.finished, &checker.windows_ns)),
-    ];
-    for (name, text) in files {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.partial"));
-        fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    let calls = &checker.finished;
+    let json = serde_json::to_string_pretty(s)? + "\n";
+    write_file(dir, "summary.json", |w| {
+        let _ = w.write_str(&json);
+    })?;
+    write_file(dir, "junit.xml", |w| junit(s, calls, w))?;
+    write_file(dir, "results.ktap", |w| ktap(s, calls, w))?;
+    write_file(dir, "summary.md", |w| {
+        let _ = w.write_str(&markdown(s));
+    })?;
+    write_file(dir, "timeline.svg", |w| svg(s, calls, &checker.windows_ns, w))
 }
 
 #[cfg(test)]

@@ -179,16 +179,18 @@ fn print_summary(s: &report::Summary, dir: &Path) {
 }
 
 pub fn replay(args: ReportArgs) -> Result<ExitCode> {
-    let trace = tracefile::read(&args.trace)?;
+    let mut trace = tracefile::Reader::open(&args.trace)?;
     let dir = match &args.out {
         Some(d) => d.clone(),
         None => args.trace.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
     };
-    let mut p = Pipeline::new(&trace.header, &args.policy, None)?;
-    for line in trace.body {
+    let header = trace.header.clone();
+    let mut p = Pipeline::new(&header, &args.policy, None)?;
+    while let Some(line) = trace.next_record()? {
         p.push(line)?;
     }
-    p.finish(&trace.header, trace.end, &args.policy, &dir)
+    let end = trace.end().cloned().expect("next_record returns None only after the end record");
+    p.finish(&header, end, &args.policy, &dir)
 }
 
 /// Monotonic clock, the base of `bpf_ktime_get_ns`.

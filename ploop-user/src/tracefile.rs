@@ -86,42 +86,62 @@ impl Writer {
     }
 }
 
-/// A whole trace, checked: a header first, an end record last, valid JSON in between.
-pub struct Trace {
+/// A trace read one record at a time (a long run's trace need not fit in memory): a header
+/// first, an end record last, valid JSON in between. Damage is reported with its line.
+pub struct Reader {
+    path: PathBuf,
+    lines: std::io::Lines<std::io::BufReader<fs::File>>,
+    n: usize,
     pub header: Header,
-    pub body: Vec<TraceLine>,
-    pub end: End,
+    end: Option<End>,
 }
 
-pub fn read(path: &Path) -> Result<Trace> {
-    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut header = None;
-    let mut body = Vec::new();
-    let mut end = None;
-    let mut n = 0;
-    for line in std::io::BufReader::new(f).lines() {
-        n += 1;
-        let line = line.with_context(|| format!("{}:{n}: unreadable", path.display()))?;
-        if end.is_some() {
-            bail!("{}:{n}: data after the end record", path.display());
-        }
-        let rec: TraceLine = serde_json::from_str(&line)
-            .map_err(|e| anyhow!("{}:{n}: not a trace record: {e}", path.display()))?;
-        match (rec, header.is_some()) {
-            (TraceLine::Header(h), false) => header = Some(h),
-            (TraceLine::Header(_), true) => bail!("{}:{n}: a second header", path.display()),
-            (_, false) => {
-                bail!("{}:{n}: the trace must start with a header record", path.display())
+impl Reader {
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut lines = std::io::BufReader::new(f).lines();
+        let first = lines.next().ok_or_else(|| anyhow!("{}: empty trace", path.display()))?;
+        let first = first.with_context(|| format!("{}:1: unreadable", path.display()))?;
+        let header = match serde_json::from_str(&first) {
+            Ok(TraceLine::Header(h)) => h,
+            Ok(_) => bail!("{}:1: the trace must start with a header record", path.display()),
+            Err(e) => bail!("{}:1: not a trace record: {e}", path.display()),
+        };
+        Ok(Reader { path: path.to_path_buf(), lines, n: 1, header, end: None })
+    }
+
+    /// The next stack or event record; `None` after the end record.
+    pub fn next_record(&mut self) -> Result<Option<TraceLine>> {
+        let p = self.path.display();
+        let Some(line) = self.lines.next() else {
+            if self.end.is_none() {
+                bail!("{p}:{}: the trace ends without an end record (truncated?)", self.n);
             }
-            (TraceLine::End(e), true) => end = Some(e),
-            (other, true) => body.push(other),
+            return Ok(None);
+        };
+        self.n += 1;
+        let n = self.n;
+        let line = line.with_context(|| format!("{p}:{n}: unreadable"))?;
+        if self.end.is_some() {
+            bail!("{p}:{n}: data after the end record");
+        }
+        match serde_json::from_str(&line)
+            .map_err(|e| anyhow!("{p}:{n}: not a trace record: {e}"))?
+        {
+            TraceLine::Header(_) => bail!("{p}:{n}: a second header"),
+            TraceLine::End(e) => {
+                self.end = Some(e);
+                // Only blank lines may follow; anything else is damage.
+                self.next_record()
+            }
+            other => Ok(Some(other)),
         }
     }
-    let header = header.ok_or_else(|| anyhow!("{}: empty trace", path.display()))?;
-    let end = end.ok_or_else(|| {
-        anyhow!("{}:{n}: the trace ends without an end record (truncated?)", path.display())
-    })?;
-    Ok(Trace { header, body, end })
+
+    /// The end record, once every record has been read.
+    pub fn end(&self) -> Option<&End> {
+        self.end.as_ref()
+    }
 }
 
 #[cfg(test)]
@@ -151,10 +171,17 @@ mod tests {
         assert!(!p.exists(), "nothing at the final name before finish");
         w.line(&TraceLine::End(End { events: 0, lost: 0, command_status: Some(0) })).unwrap();
         w.finish().unwrap();
-        let t = read(&p).unwrap();
+        let mut t = Reader::open(&p).unwrap();
         assert_eq!(t.header.probed, ["freeze_bdev"]);
-        assert!(t.body.is_empty());
+        assert!(t.next_record().unwrap().is_none());
+        assert_eq!(t.end().unwrap().command_status, Some(0));
         fs::remove_file(p).unwrap();
+    }
+
+    fn drain(p: &Path) -> Result<()> {
+        let mut r = Reader::open(p)?;
+        while r.next_record()?.is_some() {}
+        Ok(())
     }
 
     #[test]
@@ -162,15 +189,15 @@ mod tests {
         let p = tmp("bad.jsonl");
         let h = serde_json::to_string(&header()).unwrap();
         fs::write(&p, format!("{h}\n{{\"record\":\"event\",\"ts_ns\":\n")).unwrap();
-        let e = read(&p).err().unwrap().to_string();
+        let e = drain(&p).err().unwrap().to_string();
         assert!(e.contains(":2: not a trace record"), "{e}");
         fs::write(&p, format!("{h}\n")).unwrap();
-        let e = read(&p).err().unwrap().to_string();
+        let e = drain(&p).err().unwrap().to_string();
         assert!(e.contains(":1: the trace ends without an end record"), "{e}");
         fs::write(&p, "{\"record\":\"end\",\"events\":0,\"lost\":0,\"command_status\":null}\n")
             .unwrap();
         assert!(
-            read(&p).err().unwrap().to_string().contains(":1: the trace must start with a header")
+            drain(&p).err().unwrap().to_string().contains(":1: the trace must start with a header")
         );
         fs::remove_file(p).unwrap();
     }

@@ -58,31 +58,38 @@ fn replay(bin: &Path, calls: u64) -> Result<()> {
     let bytes = std::fs::metadata(&trace)?.len();
     let events = calls * 15;
     let mut best = Duration::MAX;
+    let mut rss_kib: u64 = 0;
     for _ in 0..3 {
         let t = Instant::now();
         // One core, as the issue asks: the checker is single-threaded anyway.
         let out = Command::new("taskset")
-            .args(["-c", "0"])
+            .args(["-c", "0", "/usr/bin/time", "-f", "max-rss-kib %M"])
             .arg(bin)
             .arg("report")
             .arg(&trace)
             .arg("--out")
             .arg(dir.join("report"))
             .output()
-            .context("running taskset (util-linux)")?;
+            .context("running taskset (util-linux) and /usr/bin/time (time)")?;
         let took = t.elapsed();
         if !out.status.success() {
             bail!("report failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         best = best.min(took);
+        let err = String::from_utf8_lossy(&out.stderr);
+        rss_kib = err
+            .lines()
+            .find_map(|l| l.strip_prefix("max-rss-kib ")?.trim().parse().ok())
+            .unwrap_or(0);
     }
     println!(
         "replay: {events} events ({calls} snapshot calls, {:.1} MiB of trace) in {:.3} s on one core \
-         (best of 3, reports included): {:.0} events/s, {:.0} calls/s",
+         (best of 3, reports included): {:.0} events/s, {:.0} calls/s, peak RSS {:.0} MiB",
         bytes as f64 / 1048576.0,
         best.as_secs_f64(),
         events as f64 / best.as_secs_f64(),
-        calls as f64 / best.as_secs_f64()
+        calls as f64 / best.as_secs_f64(),
+        rss_kib as f64 / 1024.0
     );
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The contract's invariants, each in one place: its id, what it reads, and its verdict on one
 //! finished `ploop_snapshot` call. The ids are those of CONTRACT.md.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Call, Context, PatchState};
@@ -20,7 +22,8 @@ pub enum Verdict {
     Pass,
     Fail(String),
     /// The invariant does not apply to this call (or cannot be judged here), and why.
-    NotApplicable(String),
+    /// Mostly fixed texts: a `Cow` keeps a long run from holding a copy per call.
+    NotApplicable(Cow<'static, str>),
     /// Waits for the kernel's patch status to be known (E1 on an ambiguous -EINVAL).
     Deferred,
 }
@@ -72,7 +75,7 @@ pub fn errno_name(ret: i64) -> String {
     format!("-{name}")
 }
 
-fn na(why: impl Into<String>) -> Verdict {
+fn na(why: impl Into<Cow<'static, str>>) -> Verdict {
     Verdict::NotApplicable(why.into())
 }
 

@@ -6,7 +6,10 @@
 
 pub mod invariants;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +52,7 @@ pub struct Freeze {
 }
 
 /// One `ploop_snapshot` call as observed.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Call {
     pub seq: u64,
     pub tid: u32,
@@ -64,7 +67,6 @@ pub struct Call {
     pub freezes: Vec<Freeze>,
     pub stray_thaws: Vec<Thaw>,
     /// Freeze entries whose return has not been seen yet.
-    #[serde(skip)]
     pending_freezes: Vec<Freeze>,
     pub quiesce_ns: Option<u64>,
     pub relax_ns: Option<u64>,
@@ -73,7 +75,8 @@ pub struct Call {
     pub ret: Option<i64>,
     /// What the ioctl returned to user space (syscall exit).
     pub user_ret: Option<i64>,
-    pub stack: Option<Stack>,
+    /// Shared with every call that saw the same stack: one copy per change, not per call.
+    pub stack: Option<Arc<Stack>>,
 }
 
 impl Call {
@@ -177,17 +180,17 @@ impl Context<'_> {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct CallReport {
     pub call: Call,
     /// Invariant id -> verdict, in the order of [`INVARIANTS`].
-    pub verdicts: Vec<(String, Verdict)>,
+    pub verdicts: Vec<(&'static str, Verdict)>,
 }
 
 impl CallReport {
     pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
         self.verdicts.iter().filter_map(|(id, v)| match v {
-            Verdict::Fail(why) => Some((id.as_str(), why.as_str())),
+            Verdict::Fail(why) => Some((*id, why.as_str())),
             _ => None,
         })
     }
@@ -226,7 +229,7 @@ pub struct Checker {
     open: HashMap<u32, Call>,
     recent: HashMap<String, VecDeque<Recent>>,
     /// Latest device stack per ploop dev, recorded just before the call that uses it.
-    stacks: HashMap<String, Stack>,
+    stacks: HashMap<String, Arc<Stack>>,
     pub finished: Vec<CallReport>,
     pub incomplete: Vec<Call>,
     /// freeze/thaw events of threads outside any snapshot call.
@@ -262,7 +265,10 @@ impl Checker {
     }
 
     pub fn stack(&mut self, stack: Stack) {
-        self.stacks.insert(stack.ploop_dev.clone(), stack);
+        // The stack rarely changes between calls: keep the shared copy when it is the same.
+        if self.stacks.get(&stack.ploop_dev).is_none_or(|s| **s != stack) {
+            self.stacks.insert(stack.ploop_dev.clone(), Arc::new(stack));
+        }
     }
 
     pub fn snapshots(&self) -> usize {
@@ -437,8 +443,8 @@ impl Checker {
             probed: &self.probed,
             recent: &self.recent,
         };
-        let verdicts: Vec<(String, Verdict)> =
-            INVARIANTS.iter().map(|inv| (inv.id.to_string(), (inv.check)(&call, &ctx))).collect();
+        let verdicts: Vec<(&'static str, Verdict)> =
+            INVARIANTS.iter().map(|inv| (inv.id, (inv.check)(&call, &ctx))).collect();
         let report = CallReport { call, verdicts };
         if let Some(window) = report.call.maintenance_window() {
             let q = self.recent.entry(report.call.device_key().to_string()).or_default();
