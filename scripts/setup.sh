@@ -121,4 +121,4 @@ fetch_kernel() { # $1 = target release ("" for the default)
 fetch_kernel ""
 fetch_kernel bookworm-backports
 
-say "done. Next: cargo xtask doctor-guest   (or see README.md)"
+say "done. Next: cargo xtask demo   (see README.md)"

@@ -254,6 +254,17 @@ pub fn on_sys_exit_ioctl<F: Flavor, C: EbpfContext>(ctx: &C, ret: i64) {
 #[macro_export]
 macro_rules! probes {
     ($flavor:ty) => {
+        // Every object is GPL (bpf_probe_read and the perf/ring output need it) and no_std.
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 4] = *b"GPL\0";
+
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+
         $crate::probes!(@kprobe $flavor, ploop_common::func::FREEZE_BDEV, freeze_bdev_kprobe, freeze_bdev_kretprobe);
         $crate::probes!(@kprobe $flavor, ploop_common::func::THAW_BDEV, thaw_bdev_kprobe, thaw_bdev_kretprobe);
         $crate::probes!(@fentry $flavor, ploop_common::func::FREEZE_BDEV, freeze_bdev_fentry, freeze_bdev_fexit);

@@ -82,6 +82,11 @@ pub struct SyncFd {
 }
 
 impl Request {
+    /// A request whose `ploop_ctl` could not be read from user memory.
+    pub fn unreadable() -> Self {
+        Request { readable: false, format: 0, flags: 0, chunks: 0, chunk: vec![], sync: None }
+    }
+
     pub fn fs_sync(&self) -> bool {
         self.flags & PLOOP_FLAG_FS_SYNC != 0
     }
@@ -97,14 +102,7 @@ impl Request {
         // SAFETY (both reads): plain-old-data structs read from byte arrays of their size.
         let ctl: PloopCtl = unsafe { std::ptr::read_unaligned(e.ctl.as_ptr().cast()) };
         if e.flags & flags::CTL_UNREAD != 0 {
-            return Request {
-                readable: false,
-                format: 0,
-                flags: 0,
-                chunks: 0,
-                chunk: vec![],
-                sync: None,
-            };
+            return Request::unreadable();
         }
         let chunk = if e.flags & flags::CHUNKS_UNREAD != 0 {
             Vec::new()

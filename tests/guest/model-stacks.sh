@@ -22,22 +22,7 @@ needs_recovery() {
   b=$(dd if="$1" bs=1 skip=$((1024 + 0x60)) count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
   echo $(( (${b:-255} & 4) != 0 ))
 }
-# stack_up KIND DEV N: sets TOP to the device ext4 goes on.
-stack_up() {
-  case $1 in
-    direct) TOP=$2 ;;
-    crypt) TOP=$(ploop-verify testkit dm-crypt crypt$3 "$2") || return 1 ;;
-    linear)
-      C=$(ploop-verify testkit dm-crypt crypt$3 "$2") || return 1
-      TOP=$(ploop-verify testkit dm-linear lin$3 "$C") || return 1 ;;
-  esac
-}
-stack_down() { # KIND N
-  case $1 in
-    crypt) ploop-verify testkit dm-remove crypt$2 ;;
-    linear) ploop-verify testkit dm-remove lin$2; ploop-verify testkit dm-remove crypt$2 ;;
-  esac
-}
+# stack_up/stack_down come from tests/guest/lib.sh.
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 stamp() { echo "info t=$(cut -d' ' -f1 /proc/uptime) $1"; }
 

@@ -38,13 +38,3 @@ impl ploop_ebpf::Flavor for PerfFlavor {
 }
 
 ploop_ebpf::probes!(PerfFlavor);
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

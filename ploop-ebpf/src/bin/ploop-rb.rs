@@ -40,13 +40,3 @@ impl ploop_ebpf::Flavor for RingBufFlavor {
 }
 
 ploop_ebpf::probes!(RingBufFlavor);
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
