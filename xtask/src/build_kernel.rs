@@ -653,7 +653,11 @@ impl Builder {
     fn new(args: &Args, src: &Path) -> Result<Self, Error> {
         let logs = crate::build_dir().join("build-kernel");
         fs::create_dir_all(&logs).map_err(bad)?;
-        let log_path = logs.join(format!("build-{}.log", std::process::id()));
+        // Unique per build, not per process: the tests run builds in parallel threads, and
+        // one build removing "its" log under the other made that one fail (seen in CI).
+        static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = logs.join(format!("build-{}-{n}.log", std::process::id()));
         let mut log = fs::File::create(&log_path).map_err(bad)?;
         writeln!(log, "# cargo xtask build-kernel --src {}", src.display()).map_err(bad)?;
         say(format!("build log: {}", log_path.display()));
