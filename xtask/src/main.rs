@@ -159,6 +159,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(xtask::root())
                 .arg("test")
+                // Every test binary runs even after one fails: CI shows all failures at once.
+                .arg("--no-fail-fast")
                 .args(&args)
                 .status()
                 .context("running cargo test")?;
