@@ -9,23 +9,9 @@
 //! Every boot also fails on a kernel log line that means the kernel went wrong (BUG, WARNING,
 //! Oops, hung task).
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    path::PathBuf,
-    sync::{Mutex, OnceLock},
-    time::Duration,
-};
+use std::collections::BTreeMap;
 
-use xtask::{
-    kernels::Kernel,
-    vm::{Output, Vm},
-};
-
-/// ext4 on loop/dm, plus dm-crypt with aes-xts (aes_generic is built in on both kernels;
-/// ecb, which xts instantiates, is a module on 6.1 and built in on 6.12: built-ins are skipped).
-const MODEL_MODULES: &[&str] =
-    &["loop", "dm-mod", "ext4", "crc32c_generic", "dm-crypt", "xts", "ecb"];
+use xtask::vm::Output;
 
 /// The expected result of every case of `model-errors.sh`: (case, patched, unpatched).
 /// `ok` is success; otherwise the errno name (524 is ENOTSUPP). Contract ids in comments.
@@ -60,39 +46,10 @@ const ERROR_TABLE: &[(&str, &str, &str)] = &[
     ("support", "patched", "unpatched"),
 ];
 
-/// Builds the model driver for `kernel` once per kernel and process (the tests of this file
-/// run in parallel and share the build directory).
-fn model_ko(kernel: &Kernel) -> PathBuf {
-    static BUILT: OnceLock<Mutex<BTreeMap<String, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(ko) = built.get(&kernel.release) {
-        return ko.clone();
-    }
-    let kos = xtask::module::build(kernel, &xtask::root().join("tests/ploop-model"))
-        .unwrap_or_else(|e| panic!("building ploop_model for {}: {e:#}", kernel.release));
-    let ko = kos
-        .into_iter()
-        .find(|p| p.file_name().is_some_and(|n| n == "ploop_model.ko"))
-        .expect("ploop_model.ko among the built modules");
-    built.insert(kernel.release.clone(), ko.clone());
-    ko
-}
-
 fn run_model_script(series: &str, script: &str, env: &str) -> Output {
-    let kernel = Kernel::resolve(series).expect("guest kernel (run scripts/setup.sh)");
-    let ko = model_ko(&kernel);
-    let text = fs::read_to_string(xtask::root().join("tests/guest").join(script))
-        .unwrap_or_else(|e| panic!("reading {script}: {e}"));
-    let mut vm = Vm::with_ploop_verify(kernel, MODEL_MODULES, format!("{env}\n{text}"))
-        .expect("static ploop-verify");
-    vm.contents.extra_modules = vec![ko];
-    vm.timeout = Duration::from_secs(900);
-    let out = vm.run().expect("guest run");
-    eprintln!(
-        "guest {series} {script}: {:.1}s, output:\n{}",
-        out.elapsed.as_secs_f64(),
-        out.stdout
-    );
+    // The shared runner: tests/guest/lib.sh prepended, the model built (under a lock) for
+    // this kernel, storage and dm-crypt modules loaded.
+    let out = ploop_tests::run_model_script(series, script, env).expect("guest run");
     out.expect_success().expect("guest script");
     assert!(out.stdout.contains("\ndone\n"), "{script} did not finish");
     assert!(out.kernel_problems().is_empty(), "kernel log: {:?}", out.kernel_problems());
