@@ -563,13 +563,7 @@ fn modules_only_build_of_the_model_driver_loads_in_debian_6_1() {
         "--boot-command",
         guest,
     ];
-    let args = Args::parse_from_argv(argv).expect("arguments");
-    let t = Instant::now();
-    let built = match build_kernel::run(&args) {
-        Ok(b) => b,
-        Err(e) => panic!("build-kernel failed with status {}: {e}", e.exit_code()),
-    };
-    let total = t.elapsed().as_secs_f64();
+    let (built, total) = build_timed(&argv);
     assert_eq!(built.release.as_deref(), Some(kernel.release.as_str()));
     assert_eq!(built.modules.len(), 1, "{:?}", built.modules);
     let ko = &built.modules[0];
@@ -690,13 +684,7 @@ fn full_build_of_a_small_6_1_kernel_boots_with_its_module_and_btf() {
         "--boot-command",
         guest,
     ];
-    let args = Args::parse_from_argv(argv).expect("arguments");
-    let t = Instant::now();
-    let built = match build_kernel::run(&args) {
-        Ok(b) => b,
-        Err(e) => panic!("build-kernel failed with status {}: {e}", e.exit_code()),
-    };
-    let total = t.elapsed().as_secs_f64();
+    let (built, total) = build_timed(&argv);
     let release = built.release.clone().unwrap();
     assert!(release.starts_with("6.1."), "{release}");
     let image = built.image.as_ref().expect("a bzImage");
@@ -741,4 +729,14 @@ fn full_build_of_a_small_6_1_kernel_boots_with_its_module_and_btf() {
         "timing: full build (small config) + boot {total:.1}s; build steps {}",
         manifest["timings_s"]
     );
+}
+
+/// Runs build-kernel in-process with `argv`; panics with its exit status on failure.
+fn build_timed(argv: &[&str]) -> (build_kernel::Built, f64) {
+    let args = Args::parse_from_argv(argv).expect("arguments");
+    let t = Instant::now();
+    match build_kernel::run(&args) {
+        Ok(b) => (b, t.elapsed().as_secs_f64()),
+        Err(e) => panic!("build-kernel failed with status {}: {e}", e.exit_code()),
+    }
 }

@@ -234,12 +234,6 @@ mod tests {
             func: func::THAW_BDEV,
             phase: phase::RETURN,
             flags: flags::DEV_UNREAD | flags::NO_ENTRY,
-            cpu: 0,
-            dev: 0,
-            _pad: 0,
-            args: [0; 3],
-            ret: 0,
-            comm: [0; 16],
             ..Event::ZERO
         };
         let t = TraceEvent::from_raw(&raw, Generation::Vz7);
