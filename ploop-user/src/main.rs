@@ -25,12 +25,15 @@ use clap::{Parser, Subcommand};
 
 /// Verify the ploop snapshot freeze/thaw contract on a live kernel, with eBPF.
 ///
-/// Probes attach to freeze_bdev/thaw_bdev (bdev_freeze/bdev_thaw on 6.8+) with kprobes or
+/// `run` judges every PLOOP_IOC_SNAPSHOT call on the contract's invariants while a workload
+/// runs, and writes a trace and reports for CI. Probes attach to ploop_snapshot and its
+/// helpers (kprobes), to freeze_bdev/thaw_bdev (bdev_freeze/bdev_thaw on 6.8+) with kprobes or
 /// fentry, and stream events through a ring buffer or a perf buffer, whichever the kernel
 /// offers. Start with `ploop-verify doctor` to see what this kernel supports.
 ///
-/// Exit status: 0 success; 1 the workload or a check failed; 2 nothing could be observed
-/// (probes would not attach, no event seen); 64 bad usage.
+/// Exit status: 0 success (clean); 1 violations, or the workload or request failed; 2 nothing
+/// could be verified (probes would not attach, no snapshot or event seen, events lost) or bad
+/// input; 64 bad usage.
 #[derive(Parser, Debug)]
 #[command(version, max_term_width = 100)]
 struct Cli {
