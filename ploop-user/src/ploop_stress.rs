@@ -566,13 +566,9 @@ fn check_workdir(dir: &Path) -> Result<()> {
     if !m.is_dir() {
         bail!("--workdir {} is not a directory", dir.display());
     }
-    if libc::major(m.dev()) != 0 {
-        bail!(
-            "--workdir {} is on a block device ({}:{}): use a tmpfs directory",
-            dir.display(),
-            libc::major(m.dev()),
-            libc::minor(m.dev())
-        );
+    let dev = crate::kernel::KDev::from_user(m.dev());
+    if dev.major() != 0 {
+        bail!("--workdir {} is on a block device ({dev}): use a tmpfs directory", dir.display());
     }
     Ok(())
 }

@@ -301,8 +301,7 @@ impl PloopDev {
             .open(path)
             .map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
         let rdev = meta.rdev();
-        let sys =
-            PathBuf::from(format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev)));
+        let sys = PathBuf::from(format!("/sys/dev/block/{}", crate::kernel::KDev::from_user(rdev)));
         Ok(PloopDev { path: path.to_path_buf(), file, sys })
     }
 

@@ -291,7 +291,7 @@ async fn drive(
     p: &mut Pipeline,
     lost: &mut u64,
 ) -> Result<Option<i32>> {
-    let generation = p.checker_generation();
+    let generation = p.checker.generation();
     let mut workload = Workload::start(&args.command, args.duration)?;
     let tty = std::io::stderr().is_terminal();
     let mut reorder = Reorder { pending: BTreeMap::new(), seq: 0 };
@@ -308,12 +308,7 @@ async fn drive(
                 None => bail!("the event readers stopped"),
             },
             _ = tick.tick() => {
-                for mut e in reorder.ready(mono_ns().saturating_sub(window)) {
-                    if let Some(s) = context_for(&mut e) {
-                        p.push(TraceLine::Stack(s))?;
-                    }
-                    p.push(TraceLine::Event(e))?;
-                }
+                release(p, reorder.ready(mono_ns().saturating_sub(window)))?;
                 let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(10) };
                 if !args.quiet && last_progress.elapsed() >= every {
                     let line = format!(
@@ -342,19 +337,19 @@ async fn drive(
     while let Ok(Some(r)) = tokio::time::timeout_at(settle, rx.recv()).await {
         take(r, &mut reorder, lost);
     }
-    for mut e in reorder.ready(u64::MAX) {
+    release(p, reorder.ready(u64::MAX))?;
+    Ok(status)
+}
+
+/// Hands events to the pipeline in order, each after the context only live can read for it.
+fn release(p: &mut Pipeline, events: Vec<TraceEvent>) -> Result<()> {
+    for mut e in events {
         if let Some(s) = context_for(&mut e) {
             p.push(TraceLine::Stack(s))?;
         }
         p.push(TraceLine::Event(e))?;
     }
-    Ok(status)
-}
-
-impl Pipeline {
-    fn checker_generation(&self) -> crate::kernel::Generation {
-        self.checker.generation()
-    }
+    Ok(())
 }
 
 #[cfg(test)]

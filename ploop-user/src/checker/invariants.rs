@@ -57,22 +57,13 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: "T1", title: "the freeze window stays under the limit", check: t1 },
 ];
 
+/// A kernel return as `-ENAME` (the names of `ploop_abi::errno_name`, 524 as ENOTSUPP);
+/// anything outside the errno range as the number.
 pub fn errno_name(ret: i64) -> String {
-    let name = match ret {
-        0 => return "0".into(),
-        ENOENT => "ENOENT",
-        EFAULT => "EFAULT",
-        EBUSY => "EBUSY",
-        ENODEV => "ENODEV",
-        EINVAL => "EINVAL",
-        ENOTSUPP => "ENOTSUPP",
-        -9 => "EBADF",
-        -12 => "ENOMEM",
-        -5 => "EIO",
-        -110 => "ETIMEDOUT",
-        _ => return ret.to_string(),
-    };
-    format!("-{name}")
+    match ret {
+        -4095..=-1 => format!("-{}", crate::ploop_abi::errno_name(-ret as i32)),
+        _ => ret.to_string(),
+    }
 }
 
 fn na(why: impl Into<Cow<'static, str>>) -> Verdict {
@@ -405,4 +396,17 @@ fn t1(call: &Call, ctx: &Context) -> Verdict {
         })
         .collect();
     if over.is_empty() { Verdict::Pass } else { Verdict::Fail(over.join("; ")) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_returns_are_named_like_the_ioctl_errors() {
+        use super::errno_name;
+        assert_eq!(errno_name(-9), "-EBADF");
+        assert_eq!(errno_name(-524), "-ENOTSUPP");
+        assert_eq!(errno_name(-22), "-EINVAL");
+        assert_eq!(errno_name(0), "0");
+        assert_eq!(errno_name(7), "7");
+    }
 }
