@@ -273,6 +273,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share /share ||
   echo "ploop-vm: no 9p share"
 ulimit -l unlimited
 cd /share 2>/dev/null || cd /
+echo "@@ploop-vm-start" >/dev/ttyS1
 sh /etc/ploop-vm/command </dev/null >/dev/ttyS1 2>&1
 echo "@@ploop-vm-exit=$?" >/dev/ttyS1
 cd /

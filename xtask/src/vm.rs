@@ -71,6 +71,8 @@ pub struct Output {
 }
 
 const EXIT_MARKER: &str = "@@ploop-vm-exit=";
+/// Printed by init on ttyS1 right before the command: the guest got that far.
+const START_MARKER: &str = "@@ploop-vm-start";
 
 impl Vm {
     pub fn new(kernel: Kernel, command: impl Into<String>) -> Self {
@@ -145,6 +147,66 @@ impl Vm {
         let console = dir.join("console.log");
         let stdout = dir.join("output.log");
         let start = Instant::now();
+        // Under TCG a guest kernel now and then oopses while it patches its own text during
+        // boot (seen once on 6.12: int3 in sched_clock_cpu at 1 s), before init runs anything.
+        // Such a boot is retried once; a guest that reached the command never is.
+        let mut attempt = 1;
+        let (status, out_text, console_text) = loop {
+            let finished = self.boot(&initrd.path, &console, &stdout, &share)?;
+            let console_text = read_lossy(&console);
+            let raw = read_lossy(&stdout).replace('\r', "");
+            let (started, out_text, status) = parse_ttys1(&raw);
+            let qemu_status = match finished {
+                Some(st) => st,
+                None if started || attempt > 1 => bail!(
+                    "guest timed out after {:?}; console tail:\n{}",
+                    self.timeout,
+                    tail(&console_text, 40)
+                ),
+                None => {
+                    eprintln!("vm: the guest hung before running the command; booting again");
+                    attempt += 1;
+                    continue;
+                }
+            };
+            if !started && status.is_none() && attempt == 1 {
+                eprintln!(
+                    "vm: the guest kernel died before running the command ({qemu_status}); \
+                     booting again. Console tail:\n{}",
+                    tail(&console_text, 8)
+                );
+                attempt += 1;
+                continue;
+            }
+            if !qemu_status.success() && status.is_none() {
+                bail!(
+                    "qemu failed ({qemu_status}): {}\nconsole tail:\n{}",
+                    read_lossy(&dir.join("qemu.log")).trim(),
+                    tail(&console_text, 40)
+                );
+            }
+            break (status, out_text, console_text);
+        };
+        let elapsed = start.elapsed();
+        Ok(Output {
+            status,
+            stdout: out_text,
+            console: console_text,
+            share,
+            initramfs_bytes: initrd.bytes,
+            modules: initrd.modules,
+            elapsed,
+        })
+    }
+
+    /// One QEMU run; `None` when it had to be killed at the timeout.
+    fn boot(
+        &self,
+        initrd: &Path,
+        console: &Path,
+        stdout: &Path,
+        share: &Path,
+    ) -> Result<Option<std::process::ExitStatus>> {
         let mut qemu = Command::new("qemu-system-x86_64");
         qemu.args(["-accel", "tcg", "-cpu", "max", "-nodefaults", "-no-user-config"])
             .args(["-display", "none", "-no-reboot"])
@@ -152,7 +214,7 @@ impl Vm {
             .arg("-kernel")
             .arg(&self.kernel.image)
             .arg("-initrd")
-            .arg(&initrd.path)
+            .arg(initrd)
             .arg("-append")
             .arg(format!("console=ttyS0 panic=-1 loglevel=4 rdinit=/init {}", self.cmdline))
             .arg("-serial")
@@ -166,49 +228,22 @@ impl Vm {
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(fs::File::create(stdout.with_file_name("qemu.log"))?);
         let mut child = qemu
             .spawn()
             .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
-        let finished = loop {
+        let start = Instant::now();
+        loop {
             if let Some(st) = child.try_wait()? {
-                break Some(st);
+                return Ok(Some(st));
             }
             if start.elapsed() > self.timeout {
                 let _ = child.kill();
                 let _ = child.wait();
-                break None;
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(50));
-        };
-        let elapsed = start.elapsed();
-        let console_text = read_lossy(&console);
-        let raw = read_lossy(&stdout).replace('\r', "");
-        let (out_text, status) = split_marker(&raw);
-        let Some(qemu_status) = finished else {
-            bail!(
-                "guest timed out after {:?}; console tail:\n{}",
-                self.timeout,
-                tail(&console_text, 40)
-            );
-        };
-        if !qemu_status.success() && status.is_none() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read as _;
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("qemu failed ({qemu_status}): {err}\nconsole tail:\n{}", tail(&console_text, 40));
         }
-        Ok(Output {
-            status,
-            stdout: out_text,
-            console: console_text,
-            share,
-            initramfs_bytes: initrd.bytes,
-            modules: initrd.modules,
-            elapsed,
-        })
     }
 
     pub fn run(&self) -> Result<Output> {
@@ -218,6 +253,13 @@ impl Vm {
 
 fn read_lossy(p: &Path) -> String {
     fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+/// ttyS1 as init writes it: whether the command started, its output, its exit status.
+fn parse_ttys1(raw: &str) -> (bool, String, Option<i32>) {
+    let started = raw.contains(START_MARKER);
+    let (out, status) = split_marker(&raw.replacen(&format!("{START_MARKER}\n"), "", 1));
+    (started, out, status)
 }
 
 /// Splits the command output from the exit marker init prints after it.
@@ -280,5 +322,8 @@ mod tests {
         assert_eq!(out, "hello\nworld\n");
         assert_eq!(st, Some(3));
         assert_eq!(split_marker("no marker").1, None);
+        let (started, out, st) = parse_ttys1("@@ploop-vm-start\nhello\n@@ploop-vm-exit=0\n");
+        assert_eq!((started, out.as_str(), st), (true, "hello\n", Some(0)));
+        assert_eq!(parse_ttys1(""), (false, String::new(), None), "died before the command");
     }
 }
