@@ -24,7 +24,8 @@ pub fn build(kernel: &Kernel, src: &Path) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(&work)?;
     // Test binaries and benchmarks may build the same module for the same kernel at once:
     // one kbuild run per directory at a time (the lock goes with the file, at return).
-    let lock = fs::File::create(work.with_extension("lock"))?;
+    // Not with_extension: releases such as 6.12.95+deb12 have dots of their own.
+    let lock = fs::File::create(work.with_file_name(format!("{name}-{}.lock", kernel.release)))?;
     lock.lock().with_context(|| format!("locking {}", work.display()))?;
     for entry in fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let p = entry?.path();
