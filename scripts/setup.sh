@@ -40,17 +40,70 @@ if [ ! -e "$bpo" ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /et
   rm -f "$cache/apt-updated"
 fi
 
-pkgs=(qemu-system-x86 busybox-static e2fsprogs cpio xz-utils zstd pahole kmod gcc make
+# QEMU comes from bookworm-backports, all of it, on every machine.  The machines this runs on
+# come with qemu-utils 10 from bookworm-backports preinstalled, and that qemu-utils Breaks
+# qemu-system-common < 8.0: bookworm's QEMU 7.2 cannot be installed beside it, and apt's
+# only way out would be to remove qemu-utils.  Naming the suite for each QEMU package keeps
+# the set consistent, whether the machine has QEMU 10, 7.2 from an earlier run, or none.
+qemu_suite=bookworm-backports
+qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils seabios)
+pkgs=(busybox-static e2fsprogs cpio xz-utils zstd pahole kmod gcc make
       bc bison flex libelf-dev libssl-dev dwarves patch time util-linux)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 missing=()
-for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+for p in "${pkgs[@]}"; do installed "$p" || missing+=("$p"); done
+# QEMU older than 8 is bookworm's: replace the whole set with the backports one.
+qemu_version=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+if ! installed qemu-system-x86 || ! dpkg --compare-versions "$qemu_version" ge 1:8.0; then
+  for p in "${qemu_pkgs[@]}"; do missing+=("$p/$qemu_suite"); done
+fi
 # apt lists are refreshed at most once a day by this script; kernel resolution needs them.
 if [ ! -e "$cache/apt-updated" ] || [ -n "$(find "$cache/apt-updated" -mmin +1440)" ] || [ ${#missing[@]} -gt 0 ]; then
   say "apt-get update"
   apt-get update -q >/dev/null
   touch "$cache/apt-updated"
 fi
+
+# Resolves the whole set at once before touching anything.  apt's own refusal ("generated
+# breaks") names neither the culprit nor a way out; this does both, and never lets apt
+# resolve a conflict by removing packages the machine came with.
+apt_preflight() {
+  local out rc=0 removed blockers names p held
+  out=$(LC_ALL=C apt-get install --simulate --no-install-recommends "$@" 2>&1) || rc=$?
+  removed=$(printf '%s\n' "$out" | sed -n 's/^Remv \([^ ]*\) .*/\1/p' | tr '\n' ' ')
+  if [ "$rc" = 0 ] && [ -z "$removed" ]; then return 0; fi
+  printf 'setup: error: apt cannot install the packages ploop-verify needs as this machine stands.\n' >&2
+  if [ -n "$removed" ]; then
+    printf '  apt would remove installed packages to do it: %s\n' "$removed" >&2
+    names=$removed
+  else
+    # The block after "have unmet dependencies:" is apt's own account: " pkg : Breaks: other ..."
+    blockers=$(printf '%s\n' "$out" | sed -n '/unmet dependencies:/,/^E:/p' | sed '1d;/^E:/d')
+    printf '%s\n' "$blockers" | sed 's/^ */  /' >&2
+    names=$(printf '%s\n' "$blockers" | sed -n 's/^ *\([^ ]*\) : .*/\1/p'
+            printf '%s\n' "$blockers" | sed -n 's/.*\(Breaks\|Depends\|Conflicts\): \([^ ]*\).*/\2/p')
+    names=$(printf '%s\n' "$names" | sed '/^$/d' | sort -u | tr '\n' ' ')
+    [ -n "$blockers" ] || printf '%s\n' "$out" | grep '^E:' | sed 's/^/  /' >&2
+  fi
+  printf '  installed and candidate versions of the packages involved:\n' >&2
+  for p in $names; do
+    printf '    %-24s installed %-36s candidate %s\n' "$p" \
+      "$(installed "$p" && dpkg-query -W -f='${Version}' "$p" || echo none)" \
+      "$(apt-cache policy "$p" 2>/dev/null | sed -n 's/^ *Candidate: //p')" >&2
+  done
+  held=$(apt-mark showhold 2>/dev/null | tr '\n' ' ')
+  [ -z "$held" ] || printf '  held packages (apt-mark unhold them, or install by hand): %s\n' "$held" >&2
+  cat >&2 <<EOM
+  What to do: ploop-verify takes QEMU (${qemu_pkgs[*]}) from $qemu_suite only.
+  Bring the packages named above to one suite, e.g.
+    apt-get install -t $qemu_suite ${qemu_pkgs[*]}
+  or remove the ones you do not need, then run this script again.  Nothing was installed.
+EOM
+  exit 1
+}
+
 if [ ${#missing[@]} -gt 0 ]; then
+  apt_preflight "${missing[@]}"
   say "installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -78,7 +131,7 @@ ln -sfn "$sysroot/lib/$libllvm" "$prefix/lib/$libllvm"
 bpf_linker_version=0.13.0
 if ! bpf-linker --version 2>/dev/null | grep -q "$bpf_linker_version" || ! ldd "$(command -v bpf-linker)" | grep -q "$prefix"; then
   say "building bpf-linker $bpf_linker_version for LLVM $llvm_major (about a minute)"
-  LLVM_PREFIX="$prefix" cargo +"$ebpf_toolchain" install bpf-linker --version "$bpf_linker_version" \
+  LLVM_PREFIX="$prefix" cargo +"$ebpf_toolchain" install --quiet bpf-linker --version "$bpf_linker_version" \
     --locked --force --no-default-features --features "llvm-$llvm_major"
 fi
 
