@@ -72,6 +72,19 @@ fn checker_verdicts(series: &str, clean_snapshots: u64) {
             clean["violation_list"]
         ));
     }
+    // Progress in a log (the guest's ttyS1, TERM=dumb): whole lines, and the summary on a
+    // line of its own, never glued to a progress line.
+    let progress = out.stdout.lines().filter(|l| l.starts_with("ploop-verify: snapshots ")).count();
+    if progress == 0 {
+        failures.push("clean run: no progress line in the log".into());
+    }
+    let ours =
+        |l: &&str| l.contains("ploop-verify: snapshots ") || l.contains("ploop-verify: clean:");
+    for l in out.stdout.lines().filter(ours) {
+        if !l.starts_with("ploop-verify: ") || l.matches("ploop-verify: ").count() > 1 {
+            failures.push(format!("a message glued to other output: {l:?}"));
+        }
+    }
     let n = clean["snapshots"].as_u64().unwrap();
     assert!(n >= clean_snapshots, "only {n} snapshot calls judged");
     assert_eq!(clean["kernel_patch"]["state"], "patched");

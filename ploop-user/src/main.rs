@@ -2,6 +2,7 @@
 
 mod btf;
 mod checker;
+mod console;
 mod dm;
 mod doctor;
 mod events;

@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::IsTerminal as _,
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
@@ -19,6 +18,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     checker::{Checker, Options, Violation},
+    console::{self, say},
     events::TraceEvent,
     kernel::{KDev, KernelInfo},
     probe::{Record, Session, Transport},
@@ -121,9 +121,9 @@ impl Pipeline {
         for v in found {
             if self.live {
                 let after = mono_ns().saturating_sub(v.ts_ns) as f64 / 1e6;
-                eprintln!("\rploop-verify: {v} [found {after:.0} ms after the event]");
+                say!("ploop-verify: {v} [found {after:.0} ms after the event]");
             } else {
-                eprintln!("\rploop-verify: {v}");
+                say!("ploop-verify: {v}");
             }
             self.violations.push(v);
         }
@@ -157,15 +157,19 @@ impl Pipeline {
 }
 
 fn print_summary(s: &report::Summary, dir: &Path) {
-    eprintln!(
-        "\rploop-verify: {}: {} snapshot calls, {} violations, {} events, {} lost",
-        s.verdict, s.snapshots, s.violations, s.events, s.lost
+    say!(
+        "ploop-verify: {}: {} snapshot calls, {} violations, {} events, {} lost",
+        s.verdict,
+        s.snapshots,
+        s.violations,
+        s.events,
+        s.lost
     );
     if let Some(r) = &s.reason {
-        eprintln!("ploop-verify: {r}");
+        say!("ploop-verify: {r}");
     }
     for i in &s.invariants {
-        eprintln!(
+        say!(
             "  {:<3} {:<4} pass {:>4}  fail {:>4}  n/a {:>4}  {}",
             i.id,
             if i.fail > 0 { "FAIL" } else { "" },
@@ -175,7 +179,7 @@ fn print_summary(s: &report::Summary, dir: &Path) {
             i.title
         );
     }
-    eprintln!("ploop-verify: reports in {}", dir.display());
+    say!("ploop-verify: reports in {}", dir.display());
 }
 
 pub fn replay(args: ReportArgs) -> Result<ExitCode> {
@@ -252,7 +256,7 @@ fn context_for(e: &mut TraceEvent) -> Option<Stack> {
 pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let kernel = KernelInfo::detect()?;
     if kernel.symbol("ploop_snapshot").is_none() {
-        eprintln!(
+        say!(
             "ploop-verify: ploop_snapshot is not in this kernel (/proc/kallsyms): no verdict on ploop \
              at all. Load the ploop module (or the model driver) first."
         );
@@ -261,10 +265,10 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let plan = trace::plan(&kernel, btf, &args.probe)?;
     let mut session = Session::attach(&plan).context("attaching the probes")?;
     for (role, why) in &session.narrowed {
-        eprintln!("ploop-verify: not probed: {role}: {why}");
+        say!("ploop-verify: not probed: {role}: {why}");
     }
     let mut rx = session.stream()?;
-    eprintln!("ploop-verify: checking {plan}");
+    say!("ploop-verify: checking {plan}");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let header = tracefile::header(&kernel, &session)?;
@@ -278,7 +282,7 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     drop(session);
     let end = End { events: p.checker.events, lost, command_status: status };
     if let Some(code) = status.filter(|c| *c != 0) {
-        eprintln!("ploop-verify: the workload exited with status {code}");
+        say!("ploop-verify: the workload exited with status {code}");
     }
     p.finish(&header, end, &args.policy, &args.out)
 }
@@ -293,7 +297,7 @@ async fn drive(
 ) -> Result<Option<i32>> {
     let generation = p.checker.generation();
     let mut workload = Workload::start(&args.command, args.duration)?;
-    let tty = std::io::stderr().is_terminal();
+    let every = console::status_every();
     let mut reorder = Reorder { pending: BTreeMap::new(), seq: 0 };
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut last_progress = Instant::now();
@@ -309,23 +313,21 @@ async fn drive(
             },
             _ = tick.tick() => {
                 release(p, reorder.ready(mono_ns().saturating_sub(window)))?;
-                let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(10) };
                 if !args.quiet && last_progress.elapsed() >= every {
-                    let line = format!(
+                    console::status(&format!(
                         "snapshots {}, violations {}, events {}, lost {}",
                         p.checker.snapshots(),
                         p.violations.len(),
                         p.checker.events,
                         lost
-                    );
-                    if tty { eprint!("\r{line}") } else { eprintln!("ploop-verify: {line}") }
+                    ));
                     last_progress = Instant::now();
                 }
             }
             stopped = workload.stopped() => {
                 let stopped = stopped?;
                 if let Stopped::Interrupted = stopped {
-                    eprintln!("\rploop-verify: interrupted; stopping the workload");
+                    say!("ploop-verify: interrupted; stopping the workload");
                     workload.wind_down().await;
                 }
                 break stopped.status();

@@ -1,7 +1,6 @@
 //! `ploop-verify trace`: attach, run a workload, and write every probe event as JSON lines.
 
 use std::{
-    io::{IsTerminal as _, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
@@ -12,6 +11,7 @@ use clap::Args;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
+    console::{self, say},
     events::TraceEvent,
     kernel::{Generation, KernelInfo},
     probe::{Capabilities, Method, Plan, Record, Session, Transport},
@@ -83,7 +83,7 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let plan = plan(&kernel, btf, &args.probe)?;
     let mut session = Session::attach(&plan).context("attaching the probes")?;
     let mut rx = session.stream()?;
-    eprintln!("ploop-verify: tracing {plan}");
+    say!("ploop-verify: tracing {plan}");
 
     let mut got = Collected { generation: kernel.generation, events: Vec::new(), lost: 0 };
     let status = drive(&args, &mut rx, &mut got).await?;
@@ -98,7 +98,7 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
         write_trace(out, &kernel, &session, &got, status)?;
     }
     drop(session);
-    eprintln!(
+    say!(
         "ploop-verify: {} events, {} lost{}",
         got.events.len(),
         got.lost,
@@ -109,21 +109,21 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let failed = returns("freeze_bdev")
         .filter(|e| e.ret.is_some_and(|r| kernel.generation.freeze_failed(r)))
         .count();
-    eprintln!(
+    say!(
         "ploop-verify: freeze_bdev returned {} times ({failed} failed), thaw_bdev {} times",
         returns("freeze_bdev").count(),
         returns("thaw_bdev").count()
     );
     if got.lost > 0 {
-        eprintln!("ploop-verify: warning: {} events were lost; the trace is incomplete", got.lost);
+        say!("ploop-verify: warning: {} events were lost; the trace is incomplete", got.lost);
     }
     Ok(match status {
         Some(code) if code != 0 => {
-            eprintln!("ploop-verify: the workload exited with status {code}");
+            say!("ploop-verify: the workload exited with status {code}");
             ExitCode::from(1)
         }
         _ if got.events.is_empty() => {
-            eprintln!("ploop-verify: no event was observed");
+            say!("ploop-verify: no event was observed");
             ExitCode::from(2)
         }
         _ => ExitCode::SUCCESS,
@@ -137,7 +137,7 @@ async fn drive(
     got: &mut Collected,
 ) -> Result<Option<i32>> {
     let mut workload = Workload::start(&args.command, args.duration)?;
-    let progress = std::io::stderr().is_terminal();
+    let every = console::status_every();
     let mut last = Instant::now();
     loop {
         tokio::select! {
@@ -148,15 +148,15 @@ async fn drive(
             stopped = workload.stopped() => {
                 let stopped = stopped?;
                 if let Stopped::Interrupted = stopped {
-                    eprintln!("\rploop-verify: interrupted");
+                    say!("ploop-verify: interrupted");
                     workload.wind_down().await;
                 }
                 return Ok(stopped.status());
             }
         }
-        if progress && last.elapsed() > Duration::from_millis(500) {
-            eprint!("\r{} events, {} lost", got.events.len(), got.lost);
-            let _ = std::io::stderr().flush();
+        // --print writes events to stdout, often the same terminal as the status line.
+        if !args.print && last.elapsed() >= every {
+            console::status(&format!("{} events, {} lost", got.events.len(), got.lost));
             last = Instant::now();
         }
     }

@@ -70,13 +70,14 @@ if [ $# -gt 0 ]; then "$@"; exit $?; fi
 mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
 ploop-verify doctor | tail -9
 # check NAME WORKLOAD: run WORKLOAD (a function above) under `ploop-verify run`.
+# QUIET= shows the progress lines (the clean case: the host test reads them).
 check() {
   t0=$(cut -d' ' -f1 /proc/uptime)
-  ploop-verify run --quiet --out /share/$1 -- sh /etc/ploop-vm/command $2
+  ploop-verify run ${QUIET---quiet} --out /share/$1 -- sh /etc/ploop-vm/command $2
   echo $? > /share/$1.rc
   echo "run $1: exit $(cat /share/$1.rc), $(cut -d' ' -f1 /proc/uptime) - $t0 s"
 }
-check clean wl_clean
+QUIET= check clean wl_clean
 
 up linear; check s2-auto wl_s2_auto; down linear
 up linear; check s2-sync wl_s2_sync; down linear

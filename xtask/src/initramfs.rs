@@ -259,6 +259,9 @@ fn init_script() -> String {
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /mnt /share /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# The kernel hands init TERM=linux, but ttyS1 is read on the host as a log, not watched:
+# programs must not redraw lines in place there.
+export TERM=dumb
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
