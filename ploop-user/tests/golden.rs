@@ -1,0 +1,140 @@
+//! The golden-trace tier: traces recorded from live runs in guests (each kernel, each model
+//! bug, each stack) are replayed on the host with `ploop-verify report`, and what the checker
+//! concludes must equal the recorded expectation. A checker change that alters a verdict fails
+//! here in seconds, without booting anything.
+//!
+//! Each `tests/traces/NAME.jsonl` has `NAME.expected.json`: the replay's `summary.json` as it
+//! was reviewed when the trace was added (all of it but the tool's version), and the exit
+//! status. After a change that is meant to alter a verdict, `GOLDEN_UPDATE=1 cargo test
+//! --test golden` rewrites the expectations; the diff then shows every verdict that moved,
+//! and the commit says why.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::Value;
+
+fn traces_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/traces")
+}
+
+/// What a replay concludes (summary.json without the tool's version, and the exit status).
+fn replay(trace: &Path, out: &Path) -> Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_ploop-verify"))
+        .arg("report")
+        .arg(trace)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("running ploop-verify report");
+    let summary = out.join("summary.json");
+    let text = fs::read_to_string(&summary).unwrap_or_else(|e| {
+        panic!(
+            "{}: no summary ({e}); stderr:\n{}",
+            trace.display(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    let mut v: Value = serde_json::from_str(&text).expect("summary.json is JSON");
+    let map = v.as_object_mut().expect("summary is an object");
+    map.remove("tool");
+    map.insert("exit_status".into(), o.status.code().into());
+    for f in ["junit.xml", "results.ktap", "summary.md", "timeline.svg"] {
+        assert!(out.join(f).is_file(), "{}: {f} not written", trace.display());
+    }
+    v
+}
+
+/// The first place two JSON values differ, as a path into them.
+fn first_difference(path: &str, want: &Value, got: &Value) -> Option<String> {
+    match (want, got) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))).find_map(|k| {
+                let none = Value::Null;
+                let (x, y) = (a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none));
+                first_difference(&format!("{path}.{k}"), x, y)
+            })
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(&format!("{path}[{i}]"), x, y)),
+        _ if want == got => None,
+        _ => Some(format!("{path}: expected {want}, the replay gives {got}")),
+    }
+}
+
+#[test]
+fn golden_traces_replay_to_their_recorded_verdicts() {
+    let update = std::env::var_os("GOLDEN_UPDATE").is_some();
+    let mut traces: Vec<PathBuf> = fs::read_dir(traces_dir())
+        .expect("tests/traces")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    traces.sort();
+    assert!(traces.len() >= 18, "only {} golden traces in tests/traces", traces.len());
+    let scratch = std::env::temp_dir().join(format!("ploop-golden-{}", std::process::id()));
+    let mut failures = Vec::new();
+    for trace in &traces {
+        let name = trace.file_stem().unwrap().to_string_lossy().into_owned();
+        let got = replay(trace, &scratch.join(&name));
+        let expected_path = trace.with_extension("expected.json");
+        if update {
+            fs::write(&expected_path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+            continue;
+        }
+        let want: Value = match fs::read_to_string(&expected_path) {
+            Ok(t) => serde_json::from_str(&t).expect("expected.json is JSON"),
+            Err(e) => {
+                failures.push(format!("{name}: {} ({e})", expected_path.display()));
+                continue;
+            }
+        };
+        if let Some(d) = first_difference("", &want, &got) {
+            failures.push(format!("{name}: {d}"));
+        }
+    }
+    let _ = fs::remove_dir_all(&scratch);
+    assert!(failures.is_empty(), "verdicts moved:\n{}", failures.join("\n"));
+}
+
+/// The expectations themselves agree with what the live tests demand of each case, so that
+/// an update cannot quietly bless a wrong verdict.
+#[test]
+fn golden_expectations_say_what_each_case_is_for() {
+    let ids = |name: &str| -> Vec<String> {
+        let p = traces_dir().join(format!("{name}.expected.json"));
+        let v: Value = serde_json::from_str(&fs::read_to_string(&p).expect("expected.json"))
+            .expect("JSON");
+        let mut ids: Vec<String> = v["violation_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    for kernel in ["6.1", "6.12"] {
+        for (case, want) in [
+            ("clean", &[][..]),
+            ("s2-sync", &[]),
+            ("unpatched", &[]),
+            ("s2-auto", &["S2"]),
+            ("bug-leak_freeze", &["O1"]),
+            ("bug-thaw_other", &["O1"]),
+            ("bug-ignore_sync_fd", &["S1", "S2"]),
+            ("bug-thaw_early", &["O2", "S2"]),
+            ("bug-einval", &["E1"]),
+        ] {
+            let name = format!("{kernel}-{case}");
+            assert_eq!(ids(&name), want, "{name}");
+        }
+    }
+}
