@@ -1,28 +1,12 @@
 //! ploop-verify: checks the ploop snapshot freeze/thaw contract live, with eBPF.
 
-mod btf;
-mod checker;
-mod console;
-mod dm;
-mod doctor;
-mod events;
-mod kernel;
-mod ploop_abi;
-mod ploop_stress;
-mod ploopctl;
-mod probe;
-mod report;
-mod run;
-mod stack;
-mod synth;
-mod testkit;
-mod trace;
-mod tracefile;
-mod workload;
-
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use ploop_user::{
+    kit::{ploopctl, testkit},
+    verify::{doctor, probe, run, trace},
+};
 
 /// Verify the ploop snapshot freeze/thaw contract on a live kernel, with eBPF.
 ///

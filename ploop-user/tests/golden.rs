@@ -109,8 +109,8 @@ fn golden_traces_replay_to_their_recorded_verdicts() {
 fn golden_expectations_say_what_each_case_is_for() {
     let ids = |name: &str| -> Vec<String> {
         let p = traces_dir().join(format!("{name}.expected.json"));
-        let v: Value = serde_json::from_str(&fs::read_to_string(&p).expect("expected.json"))
-            .expect("JSON");
+        let v: Value =
+            serde_json::from_str(&fs::read_to_string(&p).expect("expected.json")).expect("JSON");
         let mut ids: Vec<String> = v["violation_list"]
             .as_array()
             .unwrap()

@@ -9,10 +9,10 @@ use anyhow::Result;
 use ploop_common::ploop_if::PLOOP_FLAG_FS_SYNC;
 
 use crate::{
-    events::{Chunk, Request, SyncFd, TraceEvent},
     kernel::Generation,
-    stack::{Stack, StackDev},
-    tracefile::{End, Header, TOOL, TraceLine, Writer},
+    verify::events::{Chunk, Request, SyncFd, TraceEvent},
+    verify::stack::{Stack, StackDev},
+    verify::tracefile::{End, Header, TOOL, TraceLine, Writer},
 };
 
 /// Writes a trace of `calls` snapshot calls on the stack ploop -> dm-crypt -> dm-linear ->

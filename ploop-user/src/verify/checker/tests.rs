@@ -5,8 +5,8 @@ use super::*;
 use ploop_common::ploop_if::PLOOP_FLAG_FS_SYNC;
 
 use crate::{
-    events::{Chunk, Request, SyncFd},
-    stack::{Stack, StackDev},
+    verify::events::{Chunk, Request, SyncFd},
+    verify::stack::{Stack, StackDev},
 };
 
 const PLOOP: &str = "253:0";

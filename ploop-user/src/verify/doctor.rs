@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::{
     kernel::{KernelInfo, SYMBOLS},
-    probe::{Capabilities, Check},
-    trace::ProbeArgs,
+    verify::probe::{Capabilities, Check},
+    verify::trace::ProbeArgs,
 };
 
 #[derive(Args, Debug)]

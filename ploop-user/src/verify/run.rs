@@ -17,15 +17,15 @@ use clap::Args;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    checker::{Checker, Options, Violation},
     console::{self, say},
-    events::TraceEvent,
     kernel::{KDev, KernelInfo},
-    probe::{Record, Session, Transport},
-    report,
-    stack::Stack,
-    trace::{self, ProbeArgs},
-    tracefile::{self, End, Header, TraceLine},
+    verify::checker::{Checker, Options, Violation},
+    verify::events::TraceEvent,
+    verify::probe::{Record, Session, Transport},
+    verify::report,
+    verify::stack::Stack,
+    verify::trace::{self, ProbeArgs},
+    verify::tracefile::{self, End, Header, TraceLine},
     workload::{Stopped, Workload, positive},
 };
 

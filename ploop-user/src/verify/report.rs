@@ -13,10 +13,10 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    checker::{
+    verify::checker::{
         CallReport, Checker, INVARIANTS, PatchState, Verdict, Violation, invariants::errno_name,
     },
-    tracefile::{End, Header},
+    verify::tracefile::{End, Header},
 };
 
 #[derive(Serialize)]

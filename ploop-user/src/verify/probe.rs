@@ -605,7 +605,9 @@ mod tests {
             .flat_map(|s| {
                 s.data()
                     .unwrap()
-                    .chunks_exact(8)
+                    .as_chunks::<8>()
+                    .0
+                    .iter()
                     .map(|i| (i[0], i[1] >> 4, i32::from_le_bytes([i[4], i[5], i[6], i[7]])))
                     .collect::<Vec<_>>()
             })

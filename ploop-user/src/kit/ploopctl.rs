@@ -340,6 +340,10 @@ impl PloopDev {
     /// An ioctl whose argument is the user pointer `ptr` (which may be bad on purpose: the
     /// kernel checks every access, so a bad pointer is an EFAULT, never undefined behaviour
     /// here).
+    #[allow(
+        clippy::not_unsafe_ptr_arg_deref,
+        reason = "only the kernel reads through ptr, and it checks every access"
+    )]
     pub fn ioctl_ptr(&self, nr: u64, ptr: *const u8) -> Result<(), i32> {
         // SAFETY: the kernel only reads through `ptr` with copy_from_user.
         let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), abi::req(nr), ptr) };

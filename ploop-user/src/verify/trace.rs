@@ -12,10 +12,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     console::{self, say},
-    events::TraceEvent,
     kernel::{Generation, KernelInfo},
-    probe::{Capabilities, Method, Plan, Record, Session, Transport},
-    tracefile::{self, TraceLine},
+    verify::events::TraceEvent,
+    verify::probe::{Capabilities, Method, Plan, Record, Session, Transport},
+    verify::tracefile::{self, TraceLine},
     workload::{Stopped, Workload, positive},
 };
 

@@ -6,7 +6,7 @@ use std::{fs, os::fd::AsRawFd, path::PathBuf};
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
 
-use crate::dm;
+use crate::kit::dm;
 
 #[derive(Subcommand, Debug)]
 pub enum Testkit {
@@ -43,9 +43,9 @@ pub enum Testkit {
     },
     /// Random PLOOP_IOC_SNAPSHOT requests from several threads, each answer checked against
     /// the contract (see --help).
-    FuzzSnapshot(crate::ploop_stress::FuzzArgs),
+    FuzzSnapshot(crate::kit::ploop_stress::FuzzArgs),
     /// Time PLOOP_IOC_SNAPSHOT over a series of snapshots; prints min/p50/p90/max/mean.
-    SnapshotBench(crate::ploop_stress::BenchArgs),
+    SnapshotBench(crate::kit::ploop_stress::BenchArgs),
     /// Write a synthetic trace of CALLS correct snapshot calls (for the replay benchmark:
     /// `ploop-verify report` on it measures the checker's throughput).
     SynthTrace {
@@ -119,10 +119,10 @@ pub fn run(cmd: Testkit) -> Result<()> {
             };
             println!("{}", node.display());
         }
-        Testkit::FuzzSnapshot(a) => crate::ploop_stress::fuzz(a)?,
-        Testkit::SnapshotBench(a) => crate::ploop_stress::bench(a)?,
+        Testkit::FuzzSnapshot(a) => crate::kit::ploop_stress::fuzz(a)?,
+        Testkit::SnapshotBench(a) => crate::kit::ploop_stress::bench(a)?,
         Testkit::SynthTrace { calls, out } => {
-            let events = crate::synth::write(&out, calls)?;
+            let events = crate::verify::synth::write(&out, calls)?;
             println!("{events} events in {calls} snapshot calls: {}", out.display());
         }
     }

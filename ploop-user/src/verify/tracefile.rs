@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{events::TraceEvent, kernel::Generation, stack::Stack};
+use crate::{kernel::Generation, verify::events::TraceEvent, verify::stack::Stack};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "kebab-case")]
@@ -48,7 +48,7 @@ pub const TOOL: &str = concat!("ploop-verify ", env!("CARGO_PKG_VERSION"));
 /// The header of a trace taken through `session` on this kernel.
 pub fn header(
     kernel: &crate::kernel::KernelInfo,
-    session: &crate::probe::Session,
+    session: &crate::verify::probe::Session,
 ) -> Result<Header> {
     Ok(Header {
         tool: TOOL.into(),

@@ -14,9 +14,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    events::{Request, TraceEvent},
     kernel::Generation,
-    stack::Stack,
+    verify::events::{Request, TraceEvent},
+    verify::stack::Stack,
 };
 use invariants::ENOTSUPP;
 pub use invariants::{INVARIANTS, Verdict};

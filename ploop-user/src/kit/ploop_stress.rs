@@ -24,10 +24,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 
 use crate::{
+    kit::ploopctl::{self, Fault, GuardedBuf, PloopDev, Support, open_new_delta, open_sync_fd},
     ploop_abi::{
         self as abi, PLOOP_FLAG_FS_SYNC, PLOOP_FMT_RAW, PloopCtlChunk, Request, errno_name,
     },
-    ploopctl::{self, Fault, GuardedBuf, PloopDev, Support, open_new_delta, open_sync_fd},
 };
 
 /// Random PLOOP_IOC_SNAPSHOT requests (counts, flags, formats, chunk #1 fields, fds, cut-short

@@ -1,0 +1,14 @@
+//! ploop-verify as a library: the verifier and the ploop kit, for the binary and the tests.
+//!
+//! Two products share this crate. [`verify`] checks the snapshot contract: probe -> event ->
+//! checker -> report, live or replayed. [`kit`] drives ploop devices and makes the workloads
+//! the verifier watches (the ioctl client, dm stacks, stress and fuzzing). What both need
+//! lives at the top: the kernel seam, the ploop ABI, BTF, the console and workloads.
+
+pub mod btf;
+pub mod console;
+pub mod kernel;
+pub mod kit;
+pub mod ploop_abi;
+pub mod verify;
+pub mod workload;

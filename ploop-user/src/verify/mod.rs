@@ -1,0 +1,13 @@
+//! The verifier: probes attach, events flow to the checker, the checker's outcome to the
+//! reports. Live (`run`, `trace`) and replayed (`report`) runs go through the same pipeline.
+
+pub mod checker;
+pub mod doctor;
+pub mod events;
+pub mod probe;
+pub mod report;
+pub mod run;
+pub mod stack;
+pub mod synth;
+pub mod trace;
+pub mod tracefile;
