@@ -7,32 +7,119 @@
 
 pub mod ploop_if;
 
-/// Which kernel function an event comes from. Names are the 5.10-6.7 (and vz7) kernel names;
-/// `bdev_freeze`/`bdev_thaw` on 6.8+ report as `FREEZE_BDEV`/`THAW_BDEV`: the role matters to
-/// the checker, the symbol that was attached is recorded by user space.
-pub mod func {
-    pub const FREEZE_BDEV: u16 = 1;
-    pub const THAW_BDEV: u16 = 2;
+/// Every probe the tool attaches, named as the kernel names what it probes. This enum is the
+/// one place a probe's identity is written down: its id in [`Event::func`], its name in
+/// traces and reports, where it attaches and which argument is a `struct block_device *`.
+/// Adding a variant makes the compiler list every place that must learn about it.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Probe {
+    /// `freeze_bdev` (3.10 to 6.7) or `bdev_freeze` (6.8+): the role matters to the checker;
+    /// the symbol that was attached is recorded by user space.
+    FreezeBdev = 1,
+    /// `thaw_bdev` (3.10 to 6.7) or `bdev_thaw` (6.8+).
+    ThawBdev = 2,
     /// `ploop_snapshot(plo, arg, bdev)`; the entry event carries the request from `arg`.
-    pub const PLOOP_SNAPSHOT: u16 = 3;
-    pub const FIND_AND_FREEZE_BDEV: u16 = 4;
-    pub const GET_BDEV_FROM_FD: u16 = 5;
-    pub const PLOOP_QUIESCE: u16 = 6;
-    pub const PLOOP_RELAX: u16 = 7;
-    /// Exit of the `ioctl` syscall that carried a `ploop_snapshot` call: the errno user
-    /// space sees (E3). Emitted only for threads inside a snapshot call.
-    pub const SYS_IOCTL: u16 = 8;
+    PloopSnapshot = 3,
+    FindAndFreezeBdev = 4,
+    GetBdevFromFd = 5,
+    PloopQuiesce = 6,
+    PloopRelax = 7,
+    /// `syscalls:sys_exit_ioctl` of a thread that entered `ploop_snapshot` in that syscall:
+    /// the errno user space sees (E3).
+    SysExitIoctl = 8,
 }
 
-/// Which argument of each function is a `struct block_device *` (`NO_DEV`: none).
-pub const fn dev_arg(func: u16) -> usize {
-    match func {
-        func::FREEZE_BDEV | func::THAW_BDEV => 0,
-        func::PLOOP_SNAPSHOT => 2,
-        _ => NO_DEV,
+/// How a probe reaches the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// A kernel function, by the first of `symbols` the kernel has (newest name first).
+    /// kprobe/kretprobe always; fentry/fexit only where `fentry` (vmlinux functions with one
+    /// argument: fentry cannot reach module functions, aya-rs/aya#301).
+    Function { symbols: &'static [&'static str], fentry: bool },
+    /// A static tracepoint.
+    Tracepoint { category: &'static str, name: &'static str },
+}
+
+impl Probe {
+    pub const ALL: [Probe; 8] = [
+        Probe::FreezeBdev,
+        Probe::ThawBdev,
+        Probe::PloopSnapshot,
+        Probe::FindAndFreezeBdev,
+        Probe::GetBdevFromFd,
+        Probe::PloopQuiesce,
+        Probe::PloopRelax,
+        Probe::SysExitIoctl,
+    ];
+
+    #[inline(always)]
+    pub const fn id(self) -> u16 {
+        self as u16
+    }
+
+    pub const fn from_id(id: u16) -> Option<Probe> {
+        Some(match id {
+            1 => Probe::FreezeBdev,
+            2 => Probe::ThawBdev,
+            3 => Probe::PloopSnapshot,
+            4 => Probe::FindAndFreezeBdev,
+            5 => Probe::GetBdevFromFd,
+            6 => Probe::PloopQuiesce,
+            7 => Probe::PloopRelax,
+            8 => Probe::SysExitIoctl,
+            _ => return None,
+        })
+    }
+
+    /// The name in traces, reports and eBPF program names (`<name>_kprobe`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Probe::FreezeBdev => "freeze_bdev",
+            Probe::ThawBdev => "thaw_bdev",
+            Probe::PloopSnapshot => "ploop_snapshot",
+            Probe::FindAndFreezeBdev => "find_and_freeze_bdev",
+            Probe::GetBdevFromFd => "get_bdev_from_fd",
+            Probe::PloopQuiesce => "ploop_quiesce",
+            Probe::PloopRelax => "ploop_relax",
+            Probe::SysExitIoctl => "sys_exit_ioctl",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Probe> {
+        // Traces written before the names were unified call the ioctl exit `sys_ioctl`.
+        if name == "sys_ioctl" {
+            return Some(Probe::SysExitIoctl);
+        }
+        Probe::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    pub const fn attach(self) -> Attach {
+        let (symbols, fentry): (&'static [&'static str], bool) = match self {
+            Probe::FreezeBdev => (&["bdev_freeze", "freeze_bdev"], true),
+            Probe::ThawBdev => (&["bdev_thaw", "thaw_bdev"], true),
+            Probe::PloopSnapshot => (&["ploop_snapshot"], false),
+            Probe::FindAndFreezeBdev => (&["find_and_freeze_bdev"], false),
+            Probe::GetBdevFromFd => (&["get_bdev_from_fd"], false),
+            Probe::PloopQuiesce => (&["ploop_quiesce"], false),
+            Probe::PloopRelax => (&["ploop_relax"], false),
+            Probe::SysExitIoctl => {
+                return Attach::Tracepoint { category: "syscalls", name: "sys_exit_ioctl" };
+            }
+        };
+        Attach::Function { symbols, fentry }
+    }
+
+    /// Which argument is a `struct block_device *`, whose `bd_dev` the event carries.
+    #[inline(always)]
+    pub const fn dev_arg(self) -> Option<usize> {
+        match self {
+            Probe::FreezeBdev | Probe::ThawBdev => Some(0),
+            Probe::PloopSnapshot => Some(2),
+            _ => None,
+        }
     }
 }
-pub const NO_DEV: usize = usize::MAX;
 
 /// [`Event::sync_state`]: how chunk #1's fd resolved in the kernel at `ploop_snapshot` entry.
 pub mod sync_state {
@@ -76,6 +163,7 @@ pub struct Event {
     pub ts_ns: u64,
     /// `bpf_get_current_pid_tgid()`: tgid in the upper half, tid in the lower half.
     pub pid_tgid: u64,
+    /// [`Probe::id`].
     pub func: u16,
     pub phase: u8,
     pub flags: u8,
@@ -171,10 +259,58 @@ pub struct Stash {
     pub flags: u32,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::Probe;
+
+    #[test]
+    fn probe_ids_and_names_round_trip_and_are_unique() {
+        for (i, p) in Probe::ALL.into_iter().enumerate() {
+            assert_eq!(Probe::from_id(p.id()), Some(p));
+            assert_eq!(Probe::from_name(p.name()), Some(p));
+            assert!(Probe::ALL[..i].iter().all(|q| q.id() != p.id() && q.name() != p.name()));
+        }
+        assert_eq!(Probe::from_id(0), None);
+        assert_eq!(Probe::from_name("sys_ioctl"), Some(Probe::SysExitIoctl), "old traces");
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
+    use super::Probe;
+
     // SAFETY: plain-old-data, `repr(C)`, no padding holes (the `_pad` fields are explicit).
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::StashKey {}
     unsafe impl aya::Pod for super::Stash {}
+
+    /// By name: traces and reports are read by people.
+    impl serde::Serialize for Probe {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(self.name())
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Probe {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Name;
+            impl serde::de::Visitor<'_> for Name {
+                type Value = Probe;
+                fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                    f.write_str("a probe name such as \"freeze_bdev\"")
+                }
+                fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Probe, E> {
+                    Probe::from_name(name)
+                        .ok_or_else(|| E::custom(format_args!("unknown probe {name:?}")))
+                }
+            }
+            d.deserialize_str(Name)
+        }
+    }
+
+    impl core::fmt::Display for Probe {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str(self.name())
+        }
+    }
 }

@@ -18,8 +18,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use ploop_common::{
-    Event, NO_DEV, PLOOP_CTL_CHUNK_SIZE, PLOOP_CTL_SIZE, Stash, StashKey, config, dev_arg, flags,
-    func, phase,
+    Event, PLOOP_CTL_CHUNK_SIZE, PLOOP_CTL_SIZE, Probe, Stash, StashKey, config, flags,
+    phase,
     ploop_if::{PloopCtl, PloopCtlChunk},
     sync_state,
 };
@@ -96,17 +96,17 @@ fn read_bd_dev<F: Flavor>(bdev: u64) -> (u32, u8) {
 }
 
 #[inline(always)]
-fn event<F: Flavor>(func: u16, ph: u8, args: [u64; 3], ret: i64) -> Option<&'static mut Event> {
-    let (dev, fl) = match dev_arg(func) {
-        NO_DEV => (0, flags::DEV_UNREAD),
-        n => read_bd_dev::<F>(args[n]),
+fn event<F: Flavor>(probe: Probe, ph: u8, args: [u64; 3], ret: i64) -> Option<&'static mut Event> {
+    let (dev, fl) = match probe.dev_arg() {
+        None => (0, flags::DEV_UNREAD),
+        Some(n) => read_bd_dev::<F>(args[n]),
     };
     // SAFETY: this CPU's slot; a BPF program is not preempted by another on the same CPU
     // that uses it before this one has sent the event.
     let ev = unsafe { &mut *PLOOP_SCRATCH.get_ptr_mut(0)? };
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.pid_tgid = bpf_get_current_pid_tgid();
-    ev.func = func;
+    ev.func = probe.id();
     ev.phase = ph;
     ev.flags = fl;
     ev.cpu = unsafe { bpf_get_smp_processor_id() };
@@ -128,8 +128,8 @@ fn send<F: Flavor, C: EbpfContext>(ctx: &C, ev: &Event) {
 }
 
 #[inline(always)]
-fn stash_key(pid_tgid: u64, func: u16) -> StashKey {
-    StashKey { pid_tgid, func: func as u32, _pad: 0 }
+fn stash_key(pid_tgid: u64, probe: Probe) -> StashKey {
+    StashKey { pid_tgid, func: probe.id() as u32, _pad: 0 }
 }
 
 /// The fd walk for S1: which filesystem does `fd` of the current task name?
@@ -190,27 +190,27 @@ fn fill_snapshot<F: Flavor>(ev: &mut Event) {
 
 /// Function entry. `stash` is set for kprobes, whose return probe cannot see the arguments.
 #[inline(always)]
-pub fn on_entry<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], stash: bool) {
-    let Some(ev) = event::<F>(func, phase::ENTRY, args, 0) else { return count_lost() };
-    if func == func::PLOOP_SNAPSHOT {
+pub fn on_entry<F: Flavor, C: EbpfContext>(ctx: &C, probe: Probe, args: [u64; 3], stash: bool) {
+    let Some(ev) = event::<F>(probe, phase::ENTRY, args, 0) else { return count_lost() };
+    if probe == Probe::PloopSnapshot {
         fill_snapshot::<F>(ev);
         // Arms sys_exit_ioctl for this thread: E3 compares the errno user space sees.
         let marker = Stash { args, dev: ev.dev, flags: 0 };
-        let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, func::SYS_IOCTL), &marker, 0);
+        let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, Probe::SysExitIoctl), &marker, 0);
     }
     if stash {
         let val = Stash { args, dev: ev.dev, flags: ev.flags as u32 };
         // A full stash only costs the return event its arguments (flagged NO_ENTRY).
-        let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, func), &val, 0);
+        let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, probe), &val, 0);
     }
     send::<F, C>(ctx, ev);
 }
 
 /// Function return seen by a kretprobe: arguments come from the entry stash.
 #[inline(always)]
-pub fn on_kretprobe<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, ret: i64) {
-    let key = stash_key(bpf_get_current_pid_tgid(), func);
-    let Some(ev) = event::<F>(func, phase::RETURN, [0; 3], ret) else { return count_lost() };
+pub fn on_kretprobe<F: Flavor, C: EbpfContext>(ctx: &C, probe: Probe, ret: i64) {
+    let key = stash_key(bpf_get_current_pid_tgid(), probe);
+    let Some(ev) = event::<F>(probe, phase::RETURN, [0; 3], ret) else { return count_lost() };
     match unsafe { PLOOP_STASH.get(&key) } {
         Some(s) => {
             ev.args = s.args;
@@ -225,8 +225,8 @@ pub fn on_kretprobe<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, ret: i64) {
 
 /// Function return seen by fexit, which has the arguments at hand.
 #[inline(always)]
-pub fn on_fexit<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], ret: i64) {
-    match event::<F>(func, phase::RETURN, args, ret) {
+pub fn on_fexit<F: Flavor, C: EbpfContext>(ctx: &C, probe: Probe, args: [u64; 3], ret: i64) {
+    match event::<F>(probe, phase::RETURN, args, ret) {
         Some(ev) => send::<F, C>(ctx, ev),
         None => count_lost(),
     }
@@ -235,11 +235,11 @@ pub fn on_fexit<F: Flavor, C: EbpfContext>(ctx: &C, func: u16, args: [u64; 3], r
 /// `syscalls:sys_exit_ioctl`, for threads that entered `ploop_snapshot` in this syscall.
 #[inline(always)]
 pub fn on_sys_exit_ioctl<F: Flavor, C: EbpfContext>(ctx: &C, ret: i64) {
-    let key = stash_key(bpf_get_current_pid_tgid(), func::SYS_IOCTL);
+    let key = stash_key(bpf_get_current_pid_tgid(), Probe::SysExitIoctl);
     let Some(s) = (unsafe { PLOOP_STASH.get(&key) }) else { return };
     let (args, dev) = (s.args, s.dev);
     let _ = PLOOP_STASH.remove(&key);
-    let Some(ev) = event::<F>(func::SYS_IOCTL, phase::RETURN, args, ret) else {
+    let Some(ev) = event::<F>(Probe::SysExitIoctl, phase::RETURN, args, ret) else {
         return count_lost();
     };
     ev.dev = dev;
@@ -265,15 +265,15 @@ macro_rules! probes {
             loop {}
         }
 
-        $crate::probes!(@kprobe $flavor, ploop_common::func::FREEZE_BDEV, freeze_bdev_kprobe, freeze_bdev_kretprobe);
-        $crate::probes!(@kprobe $flavor, ploop_common::func::THAW_BDEV, thaw_bdev_kprobe, thaw_bdev_kretprobe);
-        $crate::probes!(@fentry $flavor, ploop_common::func::FREEZE_BDEV, freeze_bdev_fentry, freeze_bdev_fexit);
-        $crate::probes!(@fentry $flavor, ploop_common::func::THAW_BDEV, thaw_bdev_fentry, thaw_bdev_fexit);
-        $crate::probes!(@kprobe $flavor, ploop_common::func::PLOOP_SNAPSHOT, ploop_snapshot_kprobe, ploop_snapshot_kretprobe);
-        $crate::probes!(@kprobe $flavor, ploop_common::func::FIND_AND_FREEZE_BDEV, find_and_freeze_bdev_kprobe, find_and_freeze_bdev_kretprobe);
-        $crate::probes!(@kprobe $flavor, ploop_common::func::GET_BDEV_FROM_FD, get_bdev_from_fd_kprobe, get_bdev_from_fd_kretprobe);
-        $crate::probes!(@kprobe $flavor, ploop_common::func::PLOOP_QUIESCE, ploop_quiesce_kprobe, ploop_quiesce_kretprobe);
-        $crate::probes!(@kprobe $flavor, ploop_common::func::PLOOP_RELAX, ploop_relax_kprobe, ploop_relax_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::Probe::FreezeBdev, freeze_bdev_kprobe, freeze_bdev_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::Probe::ThawBdev, thaw_bdev_kprobe, thaw_bdev_kretprobe);
+        $crate::probes!(@fentry $flavor, ploop_common::Probe::FreezeBdev, freeze_bdev_fentry, freeze_bdev_fexit);
+        $crate::probes!(@fentry $flavor, ploop_common::Probe::ThawBdev, thaw_bdev_fentry, thaw_bdev_fexit);
+        $crate::probes!(@kprobe $flavor, ploop_common::Probe::PloopSnapshot, ploop_snapshot_kprobe, ploop_snapshot_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::Probe::FindAndFreezeBdev, find_and_freeze_bdev_kprobe, find_and_freeze_bdev_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::Probe::GetBdevFromFd, get_bdev_from_fd_kprobe, get_bdev_from_fd_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::Probe::PloopQuiesce, ploop_quiesce_kprobe, ploop_quiesce_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::Probe::PloopRelax, ploop_relax_kprobe, ploop_relax_kretprobe);
 
         #[aya_ebpf::macros::tracepoint]
         pub fn sys_exit_ioctl(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
@@ -284,25 +284,25 @@ macro_rules! probes {
             0
         }
     };
-    (@kprobe $flavor:ty, $func:expr, $kp:ident, $krp:ident) => {
+    (@kprobe $flavor:ty, $probe:expr, $kp:ident, $krp:ident) => {
         #[aya_ebpf::macros::kprobe]
         pub fn $kp(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
             let a = |n| ctx.arg::<u64>(n).unwrap_or(0);
-            $crate::on_entry::<$flavor, _>(&ctx, $func, [a(0), a(1), a(2)], true);
+            $crate::on_entry::<$flavor, _>(&ctx, $probe, [a(0), a(1), a(2)], true);
             0
         }
         #[aya_ebpf::macros::kretprobe]
         pub fn $krp(ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
-            $crate::on_kretprobe::<$flavor, _>(&ctx, $func, ctx.ret::<i64>());
+            $crate::on_kretprobe::<$flavor, _>(&ctx, $probe, ctx.ret::<i64>());
             0
         }
     };
-    (@fentry $flavor:ty, $func:expr, $fentry:ident, $fexit:ident) => {
+    (@fentry $flavor:ty, $probe:expr, $fentry:ident, $fexit:ident) => {
         #[aya_ebpf::macros::fentry]
         pub fn $fentry(ctx: aya_ebpf::programs::FEntryContext) -> u32 {
             // freeze/thaw take one argument on every kernel that has fentry (5.5+).
             let a0 = $crate::tracing_arg::<$flavor, _>(&ctx, 0);
-            $crate::on_entry::<$flavor, _>(&ctx, $func, [a0, 0, 0], false);
+            $crate::on_entry::<$flavor, _>(&ctx, $probe, [a0, 0, 0], false);
             0
         }
         #[aya_ebpf::macros::fexit]
@@ -311,7 +311,7 @@ macro_rules! probes {
             // directly (one argument) works from 5.5, where bpf_get_func_ret needs 5.17.
             let ret = $crate::tracing_arg::<$flavor, _>(&ctx, 1) as i64;
             let a0 = $crate::tracing_arg::<$flavor, _>(&ctx, 0);
-            $crate::on_fexit::<$flavor, _>(&ctx, $func, [a0, 0, 0], ret);
+            $crate::on_fexit::<$flavor, _>(&ctx, $probe, [a0, 0, 0], ret);
             0
         }
     };

@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, fs};
 
 use anyhow::{Context as _, Result};
+use ploop_common::{Attach, Probe};
 use serde::{Deserialize, Serialize};
 
 /// The three generations of the freeze/thaw interface the contract names.
@@ -19,23 +20,6 @@ pub enum Generation {
     BdevFreeze,
 }
 
-/// Kernel functions the probes care about; `role` is the name the rest of the tool uses.
-pub struct Symbol {
-    pub role: &'static str,
-    /// Candidates, in the order they are tried.
-    pub names: &'static [&'static str],
-}
-
-pub const SYMBOLS: &[Symbol] = &[
-    Symbol { role: "freeze_bdev", names: &["bdev_freeze", "freeze_bdev"] },
-    Symbol { role: "thaw_bdev", names: &["bdev_thaw", "thaw_bdev"] },
-    Symbol { role: "ploop_snapshot", names: &["ploop_snapshot"] },
-    Symbol { role: "find_and_freeze_bdev", names: &["find_and_freeze_bdev"] },
-    Symbol { role: "get_bdev_from_fd", names: &["get_bdev_from_fd"] },
-    Symbol { role: "ploop_quiesce", names: &["ploop_quiesce"] },
-    Symbol { role: "ploop_relax", names: &["ploop_relax"] },
-];
-
 /// Where a resolved symbol lives.
 #[derive(Clone, Debug, Serialize)]
 pub struct Resolved {
@@ -48,8 +32,8 @@ pub struct Resolved {
 pub struct KernelInfo {
     pub release: String,
     pub generation: Generation,
-    /// role -> symbol actually present.
-    pub symbols: BTreeMap<&'static str, Resolved>,
+    /// Probes on kernel functions -> the symbol actually present.
+    pub symbols: BTreeMap<Probe, Resolved>,
 }
 
 impl KernelInfo {
@@ -76,17 +60,18 @@ impl KernelInfo {
             present.entry(name).or_insert(module);
         }
         let mut symbols = BTreeMap::new();
-        for sym in SYMBOLS {
+        for probe in Probe::ALL {
+            let Attach::Function { symbols: names, .. } = probe.attach() else { continue };
             if let Some((name, module)) =
-                sym.names.iter().find_map(|n| present.get(n).map(|m| (*n, *m)))
+                names.iter().find_map(|n| present.get(n).map(|m| (*n, *m)))
             {
                 symbols.insert(
-                    sym.role,
+                    probe,
                     Resolved { name: name.to_string(), module: module.map(str::to_string) },
                 );
             }
         }
-        let generation = match symbols.get("freeze_bdev").map(|r| r.name.as_str()) {
+        let generation = match symbols.get(&Probe::FreezeBdev).map(|r| r.name.as_str()) {
             Some("bdev_freeze") => Generation::BdevFreeze,
             _ if release.starts_with("3.") => Generation::Vz7,
             _ => Generation::FreezeBdev,
@@ -94,8 +79,8 @@ impl KernelInfo {
         Self { release, generation, symbols }
     }
 
-    pub fn symbol(&self, role: &str) -> Option<&Resolved> {
-        self.symbols.get(role)
+    pub fn symbol(&self, probe: Probe) -> Option<&Resolved> {
+        self.symbols.get(&probe)
     }
 }
 
@@ -122,19 +107,20 @@ impl Generation {
     /// Whether a probed function returns a C `int`: the probes read the whole return
     /// register, so an int must be sign-extended from its low 32 bits. Pointers (3.10's
     /// `freeze_bdev` and `find_and_freeze_bdev`) and the syscall's `long` are 64-bit.
-    pub fn returns_int(self, role: &str) -> bool {
+    pub fn returns_int(self, probe: Probe) -> bool {
         !matches!(
-            (self, role),
-            (Generation::Vz7, "freeze_bdev" | "find_and_freeze_bdev") | (_, "sys_ioctl")
+            (self, probe),
+            (Generation::Vz7, Probe::FreezeBdev | Probe::FindAndFreezeBdev)
+                | (_, Probe::SysExitIoctl)
         )
     }
 
     /// Number of arguments of a probed function (3.10's `thaw_bdev` also takes the
     /// `super_block` that freeze returned).
-    pub fn arity(self, role: &str) -> usize {
-        match (self, role) {
-            (Generation::Vz7, "thaw_bdev") => 2,
-            (_, "freeze_bdev" | "thaw_bdev") => 1,
+    pub fn arity(self, probe: Probe) -> usize {
+        match (self, probe) {
+            (Generation::Vz7, Probe::ThawBdev) => 2,
+            (_, Probe::FreezeBdev | Probe::ThawBdev) => 1,
             _ => 3,
         }
     }
@@ -166,6 +152,45 @@ impl std::fmt::Display for KDev {
     }
 }
 
+impl std::str::FromStr for KDev {
+    type Err = String;
+    /// `major:minor` in decimal, as sysfs, mountinfo and the traces write it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a major:minor device number");
+        let (major, minor) = s.split_once(':').ok_or_else(bad)?;
+        let (major, minor): (u32, u32) =
+            (major.parse().map_err(|_| bad())?, minor.parse().map_err(|_| bad())?);
+        if major >= 1 << 12 || minor >= 1 << 20 {
+            return Err(bad());
+        }
+        Ok(KDev((major << 20) | minor))
+    }
+}
+
+/// As `major:minor` text: traces and reports are read by people.
+impl Serialize for KDev {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KDev {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor, not a String: a replay reads millions of these.
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = KDev;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a major:minor device number")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<KDev, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,9 +208,9 @@ ffffffff8132a2c0 D freeze_bdev_data
     fn detects_freeze_bdev_generation_and_module_symbols() {
         let k = KernelInfo::from_parts("6.1.0-56-amd64".into(), KALLSYMS_61);
         assert_eq!(k.generation, Generation::FreezeBdev);
-        assert_eq!(k.symbol("freeze_bdev").unwrap().name, "freeze_bdev");
-        assert_eq!(k.symbol("ploop_snapshot").unwrap().module.as_deref(), Some("ploop_model"));
-        assert!(k.symbol("ploop_relax").is_none());
+        assert_eq!(k.symbol(Probe::FreezeBdev).unwrap().name, "freeze_bdev");
+        assert_eq!(k.symbol(Probe::PloopSnapshot).unwrap().module.as_deref(), Some("ploop_model"));
+        assert!(k.symbol(Probe::PloopRelax).is_none());
     }
 
     #[test]
@@ -195,14 +220,14 @@ ffffffff8132a2c0 D freeze_bdev_data
             "1 T bdev_freeze\n2 T bdev_thaw\n3 T freeze_bdev_stub\n",
         );
         assert_eq!(k.generation, Generation::BdevFreeze);
-        assert_eq!(k.symbol("thaw_bdev").unwrap().name, "bdev_thaw");
+        assert_eq!(k.symbol(Probe::ThawBdev).unwrap().name, "bdev_thaw");
         let k = KernelInfo::from_parts(
             "3.10.0-1127.18.2.vz7.163.22".into(),
             "1 T freeze_bdev\n2 T thaw_bdev\n",
         );
         assert_eq!(k.generation, Generation::Vz7);
-        assert_eq!(k.generation.arity("thaw_bdev"), 2);
-        assert_eq!(Generation::BdevFreeze.arity("thaw_bdev"), 1);
+        assert_eq!(k.generation.arity(Probe::ThawBdev), 2);
+        assert_eq!(Generation::BdevFreeze.arity(Probe::ThawBdev), 1);
     }
 
     #[test]
@@ -217,11 +242,11 @@ ffffffff8132a2c0 D freeze_bdev_data
 
     #[test]
     fn int_returns_are_told_from_pointers() {
-        assert!(Generation::FreezeBdev.returns_int("ploop_snapshot"));
-        assert!(Generation::BdevFreeze.returns_int("freeze_bdev"));
-        assert!(!Generation::Vz7.returns_int("freeze_bdev"));
-        assert!(Generation::Vz7.returns_int("thaw_bdev"));
-        assert!(!Generation::FreezeBdev.returns_int("sys_ioctl"));
+        assert!(Generation::FreezeBdev.returns_int(Probe::PloopSnapshot));
+        assert!(Generation::BdevFreeze.returns_int(Probe::FreezeBdev));
+        assert!(!Generation::Vz7.returns_int(Probe::FreezeBdev));
+        assert!(Generation::Vz7.returns_int(Probe::ThawBdev));
+        assert!(!Generation::FreezeBdev.returns_int(Probe::SysExitIoctl));
     }
 
     #[test]
@@ -232,5 +257,11 @@ ffffffff8132a2c0 D freeze_bdev_data
         assert_eq!((k.major(), k.minor()), (7, 300));
         assert_eq!(k.0, (7 << 20) | 300);
         assert_eq!(k.to_string(), "7:300");
+        assert_eq!("7:300".parse::<KDev>(), Ok(k));
+        assert_eq!(serde_json::to_string(&k).unwrap(), "\"7:300\"");
+        assert_eq!(serde_json::from_str::<KDev>("\"7:300\"").unwrap(), k);
+        for bad in ["7", "7:x", "4096:0", "0:1048576", "?"] {
+            assert!(bad.parse::<KDev>().is_err(), "{bad}");
+        }
     }
 }

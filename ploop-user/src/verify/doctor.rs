@@ -6,9 +6,11 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
+use ploop_common::{Attach, Probe};
+
 use crate::{
-    kernel::{KernelInfo, SYMBOLS},
-    verify::probe::{Capabilities, Check},
+    kernel::KernelInfo,
+    verify::probe::{Capabilities, Check, missing_means},
     verify::trace::ProbeArgs,
 };
 
@@ -28,15 +30,9 @@ fn line(name: &str, c: &Check) -> String {
     }
 }
 
-/// Why a symbol matters, said when it is missing.
-fn missing_means(role: &str) -> &'static str {
-    match role {
-        "freeze_bdev" | "thaw_bdev" => "no freeze/thaw probes at all",
-        "ploop_snapshot" => "no verdict on ploop snapshots (is the ploop module loaded?)",
-        "get_bdev_from_fd" => "unpatched kernel, or inlined: sync-fd resolution not observed",
-        "find_and_freeze_bdev" => "freeze attribution relies on freeze_bdev alone",
-        _ => "the delta switch (O2) cannot be placed in time",
-    }
+/// Probes on kernel functions, whose symbols doctor lists.
+fn functions() -> impl Iterator<Item = Probe> {
+    Probe::ALL.into_iter().filter(|p| matches!(p.attach(), Attach::Function { .. }))
 }
 
 pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
@@ -44,9 +40,8 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let caps = Capabilities::probe(&kernel, btf);
     let plan = caps.plan(&kernel, btf, args.probe.method, args.probe.transport);
     if args.json {
-        let symbols: serde_json::Map<_, _> = SYMBOLS
-            .iter()
-            .map(|s| (s.role.to_string(), serde_json::to_value(kernel.symbol(s.role)).unwrap()))
+        let symbols: serde_json::Map<_, _> = functions()
+            .map(|p| (p.name().to_string(), serde_json::to_value(kernel.symbol(p)).unwrap()))
             .collect();
         let out = json!({
             "kernel": { "release": kernel.release, "generation": kernel.generation },
@@ -74,15 +69,15 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         };
         println!("{}", line("fd walk", &fd_walk));
         println!("symbols:");
-        for s in SYMBOLS {
-            match kernel.symbol(s.role) {
+        for p in functions() {
+            match kernel.symbol(p) {
                 Some(r) => println!(
                     "  {:<21} yes   {} ({})",
-                    s.role,
+                    p.name(),
                     r.name,
                     r.module.as_deref().unwrap_or("vmlinux")
                 ),
-                None => println!("  {:<21} no    {}", s.role, missing_means(s.role)),
+                None => println!("  {:<21} no    {}", p.name(), missing_means(p)),
             }
         }
         match &plan {

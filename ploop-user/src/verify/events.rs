@@ -1,7 +1,7 @@
 //! The decoded, user-facing form of a probe event: one JSON line of a trace.
 
 use ploop_common::{
-    Event, PLOOP_CTL_CHUNK_SIZE, flags, func, phase,
+    Event, PLOOP_CTL_CHUNK_SIZE, Probe, flags, phase,
     ploop_if::{PLOOP_FLAG_FS_SYNC, PloopCtl, PloopCtlChunk},
     sync_state,
 };
@@ -15,15 +15,16 @@ pub struct TraceEvent {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
-    /// Role of the function (`freeze_bdev`, `thaw_bdev`), whatever its symbol on this kernel.
-    pub func: String,
-    /// `entry` or `return`.
-    pub phase: String,
-    /// `major:minor` of the `block_device` argument, absent when it could not be read.
+    /// The probe, by the role of the function (`freeze_bdev`), whatever its symbol here.
+    pub func: Probe,
+    pub phase: Phase,
+    /// The `block_device` argument's `bd_dev`, absent when it could not be read.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub dev: Option<String>,
-    /// Raw arguments, hex (pointers identify objects, such as the 3.10 `super_block *`).
-    pub args: Vec<String>,
+    pub dev: Option<KDev>,
+    /// Raw arguments (pointers identify objects, such as the 3.10 `super_block *`); hex in
+    /// the trace.
+    #[serde(with = "hex")]
+    pub args: Vec<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ret: Option<i64>,
     pub cpu: u32,
@@ -33,6 +34,37 @@ pub struct TraceEvent {
     /// `ploop_snapshot` entry: the request as the kernel was about to read it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub request: Option<Request>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Entry,
+    Return,
+}
+
+/// Arguments as `0x...` strings: pointers read better in hex, and JSON numbers lose
+/// precision above 2^53 in many readers.
+mod hex {
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _, ser::SerializeSeq};
+
+    pub fn serialize<S: Serializer>(args: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(args.len()))?;
+        for a in args {
+            seq.serialize_element(&format_args!("{a:#x}").to_string())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?
+            .iter()
+            .map(|a| {
+                u64::from_str_radix(a.trim_start_matches("0x"), 16)
+                    .map_err(|_| D::Error::custom(format_args!("argument {a:?} is not hex")))
+            })
+            .collect()
+    }
 }
 
 /// A `PLOOP_IOC_SNAPSHOT` request copied from user memory at `ploop_snapshot` entry.
@@ -72,13 +104,46 @@ impl Chunk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncFd {
     pub fd: i32,
-    /// `resolved` (a filesystem on a block device), `no-file`, `no-bdev`, or `unread`.
-    pub state: String,
-    /// `s_dev` of the fd's filesystem, `major:minor`.
+    pub state: SyncState,
+    /// `s_dev` of the fd's filesystem.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub dev: Option<String>,
-    /// `kernel` (walked at ploop_snapshot entry) or `proc` (user space, /proc/PID/fd, later).
-    pub via: String,
+    pub dev: Option<KDev>,
+    pub via: Via,
+}
+
+/// How the sync fd resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncState {
+    /// A filesystem on a block device.
+    Resolved,
+    /// No open file at that fd.
+    NoFile,
+    /// A filesystem without a block device (tmpfs, proc, devtmpfs).
+    NoBdev,
+    /// Not read (the in-kernel walk failed and /proc was not asked yet).
+    Unread,
+}
+
+impl std::fmt::Display for SyncState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncState::Resolved => "resolved",
+            SyncState::NoFile => "no-file",
+            SyncState::NoBdev => "no-bdev",
+            SyncState::Unread => "unread",
+        })
+    }
+}
+
+/// Where the sync fd was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// Walked in the kernel at `ploop_snapshot` entry.
+    Kernel,
+    /// By user space through /proc/PID/fd, later (racy by nature: marked).
+    Proc,
 }
 
 impl Request {
@@ -133,54 +198,38 @@ impl Request {
         let fd = req.sync_fd();
         if fd != -1 {
             let state = match e.sync_state {
-                sync_state::RESOLVED => "resolved",
-                sync_state::NO_FILE => "no-file",
-                sync_state::NO_BDEV => "no-bdev",
-                _ => "unread",
+                sync_state::RESOLVED => SyncState::Resolved,
+                sync_state::NO_FILE => SyncState::NoFile,
+                sync_state::NO_BDEV => SyncState::NoBdev,
+                _ => SyncState::Unread,
             };
-            let has_dev = matches!(e.sync_state, sync_state::RESOLVED | sync_state::NO_BDEV);
+            let has_dev = matches!(state, SyncState::Resolved | SyncState::NoBdev);
             req.sync = Some(SyncFd {
                 fd,
-                state: state.into(),
-                dev: has_dev.then(|| KDev(e.sync_dev).to_string()),
-                via: "kernel".into(),
+                state,
+                dev: has_dev.then_some(KDev(e.sync_dev)),
+                via: Via::Kernel,
             });
         }
         req
     }
 }
 
-pub fn func_name(id: u16) -> &'static str {
-    match id {
-        func::FREEZE_BDEV => "freeze_bdev",
-        func::THAW_BDEV => "thaw_bdev",
-        func::PLOOP_SNAPSHOT => "ploop_snapshot",
-        func::FIND_AND_FREEZE_BDEV => "find_and_freeze_bdev",
-        func::GET_BDEV_FROM_FD => "get_bdev_from_fd",
-        func::PLOOP_QUIESCE => "ploop_quiesce",
-        func::PLOOP_RELAX => "ploop_relax",
-        func::SYS_IOCTL => "sys_ioctl",
-        _ => "unknown",
-    }
-}
-
 impl TraceEvent {
-    pub fn from_raw(e: &Event, generation: Generation) -> Self {
-        let func = func_name(e.func);
+    /// `None` for an event of a probe this build does not know (a newer object).
+    pub fn from_raw(e: &Event, generation: Generation) -> Option<Self> {
+        let func = Probe::from_id(e.func)?;
         let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
         let is_return = e.phase == phase::RETURN;
-        TraceEvent {
+        Some(TraceEvent {
             ts_ns: e.ts_ns,
             pid: (e.pid_tgid >> 32) as u32,
             tid: e.pid_tgid as u32,
             comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
-            func: func.to_string(),
-            phase: if is_return { "return" } else { "entry" }.to_string(),
-            dev: (e.flags & flags::DEV_UNREAD == 0).then(|| KDev(e.dev).to_string()),
-            args: e.args[..generation.arity(func).min(e.args.len())]
-                .iter()
-                .map(|a| format!("{a:#x}"))
-                .collect(),
+            func,
+            phase: if is_return { Phase::Return } else { Phase::Entry },
+            dev: (e.flags & flags::DEV_UNREAD == 0).then_some(KDev(e.dev)),
+            args: e.args[..generation.arity(func).min(e.args.len())].to_vec(),
             ret: is_return.then_some(if generation.returns_int(func) {
                 e.ret as i32 as i64
             } else {
@@ -188,8 +237,8 @@ impl TraceEvent {
             }),
             cpu: e.cpu,
             no_entry: e.flags & flags::NO_ENTRY != 0,
-            request: (e.func == func::PLOOP_SNAPSHOT && !is_return).then(|| Request::decode(e)),
-        }
+            request: (func == Probe::PloopSnapshot && !is_return).then(|| Request::decode(e)),
+        })
     }
 }
 
@@ -204,7 +253,7 @@ mod tests {
         let raw = Event {
             ts_ns: 42,
             pid_tgid: (100u64 << 32) | 101,
-            func: func::FREEZE_BDEV,
+            func: Probe::FreezeBdev.id(),
             phase: phase::RETURN,
             flags: 0,
             cpu: 1,
@@ -215,14 +264,16 @@ mod tests {
             comm,
             ..Event::ZERO
         };
-        let t = TraceEvent::from_raw(&raw, Generation::FreezeBdev);
+        let t = TraceEvent::from_raw(&raw, Generation::FreezeBdev).unwrap();
         assert_eq!(t.args.len(), 1);
         assert_eq!((t.pid, t.tid), (100, 101));
         assert_eq!(t.comm, "mount");
-        assert_eq!(t.dev.as_deref(), Some("7:3"));
+        assert_eq!(t.dev, Some(KDev((7 << 20) | 3)));
         assert_eq!(t.ret, Some(-16));
-        assert_eq!(t.args[0], "0xffff888000001000");
+        assert_eq!(t.args[0], 0xffff_8880_0000_1000);
         let line = serde_json::to_string(&t).unwrap();
+        assert!(line.contains(r#""args":["0xffff888000001000"]"#), "{line}");
+        assert!(line.contains(r#""func":"freeze_bdev","phase":"return","dev":"7:3""#), "{line}");
         assert_eq!(serde_json::from_str::<TraceEvent>(&line).unwrap(), t);
     }
 
@@ -231,12 +282,12 @@ mod tests {
         let raw = Event {
             ts_ns: 1,
             pid_tgid: 1,
-            func: func::THAW_BDEV,
+            func: Probe::ThawBdev.id(),
             phase: phase::RETURN,
             flags: flags::DEV_UNREAD | flags::NO_ENTRY,
             ..Event::ZERO
         };
-        let t = TraceEvent::from_raw(&raw, Generation::Vz7);
+        let t = TraceEvent::from_raw(&raw, Generation::Vz7).unwrap();
         assert_eq!(t.args.len(), 2, "3.10 thaw_bdev also takes the super_block");
         assert_eq!(t.dev, None);
         assert!(t.no_entry);
@@ -245,7 +296,7 @@ mod tests {
 
     /// A two-chunk request as the eBPF program copies it: ctl, chunk #0, chunk #1.
     fn snapshot_entry(chunks: u16, chunk1: [u32; 4], sync: (u32, u32)) -> Event {
-        let mut ev = Event { func: func::PLOOP_SNAPSHOT, phase: phase::ENTRY, ..Event::ZERO };
+        let mut ev = Event { func: Probe::PloopSnapshot.id(), phase: phase::ENTRY, ..Event::ZERO };
         ev.ctl[0..4].copy_from_slice(&1u32.to_le_bytes());
         ev.ctl[4..8].copy_from_slice(&PLOOP_FLAG_FS_SYNC.to_le_bytes());
         ev.ctl[16..18].copy_from_slice(&chunks.to_le_bytes());
@@ -260,7 +311,7 @@ mod tests {
     #[test]
     fn decodes_a_snapshot_request_with_a_sync_fd() {
         let ev = snapshot_entry(2, [7, 0, 0, 0], ((254 << 20) | 1, sync_state::RESOLVED));
-        let t = TraceEvent::from_raw(&ev, Generation::FreezeBdev);
+        let t = TraceEvent::from_raw(&ev, Generation::FreezeBdev).unwrap();
         let r = t.request.expect("a request on ploop_snapshot entry");
         assert!(r.readable && r.fs_sync());
         assert_eq!((r.format, r.chunks, r.chunk[0].fd), (1, 2, 5));
@@ -268,40 +319,48 @@ mod tests {
         assert!(!r.chunk[1].has_extra_fields());
         let s = r.sync.unwrap();
         assert_eq!(
-            (s.state.as_str(), s.dev.as_deref(), s.via.as_str()),
-            ("resolved", Some("254:1"), "kernel")
+            (s.state, s.dev, s.via),
+            (SyncState::Resolved, Some(KDev((254 << 20) | 1)), Via::Kernel)
         );
     }
 
     #[test]
     fn chunk1_extra_fields_and_missing_files_are_decoded() {
         let ev = snapshot_entry(2, [7, 0, 3, 0], (0, sync_state::NO_FILE));
-        let r = TraceEvent::from_raw(&ev, Generation::FreezeBdev).request.unwrap();
+        let r = TraceEvent::from_raw(&ev, Generation::FreezeBdev).unwrap().request.unwrap();
         assert!(r.chunk[1].has_extra_fields(), "pctl_flags of chunk #1 is set");
-        assert_eq!(r.sync.unwrap().state, "no-file");
+        assert_eq!(r.sync.unwrap().state, SyncState::NoFile);
         // One chunk: chunk #1 is whatever follows and never a sync fd.
         let ev = snapshot_entry(1, [7, 0, 0, 0], (0, 0));
-        let r = TraceEvent::from_raw(&ev, Generation::FreezeBdev).request.unwrap();
+        let r = TraceEvent::from_raw(&ev, Generation::FreezeBdev).unwrap().request.unwrap();
         assert_eq!((r.sync_fd(), r.sync), (-1, None));
         let ev = Event { flags: flags::CTL_UNREAD, ..snapshot_entry(2, [7, 0, 0, 0], (0, 0)) };
-        assert!(!TraceEvent::from_raw(&ev, Generation::FreezeBdev).request.unwrap().readable);
+        assert!(
+            !TraceEvent::from_raw(&ev, Generation::FreezeBdev).unwrap().request.unwrap().readable
+        );
     }
 
     #[test]
     fn int_returns_read_from_a_64_bit_register_are_sign_extended() {
         let ev = Event {
-            func: func::PLOOP_SNAPSHOT,
+            func: Probe::PloopSnapshot.id(),
             phase: phase::RETURN,
             ret: 4294966772,
             ..Event::ZERO
         };
-        assert_eq!(TraceEvent::from_raw(&ev, Generation::FreezeBdev).ret, Some(-524));
-        let ev = Event { func: func::SYS_IOCTL, phase: phase::RETURN, ret: -524, ..Event::ZERO };
-        assert_eq!(TraceEvent::from_raw(&ev, Generation::FreezeBdev).ret, Some(-524));
+        assert_eq!(TraceEvent::from_raw(&ev, Generation::FreezeBdev).unwrap().ret, Some(-524));
+        let ev = Event {
+            func: Probe::SysExitIoctl.id(),
+            phase: phase::RETURN,
+            ret: -524,
+            ..Event::ZERO
+        };
+        assert_eq!(TraceEvent::from_raw(&ev, Generation::FreezeBdev).unwrap().ret, Some(-524));
         let ptr = 0xffff_8880_1234_5000u64 as i64;
-        let ev = Event { func: func::FREEZE_BDEV, phase: phase::RETURN, ret: ptr, ..Event::ZERO };
+        let ev =
+            Event { func: Probe::FreezeBdev.id(), phase: phase::RETURN, ret: ptr, ..Event::ZERO };
         assert_eq!(
-            TraceEvent::from_raw(&ev, Generation::Vz7).ret,
+            TraceEvent::from_raw(&ev, Generation::Vz7).unwrap().ret,
             Some(ptr),
             "3.10: a super_block *"
         );

@@ -20,7 +20,7 @@ use aya::{
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use clap::ValueEnum;
-use ploop_common::{Event, config, names};
+use ploop_common::{Attach, Event, Probe, config, names};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
@@ -58,11 +58,31 @@ impl fmt::Display for Transport {
     }
 }
 
-/// The functions a session attaches to: role (program name prefix) and kernel symbol.
+/// A kernel function a session attaches to, and the symbol it has on this kernel.
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
-    pub role: &'static str,
+    pub role: Probe,
     pub symbol: String,
+}
+
+/// Why a probe matters, said when its function is missing.
+pub fn missing_means(probe: Probe) -> &'static str {
+    match probe {
+        Probe::FreezeBdev | Probe::ThawBdev => "no freeze/thaw probes at all",
+        Probe::PloopSnapshot => "no verdict on ploop snapshots (is the ploop module loaded?)",
+        Probe::GetBdevFromFd => "unpatched kernel, or inlined: sync-fd resolution not observed",
+        Probe::FindAndFreezeBdev => "freeze attribution relies on freeze_bdev alone",
+        Probe::PloopQuiesce | Probe::PloopRelax => "the delta switch (O2) cannot be placed in time",
+        Probe::SysExitIoctl => "the errno user space sees (E3) is not observed",
+    }
+}
+
+/// Probes on kernel functions: the freeze/thaw pair any session needs (`fentry` reaches
+/// them), or the ploop driver's functions, optional and reached by kprobes.
+fn function_probes(required: bool) -> impl Iterator<Item = Probe> {
+    Probe::ALL.into_iter().filter(
+        move |p| matches!(p.attach(), Attach::Function { fentry, .. } if fentry == required),
+    )
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -101,8 +121,7 @@ fn fd_walk_offsets(btf: &btf_rs::Btf) -> Option<Vec<(u32, u64)>> {
 
 /// Optional ploop functions present in this kernel.
 pub fn ploop_targets(kernel: &KernelInfo) -> Vec<Target> {
-    ["ploop_snapshot", "find_and_freeze_bdev", "get_bdev_from_fd", "ploop_quiesce", "ploop_relax"]
-        .into_iter()
+    function_probes(false)
         .filter_map(|role| kernel.symbol(role).map(|s| Target { role, symbol: s.name.clone() }))
         .collect()
 }
@@ -150,8 +169,7 @@ fn err_chain(e: &anyhow::Error) -> String {
 
 /// The freeze/thaw targets: these are required for any session.
 pub fn freeze_thaw_targets(kernel: &KernelInfo) -> Result<Vec<Target>> {
-    ["freeze_bdev", "thaw_bdev"]
-        .into_iter()
+    function_probes(true)
         .map(|role| {
             let sym = kernel.symbol(role).ok_or_else(|| {
                 anyhow!("this kernel has neither {role} nor its 6.8+ name in /proc/kallsyms")
@@ -328,10 +346,10 @@ pub struct Session {
     pub plan: Plan,
     readers: Option<Readers>,
     _perf_array: Option<PerfEventArray<MapData>>,
-    /// Optional probes that did not attach: (role, reason).
-    pub narrowed: Vec<(String, String)>,
-    /// Roles whose probes are attached.
-    pub probed: Vec<String>,
+    /// Optional probes that did not attach, and why.
+    pub narrowed: Vec<(Probe, String)>,
+    /// The probes attached.
+    pub probed: Vec<Probe>,
 }
 
 /// A program of the object, as the type its section says it is.
@@ -347,9 +365,15 @@ fn attaching(prog: &str, t: &Target) -> String {
     format!("loading and attaching {prog} to {}", t.symbol)
 }
 
+/// The eBPF program of `probe` for `hook`: `<name>_<hook>`, as ploop-ebpf's `probes!`
+/// names them (a unit test checks every one exists in both objects).
+pub fn program_name(probe: Probe, hook: &str) -> String {
+    format!("{}_{hook}", probe.name())
+}
+
 /// kretprobe first, then kprobe: every entry seen then has its return seen too.
 fn attach_kprobes(ebpf: &mut Ebpf, t: &Target) -> Result<()> {
-    for prog in [format!("{}_kretprobe", t.role), format!("{}_kprobe", t.role)] {
+    for prog in [program_name(t.role, "kretprobe"), program_name(t.role, "kprobe")] {
         let p: &mut KProbe = program(ebpf, &prog)?;
         p.load()
             .and_then(|()| p.attach(&t.symbol, 0).map(drop))
@@ -358,10 +382,13 @@ fn attach_kprobes(ebpf: &mut Ebpf, t: &Target) -> Result<()> {
     Ok(())
 }
 
-fn attach_ioctl_exit(ebpf: &mut Ebpf) -> Result<()> {
-    let p: &mut TracePoint = program(ebpf, "sys_exit_ioctl")?;
-    p.load().context("loading sys_exit_ioctl")?;
-    p.attach("syscalls", "sys_exit_ioctl").context("attaching syscalls:sys_exit_ioctl")?;
+fn attach_tracepoint(ebpf: &mut Ebpf, probe: Probe) -> Result<()> {
+    let Attach::Tracepoint { category, name } = probe.attach() else {
+        bail!("{probe} is not a tracepoint");
+    };
+    let p: &mut TracePoint = program(ebpf, probe.name())?;
+    p.load().with_context(|| format!("loading {probe}"))?;
+    p.attach(category, name).with_context(|| format!("attaching {category}:{name}"))?;
     Ok(())
 }
 
@@ -448,8 +475,8 @@ impl Session {
                 Method::Kprobe => attach_kprobes(&mut ebpf, t)?,
                 Method::Fentry => {
                     let btf = fentry_btf.as_ref().expect("set for fentry");
-                    let fexit = format!("{}_fexit", t.role);
-                    let fentry = format!("{}_fentry", t.role);
+                    let fexit = program_name(t.role, "fexit");
+                    let fentry = program_name(t.role, "fentry");
                     let p: &mut FExit = program(&mut ebpf, &fexit)?;
                     p.load(&t.symbol, btf)
                         .and_then(|()| p.attach().map(drop))
@@ -465,20 +492,21 @@ impl Session {
         let mut narrowed = Vec::new();
         for t in &plan.ploop_targets {
             if let Err(e) = attach_kprobes(&mut ebpf, t) {
-                narrowed.push((t.role.to_string(), err_chain(&e)));
+                narrowed.push((t.role, err_chain(&e)));
             }
         }
-        let snapshot_attached = plan.ploop_targets.iter().any(|t| t.role == "ploop_snapshot")
-            && !narrowed.iter().any(|(r, _)| r == "ploop_snapshot");
-        if snapshot_attached && let Err(e) = attach_ioctl_exit(&mut ebpf) {
-            narrowed.push(("sys_exit_ioctl".into(), err_chain(&e)));
+        // The ioctl exit is armed by ploop_snapshot's entry: useless without it.
+        let snapshot_attached = plan.ploop_targets.iter().any(|t| t.role == Probe::PloopSnapshot)
+            && !narrowed.iter().any(|(r, _)| *r == Probe::PloopSnapshot);
+        if snapshot_attached && let Err(e) = attach_tracepoint(&mut ebpf, Probe::SysExitIoctl) {
+            narrowed.push((Probe::SysExitIoctl, err_chain(&e)));
         }
         let probed = plan
             .targets
             .iter()
             .chain(&plan.ploop_targets)
-            .map(|t| t.role.to_string())
-            .chain(snapshot_attached.then(|| "sys_exit_ioctl".to_string()))
+            .map(|t| t.role)
+            .chain(snapshot_attached.then_some(Probe::SysExitIoctl))
             .filter(|r| !narrowed.iter().any(|(n, _)| n == r))
             .collect();
         Ok(Session {
@@ -612,6 +640,30 @@ mod tests {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// Every program user space will ask for, by the names [`super::program_name`] derives
+    /// from the probe's identity, exists in both objects.
+    #[test]
+    fn every_probe_has_its_programs_in_both_objects() {
+        use ploop_common::{Attach, Probe};
+        for bytes in [super::OBJ_RINGBUF, super::OBJ_PERF] {
+            let obj = object::File::parse(bytes).unwrap();
+            let has = |name: &str| obj.symbols().any(|s| s.name() == Ok(name));
+            for p in Probe::ALL {
+                let wanted: Vec<String> = match p.attach() {
+                    Attach::Function { fentry, .. } => ["kprobe", "kretprobe"]
+                        .into_iter()
+                        .chain(fentry.then_some(["fentry", "fexit"]).into_iter().flatten())
+                        .map(|hook| super::program_name(p, hook))
+                        .collect(),
+                    Attach::Tracepoint { .. } => vec![p.name().to_string()],
+                };
+                for prog in wanted {
+                    assert!(has(&prog), "{prog} missing from an object");
+                }
+            }
+        }
     }
 
     /// The legacy object must stay loadable on old kernels (vz7's 3.10 tech preview, < 4.16):

@@ -10,9 +10,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use ploop_common::Probe;
 use serde::Serialize;
 
 use crate::{
+    kernel::KDev,
     verify::checker::{
         CallReport, Checker, INVARIANTS, PatchState, Verdict, Violation, invariants::errno_name,
     },
@@ -48,8 +50,8 @@ pub struct Summary {
     pub plan: serde_json::Value,
     /// Whether the kernel has the sync-fd interface: a property, not a violation.
     pub kernel_patch: PatchState,
-    pub probed: Vec<String>,
-    pub narrowed: Vec<(String, String)>,
+    pub probed: Vec<Probe>,
+    pub narrowed: Vec<(Probe, String)>,
     pub snapshots: usize,
     pub incomplete: usize,
     pub violations: usize,
@@ -93,7 +95,7 @@ pub fn summarise(
     let tally = checker.tally();
     let n = checker.snapshots();
     let nviol = checker.violations();
-    let reason = if !header.probed.iter().any(|p| p == "ploop_snapshot") {
+    let reason = if !header.probed.contains(&Probe::PloopSnapshot) {
         Some("ploop_snapshot is not probed on this kernel: no verdict on ploop at all".to_string())
     } else if n == 0 {
         Some("no ploop_snapshot call was observed".to_string())
@@ -157,7 +159,7 @@ fn call_label(r: &CallReport) -> String {
         c.comm,
         c.pid,
         c.tid,
-        c.ploop_dev.as_deref().unwrap_or("?"),
+        c.ploop_dev.map_or_else(|| "?".to_string(), |d| d.to_string()),
         c.ret.map(errno_name).unwrap_or_else(|| "?".into())
     )
 }
@@ -274,7 +276,8 @@ pub fn markdown(s: &Summary) -> String {
     }
     let release = s.kernel.get("release").and_then(|r| r.as_str()).unwrap_or("?");
     let _ = writeln!(out, "- Kernel `{release}`: {}", patch_text(&s.kernel_patch));
-    let _ = writeln!(out, "- Probed: {}", s.probed.join(", "));
+    let probed: Vec<&str> = s.probed.iter().map(|p| p.name()).collect();
+    let _ = writeln!(out, "- Probed: {}", probed.join(", "));
     for (role, why) in &s.narrowed {
         let _ = writeln!(out, "- Not probed: `{role}`: {why}");
     }
@@ -338,7 +341,7 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64], o: &mut impl f
         "<text x=\"10\" y=\"38\" fill=\"#555\">each row: one call on its own scale; bars: freeze windows per device; black tick: ploop_quiesce..ploop_relax; red: error or violation</text>"
     );
     // Devices in order of first appearance, with a name for the legend.
-    let mut devices: Vec<(String, String)> = Vec::new();
+    let mut devices: Vec<(Option<KDev>, String)> = Vec::new();
     for (i, r) in calls.iter().take(MAX_ROWS).enumerate() {
         let c = &r.call;
         let y = 60.0 + i as f64 * row_h;
@@ -374,7 +377,7 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64], o: &mut impl f
         );
         for f in c.freezes.iter().filter(|f| f.ok) {
             let k = devices.iter().position(|d| d.0 == f.dev).unwrap_or_else(|| {
-                devices.push((f.dev.clone(), c.dev_name(&f.dev)));
+                devices.push((f.dev, c.dev_name(f.dev)));
                 devices.len() - 1
             });
             let to = f.thaw.as_ref().and_then(|t| t.ret_ns).unwrap_or(end);
@@ -389,7 +392,7 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64], o: &mut impl f
                 if leaked { "#d62728" } else { COLOURS[k % COLOURS.len()] },
                 xml(&format!(
                     "{} frozen {:.2} ms{}",
-                    c.dev_name(&f.dev),
+                    c.dev_name(f.dev),
                     to.saturating_sub(f.ret_ns) as f64 / 1e6,
                     if leaked { " (never thawed)" } else { "" }
                 ))

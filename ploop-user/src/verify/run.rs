@@ -14,13 +14,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use ploop_common::Probe;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     console::{self, say},
     kernel::{KDev, KernelInfo},
     verify::checker::{Checker, Options, Violation},
-    verify::events::TraceEvent,
+    verify::events::{Phase, SyncState, TraceEvent, Via},
     verify::probe::{Record, Session, Transport},
     verify::report,
     verify::stack::Stack,
@@ -232,30 +233,30 @@ impl Reorder {
 
 /// What only the live side can know, recorded before the event that needs it.
 fn context_for(e: &mut TraceEvent) -> Option<Stack> {
-    if e.func != "ploop_snapshot" || e.phase != "entry" {
+    if e.func != Probe::PloopSnapshot || e.phase != Phase::Entry {
         return None;
     }
     if let Some(sync) = e.request.as_mut().and_then(|r| r.sync.as_mut())
-        && sync.state == "unread"
+        && sync.state == SyncState::Unread
     {
         // The kernel walk failed: ask /proc now (the fd may have changed since: marked).
         let path = format!("/proc/{}/fd/{}", e.pid, sync.fd);
-        sync.via = "proc".into();
+        sync.via = Via::Proc;
         match nix::sys::stat::stat(path.as_str()) {
             Ok(st) => {
                 let dev = KDev::from_user(st.st_dev);
-                sync.state = if dev.major() == 0 { "no-bdev" } else { "resolved" }.into();
-                sync.dev = Some(dev.to_string());
+                sync.state = if dev.major() == 0 { SyncState::NoBdev } else { SyncState::Resolved };
+                sync.dev = Some(dev);
             }
-            Err(_) => sync.state = "no-file".into(),
+            Err(_) => sync.state = SyncState::NoFile,
         }
     }
-    e.dev.as_deref().map(Stack::capture)
+    e.dev.map(Stack::capture)
 }
 
 pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let kernel = KernelInfo::detect()?;
-    if kernel.symbol("ploop_snapshot").is_none() {
+    if kernel.symbol(Probe::PloopSnapshot).is_none() {
         say!(
             "ploop-verify: ploop_snapshot is not in this kernel (/proc/kallsyms): no verdict on ploop \
              at all. Load the ploop module (or the model driver) first."
@@ -302,7 +303,11 @@ async fn drive(
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut last_progress = Instant::now();
     let take = |r: Record, reorder: &mut Reorder, lost: &mut u64| match r {
-        Record::Event(e) => reorder.push(TraceEvent::from_raw(&e, generation)),
+        // An id this build does not know cannot be judged: counted as lost.
+        Record::Event(e) => match TraceEvent::from_raw(&e, generation) {
+            Some(e) => reorder.push(e),
+            None => *lost += 1,
+        },
         Record::Lost(n) => *lost += n,
     };
     let status = loop {
@@ -365,8 +370,8 @@ mod tests {
             pid: 1,
             tid: 1,
             comm: String::new(),
-            func: "freeze_bdev".into(),
-            phase: "entry".into(),
+            func: Probe::FreezeBdev,
+            phase: Phase::Entry,
             dev: None,
             args: vec![],
             ret: None,

@@ -6,21 +6,23 @@ use std::{collections::BTreeSet, fs, path::Path};
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::KDev;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stack {
-    /// The ploop device, `major:minor`.
-    pub ploop_dev: String,
+    /// The ploop device.
+    pub ploop_dev: KDev,
     /// The ploop device and every device above it, bottom first.
     pub devices: Vec<StackDev>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackDev {
-    pub dev: String,
+    pub dev: KDev,
     pub name: String,
-    /// `major:minor` of the devices holding this one.
+    /// The devices holding this one.
     #[serde(default)]
-    pub holders: Vec<String>,
+    pub holders: Vec<KDev>,
     /// Mountpoints of the filesystem on this device (empty: no filesystem mounted).
     #[serde(default)]
     pub mounts: Vec<String>,
@@ -30,40 +32,40 @@ pub struct StackDev {
 
 impl Stack {
     /// Reads sysfs and `/proc/self/mountinfo` now.
-    pub fn capture(ploop_dev: &str) -> Stack {
+    pub fn capture(ploop_dev: KDev) -> Stack {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         Self::capture_from(Path::new("/sys"), &mountinfo, ploop_dev)
     }
 
-    pub fn capture_from(sys: &Path, mountinfo: &str, ploop_dev: &str) -> Stack {
+    pub fn capture_from(sys: &Path, mountinfo: &str, ploop_dev: KDev) -> Stack {
         let mut devices = Vec::new();
         let mut seen = BTreeSet::new();
-        let mut todo = vec![ploop_dev.to_string()];
+        let mut todo = vec![ploop_dev];
         while let Some(dev) = todo.pop() {
-            if !seen.insert(dev.clone()) {
+            if !seen.insert(dev) {
                 continue;
             }
-            let name = fs::read_link(sys.join("dev/block").join(&dev))
+            let name = fs::read_link(sys.join("dev/block").join(dev.to_string()))
                 .ok()
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| dev.clone());
-            let holders: Vec<String> =
+                .unwrap_or_else(|| dev.to_string());
+            let holders: Vec<KDev> =
                 fs::read_dir(sys.join("class/block").join(&name).join("holders"))
                     .map(|rd| {
                         rd.filter_map(|e| e.ok())
                             .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
-                            .map(|d| d.trim().to_string())
+                            .filter_map(|d| d.trim().parse().ok())
                             .collect()
                     })
                     .unwrap_or_default();
-            let (mounts, fstype) = mounts_of(mountinfo, &dev);
-            todo.extend(holders.iter().cloned());
+            let (mounts, fstype) = mounts_of(mountinfo, dev);
+            todo.extend(holders.iter().copied());
             devices.push(StackDev { dev, name, holders, mounts, fstype });
         }
-        Stack { ploop_dev: ploop_dev.to_string(), devices }
+        Stack { ploop_dev, devices }
     }
 
-    pub fn device(&self, dev: &str) -> Option<&StackDev> {
+    pub fn device(&self, dev: KDev) -> Option<&StackDev> {
         self.devices.iter().find(|d| d.dev == dev)
     }
 
@@ -72,7 +74,7 @@ impl Stack {
         self.devices.iter().filter(|d| !d.mounts.is_empty())
     }
 
-    pub fn name(&self, dev: &str) -> String {
+    pub fn name(&self, dev: KDev) -> String {
         match self.device(dev) {
             Some(d) => format!("{} ({dev})", d.name),
             None => dev.to_string(),
@@ -81,12 +83,12 @@ impl Stack {
 }
 
 /// Mountpoints and filesystem type of the filesystem whose `st_dev` is `dev`.
-fn mounts_of(mountinfo: &str, dev: &str) -> (Vec<String>, Option<String>) {
+fn mounts_of(mountinfo: &str, dev: KDev) -> (Vec<String>, Option<String>) {
     let mut mounts = Vec::new();
     let mut fstype = None;
     for line in mountinfo.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 5 || f[2] != dev {
+        if f.len() < 5 || f[2].parse() != Ok(dev) {
             continue;
         }
         mounts.push(f[4].to_string());
@@ -123,13 +125,14 @@ mod tests {
         }
         let mountinfo = "22 1 0:21 / /proc rw - proc proc rw\n\
                          40 1 254:1 / /mnt/data rw,relatime - ext4 /dev/dm-1 rw\n";
-        let s = Stack::capture_from(&tmp, mountinfo, "253:0");
+        let d = |t: &str| t.parse::<KDev>().unwrap();
+        let s = Stack::capture_from(&tmp, mountinfo, d("253:0"));
         let names: Vec<&str> = s.devices.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["ploop0", "dm-0", "dm-1"]);
-        let fss: Vec<&str> = s.filesystems().map(|d| d.dev.as_str()).collect();
-        assert_eq!(fss, ["254:1"]);
-        assert_eq!(s.device("254:1").unwrap().fstype.as_deref(), Some("ext4"));
-        assert_eq!(s.name("254:0"), "dm-0 (254:0)");
+        let fss: Vec<KDev> = s.filesystems().map(|d| d.dev).collect();
+        assert_eq!(fss, [d("254:1")]);
+        assert_eq!(s.device(d("254:1")).unwrap().fstype.as_deref(), Some("ext4"));
+        assert_eq!(s.name(d("254:0")), "dm-0 (254:0)");
         fs::remove_dir_all(&tmp).unwrap();
     }
 }

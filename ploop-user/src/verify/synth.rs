@@ -6,11 +6,11 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use ploop_common::ploop_if::PLOOP_FLAG_FS_SYNC;
+use ploop_common::{Probe, ploop_if::PLOOP_FLAG_FS_SYNC};
 
 use crate::{
-    kernel::Generation,
-    verify::events::{Chunk, Request, SyncFd, TraceEvent},
+    kernel::{Generation, KDev},
+    verify::events::{Chunk, Phase, Request, SyncFd, SyncState, TraceEvent, Via},
     verify::stack::{Stack, StackDev},
     verify::tracefile::{End, Header, TOOL, TraceLine, Writer},
 };
@@ -19,12 +19,7 @@ use crate::{
 /// ext4, spread over 4 threads and 2 devices; returns the number of events.
 pub fn write(path: &Path, calls: u64) -> Result<u64> {
     let mut w = Writer::create(path)?;
-    let probed =
-        ["freeze_bdev", "thaw_bdev", "ploop_snapshot", "find_and_freeze_bdev", "get_bdev_from_fd"]
-            .iter()
-            .chain(&["ploop_quiesce", "ploop_relax", "sys_exit_ioctl"])
-            .map(|s| s.to_string())
-            .collect();
+    let probed = Probe::ALL.to_vec();
     w.line(&TraceLine::Header(Header {
         tool: TOOL.into(),
         kernel: serde_json::json!({"release": "synthetic", "generation": "freeze-bdev"}),
@@ -39,20 +34,20 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
         let tid = 100 + (i % 4) as u32;
         let n = (i % 2) as u32;
         let (ploop, crypt, linear) =
-            (format!("253:{n}"), format!("254:{}", 2 * n), format!("254:{}", 2 * n + 1));
-        let dev = |d: &str, name: String, h: Vec<String>, m: &[&str]| StackDev {
-            dev: d.to_string(),
+            (KDev((253 << 20) | n), KDev((254 << 20) | (2 * n)), KDev((254 << 20) | (2 * n + 1)));
+        let dev = |dev, name: String, h: Vec<KDev>, m: &[&str]| StackDev {
+            dev,
             name,
             holders: h,
             mounts: m.iter().map(|s| s.to_string()).collect(),
             fstype: (!m.is_empty()).then(|| "ext4".into()),
         };
         w.line(&TraceLine::Stack(Stack {
-            ploop_dev: ploop.clone(),
+            ploop_dev: ploop,
             devices: vec![
-                dev(&ploop, format!("ploop{n}"), vec![crypt.clone()], &[]),
-                dev(&crypt, format!("dm-{}", 2 * n), vec![linear.clone()], &[]),
-                dev(&linear, format!("dm-{}", 2 * n + 1), vec![], &["/mnt"]),
+                dev(ploop, format!("ploop{n}"), vec![crypt], &[]),
+                dev(crypt, format!("dm-{}", 2 * n), vec![linear], &[]),
+                dev(linear, format!("dm-{}", 2 * n + 1), vec![], &["/mnt"]),
             ],
         }))?;
         let chunk = |fd| Chunk { fd, kind: 0, flags: 0, offset: 0, start: 0, len: 0 };
@@ -64,27 +59,28 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
             chunk: vec![chunk(5), chunk(6)],
             sync: Some(SyncFd {
                 fd: 6,
-                state: "resolved".into(),
-                dev: Some(linear.clone()),
-                via: "kernel".into(),
+                state: SyncState::Resolved,
+                dev: Some(linear),
+                via: Via::Kernel,
             }),
         };
-        let steps: [(&str, &str, Option<&str>, Option<i64>); 15] = [
-            ("ploop_snapshot", "entry", Some(&ploop), None),
-            ("find_and_freeze_bdev", "entry", None, None),
-            ("get_bdev_from_fd", "entry", None, None),
-            ("get_bdev_from_fd", "return", None, Some(0)),
-            ("freeze_bdev", "entry", Some(&linear), None),
-            ("freeze_bdev", "return", Some(&linear), Some(0)),
-            ("find_and_freeze_bdev", "return", None, Some(0)),
-            ("ploop_quiesce", "entry", None, None),
-            ("ploop_quiesce", "return", None, Some(0)),
-            ("ploop_relax", "entry", None, None),
-            ("ploop_relax", "return", None, Some(0)),
-            ("thaw_bdev", "entry", Some(&linear), None),
-            ("thaw_bdev", "return", Some(&linear), Some(0)),
-            ("ploop_snapshot", "return", Some(&ploop), Some(0)),
-            ("sys_ioctl", "return", Some(&ploop), Some(0)),
+        use {Phase::*, Probe::*};
+        let steps: [(Probe, Phase, Option<KDev>, Option<i64>); 15] = [
+            (PloopSnapshot, Entry, Some(ploop), None),
+            (FindAndFreezeBdev, Entry, None, None),
+            (GetBdevFromFd, Entry, None, None),
+            (GetBdevFromFd, Return, None, Some(0)),
+            (FreezeBdev, Entry, Some(linear), None),
+            (FreezeBdev, Return, Some(linear), Some(0)),
+            (FindAndFreezeBdev, Return, None, Some(0)),
+            (PloopQuiesce, Entry, None, None),
+            (PloopQuiesce, Return, None, Some(0)),
+            (PloopRelax, Entry, None, None),
+            (PloopRelax, Return, None, Some(0)),
+            (ThawBdev, Entry, Some(linear), None),
+            (ThawBdev, Return, Some(linear), Some(0)),
+            (PloopSnapshot, Return, Some(ploop), Some(0)),
+            (SysExitIoctl, Return, Some(ploop), Some(0)),
         ];
         for (func, phase, d, ret) in steps {
             ts += 50_000;
@@ -93,14 +89,14 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
                 pid: tid,
                 tid,
                 comm: "ploop-verify".into(),
-                func: func.into(),
-                phase: phase.into(),
-                dev: d.map(str::to_string),
-                args: vec![format!("{:#x}", 0xffff_8880_0000_0000u64 + u64::from(n) * 0x1000)],
+                func,
+                phase,
+                dev: d,
+                args: vec![0xffff_8880_0000_0000u64 + u64::from(n) * 0x1000],
                 ret,
                 cpu: n,
                 no_entry: false,
-                request: (func == "ploop_snapshot" && phase == "entry").then(|| request.clone()),
+                request: (func == PloopSnapshot && phase == Entry).then(|| request.clone()),
             }))?;
             events += 1;
         }

@@ -8,12 +8,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use ploop_common::Probe;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     console::{self, say},
     kernel::{Generation, KernelInfo},
-    verify::events::TraceEvent,
+    verify::events::{Phase, TraceEvent},
     verify::probe::{Capabilities, Method, Plan, Record, Session, Transport},
     verify::tracefile::{self, TraceLine},
     workload::{Stopped, Workload, positive},
@@ -67,7 +68,11 @@ impl Collected {
     fn take(&mut self, r: Record, print: bool) {
         match r {
             Record::Event(e) => {
-                let ev = TraceEvent::from_raw(&e, self.generation);
+                // An id this build does not know: counted as lost.
+                let Some(ev) = TraceEvent::from_raw(&e, self.generation) else {
+                    self.lost += 1;
+                    return;
+                };
                 if print {
                     println!("{}", serde_json::to_string(&ev).expect("serialisable"));
                 }
@@ -105,14 +110,14 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
         args.out.as_ref().map(|o| format!(", trace in {}", o.display())).unwrap_or_default()
     );
     let returns =
-        |f: &'static str| got.events.iter().filter(move |e| e.func == f && e.phase == "return");
-    let failed = returns("freeze_bdev")
+        |f: Probe| got.events.iter().filter(move |e| e.func == f && e.phase == Phase::Return);
+    let failed = returns(Probe::FreezeBdev)
         .filter(|e| e.ret.is_some_and(|r| kernel.generation.freeze_failed(r)))
         .count();
     say!(
         "ploop-verify: freeze_bdev returned {} times ({failed} failed), thaw_bdev {} times",
-        returns("freeze_bdev").count(),
-        returns("thaw_bdev").count()
+        returns(Probe::FreezeBdev).count(),
+        returns(Probe::ThawBdev).count()
     );
     if got.lost > 0 {
         say!("ploop-verify: warning: {} events were lost; the trace is incomplete", got.lost);

@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use ploop_common::Probe;
 use serde::{Deserialize, Serialize};
 
 use crate::{kernel::Generation, verify::events::TraceEvent, verify::stack::Stack};
@@ -29,11 +30,11 @@ pub struct Header {
     pub kernel: serde_json::Value,
     pub generation: Generation,
     pub plan: serde_json::Value,
-    /// Roles whose probes attached (`freeze_bdev`, `ploop_snapshot`, `sys_exit_ioctl`, ...).
-    pub probed: Vec<String>,
+    /// The probes that attached.
+    pub probed: Vec<Probe>,
     /// Optional probes that did not attach, with the reason.
     #[serde(default)]
-    pub narrowed: Vec<(String, String)>,
+    pub narrowed: Vec<(Probe, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,7 +159,7 @@ mod tests {
             kernel: serde_json::json!({"release": "6.1"}),
             generation: Generation::FreezeBdev,
             plan: serde_json::json!({}),
-            probed: vec!["freeze_bdev".into()],
+            probed: vec![Probe::FreezeBdev],
             narrowed: vec![],
         })
     }
@@ -172,7 +173,7 @@ mod tests {
         w.line(&TraceLine::End(End { events: 0, lost: 0, command_status: Some(0) })).unwrap();
         w.finish().unwrap();
         let mut t = Reader::open(&p).unwrap();
-        assert_eq!(t.header.probed, ["freeze_bdev"]);
+        assert_eq!(t.header.probed, [Probe::FreezeBdev]);
         assert!(t.next_record().unwrap().is_none());
         assert_eq!(t.end().unwrap().command_status, Some(0));
         fs::remove_file(p).unwrap();

@@ -5,8 +5,13 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use ploop_common::Probe;
+
 use super::{Call, Context, PatchState};
-use crate::kernel::Generation;
+use crate::{
+    kernel::{Generation, KDev},
+    verify::events::{SyncState, Via},
+};
 
 pub const ENOENT: i64 = -2;
 pub const EFAULT: i64 = -14;
@@ -83,7 +88,7 @@ fn failed_early(call: &Call) -> Option<String> {
 
 fn frozen_list(call: &Call) -> String {
     let devs: Vec<String> =
-        call.freezes.iter().filter(|f| f.ok).map(|f| call.dev_name(&f.dev)).collect();
+        call.freezes.iter().filter(|f| f.ok).map(|f| call.dev_name(f.dev)).collect();
     if devs.is_empty() { "nothing".into() } else { devs.join(", ") }
 }
 
@@ -95,21 +100,21 @@ fn o1(call: &Call, _: &Context) -> Verdict {
         .map(|f| {
             format!(
                 "freeze of {} leaked: not thawed before ploop_snapshot returned {}",
-                call.dev_name(&f.dev),
+                call.dev_name(f.dev),
                 call.ret.map(errno_name).unwrap_or_else(|| "?".into())
             )
         })
         .collect();
     problems.extend(
         call.stray_thaws.iter().map(|t| {
-            format!("thaw of {} without a freeze of it in this call", call.dev_name(&t.dev))
+            format!("thaw of {} without a freeze of it in this call", call.dev_name(t.dev))
         }),
     );
     if problems.is_empty() { Verdict::Pass } else { Verdict::Fail(problems.join("; ")) }
 }
 
 fn o2(call: &Call, ctx: &Context) -> Verdict {
-    if !ctx.probed("ploop_quiesce") || !ctx.probed("ploop_relax") {
+    if !ctx.probed(Probe::PloopQuiesce) || !ctx.probed(Probe::PloopRelax) {
         return na("ploop_quiesce/ploop_relax are not probed on this kernel");
     }
     let (Some(q), Some(r)) = (call.quiesce_ns, call.relax_ns) else {
@@ -118,12 +123,12 @@ fn o2(call: &Call, ctx: &Context) -> Verdict {
     let mut problems = Vec::new();
     for f in call.freezes.iter().filter(|f| f.ok) {
         if f.entry_ns > q && f.entry_ns < r {
-            problems.push(format!("freeze of {} during the switch", call.dev_name(&f.dev)));
+            problems.push(format!("freeze of {} during the switch", call.dev_name(f.dev)));
         }
     }
     for f in call.counting(ctx.generation) {
         if f.entry_ns > r {
-            problems.push(format!("freeze of {} after ploop_relax", call.dev_name(&f.dev)));
+            problems.push(format!("freeze of {} after ploop_relax", call.dev_name(f.dev)));
         }
         if let Some(t) = &f.thaw
             && f.entry_ns < q
@@ -131,7 +136,7 @@ fn o2(call: &Call, ctx: &Context) -> Verdict {
         {
             let when =
                 if t.entry_ns < q { "before ploop_quiesce" } else { "before ploop_relax returned" };
-            problems.push(format!("thaw of {} {when}", call.dev_name(&f.dev)));
+            problems.push(format!("thaw of {} {when}", call.dev_name(f.dev)));
         }
     }
     if problems.is_empty() { Verdict::Pass } else { Verdict::Fail(problems.join("; ")) }
@@ -162,7 +167,7 @@ fn o4(call: &Call, ctx: &Context) -> Verdict {
             (t.sb_arg != Some(f.ret as u64)).then(|| {
                 format!(
                     "thaw of {} got super_block {:#x}, freeze returned {:#x}",
-                    call.dev_name(&f.dev),
+                    call.dev_name(f.dev),
                     t.sb_arg.unwrap_or(0),
                     f.ret as u64
                 )
@@ -180,10 +185,10 @@ fn s1(call: &Call, ctx: &Context) -> Verdict {
         return na("PLOOP_FLAG_FS_SYNC is not set");
     }
     let Some(sync) = &call.request.sync else { return na("no sync fd (autodetection)") };
-    if sync.state != "resolved" {
+    if sync.state != SyncState::Resolved {
         return na(format!("sync fd {} is {}: see S3", sync.fd, sync.state));
     }
-    let Some(want) = &sync.dev else { return na("sync fd device unknown") };
+    let Some(want) = sync.dev else { return na("sync fd device unknown") };
     if !call.reached_freeze() {
         return na(format!(
             "failed before the freeze stage ({})",
@@ -191,16 +196,16 @@ fn s1(call: &Call, ctx: &Context) -> Verdict {
         ));
     }
     let counting = call.counting(ctx.generation);
-    let via = if sync.via == "proc" { " (sync fd resolved through /proc)" } else { "" };
+    let via = if sync.via == Via::Proc { " (sync fd resolved through /proc)" } else { "" };
     if counting.is_empty() {
         return Verdict::Fail(format!(
             "nothing was frozen; the sync fd {} names {}{via}",
             sync.fd,
-            call.dev_name(want)
+            call.dev_name(Some(want))
         ));
     }
     let other: Vec<String> =
-        counting.iter().filter(|f| &f.dev != want).map(|f| call.dev_name(&f.dev)).collect();
+        counting.iter().filter(|f| f.dev != Some(want)).map(|f| call.dev_name(f.dev)).collect();
     if other.is_empty() {
         Verdict::Pass
     } else {
@@ -208,7 +213,7 @@ fn s1(call: &Call, ctx: &Context) -> Verdict {
             "froze {}; the sync fd {} names {}{via}",
             other.join(", "),
             sync.fd,
-            call.dev_name(want)
+            call.dev_name(Some(want))
         ))
     }
 }
@@ -226,27 +231,27 @@ fn s2(call: &Call, ctx: &Context) -> Verdict {
     let Some(stack) = &call.stack else { return na("no device stack was recorded") };
     let filesystems: Vec<_> = stack.filesystems().collect();
     if filesystems.is_empty() {
-        return na(format!("no filesystem mounted above {}", stack.name(&stack.ploop_dev)));
+        return na(format!("no filesystem mounted above {}", stack.name(stack.ploop_dev)));
     }
     let held = call.held_during_switch(ctx.generation);
     let mut problems = Vec::new();
-    if !filesystems.iter().any(|fs| held.iter().any(|f| f.dev == fs.dev)) {
+    if !filesystems.iter().any(|fs| held.iter().any(|f| f.dev == Some(fs.dev))) {
         let fs = filesystems[0];
         problems.push(format!(
             "the filesystem on {} ({} at {}) was not frozen during the switch; frozen: {}",
-            stack.name(&fs.dev),
+            stack.name(fs.dev),
             fs.fstype.as_deref().unwrap_or("?"),
             fs.mounts.join(", "),
             if held.is_empty() {
                 "nothing".to_string()
             } else {
-                held.iter().map(|f| stack.name(&f.dev)).collect::<Vec<_>>().join(", ")
+                held.iter().map(|f| call.dev_name(f.dev)).collect::<Vec<_>>().join(", ")
             }
         ));
     }
     for f in &held {
-        if call.has_fs(&f.dev, ctx.generation) == Some(false) {
-            problems.push(format!("froze {}, which holds no filesystem", stack.name(&f.dev)));
+        if call.has_fs(f.dev, ctx.generation) == Some(false) {
+            problems.push(format!("froze {}, which holds no filesystem", call.dev_name(f.dev)));
         }
     }
     if problems.is_empty() { Verdict::Pass } else { Verdict::Fail(problems.join("; ")) }
@@ -257,7 +262,7 @@ fn s3(call: &Call, ctx: &Context) -> Verdict {
         return na("PLOOP_FLAG_FS_SYNC is not set");
     }
     let Some(sync) = &call.request.sync else { return na("no sync fd") };
-    if sync.state != "no-file" && sync.state != "no-bdev" {
+    if !matches!(sync.state, SyncState::NoFile | SyncState::NoBdev) {
         return na(format!("sync fd {} is {}", sync.fd, sync.state));
     }
     if let PatchState::Unpatched(_) = ctx.patched {
@@ -334,7 +339,7 @@ fn e2(call: &Call, _: &Context) -> Verdict {
 }
 
 fn e3(call: &Call, ctx: &Context) -> Verdict {
-    if !ctx.probed("sys_exit_ioctl") {
+    if !ctx.probed(Probe::SysExitIoctl) {
         return na("syscalls:sys_exit_ioctl is not attached");
     }
     let (Some(k), Some(u)) = (call.ret, call.user_ret) else {
@@ -374,11 +379,11 @@ fn c1(call: &Call, ctx: &Context) -> Verdict {
 }
 
 fn t1(call: &Call, ctx: &Context) -> Verdict {
-    let windows: Vec<(String, u64)> = call
+    let windows: Vec<(Option<KDev>, u64)> = call
         .freezes
         .iter()
         .filter(|f| f.ok)
-        .filter_map(|f| Some((f.dev.clone(), f.thaw.as_ref()?.ret_ns?.saturating_sub(f.ret_ns))))
+        .filter_map(|f| Some((f.dev, f.thaw.as_ref()?.ret_ns?.saturating_sub(f.ret_ns))))
         .collect();
     if windows.is_empty() {
         return na("no completed freeze window");
@@ -389,7 +394,7 @@ fn t1(call: &Call, ctx: &Context) -> Verdict {
         .map(|(d, w)| {
             format!(
                 "{} stayed frozen {:.1} ms (limit {:.1} ms)",
-                call.dev_name(d),
+                call.dev_name(*d),
                 *w as f64 / 1e6,
                 ctx.max_freeze_ns as f64 / 1e6
             )

@@ -13,9 +13,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use ploop_common::Probe;
+
 use crate::{
-    kernel::Generation,
-    verify::events::{Request, TraceEvent},
+    kernel::{Generation, KDev},
+    verify::events::{Phase, Request, TraceEvent},
     verify::stack::Stack,
 };
 use invariants::ENOTSUPP;
@@ -32,7 +34,8 @@ pub enum PatchState {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Thaw {
-    pub dev: String,
+    /// `None`: the device number could not be read.
+    pub dev: Option<KDev>,
     pub entry_ns: u64,
     pub ret_ns: Option<u64>,
     pub ret: Option<i64>,
@@ -42,7 +45,8 @@ pub struct Thaw {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Freeze {
-    pub dev: String,
+    /// `None`: the device number could not be read.
+    pub dev: Option<KDev>,
     pub entry_ns: u64,
     pub ret_ns: u64,
     pub ret: i64,
@@ -58,9 +62,9 @@ pub struct Call {
     pub tid: u32,
     pub pid: u32,
     pub comm: String,
-    pub ploop_dev: Option<String>,
+    pub ploop_dev: Option<KDev>,
     /// `struct ploop_device *`: identifies the device when its dev_t is unreadable.
-    pub plo: String,
+    pub plo: u64,
     pub start_ns: u64,
     pub end_ns: Option<u64>,
     pub request: Request,
@@ -80,22 +84,23 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn dev_name(&self, dev: &str) -> String {
-        match &self.stack {
-            Some(s) => s.name(dev),
-            None => dev.to_string(),
+    pub fn dev_name(&self, dev: Option<KDev>) -> String {
+        match (dev, &self.stack) {
+            (None, _) => "?".into(),
+            (Some(d), Some(s)) => s.name(d),
+            (Some(d), None) => d.to_string(),
         }
     }
 
     /// Whether `dev` held a filesystem: 3.10 says so through freeze's return (NULL: none);
     /// otherwise the mount table at the time of the call does.
-    pub fn has_fs(&self, dev: &str, generation: Generation) -> Option<bool> {
+    pub fn has_fs(&self, dev: Option<KDev>, generation: Generation) -> Option<bool> {
         if generation == Generation::Vz7 {
             return self.freezes.iter().find(|f| f.dev == dev).map(|f| f.ret != 0);
         }
         let stack = self.stack.as_ref()?;
         // A device outside the ploop stack (a sync fd elsewhere) was named for its filesystem.
-        Some(stack.device(dev).is_none_or(|d| !d.mounts.is_empty()))
+        Some(stack.device(dev?).is_none_or(|d| !d.mounts.is_empty()))
     }
 
     /// Successful freezes that count: the partition walk of the autodetection freezes devices
@@ -106,7 +111,7 @@ impl Call {
             .iter()
             .filter(|f| f.ok)
             .filter(|f| {
-                let walk_pair = self.has_fs(&f.dev, generation) == Some(false)
+                let walk_pair = self.has_fs(f.dev, generation) == Some(false)
                     && f.thaw.as_ref().is_some_and(|t| t.entry_ns < switch_at);
                 !walk_pair
             })
@@ -145,9 +150,24 @@ impl Call {
     }
 
     /// The device this call works on: its dev_t, or the `ploop_device` pointer.
-    fn device_key(&self) -> &str {
-        self.ploop_dev.as_deref().unwrap_or(&self.plo)
+    fn device_key(&self) -> DeviceKey {
+        self.ploop_dev.map_or(DeviceKey::Plo(self.plo), DeviceKey::Dev)
     }
+
+    /// The device as reports name it.
+    pub fn device_name(&self) -> String {
+        match self.ploop_dev {
+            Some(d) => self.dev_name(Some(d)),
+            None => format!("{:#x}", self.plo),
+        }
+    }
+}
+
+/// A ploop device, by dev_t where the probe could read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum DeviceKey {
+    Dev(KDev),
+    Plo(u64),
 }
 
 /// What invariants may consult besides the call itself.
@@ -155,8 +175,8 @@ pub struct Context<'a> {
     pub generation: Generation,
     pub patched: &'a PatchState,
     pub max_freeze_ns: u64,
-    pub probed: &'a [String],
-    recent: &'a HashMap<String, VecDeque<Recent>>,
+    pub probed: &'a [Probe],
+    recent: &'a HashMap<DeviceKey, VecDeque<Recent>>,
 }
 
 /// What C1 needs of a judged call: its maintenance window on its device.
@@ -171,12 +191,12 @@ pub struct Recent {
 const RECENT_PER_DEVICE: usize = 16;
 
 impl Context<'_> {
-    pub fn probed(&self, role: &str) -> bool {
-        self.probed.iter().any(|p| p == role)
+    pub fn probed(&self, probe: Probe) -> bool {
+        self.probed.contains(&probe)
     }
     /// The last calls judged on the same device as `call`.
     pub fn recent_on_device(&self, call: &Call) -> impl Iterator<Item = &Recent> {
-        self.recent.get(call.device_key()).into_iter().flatten()
+        self.recent.get(&call.device_key()).into_iter().flatten()
     }
 }
 
@@ -223,13 +243,13 @@ pub struct Options {
 
 pub struct Checker {
     generation: Generation,
-    probed: Vec<String>,
+    probed: Vec<Probe>,
     opts: Options,
     pub patched: PatchState,
     open: HashMap<u32, Call>,
-    recent: HashMap<String, VecDeque<Recent>>,
+    recent: HashMap<DeviceKey, VecDeque<Recent>>,
     /// Latest device stack per ploop dev, recorded just before the call that uses it.
-    stacks: HashMap<String, Arc<Stack>>,
+    stacks: HashMap<KDev, Arc<Stack>>,
     pub finished: Vec<CallReport>,
     pub incomplete: Vec<Call>,
     /// freeze/thaw events of threads outside any snapshot call.
@@ -241,8 +261,8 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// `probed`: roles attached (`ploop_quiesce`, `sys_exit_ioctl`, ...).
-    pub fn new(generation: Generation, probed: Vec<String>, opts: Options) -> Self {
+    /// `probed`: the probes attached.
+    pub fn new(generation: Generation, probed: Vec<Probe>, opts: Options) -> Self {
         Checker {
             generation,
             probed,
@@ -267,7 +287,7 @@ impl Checker {
     pub fn stack(&mut self, stack: Stack) {
         // The stack rarely changes between calls: keep the shared copy when it is the same.
         if self.stacks.get(&stack.ploop_dev).is_none_or(|s| **s != stack) {
-            self.stacks.insert(stack.ploop_dev.clone(), Arc::new(stack));
+            self.stacks.insert(stack.ploop_dev, Arc::new(stack));
         }
     }
 
@@ -282,14 +302,14 @@ impl Checker {
     /// Feeds one event; returns the violations it completes.
     pub fn event(&mut self, e: &TraceEvent) -> Vec<Violation> {
         self.events += 1;
-        let entry = e.phase == "entry";
-        if e.func == "ploop_snapshot" && entry {
+        let entry = e.phase == Phase::Entry;
+        if e.func == Probe::PloopSnapshot && entry {
             if let Some(old) = self.open.remove(&e.tid) {
                 self.incomplete.push(old);
             }
             self.seq += 1;
-            let ploop_dev = e.dev.clone();
-            let stack = ploop_dev.as_ref().and_then(|d| self.stacks.get(d)).cloned();
+            let ploop_dev = e.dev;
+            let stack = ploop_dev.and_then(|d| self.stacks.get(&d)).cloned();
             self.open.insert(
                 e.tid,
                 Call {
@@ -298,7 +318,7 @@ impl Checker {
                     pid: e.pid,
                     comm: e.comm.clone(),
                     ploop_dev,
-                    plo: e.args.first().cloned().unwrap_or_default(),
+                    plo: e.args.first().copied().unwrap_or_default(),
                     start_ns: e.ts_ns,
                     end_ns: None,
                     request: e.request.clone().unwrap_or_else(Request::unreadable),
@@ -317,15 +337,15 @@ impl Checker {
             return Vec::new();
         }
         let Some(call) = self.open.get_mut(&e.tid) else {
-            if e.func == "freeze_bdev" || e.func == "thaw_bdev" {
+            if matches!(e.func, Probe::FreezeBdev | Probe::ThawBdev) {
                 self.outside += 1;
             }
             return Vec::new();
         };
-        let dev = e.dev.clone().unwrap_or_else(|| "?".into());
+        let dev = e.dev;
         let ret = e.ret.unwrap_or(0);
-        match (e.func.as_str(), entry) {
-            ("freeze_bdev", true) => call.pending_freezes.push(Freeze {
+        match (e.func, e.phase) {
+            (Probe::FreezeBdev, Phase::Entry) => call.pending_freezes.push(Freeze {
                 dev,
                 entry_ns: e.ts_ns,
                 ret_ns: 0,
@@ -333,7 +353,7 @@ impl Checker {
                 ok: false,
                 thaw: None,
             }),
-            ("freeze_bdev", false) => {
+            (Probe::FreezeBdev, Phase::Return) => {
                 let i = call.pending_freezes.iter().rposition(|f| f.dev == dev);
                 let mut f = match i {
                     Some(i) => call.pending_freezes.remove(i),
@@ -346,16 +366,13 @@ impl Checker {
                 f.ok = !self.generation.freeze_failed(ret);
                 call.freezes.push(f);
             }
-            ("thaw_bdev", true) => {
+            (Probe::ThawBdev, Phase::Entry) => {
                 let thaw = Thaw {
-                    dev: dev.clone(),
+                    dev,
                     entry_ns: e.ts_ns,
                     ret_ns: None,
                     ret: None,
-                    sb_arg: e
-                        .args
-                        .get(1)
-                        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()),
+                    sb_arg: e.args.get(1).copied(),
                 };
                 match call
                     .freezes
@@ -367,7 +384,7 @@ impl Checker {
                     None => call.stray_thaws.push(thaw),
                 }
             }
-            ("thaw_bdev", false) => {
+            (Probe::ThawBdev, Phase::Return) => {
                 let open = call
                     .freezes
                     .iter_mut()
@@ -380,24 +397,26 @@ impl Checker {
                     t.ret = Some(ret);
                 }
             }
-            ("ploop_quiesce", true) => {
+            (Probe::PloopQuiesce, Phase::Entry) => {
                 call.quiesce_ns.get_or_insert(e.ts_ns);
             }
-            ("ploop_relax", false) => call.relax_ns = Some(e.ts_ns),
-            ("get_bdev_from_fd", true) => call.get_bdev_called = true,
-            ("find_and_freeze_bdev", false) => call.find_and_freeze_ret = Some(ret),
-            ("ploop_snapshot", false) => {
+            (Probe::PloopRelax, Phase::Return) => call.relax_ns = Some(e.ts_ns),
+            (Probe::GetBdevFromFd, Phase::Entry) => call.get_bdev_called = true,
+            (Probe::FindAndFreezeBdev, Phase::Return) => call.find_and_freeze_ret = Some(ret),
+            (Probe::PloopSnapshot, Phase::Return) => {
                 call.ret = Some(ret);
                 call.end_ns = Some(e.ts_ns);
-                if !self.probed.iter().any(|p| p == "sys_exit_ioctl") {
+                if !self.probed.contains(&Probe::SysExitIoctl) {
                     return self.judge(e.tid, e.ts_ns);
                 }
             }
-            ("sys_ioctl", false) => {
+            (Probe::SysExitIoctl, Phase::Return) => {
                 call.user_ret = Some(ret);
                 return self.judge(e.tid, e.ts_ns);
             }
-            _ => {}
+            (Probe::PloopSnapshot, Phase::Entry)
+            | (Probe::FindAndFreezeBdev | Probe::GetBdevFromFd, _)
+            | (Probe::PloopQuiesce | Probe::PloopRelax | Probe::SysExitIoctl, _) => {}
         }
         Vec::new()
     }
@@ -440,7 +459,7 @@ impl Checker {
             INVARIANTS.iter().map(|inv| (inv.id, (inv.check)(&call, &ctx))).collect();
         let report = CallReport { call, verdicts };
         if let Some(window) = report.call.maintenance_window() {
-            let q = self.recent.entry(report.call.device_key().to_string()).or_default();
+            let q = self.recent.entry(report.call.device_key()).or_default();
             q.push_back(Recent { seq: report.call.seq, tid: report.call.tid, window });
             if q.len() > RECENT_PER_DEVICE {
                 q.pop_front();
@@ -519,11 +538,7 @@ fn violation(call: &Call, id: &str, why: &str, now: u64) -> Violation {
         id: id.to_string(),
         seq: call.seq,
         tid: call.tid,
-        device: call
-            .ploop_dev
-            .clone()
-            .map(|d| call.dev_name(&d))
-            .unwrap_or_else(|| call.plo.clone()),
+        device: call.device_name(),
         ts_ns: now,
         why: why.to_string(),
     }

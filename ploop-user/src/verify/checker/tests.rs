@@ -5,9 +5,14 @@ use super::*;
 use ploop_common::ploop_if::PLOOP_FLAG_FS_SYNC;
 
 use crate::{
-    verify::events::{Chunk, Request, SyncFd},
+    verify::events::{Chunk, Phase, Request, SyncFd, SyncState, Via},
     verify::stack::{Stack, StackDev},
 };
+
+/// Devices as `major:minor` text keep the cases below readable.
+fn k(d: &str) -> KDev {
+    d.parse().unwrap()
+}
 
 const PLOOP: &str = "253:0";
 const CRYPT: &str = "254:0";
@@ -15,9 +20,9 @@ const LINEAR: &str = "254:1";
 
 fn dev(d: &str, name: &str, holders: &[&str], mounts: &[&str]) -> StackDev {
     StackDev {
-        dev: d.into(),
+        dev: k(d),
         name: name.into(),
-        holders: holders.iter().map(|s| s.to_string()).collect(),
+        holders: holders.iter().map(|s| k(s)).collect(),
         mounts: mounts.iter().map(|s| s.to_string()).collect(),
         fstype: (!mounts.is_empty()).then(|| "ext4".into()),
     }
@@ -26,7 +31,7 @@ fn dev(d: &str, name: &str, holders: &[&str], mounts: &[&str]) -> StackDev {
 /// ext4 on dm-linear on dm-crypt on ploop: the stack of the commit message.
 fn linear_stack() -> Stack {
     Stack {
-        ploop_dev: PLOOP.into(),
+        ploop_dev: k(PLOOP),
         devices: vec![
             dev(PLOOP, "ploop0", &[CRYPT], &[]),
             dev(CRYPT, "dm-0", &[LINEAR], &[]),
@@ -36,14 +41,14 @@ fn linear_stack() -> Stack {
 }
 
 fn plain_stack() -> Stack {
-    Stack { ploop_dev: PLOOP.into(), devices: vec![dev(PLOOP, "ploop0", &[], &["/mnt"])] }
+    Stack { ploop_dev: k(PLOOP), devices: vec![dev(PLOOP, "ploop0", &[], &["/mnt"])] }
 }
 
 fn request(
     flags: u32,
     chunks: u16,
     chunk1: Option<Chunk>,
-    sync: Option<(&str, Option<&str>)>,
+    sync: Option<(SyncState, Option<&str>)>,
 ) -> Request {
     let c0 = Chunk { fd: 5, kind: 0, flags: 0, offset: 0, start: 0, len: 0 };
     let c1 = chunk1.unwrap_or(Chunk { fd: 7, kind: 0, flags: 0, offset: 0, start: 0, len: 0 });
@@ -54,16 +59,16 @@ fn request(
         chunks,
         sync: sync.map(|(state, dev)| SyncFd {
             fd: c1.fd,
-            state: state.into(),
-            dev: dev.map(str::to_string),
-            via: "kernel".into(),
+            state,
+            dev: dev.map(k),
+            via: Via::Kernel,
         }),
         chunk: vec![c0, c1],
     }
 }
 
 fn sync_req(sync_dev: &str) -> Request {
-    request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("resolved", Some(sync_dev))))
+    request(PLOOP_FLAG_FS_SYNC, 2, None, Some((SyncState::Resolved, Some(sync_dev))))
 }
 
 /// Builds event sequences in time order.
@@ -90,10 +95,10 @@ impl Seq {
             pid: tid,
             tid,
             comm: "ploop-verify".into(),
-            func: func.into(),
-            phase: phase.into(),
-            dev: dev.map(str::to_string),
-            args: vec!["0xffff0000".into()],
+            func: Probe::from_name(func).unwrap(),
+            phase: if phase == "entry" { Phase::Entry } else { Phase::Return },
+            dev: dev.map(k),
+            args: vec![0xffff0000],
             ret,
             cpu: 0,
             no_entry: false,
@@ -125,7 +130,7 @@ impl Seq {
     }
     fn end(&mut self, tid: u32, ret: i64) -> &mut Self {
         self.ev(tid, "ploop_snapshot", "return", Some(PLOOP), Some(ret));
-        self.ev(tid, "sys_ioctl", "return", Some(PLOOP), Some(ret));
+        self.ev(tid, "sys_exit_ioctl", "return", Some(PLOOP), Some(ret));
         self
     }
     /// A correct patched snapshot of `tid` freezing `d` through a sync fd.
@@ -139,18 +144,8 @@ impl Seq {
     }
 }
 
-fn all_probed() -> Vec<String> {
-    [
-        "ploop_snapshot",
-        "find_and_freeze_bdev",
-        "get_bdev_from_fd",
-        "ploop_quiesce",
-        "ploop_relax",
-        "sys_exit_ioctl",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+fn all_probed() -> Vec<Probe> {
+    Probe::ALL.to_vec()
 }
 
 /// Runs a sequence through a checker; returns the sorted, deduplicated violated ids.
@@ -208,7 +203,7 @@ fn autodetection_walk_pairs_on_a_plain_device_are_normal() {
         .end(10, 0);
     assert!(run(plain_stack(), &s).1.is_empty());
     // No filesystem anywhere: the walk freezes and thaws ploop at once; nothing to flag.
-    let bare = Stack { ploop_dev: PLOOP.into(), devices: vec![dev(PLOOP, "ploop0", &[], &[])] };
+    let bare = Stack { ploop_dev: k(PLOOP), devices: vec![dev(PLOOP, "ploop0", &[], &[])] };
     let mut s = Seq::new();
     s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
         .freeze(10, PLOOP)
@@ -275,7 +270,7 @@ fn bug_einval_is_e1_once_the_kernel_shows_it_is_patched() {
 fn unpatched_kernel_is_a_property_not_a_violation() {
     let mut s = Seq::new();
     s.start(11, request(0, 0, None, None)).end(11, -22);
-    s.start(12, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("resolved", Some(LINEAR)))))
+    s.start(12, request(PLOOP_FLAG_FS_SYNC, 2, None, Some((SyncState::Resolved, Some(LINEAR)))))
         .end(12, -22);
     s.start(13, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
         .freeze(13, PLOOP)
@@ -295,7 +290,7 @@ fn patched_error_codes_pass_and_wrong_ones_fail() {
     let bad_chunk1 = Chunk { fd: 7, kind: 0, flags: 0, offset: 4, start: 0, len: 0 };
     s.start(13, request(PLOOP_FLAG_FS_SYNC, 2, Some(bad_chunk1), None)).end(13, -22);
     // tmpfs sync fd: -ENODEV, nothing frozen.
-    s.start(14, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("no-bdev", Some("0:40")))));
+    s.start(14, request(PLOOP_FLAG_FS_SYNC, 2, None, Some((SyncState::NoBdev, Some("0:40")))));
     s.call(14, "get_bdev_from_fd").end(14, -19);
     let (c, ids) = run(plain_stack(), &s);
     assert!(ids.is_empty(), "{ids:?}");
@@ -305,7 +300,7 @@ fn patched_error_codes_pass_and_wrong_ones_fail() {
     let mut s = Seq::new();
     let bad_chunk1 = Chunk { fd: 7, kind: 1, flags: 0, offset: 0, start: 0, len: 0 };
     s.start(13, request(0, 2, Some(bad_chunk1), None)).end(13, 0);
-    s.start(14, request(PLOOP_FLAG_FS_SYNC, 2, None, Some(("no-file", None))))
+    s.start(14, request(PLOOP_FLAG_FS_SYNC, 2, None, Some((SyncState::NoFile, None))))
         .freeze(14, PLOOP)
         .switch(14);
     s.thaw(14, PLOOP).end(14, 0);
@@ -317,7 +312,7 @@ fn errno_mismatch_is_e3_and_fs_sync_off_freezing_is_o3() {
     let mut s = Seq::new();
     s.start(10, request(0, 1, None, None)).freeze(10, PLOOP).switch(10).thaw(10, PLOOP);
     s.ev(10, "ploop_snapshot", "return", Some(PLOOP), Some(0));
-    s.ev(10, "sys_ioctl", "return", Some(PLOOP), Some(-5));
+    s.ev(10, "sys_exit_ioctl", "return", Some(PLOOP), Some(-5));
     assert_eq!(run(plain_stack(), &s).1, ["E3", "O3"]);
 }
 
@@ -355,8 +350,7 @@ fn vz7_thaw_must_get_the_super_block_freeze_returned() {
     s.ev(10, "freeze_bdev", "entry", Some(PLOOP), None);
     s.ev(10, "freeze_bdev", "return", Some(PLOOP), Some(0x7fff_1000));
     s.switch(10);
-    s.ev(10, "thaw_bdev", "entry", Some(PLOOP), None).args =
-        vec!["0xffff0000".into(), "0x7fff2000".into()];
+    s.ev(10, "thaw_bdev", "entry", Some(PLOOP), None).args = vec![0xffff0000, 0x7fff2000];
     s.ev(10, "thaw_bdev", "return", Some(PLOOP), Some(0));
     s.end(10, 0);
     let mut c = Checker::new(Generation::Vz7, all_probed(), Options { max_freeze_ns: u64::MAX });
