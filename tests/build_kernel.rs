@@ -15,7 +15,11 @@ use std::{
 
 use serde_json::Value;
 use xtask::{
-    build_kernel::{self, Args, sha256_hex},
+    build_kernel::{
+        self, Args,
+        manifest::{Manifest, Mode},
+        sha256_hex,
+    },
     initramfs,
     kernels::Kernel,
 };
@@ -585,6 +589,8 @@ fn modules_only_build_of_the_model_driver_loads_in_debian_6_1() {
     let manifest: Value =
         serde_json::from_str(&fs::read_to_string(built.manifest.as_ref().unwrap()).unwrap())
             .unwrap();
+    let typed: Manifest = serde_json::from_value(manifest.clone()).expect("a typed Manifest");
+    assert_eq!((typed.mode, typed.artifacts.modules), (Mode::ModulesOnly, built.modules.clone()));
     assert_eq!(manifest["kernelrelease"], kernel.release.as_str());
     assert_eq!(manifest["mode"], "modules-only");
     assert_eq!(manifest["patches"], serde_json::json!([]));
@@ -699,6 +705,8 @@ fn full_build_of_a_small_6_1_kernel_boots_with_its_module_and_btf() {
     let manifest: Value =
         serde_json::from_str(&fs::read_to_string(built.manifest.as_ref().unwrap()).unwrap())
             .unwrap();
+    let typed: Manifest = serde_json::from_value(manifest.clone()).expect("a typed Manifest");
+    assert_eq!((typed.mode, typed.artifacts.vmlinux_btf), (Mode::Full, built.btf.clone()));
     assert_eq!(manifest["mode"], "full");
     assert_eq!(manifest["kernelrelease"], release.as_str());
     assert_eq!(manifest["artifacts"]["bzImage"], s(image));
