@@ -57,14 +57,7 @@ pub fn check_tree(src: &Path) -> Result<String, Error> {
 
 /// `name` on PATH (or as a path when it has a slash).
 pub fn which(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        let p = PathBuf::from(name);
-        return p.is_file().then_some(p);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| {
-        use std::os::unix::fs::PermissionsExt as _;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    which::which(name).ok()
 }
 
 pub(super) fn check_tools(cc: &str) -> Result<(), Error> {
