@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod console;
+pub mod errno;
 pub mod kernel;
 pub mod kit;
 pub mod ploop_abi;

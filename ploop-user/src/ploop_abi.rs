@@ -50,17 +50,6 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
-/// The symbolic name of an errno, with 524 as `ENOTSUPP` (the kernel's name; libc has none).
-pub fn errno_name(errno: i32) -> String {
-    if errno == ENOTSUPP {
-        return "ENOTSUPP".into();
-    }
-    match nix::errno::Errno::from_raw(errno) {
-        nix::errno::Errno::UnknownErrno => format!("E{errno}"),
-        e => format!("{e:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,12 +102,5 @@ mod tests {
         assert_eq!(&c1[12..16], &10u32.to_le_bytes());
         assert_eq!(&c1[16..24], &11u64.to_le_bytes());
         assert_eq!(&c1[24..32], &12u64.to_le_bytes());
-    }
-
-    #[test]
-    fn errno_names() {
-        assert_eq!(errno_name(524), "ENOTSUPP");
-        assert_eq!(errno_name(libc::EINVAL), "EINVAL");
-        assert_eq!(errno_name(libc::ENODEV), "ENODEV");
     }
 }

@@ -24,10 +24,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 
 use crate::{
+    errno::Errno,
     kit::ploopctl::{self, Fault, GuardedBuf, PloopDev, Support, open_new_delta, open_sync_fd},
-    ploop_abi::{
-        self as abi, PLOOP_FLAG_FS_SYNC, PLOOP_FMT_RAW, PloopCtlChunk, Request, errno_name,
-    },
+    ploop_abi::{self as abi, PLOOP_FLAG_FS_SYNC, PLOOP_FMT_RAW, PloopCtlChunk, Request},
 };
 
 /// Random PLOOP_IOC_SNAPSHOT requests (counts, flags, formats, chunk #1 fields, fds, cut-short
@@ -264,14 +263,25 @@ fn null_file() -> Result<fs::File> {
     fs::File::open("/dev/null").context("opening /dev/null")
 }
 
+/// What the kernel answers a request: success or an errno.
+type Answer = Result<(), Errno>;
+
+/// `ok` or the errno's name.
+fn answer_name(a: Answer) -> String {
+    match a {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// One random request and what the contract says about it.
 struct Case {
     req: Request,
     fault: Fault,
-    /// Exactly this errno (0: success) is due, besides EBUSY from a concurrent snapshot.
-    exact: Option<i32>,
+    /// Exactly this answer is due, besides EBUSY from a concurrent snapshot.
+    exact: Option<Answer>,
     /// Otherwise one of these.
-    allowed: Vec<i32>,
+    allowed: Vec<Answer>,
     fresh_used: bool,
 }
 
@@ -342,15 +352,15 @@ fn random_case(rng: &mut Rng, pool: &Pool, patched: bool) -> Case {
     let mut fresh_used = false;
     // The ctl, or (patched, two chunks) chunk #1, cannot be read.
     if ctl_fault || (patched && chunks == 2 && matches!(fault, Fault::Chunk0 | Fault::Chunk1)) {
-        exact = Some(libc::EFAULT);
+        exact = Some(Err(Errno::EFAULT));
     } else if patched && chunks == 2 && c1_nonzero {
-        exact = Some(libc::EINVAL);
+        exact = Some(Err(Errno::EINVAL));
     } else if chunks != 1 && !(patched && chunks == 2) {
-        exact = Some(if patched { abi::ENOTSUPP } else { libc::EINVAL });
+        exact = Some(Err(if patched { Errno::ENOTSUPP } else { Errno::EINVAL }));
     } else if fault == Fault::Chunk0 {
-        exact = Some(libc::EFAULT);
+        exact = Some(Err(Errno::EFAULT));
     } else if format != 0 && format != PLOOP_FMT_RAW {
-        exact = Some(libc::EINVAL);
+        exact = Some(Err(Errno::EINVAL));
     } else {
         // Driver territory: the delta fd, then the freeze, then the switch.
         let sync = if patched && chunks == 2 { kind1 } else { FdKind::MinusOne };
@@ -359,18 +369,20 @@ fn random_case(rng: &mut Rng, pool: &Pool, patched: bool) -> Case {
         let maybe_nodev = fs_sync && sync.has_bdev().is_none();
         match kind0 {
             FdKind::FreshDelta => {
-                exact = Some(if nodev { libc::ENODEV } else { 0 });
+                exact = Some(if nodev { Err(Errno::ENODEV) } else { Ok(()) });
                 fresh_used = true;
             }
-            FdKind::RoDelta => exact = Some(if nodev { libc::ENODEV } else { libc::EBADF }),
+            FdKind::RoDelta => exact = Some(Err(if nodev { Errno::ENODEV } else { Errno::EBADF })),
             FdKind::WrongSize | FdKind::MountedFile | FdKind::NotRegular | FdKind::Mountpoint => {
-                exact = Some(libc::EINVAL)
+                exact = Some(Err(Errno::EINVAL))
             }
-            FdKind::Closed | FdKind::MinusOne => exact = Some(libc::EBADF),
-            FdKind::Random => allowed = vec![0, libc::EBADF, libc::EINVAL, libc::ENODEV],
+            FdKind::Closed | FdKind::MinusOne => exact = Some(Err(Errno::EBADF)),
+            FdKind::Random => {
+                allowed = vec![Ok(()), Err(Errno::EBADF), Err(Errno::EINVAL), Err(Errno::ENODEV)]
+            }
         }
         if maybe_nodev && let Some(e) = exact.take() {
-            allowed = vec![e, libc::ENODEV];
+            allowed = vec![e, Err(Errno::ENODEV)];
         }
         // A device with the maximum number of deltas refuses any regular file with E2BIG
         // before the size check and the freeze. (A file on the filesystem above the device
@@ -385,7 +397,7 @@ fn random_case(rng: &mut Rng, pool: &Pool, patched: bool) -> Case {
                 | FdKind::Random
         ) {
             allowed.extend(exact.take());
-            allowed.push(libc::E2BIG);
+            allowed.push(Err(Errno::E2BIG));
         }
     }
     Case { req, fault, exact, allowed, fresh_used }
@@ -413,38 +425,37 @@ fn fuzz_thread(tag: u32, args: &FuzzArgs, patched: bool, size: u64, shared: &Sha
         let mut busy = 0;
         let got = loop {
             match ploopctl::send_snapshot(&dev, &mut buf, &case.req, case.fault) {
-                Ok(()) => break 0,
-                Err(libc::EBUSY) if concurrent && busy < 200 => {
+                Err(Errno::EBUSY) if concurrent && busy < 200 => {
                     busy += 1;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err(e) => break e,
+                answer => break answer,
             }
         };
         if busy > 0 {
             shared.busy_retries.fetch_add(busy, Ordering::Relaxed);
         }
-        let name = if got == 0 { "ok".to_string() } else { errno_name(got) };
+        let name = answer_name(got);
         *shared.results.lock().unwrap().entry(name.clone()).or_default() += 1;
         let fits = case.exact == Some(got)
             || case.allowed.contains(&got)
-            || (got == libc::EBUSY && concurrent);
+            || (got == Err(Errno::EBUSY) && concurrent);
         if !fits {
             let want = match case.exact {
-                Some(e) => errno_name(e),
-                None => case.allowed.iter().map(|&e| errno_name(e)).collect::<Vec<_>>().join("|"),
+                Some(a) => answer_name(a),
+                None => case.allowed.iter().map(|&a| answer_name(a)).collect::<Vec<_>>().join("|"),
             };
             shared.mismatches.lock().unwrap().push(format!(
                 "thread {tag}: got {name}, want {want}: {:?} chunks {:?} fault {:?}",
                 case.req.ctl, case.req.chunks, case.fault
             ));
         }
-        if got == 0 {
+        if got.is_ok() {
             shared.successes.fetch_add(1, Ordering::Relaxed);
         }
         // After a success the fresh delta (or what a random fd named: maybe another thread's
         // fresh delta, which that thread then sees as EBUSY) is part of the device.
-        if got == 0 || (case.fresh_used && got == libc::EBUSY) {
+        if got.is_ok() || (case.fresh_used && got == Err(Errno::EBUSY)) {
             pool.renew()?;
         }
     }
@@ -486,7 +497,7 @@ pub fn fuzz(args: FuzzArgs) -> Result<()> {
         Support::Unpatched => false,
         Support::Unknown => bail!(
             "the support probe gave {:?}: cannot tell what the kernel should answer",
-            seen.err().map(errno_name)
+            seen.err().map(|e| e.to_string())
         ),
     };
     if let Ok(bug) = fs::read_to_string("/sys/module/ploop_model/parameters/bug")
@@ -610,7 +621,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let r = ploopctl::send_snapshot(&dev, &mut buf, &req, Fault::None);
         let took = t.elapsed();
         if let Err(e) = r {
-            bail!("snapshot {i} of {}: {}", a.count, ploopctl::errno_text(e));
+            bail!("snapshot {i} of {}: {}", a.count, e.numbered());
         }
         created.keep();
         ms.push(took.as_secs_f64() * 1e3);

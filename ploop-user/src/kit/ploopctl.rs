@@ -21,9 +21,11 @@ use std::{
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::ploop_abi::{
-    self as abi, PLOOP_FLAG_FS_SYNC, PLOOP_FMT_RAW, PLOOP_FMT_RDONLY, PloopCtlChunk, Request,
-    errno_name,
+use crate::{
+    errno::Errno,
+    ploop_abi::{
+        self as abi, PLOOP_FLAG_FS_SYNC, PLOOP_FMT_RAW, PLOOP_FMT_RDONLY, PloopCtlChunk, Request,
+    },
 };
 
 // ------------------------------------------------------------------------------------------
@@ -331,10 +333,10 @@ impl PloopDev {
     }
 
     /// An ioctl that takes no argument; `Err(errno)` on failure.
-    pub fn ioctl_none(&self, nr: u64) -> Result<(), i32> {
+    pub fn ioctl_none(&self, nr: u64) -> Result<(), Errno> {
         // SAFETY: the request takes no argument.
         let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), abi::req(nr), 0usize) };
-        if rc < 0 { Err(last_errno()) } else { Ok(()) }
+        if rc < 0 { Err(Errno::last()) } else { Ok(()) }
     }
 
     /// An ioctl whose argument is the user pointer `ptr` (which may be bad on purpose: the
@@ -344,18 +346,18 @@ impl PloopDev {
         clippy::not_unsafe_ptr_arg_deref,
         reason = "only the kernel reads through ptr, and it checks every access"
     )]
-    pub fn ioctl_ptr(&self, nr: u64, ptr: *const u8) -> Result<(), i32> {
+    pub fn ioctl_ptr(&self, nr: u64, ptr: *const u8) -> Result<(), Errno> {
         // SAFETY: the kernel only reads through `ptr` with copy_from_user.
         let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), abi::req(nr), ptr) };
-        if rc < 0 { Err(last_errno()) } else { Ok(()) }
+        if rc < 0 { Err(Errno::last()) } else { Ok(()) }
     }
 
     /// PLOOP_IOC_CLEAR, retrying EBUSY for about two seconds.
-    pub fn clear(&self) -> Result<(), i32> {
+    pub fn clear(&self) -> Result<(), Errno> {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             match self.ioctl_none(abi::PLOOP_IOC_CLEAR) {
-                Err(libc::EBUSY) if Instant::now() < deadline => {
+                Err(Errno::EBUSY) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
                 r => return r,
@@ -364,43 +366,34 @@ impl PloopDev {
     }
 }
 
-pub fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// `NAME (errno N)`.
-pub fn errno_text(errno: i32) -> String {
-    format!("{} (errno {errno})", errno_name(errno))
-}
-
 /// What an errno from PLOOP_IOC_SNAPSHOT means, for people.
-fn snapshot_hint(errno: i32) -> &'static str {
+fn snapshot_hint(errno: Errno) -> &'static str {
     match errno {
-        libc::ENOENT => "the device has no delta: attach one first (ploop-verify device attach)",
-        libc::EBUSY => "another snapshot or maintenance operation is in progress on the device",
-        libc::EFAULT => {
+        Errno::ENOENT => "the device has no delta: attach one first (ploop-verify device attach)",
+        Errno::EBUSY => "another snapshot or maintenance operation is in progress on the device",
+        Errno::EFAULT => {
             "the kernel could not read the request (ploop_ctl or a chunk) from user memory"
         }
-        libc::EINVAL => {
+        Errno::EINVAL => {
             "malformed request: a non-zero field in chunk #1, an unknown pctl_format, a delta of \
              the wrong size or not a regular file; an unpatched kernel also answers EINVAL to \
              every pctl_chunks but 1 (no sync fd support)"
         }
-        abi::ENOTSUPP => "pctl_chunks is neither 1 nor 2 (patched kernel)",
-        libc::ENODEV => "the sync fd has no block device under it (tmpfs, proc, a closed fd)",
-        libc::EBADF => {
+        Errno::ENOTSUPP => "pctl_chunks is neither 1 nor 2 (patched kernel)",
+        Errno::ENODEV => "the sync fd has no block device under it (tmpfs, proc, a closed fd)",
+        Errno::EBADF => {
             "the new delta's fd is not open for reading and writing (or not open at all)"
         }
-        libc::ENOTTY => "not a ploop device",
-        libc::EPERM => "needs CAP_SYS_ADMIN (run as root)",
-        libc::E2BIG => "the device has the maximum number of deltas",
-        libc::ETIMEDOUT => "in-flight I/O did not drain during the switch",
+        Errno::ENOTTY => "not a ploop device",
+        Errno::EPERM => "needs CAP_SYS_ADMIN (run as root)",
+        Errno::E2BIG => "the device has the maximum number of deltas",
+        Errno::ETIMEDOUT => "in-flight I/O did not drain during the switch",
         _ => "",
     }
 }
 
-fn report_failure(what: &str, dev: &Path, errno: i32, hint: &str) {
-    eprintln!("ploop-verify: {what} on {} failed: {}", dev.display(), errno_text(errno));
+fn report_failure(what: &str, dev: &Path, errno: Errno, hint: &str) {
+    eprintln!("ploop-verify: {what} on {} failed: {}", dev.display(), errno.numbered());
     if !hint.is_empty() {
         eprintln!("ploop-verify: {hint}");
     }
@@ -481,7 +474,7 @@ pub fn send_snapshot(
     buf: &mut GuardedBuf,
     req: &Request,
     fault: Fault,
-) -> Result<(), i32> {
+) -> Result<(), Errno> {
     let ptr = buf.place(&req.to_bytes(), fault);
     dev.ioctl_ptr(abi::PLOOP_IOC_SNAPSHOT, ptr)
 }
@@ -589,11 +582,11 @@ pub fn device(cmd: Device) -> Result<ExitCode> {
                 }
                 Err(e) => {
                     let holders = dev.holders();
-                    let hint = if e == libc::EBUSY
+                    let hint = if e == Errno::EBUSY
                         && dev.pstate("maintenance").is_some_and(|m| m != 0)
                     {
                         "a snapshot is in progress on the device".to_string()
-                    } else if e == libc::EBUSY {
+                    } else if e == Errno::EBUSY {
                         format!(
                             "the device is in use: unmount it and remove the dm devices on it{}",
                             if holders.is_empty() {
@@ -626,9 +619,9 @@ fn simple_ioctl(device: &Path, nr: u64, what: &str) -> Result<ExitCode> {
         }
         Err(e) => {
             let hint = match e {
-                libc::EBUSY => "a snapshot is in progress",
-                libc::EINVAL => "the device has no delta",
-                libc::ENOTTY => "not a ploop device",
+                Errno::EBUSY => "a snapshot is in progress",
+                Errno::EINVAL => "the device has no delta",
+                Errno::ENOTTY => "not a ploop device",
                 _ => "",
             };
             report_failure(what, device, e, hint);
@@ -681,10 +674,10 @@ fn attach(device: &Path, deltas: &[PathBuf], read_only: bool) -> Result<ExitCode
                 device,
                 e,
                 match e {
-                    libc::EINVAL => "the delta is not a regular file, or its size is wrong",
-                    libc::EBUSY => "the device is busy, or the file is already a delta of it",
-                    libc::EBADF => "the delta must be writable unless added read-only",
-                    libc::ENOTTY => "not a ploop device",
+                    Errno::EINVAL => "the delta is not a regular file, or its size is wrong",
+                    Errno::EBUSY => "the device is busy, or the file is already a delta of it",
+                    Errno::EBADF => "the delta must be writable unless added read-only",
+                    Errno::ENOTTY => "not a ploop device",
                     _ => "",
                 },
             );
@@ -693,7 +686,7 @@ fn attach(device: &Path, deltas: &[PathBuf], read_only: bool) -> Result<ExitCode
                     Ok(()) => eprintln!("ploop-verify: dropped the {i} delta(s) already added"),
                     Err(c) => eprintln!(
                         "ploop-verify: could not drop the {i} delta(s) already added: PLOOP_IOC_CLEAR: {}",
-                        errno_text(c)
+                        c.numbered()
                     ),
                 }
             }
@@ -792,17 +785,17 @@ pub enum Support {
 }
 
 /// The probe itself: `Err(errno)` is what the kernel answered (`Ok` only if it accepted it).
-pub fn probe_support(dev: &PloopDev) -> (Support, Result<(), i32>) {
+pub fn probe_support(dev: &PloopDev) -> (Support, Result<(), Errno>) {
     let mut req = Request::one(PLOOP_FMT_RAW, 0, -1);
     req.ctl.pctl_chunks = 0;
     req.chunks.push(PloopCtlChunk { pctl_fd: -1, ..Default::default() });
     let res = match GuardedBuf::new() {
         Ok(mut buf) => send_snapshot(dev, &mut buf, &req, Fault::None),
-        Err(_) => Err(libc::ENOMEM),
+        Err(_) => Err(Errno::ENOMEM),
     };
     let s = match res {
-        Err(abi::ENOTSUPP) => Support::Patched,
-        Err(libc::EINVAL) => Support::Unpatched,
+        Err(Errno::ENOTSUPP) => Support::Patched,
+        Err(Errno::EINVAL) => Support::Unpatched,
         _ => Support::Unknown,
     };
     (s, res)
@@ -813,7 +806,7 @@ pub fn support(a: SupportArgs) -> Result<ExitCode> {
     let (s, res) = probe_support(&dev);
     let seen = match res {
         Ok(()) => "the request was accepted".to_string(),
-        Err(e) => errno_text(e),
+        Err(e) => e.numbered(),
     };
     match s {
         Support::Patched => {
@@ -830,9 +823,9 @@ pub fn support(a: SupportArgs) -> Result<ExitCode> {
         }
         Support::Unknown => {
             let why = match res {
-                Err(libc::ENOENT) => " (the device has no delta: attach one first)",
-                Err(libc::EBUSY) => " (a snapshot is in progress: try again)",
-                Err(libc::ENOTTY) => " (not a ploop device)",
+                Err(Errno::ENOENT) => " (the device has no delta: attach one first)",
+                Err(Errno::EBUSY) => " (a snapshot is in progress: try again)",
+                Err(Errno::ENOTTY) => " (not a ploop device)",
                 _ => "",
             };
             println!("unknown: pctl_chunks=0 gave {seen}{why}; want ENOTSUPP (524) or EINVAL (22)");

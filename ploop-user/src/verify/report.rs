@@ -14,10 +14,9 @@ use ploop_common::Probe;
 use serde::Serialize;
 
 use crate::{
+    errno::ret_name,
     kernel::KDev,
-    verify::checker::{
-        CallReport, Checker, INVARIANTS, PatchState, Verdict, Violation, invariants::errno_name,
-    },
+    verify::checker::{CallReport, Checker, INVARIANTS, PatchState, Verdict, Violation},
     verify::tracefile::{End, Header},
 };
 
@@ -160,7 +159,7 @@ fn call_label(r: &CallReport) -> String {
         c.pid,
         c.tid,
         c.ploop_dev.map_or_else(|| "?".to_string(), |d| d.to_string()),
-        c.ret.map(errno_name).unwrap_or_else(|| "?".into())
+        c.ret.map(ret_name).unwrap_or_else(|| "?".into())
     )
 }
 
@@ -360,7 +359,7 @@ pub fn svg(s: &Summary, calls: &[CallReport], windows_ns: &[u64], o: &mut impl f
                 "#{} tid {} ret {}{}",
                 c.seq,
                 c.tid,
-                c.ret.map(errno_name).unwrap_or_default(),
+                c.ret.map(ret_name).unwrap_or_default(),
                 if bad {
                     format!(" {}", r.failures().map(|(id, _)| id).collect::<Vec<_>>().join(","))
                 } else {

@@ -9,17 +9,10 @@ use ploop_common::Probe;
 
 use super::{Call, Context, PatchState};
 use crate::{
+    errno::{Errno, ret_name},
     kernel::{Generation, KDev},
     verify::events::{SyncState, Via},
 };
-
-pub const ENOENT: i64 = -2;
-pub const EFAULT: i64 = -14;
-pub const EBUSY: i64 = -16;
-pub const ENODEV: i64 = -19;
-pub const EINVAL: i64 = -22;
-/// The kernel-internal ENOTSUPP; user space sees errno 524.
-pub const ENOTSUPP: i64 = -524;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", content = "why", rename_all = "kebab-case")]
@@ -62,13 +55,9 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: "T1", title: "the freeze window stays under the limit", check: t1 },
 ];
 
-/// A kernel return as `-ENAME` (the names of `ploop_abi::errno_name`, 524 as ENOTSUPP);
-/// anything outside the errno range as the number.
-pub fn errno_name(ret: i64) -> String {
-    match ret {
-        -4095..=-1 => format!("-{}", crate::ploop_abi::errno_name(-ret as i32)),
-        _ => ret.to_string(),
-    }
+/// The errno `ploop_snapshot` returned, if it failed.
+fn errno(call: &Call) -> Option<Errno> {
+    call.ret.and_then(Errno::from_ret)
 }
 
 fn na(why: impl Into<Cow<'static, str>>) -> Verdict {
@@ -77,9 +66,9 @@ fn na(why: impl Into<Cow<'static, str>>) -> Verdict {
 
 /// Errors the kernel returns before it looks at the chunks or freezes anything.
 fn failed_early(call: &Call) -> Option<String> {
-    match call.ret {
-        Some(r @ (ENOENT | EBUSY | EFAULT)) => {
-            Some(format!("failed before chunk parsing ({})", errno_name(r)))
+    match errno(call) {
+        Some(e @ (Errno::ENOENT | Errno::EBUSY | Errno::EFAULT)) => {
+            Some(format!("failed before chunk parsing (-{e})"))
         }
         _ if !call.request.readable => Some("ploop_ctl unreadable".into()),
         _ => None,
@@ -101,7 +90,7 @@ fn o1(call: &Call, _: &Context) -> Verdict {
             format!(
                 "freeze of {} leaked: not thawed before ploop_snapshot returned {}",
                 call.dev_name(f.dev),
-                call.ret.map(errno_name).unwrap_or_else(|| "?".into())
+                call.ret.map(ret_name).unwrap_or_else(|| "?".into())
             )
         })
         .collect();
@@ -192,7 +181,7 @@ fn s1(call: &Call, ctx: &Context) -> Verdict {
     if !call.reached_freeze() {
         return na(format!(
             "failed before the freeze stage ({})",
-            call.ret.map(errno_name).unwrap_or_else(|| "?".into())
+            call.ret.map(ret_name).unwrap_or_else(|| "?".into())
         ));
     }
     let counting = call.counting(ctx.generation);
@@ -225,7 +214,7 @@ fn s2(call: &Call, ctx: &Context) -> Verdict {
     if !call.reached_freeze() || call.ret != Some(0) {
         return na(format!(
             "no completed switch ({})",
-            call.ret.map(errno_name).unwrap_or_else(|| "?".into())
+            call.ret.map(ret_name).unwrap_or_else(|| "?".into())
         ));
     }
     let Some(stack) = &call.stack else { return na("no device stack was recorded") };
@@ -273,20 +262,19 @@ fn s3(call: &Call, ctx: &Context) -> Verdict {
     }
     let froze = call.freezes.iter().any(|f| f.ok);
     let ret = call.ret.unwrap_or(0);
+    let nodev = Errno::from_ret(ret) == Some(Errno::ENODEV);
     let reached = call.find_and_freeze_ret.is_some() || call.get_bdev_called || ret == 0;
-    if !reached && ret != ENODEV {
-        return na(format!("failed before the freeze stage ({})", errno_name(ret)));
+    if !reached && !nodev {
+        return na(format!("failed before the freeze stage ({})", ret_name(ret)));
     }
-    match (ret, froze) {
-        (ENODEV, false) => Verdict::Pass,
-        (ENODEV, true) => {
-            Verdict::Fail(format!("returned -ENODEV but froze {}", frozen_list(call)))
-        }
-        (r, _) => Verdict::Fail(format!(
+    match (nodev, froze) {
+        (true, false) => Verdict::Pass,
+        (true, true) => Verdict::Fail(format!("returned -ENODEV but froze {}", frozen_list(call))),
+        (false, _) => Verdict::Fail(format!(
             "sync fd {} ({}) answered {} and froze {}; -ENODEV with nothing frozen is due",
             sync.fd,
             sync.state,
-            errno_name(r),
+            ret_name(ret),
             frozen_list(call)
         )),
     }
@@ -303,16 +291,16 @@ fn e1(call: &Call, ctx: &Context) -> Verdict {
     if call.freezes.iter().any(|f| f.ok) {
         return Verdict::Fail(format!("pctl_chunks={n} froze {}", frozen_list(call)));
     }
-    match (call.ret, &ctx.patched) {
-        (Some(ENOTSUPP), _) => Verdict::Pass,
-        (Some(EINVAL), PatchState::Patched(why)) => Verdict::Fail(format!(
+    match (errno(call), &ctx.patched) {
+        (Some(Errno::ENOTSUPP), _) => Verdict::Pass,
+        (Some(Errno::EINVAL), PatchState::Patched(why)) => Verdict::Fail(format!(
             "pctl_chunks={n} answered -EINVAL where -ENOTSUPP (524) is due ({why})"
         )),
-        (Some(EINVAL), PatchState::Unpatched(_)) => Verdict::Pass,
-        (Some(EINVAL), PatchState::Unknown) => Verdict::Deferred,
-        (r, _) => Verdict::Fail(format!(
+        (Some(Errno::EINVAL), PatchState::Unpatched(_)) => Verdict::Pass,
+        (Some(Errno::EINVAL), PatchState::Unknown) => Verdict::Deferred,
+        _ => Verdict::Fail(format!(
             "pctl_chunks={n} answered {}; -ENOTSUPP (524) is due (-EINVAL unpatched)",
-            r.map(errno_name).unwrap_or_else(|| "?".into())
+            call.ret.map(ret_name).unwrap_or_else(|| "?".into())
         )),
     }
 }
@@ -329,11 +317,11 @@ fn e2(call: &Call, _: &Context) -> Verdict {
     if call.freezes.iter().any(|f| f.ok) {
         return Verdict::Fail(format!("a malformed chunk #1 froze {}", frozen_list(call)));
     }
-    match call.ret {
-        Some(EINVAL) => Verdict::Pass,
-        r => Verdict::Fail(format!(
+    match errno(call) {
+        Some(Errno::EINVAL) => Verdict::Pass,
+        _ => Verdict::Fail(format!(
             "chunk #1 with fields besides pctl_fd answered {}; -EINVAL is due",
-            r.map(errno_name).unwrap_or_else(|| "?".into())
+            call.ret.map(ret_name).unwrap_or_else(|| "?".into())
         )),
     }
 }
@@ -350,18 +338,19 @@ fn e3(call: &Call, ctx: &Context) -> Verdict {
     } else {
         Verdict::Fail(format!(
             "ploop_snapshot returned {}, the ioctl returned {}",
-            errno_name(k),
-            errno_name(u)
+            ret_name(k),
+            ret_name(u)
         ))
     }
 }
 
 fn c1(call: &Call, ctx: &Context) -> Verdict {
-    if call.ret == Some(EBUSY) && call.freezes.iter().any(|f| f.ok) {
+    let busy = errno(call) == Some(Errno::EBUSY);
+    if busy && call.freezes.iter().any(|f| f.ok) {
         return Verdict::Fail(format!("answered -EBUSY but froze {}", frozen_list(call)));
     }
     let Some(mine) = call.maintenance_window() else {
-        return if call.ret == Some(EBUSY) { Verdict::Pass } else { na("no maintenance window") };
+        return if busy { Verdict::Pass } else { na("no maintenance window") };
     };
     let clash: Vec<String> = ctx
         .recent_on_device(call)
@@ -401,17 +390,4 @@ fn t1(call: &Call, ctx: &Context) -> Verdict {
         })
         .collect();
     if over.is_empty() { Verdict::Pass } else { Verdict::Fail(over.join("; ")) }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn kernel_returns_are_named_like_the_ioctl_errors() {
-        use super::errno_name;
-        assert_eq!(errno_name(-9), "-EBADF");
-        assert_eq!(errno_name(-524), "-ENOTSUPP");
-        assert_eq!(errno_name(-22), "-EINVAL");
-        assert_eq!(errno_name(0), "0");
-        assert_eq!(errno_name(7), "7");
-    }
 }

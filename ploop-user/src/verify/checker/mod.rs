@@ -20,7 +20,7 @@ use crate::{
     verify::events::{Phase, Request, TraceEvent},
     verify::stack::Stack,
 };
-use invariants::ENOTSUPP;
+use crate::errno::Errno;
 pub use invariants::{INVARIANTS, Verdict};
 
 /// Whether the kernel has the sync-fd interface, and the evidence for it.
@@ -424,7 +424,7 @@ impl Checker {
     /// What this call tells about the kernel's patch status.
     fn evidence(call: &Call) -> Option<String> {
         let r = &call.request;
-        if call.ret == Some(ENOTSUPP) {
+        if call.ret == Some(Errno::ENOTSUPP.ret()) {
             return Some(format!("pctl_chunks={} answered -ENOTSUPP", r.chunks));
         }
         if call.get_bdev_called {
