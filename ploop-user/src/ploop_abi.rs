@@ -1,14 +1,23 @@
-//! The ploop ioctl ABI for user space: the layout, numbers and flags come from
-//! `ploop_common::ploop_if` (shared with the eBPF programs); this adds the libc request type
-//! and a builder for whole requests.
+//! The ploop ioctl ABI for user space: the layout and flags come from `ploop_common::ploop_if`
+//! (shared with the eBPF programs); this adds the request numbers, encoded by nix's ioctl
+//! macros, and a builder for whole requests.
 
 pub use ploop_common::ploop_if::*;
 
-/// A request number as the libc `ioctl()` of this target wants it (`c_ulong` on glibc,
-/// `c_int` on musl). Every ploop number fits in 31 bits, so the cast is lossless.
-pub fn req(nr: u64) -> libc::Ioctl {
-    nr as libc::Ioctl
-}
+// The request numbers, as `include/ploop_if.h` defines them, in the type libc's `ioctl()` takes
+// on this target (`c_ulong` on glibc, `c_int` on musl). They shadow ploop-common's `u64`
+// copies of the glob above.
+
+/// `_IOW(PLOOPCTLTYPE, 0, struct ploop_ctl)`: add a delta.
+pub const PLOOP_IOC_ADD_DELTA: libc::Ioctl = nix::request_code_write!(PLOOPCTLTYPE, 0, CTL_SIZE);
+/// `_IOW(PLOOPCTLTYPE, 4, struct ploop_ctl)`: a snapshot (new top delta).
+pub const PLOOP_IOC_SNAPSHOT: libc::Ioctl = nix::request_code_write!(PLOOPCTLTYPE, 4, CTL_SIZE);
+/// `_IO(PLOOPCTLTYPE, 6)`: drop every delta (the device goes back to size 0).
+pub const PLOOP_IOC_CLEAR: libc::Ioctl = nix::request_code_none!(PLOOPCTLTYPE, 6);
+/// `_IO(PLOOPCTLTYPE, 32)`: freeze the ploop device itself.
+pub const PLOOP_IOC_FREEZE: libc::Ioctl = nix::request_code_none!(PLOOPCTLTYPE, 32);
+/// `_IO(PLOOPCTLTYPE, 33)`: thaw it.
+pub const PLOOP_IOC_THAW: libc::Ioctl = nix::request_code_none!(PLOOPCTLTYPE, 33);
 
 /// A `ploop_ctl` followed by its chunks, laid out in an 8-aligned buffer exactly as the kernel
 /// reads it. The number of chunks in the buffer is independent of `ctl.pctl_chunks`, so a
@@ -55,12 +64,20 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::unnecessary_cast, reason = "libc::Ioctl is u64 on glibc, i32 on musl")]
     fn request_numbers_match_ploop_if_h() {
-        assert_eq!(PLOOP_IOC_ADD_DELTA, 0x4018_5000);
-        assert_eq!(PLOOP_IOC_SNAPSHOT, 0x4018_5004);
-        assert_eq!(PLOOP_IOC_CLEAR, 0x5006);
-        assert_eq!(PLOOP_IOC_FREEZE, 0x5020);
-        assert_eq!(PLOOP_IOC_THAW, 0x5021);
+        assert_eq!(PLOOP_IOC_ADD_DELTA as u64, 0x4018_5000);
+        assert_eq!(PLOOP_IOC_SNAPSHOT as u64, 0x4018_5004);
+        assert_eq!(PLOOP_IOC_CLEAR as u64, 0x5006);
+        assert_eq!(PLOOP_IOC_FREEZE as u64, 0x5020);
+        assert_eq!(PLOOP_IOC_THAW as u64, 0x5021);
+        // ploop-common's hand-encoded copies say the same.
+        use ploop_common::ploop_if as common;
+        assert_eq!(PLOOP_IOC_ADD_DELTA as u64, common::PLOOP_IOC_ADD_DELTA);
+        assert_eq!(PLOOP_IOC_SNAPSHOT as u64, common::PLOOP_IOC_SNAPSHOT);
+        assert_eq!(PLOOP_IOC_CLEAR as u64, common::PLOOP_IOC_CLEAR);
+        assert_eq!(PLOOP_IOC_FREEZE as u64, common::PLOOP_IOC_FREEZE);
+        assert_eq!(PLOOP_IOC_THAW as u64, common::PLOOP_IOC_THAW);
     }
 
     #[test]

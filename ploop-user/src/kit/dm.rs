@@ -55,10 +55,8 @@ struct DmTargetSpec {
 const _: () = assert!(std::mem::size_of::<DmTargetSpec>() == 40);
 
 /// `_IOWR(0xfd, cmd, struct dm_ioctl)`.
-fn request(cmd: u8) -> libc::Ioctl {
-    let dir_rw: u64 = 3;
-    ((dir_rw << 30) | ((std::mem::size_of::<DmIoctl>() as u64) << 16) | (0xfd << 8) | cmd as u64)
-        as libc::Ioctl
+const fn request(cmd: u8) -> libc::Ioctl {
+    nix::request_code_readwrite!(0xfd, cmd, std::mem::size_of::<DmIoctl>())
 }
 
 fn header(name: &str, data_size: usize) -> Result<DmIoctl> {

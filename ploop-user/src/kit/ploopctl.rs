@@ -314,13 +314,10 @@ impl PloopDev {
 
     /// Size in bytes (BLKGETSIZE64).
     pub fn size(&self) -> Result<u64> {
-        // _IOR(0x12, 114, size_t)
-        const BLKGETSIZE64: u64 = (2 << 30) | (8 << 16) | (0x12 << 8) | 114;
         let mut size: u64 = 0;
         // SAFETY: BLKGETSIZE64 writes one u64 through the pointer.
-        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), abi::req(BLKGETSIZE64), &mut size) };
-        if rc < 0 {
-            bail!("BLKGETSIZE64 on {}: {}", self.path.display(), std::io::Error::last_os_error());
+        if let Err(e) = unsafe { blkgetsize64(self.file.as_raw_fd(), &mut size) } {
+            bail!("BLKGETSIZE64 on {}: {}", self.path.display(), std::io::Error::from(e));
         }
         Ok(size)
     }
@@ -333,9 +330,9 @@ impl PloopDev {
     }
 
     /// An ioctl that takes no argument; `Err(errno)` on failure.
-    pub fn ioctl_none(&self, nr: u64) -> Result<(), Errno> {
+    pub fn ioctl_none(&self, nr: libc::Ioctl) -> Result<(), Errno> {
         // SAFETY: the request takes no argument.
-        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), abi::req(nr), 0usize) };
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), nr, 0usize) };
         if rc < 0 { Err(Errno::last()) } else { Ok(()) }
     }
 
@@ -346,9 +343,9 @@ impl PloopDev {
         clippy::not_unsafe_ptr_arg_deref,
         reason = "only the kernel reads through ptr, and it checks every access"
     )]
-    pub fn ioctl_ptr(&self, nr: u64, ptr: *const u8) -> Result<(), Errno> {
+    pub fn ioctl_ptr(&self, nr: libc::Ioctl, ptr: *const u8) -> Result<(), Errno> {
         // SAFETY: the kernel only reads through `ptr` with copy_from_user.
-        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), abi::req(nr), ptr) };
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), nr, ptr) };
         if rc < 0 { Err(Errno::last()) } else { Ok(()) }
     }
 
@@ -365,6 +362,9 @@ impl PloopDev {
         }
     }
 }
+
+// `BLKGETSIZE64` of <linux/fs.h>: `_IOR(0x12, 114, size_t)`.
+nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 
 /// What an errno from PLOOP_IOC_SNAPSHOT means, for people.
 fn snapshot_hint(errno: Errno) -> &'static str {
@@ -610,7 +610,7 @@ pub fn device(cmd: Device) -> Result<ExitCode> {
     }
 }
 
-fn simple_ioctl(device: &Path, nr: u64, what: &str) -> Result<ExitCode> {
+fn simple_ioctl(device: &Path, nr: libc::Ioctl, what: &str) -> Result<ExitCode> {
     let dev = PloopDev::open(device)?;
     match dev.ioctl_none(nr) {
         Ok(()) => {

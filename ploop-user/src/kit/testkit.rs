@@ -59,8 +59,9 @@ pub enum Testkit {
 /// The fixed aes-xts-plain64 key of `testkit dm-crypt` (test data only, never a secret).
 pub const TEST_KEY: &str = "6d6f64656c2d6b65792d666f722d706c6f6f702d7665726966792d74657374a5";
 
-/// `_IOR('X', 125, __u32)`
-const EXT4_IOC_SHUTDOWN: u64 = (2 << 30) | (4 << 16) | ((b'X' as u64) << 8) | 125;
+/// `_IOR('X', 125, __u32)` (the kernel reads the flag, whatever the direction bits say).
+const EXT4_IOC_SHUTDOWN: libc::Ioctl =
+    nix::request_code_read!(b'X', 125, std::mem::size_of::<u32>());
 const EXT4_GOING_FLAGS_DEFAULT: u32 = 0;
 
 pub fn run(cmd: Testkit) -> Result<()> {
@@ -70,8 +71,7 @@ pub fn run(cmd: Testkit) -> Result<()> {
                 .with_context(|| format!("opening {}", mountpoint.display()))?;
             let flag = EXT4_GOING_FLAGS_DEFAULT;
             // SAFETY: the ioctl reads one u32 through the pointer.
-            let rc =
-                unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_SHUTDOWN as libc::Ioctl, &flag) };
+            let rc = unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_SHUTDOWN, &flag) };
             if rc < 0 {
                 return Err(std::io::Error::last_os_error()).with_context(|| {
                     format!("EXT4_IOC_SHUTDOWN on {} (is it ext4?)", mountpoint.display())
@@ -132,8 +132,9 @@ pub fn run(cmd: Testkit) -> Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
+    #[allow(clippy::unnecessary_cast, reason = "libc::Ioctl is u64 on glibc, i32 on musl")]
     fn ext4_shutdown_request_number() {
         // From <linux/ext4.h>: EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32) = 0x8004587d
-        assert_eq!(super::EXT4_IOC_SHUTDOWN, 0x8004_587d);
+        assert_eq!(super::EXT4_IOC_SHUTDOWN as u64 & 0xffff_ffff, 0x8004_587d);
     }
 }
