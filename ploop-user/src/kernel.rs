@@ -1,6 +1,9 @@
 //! Everything that differs between kernel generations lives here, behind [`Generation`]:
 //! symbol names, the shape of `freeze_bdev`'s return value, and the `dev_t` encoding.
-//! Nothing else in the tool asks which kernel it runs on.
+//! Nothing else in the tool asks which kernel it runs on. The BPF features the probes need
+//! and the kernels that have them are in [`minimums`].
+
+pub mod minimums;
 
 use std::{collections::BTreeMap, fs};
 

@@ -24,7 +24,13 @@ use ploop_common::{Attach, Event, Probe, config, names};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use crate::{btf, kernel::KernelInfo};
+use crate::{
+    btf,
+    kernel::{
+        KernelInfo,
+        minimums::{self, Minimum},
+    },
+};
 
 static OBJ_RINGBUF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
 static OBJ_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
@@ -45,6 +51,26 @@ pub enum Transport {
     Ringbuf,
     /// Perf event array (kernel 4.3+): one buffer per CPU, merged by timestamp.
     Perf,
+}
+
+impl Method {
+    /// The kernel feature this method needs (the help above states its version).
+    pub fn minimum(self) -> &'static Minimum {
+        match self {
+            Method::Kprobe => &minimums::KPROBE,
+            Method::Fentry => &minimums::FENTRY,
+        }
+    }
+}
+
+impl Transport {
+    /// The kernel feature this transport needs (the help above states its version).
+    pub fn minimum(self) -> &'static Minimum {
+        match self {
+            Transport::Ringbuf => &minimums::RINGBUF,
+            Transport::Perf => &minimums::PERF_EVENT_ARRAY,
+        }
+    }
 }
 
 impl fmt::Display for Method {
@@ -213,7 +239,12 @@ impl Capabilities {
         let ringbuf = EbpfLoader::new()
             .load(OBJ_RINGBUF)
             .map(|_| "ring buffer maps load".to_string())
-            .map_err(|e| format!("loading the ring-buffer object: {e} (ring buffers need 5.8+)"));
+            .map_err(|e| {
+                format!(
+                    "loading the ring-buffer object: {e} (ring buffers need {}+)",
+                    minimums::RINGBUF.since
+                )
+            });
         let perf = EbpfLoader::new()
             .load(OBJ_PERF)
             .map(|_| "perf event array maps load".to_string())
@@ -666,11 +697,13 @@ mod tests {
         }
     }
 
-    /// The legacy object must stay loadable on old kernels (vz7's 3.10 tech preview, < 4.16):
-    /// no bpf-to-bpf calls, no global data, no ring buffer, and only helpers old kernels have
-    /// (bpf_probe_read, not the _kernel/_user variants of 5.5).
+    /// The legacy object must stay loadable on old kernels (vz7's 3.10 tech preview): none of
+    /// the features `kernel::minimums` lists as avoided (bpf-to-bpf calls, global data,
+    /// bpf_probe_read_kernel/_user), no ring buffer, and no helper newer than
+    /// bpf_get_current_task.
     #[test]
     fn perf_object_is_fit_for_old_kernels() {
+        use crate::kernel::minimums::GET_CURRENT_TASK;
         let obj = object::File::parse(super::OBJ_PERF).unwrap();
         let insns = instructions(&obj);
         assert!(insns.len() > 100);
@@ -682,8 +715,9 @@ mod tests {
             .map(|&(_, _, imm)| imm)
             .collect();
         // map ops 1-3, probe_read 4, ktime 5, smp id 8, pid_tgid 14, comm 16,
-        // perf_event_output 25, get_current_task 35 (4.8).
-        assert!(helpers.iter().all(|&h| h <= 35), "helpers newer than 4.8: {helpers:?}");
+        // perf_event_output 25, get_current_task 35.
+        let newest = GET_CURRENT_TASK.since;
+        assert!(helpers.iter().all(|&h| h <= 35), "helpers newer than {newest}: {helpers:?}");
         assert!(helpers.contains(&4) && !helpers.contains(&113) && !helpers.contains(&112));
         for s in obj.sections() {
             let name = s.name().unwrap();
