@@ -98,32 +98,40 @@ impl std::fmt::Display for Generation {
 }
 
 impl Generation {
+    /// Whether `freeze_bdev` returns the `super_block` it froze (3.10): then its return also
+    /// tells whether the device held a filesystem (NULL: none). Later kernels return an int.
+    pub fn freeze_returns_super_block(self) -> bool {
+        matches!(self, Generation::Vz7)
+    }
+
+    /// Whether `thaw_bdev` takes the `super_block` that freeze returned (3.10; O4 checks it).
+    pub fn thaw_takes_super_block(self) -> bool {
+        matches!(self, Generation::Vz7)
+    }
+
     /// Whether a `freeze_bdev` return value means failure. On 3.10 it is a pointer
     /// (`ERR_PTR` on error, NULL when no filesystem was found); later an int.
     pub fn freeze_failed(self, ret: i64) -> bool {
-        match self {
-            Generation::Vz7 => (-4095..0).contains(&ret),
-            Generation::FreezeBdev | Generation::BdevFreeze => ret != 0,
-        }
+        if self.freeze_returns_super_block() { (-4095..0).contains(&ret) } else { ret != 0 }
     }
 
     /// Whether a probed function returns a C `int`: the probes read the whole return
     /// register, so an int must be sign-extended from its low 32 bits. Pointers (3.10's
     /// `freeze_bdev` and `find_and_freeze_bdev`) and the syscall's `long` are 64-bit.
     pub fn returns_int(self, probe: Probe) -> bool {
-        !matches!(
-            (self, probe),
-            (Generation::Vz7, Probe::FreezeBdev | Probe::FindAndFreezeBdev)
-                | (_, Probe::SysExitIoctl)
-        )
+        match probe {
+            Probe::FreezeBdev | Probe::FindAndFreezeBdev => !self.freeze_returns_super_block(),
+            Probe::SysExitIoctl => false,
+            _ => true,
+        }
     }
 
     /// Number of arguments of a probed function (3.10's `thaw_bdev` also takes the
     /// `super_block` that freeze returned).
     pub fn arity(self, probe: Probe) -> usize {
-        match (self, probe) {
-            (Generation::Vz7, Probe::ThawBdev) => 2,
-            (_, Probe::FreezeBdev | Probe::ThawBdev) => 1,
+        match probe {
+            Probe::ThawBdev if self.thaw_takes_super_block() => 2,
+            Probe::FreezeBdev | Probe::ThawBdev => 1,
             _ => 3,
         }
     }
@@ -241,6 +249,15 @@ ffffffff8132a2c0 D freeze_bdev_data
         assert!(!Generation::Vz7.freeze_failed(0xffff_8880_1234_5678u64 as i64));
         assert!(!Generation::Vz7.freeze_failed(0));
         assert!(Generation::Vz7.freeze_failed(-16));
+    }
+
+    #[test]
+    fn only_vz7_passes_the_super_block_from_freeze_to_thaw() {
+        assert!(Generation::Vz7.freeze_returns_super_block());
+        assert!(Generation::Vz7.thaw_takes_super_block());
+        for g in [Generation::FreezeBdev, Generation::BdevFreeze] {
+            assert!(!g.freeze_returns_super_block() && !g.thaw_takes_super_block(), "{g}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ploop_common::Probe;
 use super::{Call, Context, PatchState};
 use crate::{
     errno::{Errno, ret_name},
-    kernel::{Generation, KDev},
+    kernel::KDev,
     verify::events::{SyncState, Via},
 };
 
@@ -145,7 +145,7 @@ fn o3(call: &Call, _: &Context) -> Verdict {
 }
 
 fn o4(call: &Call, ctx: &Context) -> Verdict {
-    if ctx.generation != Generation::Vz7 {
+    if !ctx.generation.thaw_takes_super_block() {
         return na("thaw takes no super_block on this kernel");
     }
     let bad: Vec<String> = call

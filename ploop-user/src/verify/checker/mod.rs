@@ -95,7 +95,7 @@ impl Call {
     /// Whether `dev` held a filesystem: 3.10 says so through freeze's return (NULL: none);
     /// otherwise the mount table at the time of the call does.
     pub fn has_fs(&self, dev: Option<KDev>, generation: Generation) -> Option<bool> {
-        if generation == Generation::Vz7 {
+        if generation.freeze_returns_super_block() {
             return self.freezes.iter().find(|f| f.dev == dev).map(|f| f.ret != 0);
         }
         let stack = self.stack.as_ref()?;
