@@ -23,11 +23,16 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
+/// A capability, whether this kernel has it in a word (no: it lacks it; refused: it would not
+/// let us; unknown: not tried), and what was seen or why not.
 fn line(name: &str, c: &Check) -> String {
-    match c {
-        Ok(d) => format!("  {name:<12} yes   {d}"),
-        Err(r) => format!("  {name:<12} no    {r}"),
-    }
+    let word = match c {
+        Check::Supported(_) => "yes",
+        Check::Unsupported(_) => "no",
+        Check::Refused(_) => "refused",
+        Check::Unknown(_) => "unknown",
+    };
+    format!("  {name:<12} {word:<8}{}", c.text())
 }
 
 /// Probes on kernel functions, whose symbols doctor lists.
@@ -63,9 +68,12 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         ] {
             println!("{}", line(name, c));
         }
-        let fd_walk: Check = match &caps.fd_walk {
-            Some(_) => Ok("task->files->fdt->fd[]->f_inode->i_sb offsets found: S1 resolves the sync fd in the kernel".into()),
-            None => Err("offsets missing from the BTF: S1 falls back to /proc/PID/fd (marked)".into()),
+        let missing = "offsets missing from the BTF: S1 falls back to /proc/PID/fd (marked)";
+        let fd_walk = match (&caps.fd_walk, &caps.btf) {
+            (Some(_), _) => Check::Supported("task->files->fdt->fd[]->f_inode->i_sb offsets found: S1 resolves the sync fd in the kernel".into()),
+            (None, Check::Supported(_) | Check::Unsupported(_)) => Check::Unsupported(missing.into()),
+            // The BTF was not read: whether it has the offsets is not known.
+            (None, _) => Check::Unknown(missing.into()),
         };
         println!("{}", line("fd walk", &fd_walk));
         println!("symbols:");

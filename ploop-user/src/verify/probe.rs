@@ -26,6 +26,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
     btf,
+    errno::Errno,
     kernel::{
         KernelInfo,
         minimums::{self, Minimum},
@@ -152,8 +153,87 @@ pub fn ploop_targets(kernel: &KernelInfo) -> Vec<Target> {
         .collect()
 }
 
-/// What one capability check found: `Ok(detail)` or `Err(reason)`.
-pub type Check = std::result::Result<String, String>;
+/// What one capability check found, with what was seen or why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The kernel accepts it.
+    Supported(String),
+    /// The kernel lacks it: no kprobe PMU, the verifier or the map code rejects it (ENOENT,
+    /// EINVAL, ...), no BTF.
+    Unsupported(String),
+    /// The kernel refused us: EPERM, or EACCES from anything but the verifier (privileges,
+    /// perf_event_paranoid, lockdown, the memlock limit before 5.11).
+    Refused(String),
+    /// Not tried, or no answer to tell by: a prerequisite failed, or the error names no errno.
+    Unknown(String),
+}
+
+impl Check {
+    /// A failed try, told by the errno somewhere in `error`'s chain.
+    pub fn failed(error: &(dyn std::error::Error + 'static), reason: String) -> Check {
+        let mut errno = None;
+        let mut verifier = false;
+        let mut cur = Some(error);
+        while let Some(e) = cur {
+            verifier |= matches!(
+                e.downcast_ref::<aya::programs::ProgramError>(),
+                Some(aya::programs::ProgramError::LoadError { .. })
+            );
+            if errno.is_none() {
+                errno = e.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error());
+            }
+            cur = e.source();
+        }
+        match errno.map(Errno::from_raw) {
+            // The verifier answers EACCES for a program it rejects: that is the kernel's
+            // "cannot do this", not a refusal of the caller.
+            Some(Errno::EACCES) if verifier => Check::Unsupported(reason),
+            Some(Errno::EPERM | Errno::EACCES) => Check::Refused(reason),
+            Some(_) => Check::Unsupported(reason),
+            None => Check::Unknown(reason),
+        }
+    }
+
+    pub fn is_supported(&self) -> bool {
+        matches!(self, Check::Supported(_))
+    }
+
+    /// What was seen, or why not.
+    pub fn text(&self) -> &str {
+        match self {
+            Check::Supported(t) | Check::Unsupported(t) | Check::Refused(t) | Check::Unknown(t) => {
+                t
+            }
+        }
+    }
+
+    /// Why it is not supported; `None` if it is.
+    pub fn reason(&self) -> Option<&str> {
+        (!self.is_supported()).then(|| self.text())
+    }
+
+    /// The kind in one word.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Supported(_) => "supported",
+            Check::Unsupported(_) => "unsupported",
+            Check::Refused(_) => "refused",
+            Check::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// `{"Ok": detail}` when supported, else `{"Err": reason}`, both with `"kind"`: the shape
+/// `doctor --json` has always had, plus the kind.
+impl Serialize for Check {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry(if self.is_supported() { "Ok" } else { "Err" }, self.text())?;
+        m.serialize_entry("kind", self.kind())?;
+        m.end()
+    }
+}
 
 /// What the running kernel accepts, each found by trying it.
 #[derive(Clone, Debug, Serialize)]
@@ -215,14 +295,25 @@ impl Capabilities {
         let fd_walk = parsed.as_ref().ok().and_then(fd_walk_offsets);
         let btf = match (&parsed, bd_dev_offset) {
             (Ok(_), Some(off)) => {
-                Ok(format!("{} (block_device.bd_dev at {off})", btf_path.display()))
+                Check::Supported(format!("{} (block_device.bd_dev at {off})", btf_path.display()))
             }
-            (Ok(_), None) => Err(format!("{}: block_device.bd_dev not found", btf_path.display())),
-            (Err(e), _) => Err(err_chain(e)),
+            (Ok(_), None) => {
+                Check::Unsupported(format!("{}: block_device.bd_dev not found", btf_path.display()))
+            }
+            // The BTF reader keeps no errno: opening the file again tells a kernel without
+            // BTF (ENOENT) from a refusal; a file that opens but does not parse is unknown.
+            (Err(e), _) => match std::fs::File::open(&btf_path) {
+                Err(io) => Check::failed(&io, err_chain(e)),
+                Ok(_) => Check::Unknown(err_chain(e)),
+            },
         };
         let targets = freeze_thaw_targets(kernel);
         let attach = |method, transport| -> Check {
-            let targets = targets.as_ref().map_err(err_chain)?;
+            let targets = match &targets {
+                Ok(t) => t,
+                // Nothing to attach to: the method was not tried.
+                Err(e) => return Check::Unknown(err_chain(e)),
+            };
             let plan = Plan {
                 method,
                 transport,
@@ -232,36 +323,38 @@ impl Capabilities {
                 bd_dev_offset: bd_dev_offset.unwrap_or(config::UNKNOWN),
                 fd_walk: None,
             };
-            Session::attach(&plan)
-                .map(|_| format!("attached to {}", plan.symbols()))
-                .map_err(|e| err_chain(&e))
+            match Session::attach(&plan) {
+                Ok(_) => Check::Supported(format!("attached to {}", plan.symbols())),
+                Err(e) => Check::failed(e.as_ref(), err_chain(&e)),
+            }
         };
-        let ringbuf = EbpfLoader::new()
-            .load(OBJ_RINGBUF)
-            .map(|_| "ring buffer maps load".to_string())
-            .map_err(|e| {
-                format!(
+        let ringbuf = match EbpfLoader::new().load(OBJ_RINGBUF) {
+            Ok(_) => Check::Supported("ring buffer maps load".to_string()),
+            Err(e) => {
+                let why = format!(
                     "loading the ring-buffer object: {e} (ring buffers need {}+)",
                     minimums::RINGBUF.since
-                )
-            });
-        let perf = EbpfLoader::new()
-            .load(OBJ_PERF)
-            .map(|_| "perf event array maps load".to_string())
-            .map_err(|e| format!("loading the perf object: {e}"));
+                );
+                Check::failed(&e, why)
+            }
+        };
+        let perf = match EbpfLoader::new().load(OBJ_PERF) {
+            Ok(_) => Check::Supported("perf event array maps load".to_string()),
+            Err(e) => Check::failed(&e, format!("loading the perf object: {e}")),
+        };
         let kprobe = if !kprobe_interface_present() {
-            Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe) and no kprobe_events in tracefs: CONFIG_KPROBES is off".into())
-        } else if perf.is_ok() {
+            Check::Unsupported("no kprobe PMU (/sys/bus/event_source/devices/kprobe) and no kprobe_events in tracefs: CONFIG_KPROBES is off".into())
+        } else if perf.is_supported() {
             attach(Method::Kprobe, Transport::Perf)
         } else {
-            Err("cannot test: the perf object does not load".into())
+            Check::Unknown("cannot test: the perf object does not load".into())
         };
-        let fentry = if btf.is_err() {
-            Err("needs kernel BTF".into())
-        } else if perf.is_ok() {
+        let fentry = if !btf.is_supported() {
+            Check::Unknown("needs kernel BTF".into())
+        } else if perf.is_supported() {
             attach(Method::Fentry, Transport::Perf)
         } else {
-            Err("cannot test: the perf object does not load".into())
+            Check::Unknown("cannot test: the perf object does not load".into())
         };
         Capabilities { btf, bd_dev_offset, fd_walk, kprobe, fentry, ringbuf, perf }
     }
@@ -276,25 +369,22 @@ impl Capabilities {
     ) -> Result<Plan> {
         let method = match method {
             Some(m) => m,
-            None if self.fentry.is_ok() => Method::Fentry,
-            None if self.kprobe.is_ok() => Method::Kprobe,
+            None if self.fentry.is_supported() => Method::Fentry,
+            None if self.kprobe.is_supported() => Method::Kprobe,
             None => bail!(
                 "no attach method works here: kprobe: {}; fentry: {}",
-                self.kprobe.as_ref().unwrap_err(),
-                self.fentry.as_ref().unwrap_err()
+                self.kprobe.text(),
+                self.fentry.text()
             ),
         };
         let transport = match transport {
             Some(t) => t,
-            None if self.ringbuf.is_ok() => Transport::Ringbuf,
-            None if self.perf.is_ok() => Transport::Perf,
-            None => bail!("no transport loads: {}", self.perf.as_ref().unwrap_err()),
+            None if self.ringbuf.is_supported() => Transport::Ringbuf,
+            None if self.perf.is_supported() => Transport::Perf,
+            None => bail!("no transport loads: {}", self.perf.text()),
         };
         let bd_dev_offset = self.bd_dev_offset.ok_or_else(|| {
-            anyhow!(
-                "block_device.bd_dev offset unknown: {}",
-                self.btf.as_ref().err().map(String::as_str).unwrap_or("?")
-            )
+            anyhow!("block_device.bd_dev offset unknown: {}", self.btf.reason().unwrap_or("?"))
         })?;
         Ok(Plan {
             method,
@@ -728,6 +818,46 @@ mod tests {
         }
         let syms: Vec<String> = obj.symbols().map(|s| s.name().unwrap().to_string()).collect();
         assert!(!syms.iter().any(|s| s.contains("AYA_LOG")), "aya-log needs a ring buffer");
+    }
+
+    /// Failed tries are told apart by the errno in the error chain, under any context.
+    #[test]
+    fn failed_checks_say_unsupported_refused_or_unknown() {
+        use super::Check;
+        let io = |e| std::io::Error::from_raw_os_error(e);
+        let tried = |e: anyhow::Error| Check::failed(e.as_ref(), "why".into());
+        assert_eq!(Check::failed(&io(libc::EPERM), "x".into()), Check::Refused("x".into()));
+        assert_eq!(
+            tried(anyhow::Error::new(io(libc::EACCES)).context("attaching")).kind(),
+            "refused"
+        );
+        for unsupported in [libc::ENOENT, libc::EINVAL, libc::E2BIG, 524] {
+            let e = anyhow::Error::new(io(unsupported)).context("loading").context("kprobe");
+            assert_eq!(tried(e), Check::Unsupported("why".into()), "{unsupported}");
+        }
+        // A syscall error as aya reports it (the io::Error is its source).
+        let sys = aya::sys::SyscallError { call: "perf_event_open", io_error: io(libc::EACCES) };
+        assert_eq!(tried(anyhow::Error::new(sys)).kind(), "refused");
+        assert_eq!(tried(anyhow::anyhow!("no program x in the object")).kind(), "unknown");
+    }
+
+    /// `doctor --json` keeps `{"Ok": ...}` / `{"Err": ...}` and adds the kind.
+    #[test]
+    fn checks_serialize_as_ok_or_err_with_their_kind() {
+        use super::Check;
+        let json = |c: Check| serde_json::to_value(c).unwrap();
+        assert_eq!(
+            json(Check::Supported("attached".into())),
+            serde_json::json!({"Ok": "attached", "kind": "supported"})
+        );
+        assert_eq!(
+            json(Check::Refused("EPERM".into())),
+            serde_json::json!({"Err": "EPERM", "kind": "refused"})
+        );
+        assert_eq!(json(Check::Unknown("x".into()))["kind"], "unknown");
+        assert_eq!(json(Check::Unsupported("x".into()))["Err"], "x");
+        assert_eq!(Check::Unknown("x".into()).reason(), Some("x"));
+        assert_eq!(Check::Supported("y".into()).reason(), None);
     }
 
     #[test]
