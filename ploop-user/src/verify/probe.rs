@@ -824,19 +824,20 @@ mod tests {
     #[test]
     fn failed_checks_say_unsupported_refused_or_unknown() {
         use super::Check;
-        let io = |e| std::io::Error::from_raw_os_error(e);
+        use crate::errno::Errno;
+        let io = |e: Errno| std::io::Error::from_raw_os_error(e.raw());
         let tried = |e: anyhow::Error| Check::failed(e.as_ref(), "why".into());
-        assert_eq!(Check::failed(&io(libc::EPERM), "x".into()), Check::Refused("x".into()));
+        assert_eq!(Check::failed(&io(Errno::EPERM), "x".into()), Check::Refused("x".into()));
         assert_eq!(
-            tried(anyhow::Error::new(io(libc::EACCES)).context("attaching")).kind(),
+            tried(anyhow::Error::new(io(Errno::EACCES)).context("attaching")).kind(),
             "refused"
         );
-        for unsupported in [libc::ENOENT, libc::EINVAL, libc::E2BIG, 524] {
+        for unsupported in [Errno::ENOENT, Errno::EINVAL, Errno::E2BIG, Errno::ENOTSUPP] {
             let e = anyhow::Error::new(io(unsupported)).context("loading").context("kprobe");
             assert_eq!(tried(e), Check::Unsupported("why".into()), "{unsupported}");
         }
         // A syscall error as aya reports it (the io::Error is its source).
-        let sys = aya::sys::SyscallError { call: "perf_event_open", io_error: io(libc::EACCES) };
+        let sys = aya::sys::SyscallError { call: "perf_event_open", io_error: io(Errno::EACCES) };
         assert_eq!(tried(anyhow::Error::new(sys)).kind(), "refused");
         assert_eq!(tried(anyhow::anyhow!("no program x in the object")).kind(), "unknown");
     }
