@@ -87,11 +87,19 @@ impl Probe {
     }
 
     pub fn from_name(name: &str) -> Option<Probe> {
-        // Traces written before the names were unified call the ioctl exit `sys_ioctl`.
-        if name == "sys_ioctl" {
-            return Some(Probe::SysExitIoctl);
-        }
-        Probe::ALL.into_iter().find(|p| p.name() == name)
+        // A match, not a search of ALL by name(): a replay looks up every event's probe.
+        Some(match name {
+            "freeze_bdev" => Probe::FreezeBdev,
+            "thaw_bdev" => Probe::ThawBdev,
+            "ploop_snapshot" => Probe::PloopSnapshot,
+            "find_and_freeze_bdev" => Probe::FindAndFreezeBdev,
+            "get_bdev_from_fd" => Probe::GetBdevFromFd,
+            "ploop_quiesce" => Probe::PloopQuiesce,
+            "ploop_relax" => Probe::PloopRelax,
+            // Traces written before the names were unified call the ioctl exit `sys_ioctl`.
+            "sys_exit_ioctl" | "sys_ioctl" => Probe::SysExitIoctl,
+            _ => return None,
+        })
     }
 
     pub const fn attach(self) -> Attach {

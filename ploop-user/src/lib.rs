@@ -11,5 +11,6 @@ pub mod errno;
 pub mod kernel;
 pub mod kit;
 pub mod ploop_abi;
+pub mod stats;
 pub mod verify;
 pub mod workload;

@@ -1,5 +1,6 @@
 //! The decoded, user-facing form of a probe event: one JSON line of a trace.
 
+use compact_str::CompactString;
 use ploop_common::{
     Event, PLOOP_CTL_CHUNK_SIZE, Probe, flags, phase,
     ploop_if::{PLOOP_FLAG_FS_SYNC, PloopCtl, PloopCtlChunk},
@@ -14,26 +15,26 @@ pub struct TraceEvent {
     pub ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    /// Inline: most events are judged and dropped, and a replay reads millions.
+    pub comm: CompactString,
     /// The probe, by the role of the function (`freeze_bdev`), whatever its symbol here.
     pub func: Probe,
     pub phase: Phase,
     /// The `block_device` argument's `bd_dev`, absent when it could not be read.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dev: Option<KDev>,
-    /// Raw arguments (pointers identify objects, such as the 3.10 `super_block *`); hex in
-    /// the trace.
-    #[serde(with = "hex")]
-    pub args: Vec<u64>,
+    /// Raw arguments (pointers identify objects, such as the 3.10 `super_block *`).
+    pub args: Args,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ret: Option<i64>,
     pub cpu: u32,
     /// Set when the return probe did not see its entry (attached mid-call).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub no_entry: bool,
-    /// `ploop_snapshot` entry: the request as the kernel was about to read it.
+    /// `ploop_snapshot` entry: the request as the kernel was about to read it. Boxed: one
+    /// event in fifteen has one, and every event is moved several times on its way.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub request: Option<Request>,
+    pub request: Option<Box<Request>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,27 +44,90 @@ pub enum Phase {
     Return,
 }
 
-/// Arguments as `0x...` strings: pointers read better in hex, and JSON numbers lose
-/// precision above 2^53 in many readers.
-mod hex {
-    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _, ser::SerializeSeq};
+/// Up to three raw arguments, inline, written as `0x...` strings: pointers read better in
+/// hex, and JSON numbers lose precision above 2^53 in many readers.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Args {
+    len: u8,
+    vals: [u64; 3],
+}
 
-    pub fn serialize<S: Serializer>(args: &[u64], s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(args.len()))?;
-        for a in args {
-            seq.serialize_element(&format_args!("{a:#x}").to_string())?;
+impl Args {
+    /// The first three of `args`.
+    pub fn new(args: &[u64]) -> Self {
+        let mut a = Args::default();
+        for &v in args.iter().take(3) {
+            a.vals[a.len as usize] = v;
+            a.len += 1;
+        }
+        a
+    }
+}
+
+impl std::ops::Deref for Args {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        &self.vals[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter().map(|a| format!("{a:#x}"))).finish()
+    }
+}
+
+impl Serialize for Args {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq as _;
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for a in self.iter() {
+            seq.serialize_element(&format_args!("{a:#x}"))?;
         }
         seq.end()
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
-        Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?
-            .iter()
-            .map(|a| {
-                u64::from_str_radix(a.trim_start_matches("0x"), 16)
-                    .map_err(|_| D::Error::custom(format_args!("argument {a:?} is not hex")))
-            })
-            .collect()
+impl<'de> Deserialize<'de> for Args {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+        struct Hex(u64);
+        impl<'de> Deserialize<'de> for Hex {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = Hex;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("an argument as a 0x... string")
+                    }
+                    fn visit_str<E: Error>(self, a: &str) -> Result<Hex, E> {
+                        u64::from_str_radix(a.strip_prefix("0x").unwrap_or(a), 16)
+                            .map(Hex)
+                            .map_err(|_| E::custom(format_args!("argument {a:?} is not hex")))
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+        struct Seq;
+        impl<'de> Visitor<'de> for Seq {
+            type Value = Args;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("up to three arguments")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Args, A::Error> {
+                let mut args = Args::default();
+                while let Some(Hex(v)) = seq.next_element()? {
+                    if args.len == 3 {
+                        return Err(A::Error::custom("more than three arguments"));
+                    }
+                    args.vals[args.len as usize] = v;
+                    args.len += 1;
+                }
+                Ok(args)
+            }
+        }
+        d.deserialize_seq(Seq)
     }
 }
 
@@ -225,11 +289,11 @@ impl TraceEvent {
             ts_ns: e.ts_ns,
             pid: (e.pid_tgid >> 32) as u32,
             tid: e.pid_tgid as u32,
-            comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+            comm: CompactString::from_utf8_lossy(&e.comm[..comm_len]),
             func,
             phase: if is_return { Phase::Return } else { Phase::Entry },
             dev: (e.flags & flags::DEV_UNREAD == 0).then_some(KDev(e.dev)),
-            args: e.args[..generation.arity(func).min(e.args.len())].to_vec(),
+            args: Args::new(&e.args[..generation.arity(func).min(e.args.len())]),
             ret: is_return.then_some(if generation.returns_int(func) {
                 e.ret as i32 as i64
             } else {
@@ -237,7 +301,8 @@ impl TraceEvent {
             }),
             cpu: e.cpu,
             no_entry: e.flags & flags::NO_ENTRY != 0,
-            request: (func == Probe::PloopSnapshot && !is_return).then(|| Request::decode(e)),
+            request: (func == Probe::PloopSnapshot && !is_return)
+                .then(|| Box::new(Request::decode(e))),
         })
     }
 }

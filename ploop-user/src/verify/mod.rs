@@ -4,6 +4,7 @@
 pub mod checker;
 pub mod doctor;
 pub mod events;
+mod fastparse;
 pub mod probe;
 pub mod report;
 pub mod run;

@@ -23,7 +23,7 @@ use crate::{
     verify::checker::{Checker, Options, Violation},
     verify::events::{Phase, SyncState, TraceEvent, Via},
     verify::probe::{Record, Session, Transport},
-    verify::report,
+    verify::report::{self, Reports},
     verify::stack::Stack,
     verify::trace::{self, ProbeArgs},
     verify::tracefile::{self, End, Header, TraceLine},
@@ -72,10 +72,13 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
 }
 
-/// probe -> event -> checker (-> trace file): shared by the live run and the replay.
+/// probe -> event -> checker -> reports (and the trace file, live): shared by the live run
+/// and the replay.
 struct Pipeline {
     checker: Checker,
+    reports: Reports,
     writer: Option<tracefile::Writer>,
+    /// The first [`report::VIOLATIONS_LISTED`] violations, for summary.json.
     violations: Vec<Violation>,
     last_ts: u64,
     /// Live: print how long after its completing event each violation was found.
@@ -90,6 +93,7 @@ impl Pipeline {
                 header.probed.clone(),
                 Options { max_freeze_ns: (policy.max_freeze_ms * 1e6) as u64 },
             ),
+            reports: Reports::new()?,
             writer: None,
             violations: Vec::new(),
             last_ts: 0,
@@ -97,28 +101,37 @@ impl Pipeline {
         };
         p.writer = writer;
         if let Some(w) = &mut p.writer {
-            w.line(&TraceLine::Header(header.clone()))?;
+            w.line(&TraceLine::Header(Box::new(header.clone())))?;
         }
         Ok(p)
     }
 
-    fn push(&mut self, line: TraceLine) -> Result<()> {
+    fn push(&mut self, line: &TraceLine) -> Result<()> {
         if let Some(w) = &mut self.writer {
-            w.line(&line)?;
+            w.line(line)?;
         }
         match line {
             TraceLine::Stack(s) => self.checker.stack(s),
             TraceLine::Event(e) => {
                 self.last_ts = self.last_ts.max(e.ts_ns);
-                let found = self.checker.event(&e);
-                self.report(found);
+                let found = self.checker.event(e);
+                self.announce(found);
+                self.hand_over()?;
             }
             TraceLine::Header(_) | TraceLine::End(_) => {}
         }
         Ok(())
     }
 
-    fn report(&mut self, found: Vec<Violation>) {
+    /// Judged calls go on to the reports; nothing here keeps them.
+    fn hand_over(&mut self) -> Result<()> {
+        for r in self.checker.take_judged() {
+            self.reports.call(r)?;
+        }
+        Ok(())
+    }
+
+    fn announce(&mut self, found: Vec<Violation>) {
         for v in found {
             if self.live {
                 let after = mono_ns().saturating_sub(v.ts_ns) as f64 / 1e6;
@@ -126,7 +139,9 @@ impl Pipeline {
             } else {
                 say!("ploop-verify: {v}");
             }
-            self.violations.push(v);
+            if self.violations.len() < report::VIOLATIONS_LISTED {
+                self.violations.push(v);
+            }
         }
     }
 
@@ -139,19 +154,21 @@ impl Pipeline {
         dir: &Path,
     ) -> Result<ExitCode> {
         let found = self.checker.finish(self.last_ts);
-        self.report(found);
+        self.announce(found);
+        self.hand_over()?;
         if let Some(mut w) = self.writer.take() {
             w.line(&TraceLine::End(end.clone()))?;
             w.finish()?;
         }
+        let outcome = self.checker.outcome();
         let summary = report::summarise(
-            &self.checker,
+            &outcome,
             header,
             &end,
-            self.violations.clone(),
+            self.violations,
             policy.expect_snapshots.max(1),
         );
-        report::write_all(dir, &summary, &self.checker)?;
+        self.reports.write(dir, &summary, &outcome)?;
         print_summary(&summary, dir);
         Ok(ExitCode::from(summary.exit_code))
     }
@@ -352,9 +369,9 @@ async fn drive(
 fn release(p: &mut Pipeline, events: Vec<TraceEvent>) -> Result<()> {
     for mut e in events {
         if let Some(s) = context_for(&mut e) {
-            p.push(TraceLine::Stack(s))?;
+            p.push(&TraceLine::Stack(s))?;
         }
-        p.push(TraceLine::Event(e))?;
+        p.push(&TraceLine::Event(e))?;
     }
     Ok(())
 }
@@ -369,11 +386,11 @@ mod tests {
             ts_ns: ts,
             pid: 1,
             tid: 1,
-            comm: String::new(),
+            comm: Default::default(),
             func: Probe::FreezeBdev,
             phase: Phase::Entry,
             dev: None,
-            args: vec![],
+            args: Default::default(),
             ret: None,
             cpu: 0,
             no_entry: false,

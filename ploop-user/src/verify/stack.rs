@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeSet, fs, path::Path};
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::KDev;
@@ -19,15 +20,16 @@ pub struct Stack {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackDev {
     pub dev: KDev,
-    pub name: String,
+    /// Inline strings: a stack comes with every snapshot call of a trace.
+    pub name: CompactString,
     /// The devices holding this one.
     #[serde(default)]
     pub holders: Vec<KDev>,
     /// Mountpoints of the filesystem on this device (empty: no filesystem mounted).
     #[serde(default)]
-    pub mounts: Vec<String>,
+    pub mounts: Vec<CompactString>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub fstype: Option<String>,
+    pub fstype: Option<CompactString>,
 }
 
 impl Stack {
@@ -47,8 +49,8 @@ impl Stack {
             }
             let name = fs::read_link(sys.join("dev/block").join(dev.to_string()))
                 .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| dev.to_string());
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into()))
+                .unwrap_or_else(|| dev.to_string().into());
             let holders: Vec<KDev> =
                 fs::read_dir(sys.join("class/block").join(&name).join("holders"))
                     .map(|rd| {
@@ -83,7 +85,7 @@ impl Stack {
 }
 
 /// Mountpoints and filesystem type of the filesystem whose `st_dev` is `dev`.
-fn mounts_of(mountinfo: &str, dev: KDev) -> (Vec<String>, Option<String>) {
+fn mounts_of(mountinfo: &str, dev: KDev) -> (Vec<CompactString>, Option<CompactString>) {
     let mut mounts = Vec::new();
     let mut fstype = None;
     for line in mountinfo.lines() {
@@ -91,9 +93,9 @@ fn mounts_of(mountinfo: &str, dev: KDev) -> (Vec<String>, Option<String>) {
         if f.len() < 5 || f[2].parse() != Ok(dev) {
             continue;
         }
-        mounts.push(f[4].to_string());
+        mounts.push(f[4].into());
         if let Some(sep) = f.iter().position(|w| *w == "-") {
-            fstype = f.get(sep + 1).map(|s| s.to_string());
+            fstype = f.get(sep + 1).map(|s| (*s).into());
         }
     }
     (mounts, fstype)

@@ -10,7 +10,7 @@ use ploop_common::{Probe, ploop_if::PLOOP_FLAG_FS_SYNC};
 
 use crate::{
     kernel::{Generation, KDev},
-    verify::events::{Chunk, Phase, Request, SyncFd, SyncState, TraceEvent, Via},
+    verify::events::{Args, Chunk, Phase, Request, SyncFd, SyncState, TraceEvent, Via},
     verify::stack::{Stack, StackDev},
     verify::tracefile::{End, Header, TOOL, TraceLine, Writer},
 };
@@ -20,14 +20,14 @@ use crate::{
 pub fn write(path: &Path, calls: u64) -> Result<u64> {
     let mut w = Writer::create(path)?;
     let probed = Probe::ALL.to_vec();
-    w.line(&TraceLine::Header(Header {
+    w.line(&TraceLine::Header(Box::new(Header {
         tool: TOOL.into(),
         kernel: serde_json::json!({"release": "synthetic", "generation": "freeze-bdev"}),
         generation: Generation::FreezeBdev,
         plan: serde_json::json!({"synthetic": true}),
         probed,
         narrowed: vec![],
-    }))?;
+    })))?;
     let mut ts = 1_000_000_000u64;
     let mut events = 0u64;
     for i in 0..calls {
@@ -37,9 +37,9 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
             (KDev((253 << 20) | n), KDev((254 << 20) | (2 * n)), KDev((254 << 20) | (2 * n + 1)));
         let dev = |dev, name: String, h: Vec<KDev>, m: &[&str]| StackDev {
             dev,
-            name,
+            name: name.into(),
             holders: h,
-            mounts: m.iter().map(|s| s.to_string()).collect(),
+            mounts: m.iter().map(|&s| s.into()).collect(),
             fstype: (!m.is_empty()).then(|| "ext4".into()),
         };
         w.line(&TraceLine::Stack(Stack {
@@ -92,11 +92,12 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
                 func,
                 phase,
                 dev: d,
-                args: vec![0xffff_8880_0000_0000u64 + u64::from(n) * 0x1000],
+                args: Args::new(&[0xffff_8880_0000_0000u64 + u64::from(n) * 0x1000]),
                 ret,
                 cpu: n,
                 no_entry: false,
-                request: (func == PloopSnapshot && phase == Entry).then(|| request.clone()),
+                request: (func == PloopSnapshot && phase == Entry)
+                    .then(|| Box::new(request.clone())),
             }))?;
             events += 1;
         }

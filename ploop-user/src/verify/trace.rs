@@ -176,7 +176,7 @@ fn write_trace(
     status: Option<i32>,
 ) -> Result<()> {
     let mut w = tracefile::Writer::create(out)?;
-    w.line(&TraceLine::Header(tracefile::header(kernel, session)?))?;
+    w.line(&TraceLine::Header(Box::new(tracefile::header(kernel, session)?)))?;
     for e in &got.events {
         w.line(&TraceLine::Event(e.clone()))?;
     }

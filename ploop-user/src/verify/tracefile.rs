@@ -18,7 +18,8 @@ use crate::{kernel::Generation, verify::events::TraceEvent, verify::stack::Stack
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "kebab-case")]
 pub enum TraceLine {
-    Header(Header),
+    /// Boxed: it is large, once per trace, and would make every record as large.
+    Header(Box<Header>),
     Stack(Stack),
     Event(TraceEvent),
     End(End),
@@ -91,51 +92,126 @@ impl Writer {
 /// first, an end record last, valid JSON in between. Damage is reported with its line.
 pub struct Reader {
     path: PathBuf,
-    lines: std::io::Lines<std::io::BufReader<fs::File>>,
+    input: std::io::BufReader<fs::File>,
+    /// A line that straddles the end of the read buffer, gathered here.
+    straddling: Vec<u8>,
+    /// The record last read, lent out by [`Reader::next_record`]: moving a record costs a
+    /// copy of it, and a replay reads millions.
+    current: Option<TraceLine>,
     n: usize,
     pub header: Header,
     end: Option<End>,
 }
 
+/// Parses one record. Records this tool writes lead with their tag, so an event or a stack
+/// is parsed straight into its type (serde skips the `record` key as unknown); anything
+/// else goes through the tagged enum, which buffers the whole object first and is several
+/// times slower.
+fn parse(line: &str) -> serde_json::Result<TraceLine> {
+    if line.starts_with(r#"{"record":"event","#) {
+        if let Some(e) = crate::verify::fastparse::event(line) {
+            return Ok(TraceLine::Event(e));
+        }
+        return serde_json::from_str(line).map(TraceLine::Event);
+    }
+    if line.starts_with(r#"{"record":"stack","#) {
+        return serde_json::from_str(line).map(TraceLine::Stack);
+    }
+    serde_json::from_str(line)
+}
+
+/// What one line held.
+enum Line {
+    Record(serde_json::Result<TraceLine>),
+    Blank,
+    NotText(std::str::Utf8Error),
+}
+
+fn read(line: &[u8]) -> Line {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Line::Blank;
+    }
+    // UTF-8 checked once for the whole line: parsing from bytes checks every string apart.
+    match std::str::from_utf8(line) {
+        Ok(text) => Line::Record(parse(text)),
+        Err(e) => Line::NotText(e),
+    }
+}
+
 impl Reader {
     pub fn open(path: &Path) -> Result<Self> {
         let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let mut lines = std::io::BufReader::new(f).lines();
-        let first = lines.next().ok_or_else(|| anyhow!("{}: empty trace", path.display()))?;
-        let first = first.with_context(|| format!("{}:1: unreadable", path.display()))?;
-        let header = match serde_json::from_str(&first) {
-            Ok(TraceLine::Header(h)) => h,
-            Ok(_) => bail!("{}:1: the trace must start with a header record", path.display()),
-            Err(e) => bail!("{}:1: not a trace record: {e}", path.display()),
+        let mut r = Reader {
+            path: path.to_path_buf(),
+            input: std::io::BufReader::with_capacity(1 << 20, f),
+            straddling: Vec::new(),
+            current: None,
+            n: 0,
+            header: Header {
+                tool: String::new(),
+                kernel: serde_json::Value::Null,
+                generation: Generation::FreezeBdev,
+                plan: serde_json::Value::Null,
+                probed: Vec::new(),
+                narrowed: Vec::new(),
+            },
+            end: None,
         };
-        Ok(Reader { path: path.to_path_buf(), lines, n: 1, header, end: None })
+        r.header = match r.next_line()? {
+            None => bail!("{}: empty trace", path.display()),
+            Some(Line::Record(Ok(TraceLine::Header(h)))) => *h,
+            Some(Line::Record(Err(e))) => bail!("{}:1: not a trace record: {e}", path.display()),
+            Some(Line::NotText(e)) => bail!("{}:1: not a trace record: {e}", path.display()),
+            Some(_) => bail!("{}:1: the trace must start with a header record", path.display()),
+        };
+        Ok(r)
+    }
+
+    /// Reads and parses the next line, in the read buffer where it lies whole (a replay reads
+    /// hundreds of megabytes: no copy per line); `None` at the end of the file.
+    fn next_line(&mut self) -> Result<Option<Line>> {
+        let unreadable = |e, n| anyhow::Error::from(e).context(format!("line {n}: unreadable"));
+        let buf = self.input.fill_buf().map_err(|e| unreadable(e, self.n + 1))?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        self.n += 1;
+        if let Some(i) = memchr::memchr(b'\n', buf) {
+            let line = read(&buf[..i]);
+            self.input.consume(i + 1);
+            return Ok(Some(line));
+        }
+        self.straddling.clear();
+        self.input.read_until(b'\n', &mut self.straddling).map_err(|e| unreadable(e, self.n))?;
+        let line = self.straddling.strip_suffix(b"\n").unwrap_or(&self.straddling);
+        Ok(Some(read(line)))
     }
 
     /// The next stack or event record; `None` after the end record.
-    pub fn next_record(&mut self) -> Result<Option<TraceLine>> {
-        let p = self.path.display();
-        let Some(line) = self.lines.next() else {
-            if self.end.is_none() {
-                bail!("{p}:{}: the trace ends without an end record (truncated?)", self.n);
+    pub fn next_record(&mut self) -> Result<Option<&TraceLine>> {
+        loop {
+            let line = self.next_line().with_context(|| self.path.display().to_string())?;
+            let (p, n) = (self.path.display(), self.n);
+            let Some(line) = line else {
+                if self.end.is_none() {
+                    bail!("{p}:{n}: the trace ends without an end record (truncated?)");
+                }
+                return Ok(None);
+            };
+            let record = match line {
+                // Only blank lines may follow the end record; anything else is damage.
+                Line::Blank if self.end.is_some() => continue,
+                _ if self.end.is_some() => bail!("{p}:{n}: data after the end record"),
+                Line::Blank => bail!("{p}:{n}: not a trace record: a blank line"),
+                Line::Record(r) => r.map_err(|e| anyhow!("{p}:{n}: not a trace record: {e}"))?,
+                Line::NotText(e) => bail!("{p}:{n}: not a trace record: {e}"),
+            };
+            match record {
+                TraceLine::Header(_) => bail!("{p}:{n}: a second header"),
+                TraceLine::End(e) => self.end = Some(e),
+                other => return Ok(Some(self.current.insert(other))),
             }
-            return Ok(None);
-        };
-        self.n += 1;
-        let n = self.n;
-        let line = line.with_context(|| format!("{p}:{n}: unreadable"))?;
-        if self.end.is_some() {
-            bail!("{p}:{n}: data after the end record");
-        }
-        match serde_json::from_str(&line)
-            .map_err(|e| anyhow!("{p}:{n}: not a trace record: {e}"))?
-        {
-            TraceLine::Header(_) => bail!("{p}:{n}: a second header"),
-            TraceLine::End(e) => {
-                self.end = Some(e);
-                // Only blank lines may follow; anything else is damage.
-                self.next_record()
-            }
-            other => Ok(Some(other)),
         }
     }
 
@@ -154,14 +230,14 @@ mod tests {
     }
 
     fn header() -> TraceLine {
-        TraceLine::Header(Header {
+        TraceLine::Header(Box::new(Header {
             tool: TOOL.into(),
             kernel: serde_json::json!({"release": "6.1"}),
             generation: Generation::FreezeBdev,
             plan: serde_json::json!({}),
             probed: vec![Probe::FreezeBdev],
             narrowed: vec![],
-        })
+        }))
     }
 
     #[test]

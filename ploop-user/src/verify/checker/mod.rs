@@ -6,21 +6,22 @@
 
 pub mod invariants;
 
-use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::VecDeque, sync::Arc};
+
+// Keys here are thread ids and device numbers, not attacker-chosen: a fast hash over SipHash.
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use ploop_common::Probe;
 
+use crate::errno::Errno;
 use crate::{
     kernel::{Generation, KDev},
+    stats::Distribution,
     verify::events::{Phase, Request, TraceEvent},
     verify::stack::Stack,
 };
-use crate::errno::Errno;
 pub use invariants::{INVARIANTS, Verdict};
 
 /// Whether the kernel has the sync-fd interface, and the evidence for it.
@@ -250,14 +251,46 @@ pub struct Checker {
     recent: HashMap<DeviceKey, VecDeque<Recent>>,
     /// Latest device stack per ploop dev, recorded just before the call that uses it.
     stacks: HashMap<KDev, Arc<Stack>>,
-    pub finished: Vec<CallReport>,
-    pub incomplete: Vec<Call>,
+    /// Judged calls on their way to the reports (see [`Checker::take_judged`]).
+    judged: VecDeque<CallReport>,
+    /// Judged calls whose E1 verdict waits for the kernel's patch status.
+    held: Vec<CallReport>,
+    /// What the outcome counts; kept as counts, so a long run holds no call it has judged.
+    tally: [Tally; INVARIANTS.len()],
+    snapshots: usize,
+    violations: usize,
+    incomplete: usize,
     /// freeze/thaw events of threads outside any snapshot call.
-    pub outside: u64,
+    outside: u64,
     pub events: u64,
     seq: u64,
-    /// Freeze windows of judged calls (ns), for the histogram.
-    pub windows_ns: Vec<u64>,
+    /// Freeze windows of judged calls (ns).
+    windows: Distribution,
+}
+
+/// How often one invariant passed, failed, or did not apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub pass: usize,
+    pub fail: usize,
+    pub not_applicable: usize,
+}
+
+/// What the checker concludes about a whole run: all the reports need besides the calls.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub patched: PatchState,
+    /// Per invariant, in the order of [`INVARIANTS`].
+    pub tally: [Tally; INVARIANTS.len()],
+    pub snapshots: usize,
+    pub violations: usize,
+    /// Calls still open when the run ended (never judged).
+    pub incomplete: usize,
+    pub events: u64,
+    /// freeze/thaw events of threads outside any snapshot call.
+    pub outside: u64,
+    /// Freeze windows of judged calls, in ns.
+    pub windows: Distribution,
 }
 
 impl Checker {
@@ -268,15 +301,19 @@ impl Checker {
             probed,
             opts,
             patched: PatchState::Unknown,
-            open: HashMap::new(),
-            recent: HashMap::new(),
-            stacks: HashMap::new(),
-            finished: Vec::new(),
-            incomplete: Vec::new(),
+            open: HashMap::default(),
+            recent: HashMap::default(),
+            stacks: HashMap::default(),
+            judged: VecDeque::new(),
+            held: Vec::new(),
+            tally: [Tally::default(); INVARIANTS.len()],
+            snapshots: 0,
+            violations: 0,
+            incomplete: 0,
             outside: 0,
             events: 0,
             seq: 0,
-            windows_ns: Vec::new(),
+            windows: Distribution::default(),
         }
     }
 
@@ -284,19 +321,37 @@ impl Checker {
         self.generation
     }
 
-    pub fn stack(&mut self, stack: Stack) {
+    pub fn stack(&mut self, stack: &Stack) {
         // The stack rarely changes between calls: keep the shared copy when it is the same.
-        if self.stacks.get(&stack.ploop_dev).is_none_or(|s| **s != stack) {
-            self.stacks.insert(stack.ploop_dev, Arc::new(stack));
+        if self.stacks.get(&stack.ploop_dev).is_none_or(|s| **s != *stack) {
+            self.stacks.insert(stack.ploop_dev, Arc::new(stack.clone()));
         }
     }
 
     pub fn snapshots(&self) -> usize {
-        self.finished.len()
+        self.snapshots
     }
 
     pub fn violations(&self) -> usize {
-        self.finished.iter().map(|r| r.failures().count()).sum()
+        self.violations
+    }
+
+    /// Calls judged since the last call, in the order their verdicts became final. The
+    /// checker keeps none of them: whoever wants them (the reports) takes them here.
+    pub fn take_judged(&mut self) -> impl Iterator<Item = CallReport> + '_ {
+        self.judged.drain(..)
+    }
+
+    /// A call whose verdicts are final leaves for the reports, counted.
+    fn release(&mut self, r: CallReport) {
+        for (t, (_, v)) in self.tally.iter_mut().zip(&r.verdicts) {
+            match v {
+                Verdict::Pass => t.pass += 1,
+                Verdict::Fail(_) => t.fail += 1,
+                Verdict::NotApplicable(_) | Verdict::Deferred => t.not_applicable += 1,
+            }
+        }
+        self.judged.push_back(r);
     }
 
     /// Feeds one event; returns the violations it completes.
@@ -304,8 +359,8 @@ impl Checker {
         self.events += 1;
         let entry = e.phase == Phase::Entry;
         if e.func == Probe::PloopSnapshot && entry {
-            if let Some(old) = self.open.remove(&e.tid) {
-                self.incomplete.push(old);
+            if self.open.remove(&e.tid).is_some() {
+                self.incomplete += 1;
             }
             self.seq += 1;
             let ploop_dev = e.dev;
@@ -316,12 +371,12 @@ impl Checker {
                     seq: self.seq,
                     tid: e.tid,
                     pid: e.pid,
-                    comm: e.comm.clone(),
+                    comm: e.comm.to_string(),
                     ploop_dev,
                     plo: e.args.first().copied().unwrap_or_default(),
                     start_ns: e.ts_ns,
                     end_ns: None,
-                    request: e.request.clone().unwrap_or_else(Request::unreadable),
+                    request: e.request.as_deref().cloned().unwrap_or_else(Request::unreadable),
                     freezes: Vec::new(),
                     stray_thaws: Vec::new(),
                     pending_freezes: Vec::new(),
@@ -467,47 +522,56 @@ impl Checker {
         }
         for f in report.call.freezes.iter().filter(|f| f.ok) {
             if let Some(end) = f.thaw.as_ref().and_then(|t| t.ret_ns) {
-                self.windows_ns.push(end.saturating_sub(f.ret_ns));
+                self.windows.record(end.saturating_sub(f.ret_ns));
             }
         }
+        self.snapshots += 1;
+        self.violations += report.failures().count();
         out.extend(report.failures().map(|(id, why)| violation(&report.call, id, why, now)));
-        self.finished.push(report);
+        if report.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred) {
+            self.held.push(report);
+        } else {
+            self.release(report);
+        }
         out
     }
 
-    /// Turns deferred E1 verdicts into final ones now that the patch status is known.
+    /// Judges the held calls' deferred verdicts again now that the patch status is known;
+    /// each invariant keeps its one wording, whenever it is judged.
     fn resolve_deferred(&mut self, now: u64) -> Vec<Violation> {
+        if self.patched == PatchState::Unknown {
+            return Vec::new();
+        }
         let mut out = Vec::new();
-        for r in &mut self.finished {
-            for (id, v) in &mut r.verdicts {
-                if *v != Verdict::Deferred {
-                    continue;
-                }
-                *v = match &self.patched {
-                    PatchState::Patched(why) => {
-                        let why = format!(
-                            "pctl_chunks={} answered -EINVAL where -ENOTSUPP (524) is due ({why})",
-                            r.call.request.chunks
-                        );
-                        out.push(violation(&r.call, id, &why, now));
-                        Verdict::Fail(why)
+        for mut r in std::mem::take(&mut self.held) {
+            let ctx = Context {
+                generation: self.generation,
+                patched: &self.patched,
+                max_freeze_ns: self.opts.max_freeze_ns,
+                probed: &self.probed,
+                recent: &self.recent,
+            };
+            for (inv, (id, v)) in INVARIANTS.iter().zip(&mut r.verdicts) {
+                if *v == Verdict::Deferred {
+                    *v = (inv.check)(&r.call, &ctx);
+                    if let Verdict::Fail(why) = v {
+                        self.violations += 1;
+                        out.push(violation(&r.call, id, why, now));
                     }
-                    _ => Verdict::Pass,
-                };
+                }
             }
+            self.release(r);
         }
         out
     }
 
     /// End of the run: open calls are incomplete; an undecided patch status with -EINVAL
-    /// answers to bad chunk counts means an unpatched kernel.
+    /// answers to bad chunk counts means an unpatched kernel. Returns the violations this
+    /// completes; [`Checker::outcome`] then holds the run's conclusion.
     pub fn finish(&mut self, now: u64) -> Vec<Violation> {
-        let mut open: Vec<Call> = self.open.drain().map(|(_, c)| c).collect();
-        open.sort_by_key(|c| c.seq);
-        self.incomplete.extend(open);
-        let deferred =
-            self.finished.iter().any(|r| r.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred));
-        if self.patched == PatchState::Unknown && deferred {
+        self.incomplete += self.open.len();
+        self.open.clear();
+        if self.patched == PatchState::Unknown && !self.held.is_empty() {
             self.patched = PatchState::Unpatched(
                 "pctl_chunks outside {1, 2} answered -EINVAL, not -ENOTSUPP".into(),
             );
@@ -515,21 +579,18 @@ impl Checker {
         self.resolve_deferred(now)
     }
 
-    /// Per invariant: (pass, fail, not applicable) counts.
-    pub fn tally(&self) -> BTreeMap<&'static str, (usize, usize, usize)> {
-        let mut t: BTreeMap<&'static str, (usize, usize, usize)> =
-            INVARIANTS.iter().map(|i| (i.id, (0, 0, 0))).collect();
-        for r in &self.finished {
-            for (inv, (_, v)) in INVARIANTS.iter().zip(&r.verdicts) {
-                let e = t.get_mut(inv.id).expect("every id is present");
-                match v {
-                    Verdict::Pass => e.0 += 1,
-                    Verdict::Fail(_) => e.1 += 1,
-                    Verdict::NotApplicable(_) | Verdict::Deferred => e.2 += 1,
-                }
-            }
+    /// What the run concludes so far (final after [`Checker::finish`]).
+    pub fn outcome(&self) -> Outcome {
+        Outcome {
+            patched: self.patched.clone(),
+            tally: self.tally,
+            snapshots: self.snapshots,
+            violations: self.violations,
+            incomplete: self.incomplete,
+            events: self.events,
+            outside: self.outside,
+            windows: self.windows.clone(),
         }
-        t
     }
 }
 

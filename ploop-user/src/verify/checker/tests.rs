@@ -5,7 +5,7 @@ use super::*;
 use ploop_common::ploop_if::PLOOP_FLAG_FS_SYNC;
 
 use crate::{
-    verify::events::{Chunk, Phase, Request, SyncFd, SyncState, Via},
+    verify::events::{Args, Chunk, Phase, Request, SyncFd, SyncState, Via},
     verify::stack::{Stack, StackDev},
 };
 
@@ -23,7 +23,7 @@ fn dev(d: &str, name: &str, holders: &[&str], mounts: &[&str]) -> StackDev {
         dev: k(d),
         name: name.into(),
         holders: holders.iter().map(|s| k(s)).collect(),
-        mounts: mounts.iter().map(|s| s.to_string()).collect(),
+        mounts: mounts.iter().map(|&s| s.into()).collect(),
         fstype: (!mounts.is_empty()).then(|| "ext4".into()),
     }
 }
@@ -98,7 +98,7 @@ impl Seq {
             func: Probe::from_name(func).unwrap(),
             phase: if phase == "entry" { Phase::Entry } else { Phase::Return },
             dev: dev.map(k),
-            args: vec![0xffff0000],
+            args: Args::new(&[0xffff0000]),
             ret,
             cpu: 0,
             no_entry: false,
@@ -107,7 +107,7 @@ impl Seq {
         self.events.last_mut().unwrap()
     }
     fn start(&mut self, tid: u32, req: Request) -> &mut Self {
-        self.ev(tid, "ploop_snapshot", "entry", Some(PLOOP), None).request = Some(req);
+        self.ev(tid, "ploop_snapshot", "entry", Some(PLOOP), None).request = Some(Box::new(req));
         self
     }
     fn call(&mut self, tid: u32, func: &str) -> &mut Self {
@@ -148,19 +148,42 @@ fn all_probed() -> Vec<Probe> {
     Probe::ALL.to_vec()
 }
 
-/// Runs a sequence through a checker; returns the sorted, deduplicated violated ids.
-fn run(stack: Stack, seq: &Seq) -> (Checker, Vec<String>) {
+/// A run through a checker: the checker, the sorted, deduplicated violated ids, and the
+/// judged calls as the reports receive them.
+struct Ran {
+    c: Checker,
+    judged: Vec<CallReport>,
+}
+
+fn run(stack: Stack, seq: &Seq) -> (Ran, Vec<String>) {
     let mut c = Checker::new(
         Generation::FreezeBdev,
         all_probed(),
         Options { max_freeze_ns: 5_000_000_000 },
     );
-    c.stack(stack);
-    let mut ids: Vec<String> = seq.events.iter().flat_map(|e| c.event(e)).map(|v| v.id).collect();
+    c.stack(&stack);
+    let mut judged = Vec::new();
+    let mut ids = Vec::new();
+    for e in &seq.events {
+        ids.extend(c.event(e).into_iter().map(|v| v.id));
+        judged.extend(c.take_judged());
+    }
     ids.extend(c.finish(u64::MAX).into_iter().map(|v| v.id));
+    judged.extend(c.take_judged());
     ids.sort();
     ids.dedup();
-    (c, ids)
+    (Ran { c, judged }, ids)
+}
+
+impl Ran {
+    /// Per invariant id: (pass, fail, not applicable).
+    fn tally(&self) -> std::collections::BTreeMap<&'static str, (usize, usize, usize)> {
+        INVARIANTS
+            .iter()
+            .zip(self.c.outcome().tally)
+            .map(|(i, t)| (i.id, (t.pass, t.fail, t.not_applicable)))
+            .collect()
+    }
 }
 
 #[test]
@@ -168,13 +191,13 @@ fn correct_sync_fd_snapshot_on_the_linear_stack_is_clean() {
     let mut s = Seq::new();
     s.good_sync(10, LINEAR);
     let (c, ids) = run(linear_stack(), &s);
-    assert!(ids.is_empty(), "{ids:?}: {:?}", c.finished[0].verdicts);
-    assert_eq!(c.snapshots(), 1);
+    assert!(ids.is_empty(), "{ids:?}: {:?}", c.judged[0].verdicts);
+    assert_eq!(c.c.snapshots(), 1);
     let t = c.tally();
     for id in ["O1", "O2", "S1", "S2", "E3", "C1", "T1"] {
         assert_eq!(t[id].0, 1, "{id} judged and passed");
     }
-    assert!(matches!(c.patched, PatchState::Patched(_)));
+    assert!(matches!(c.c.patched, PatchState::Patched(_)));
 }
 
 #[test]
@@ -188,7 +211,7 @@ fn autodetection_on_the_linear_stack_trips_s2() {
         .end(10, 0);
     let (c, ids) = run(linear_stack(), &s);
     assert_eq!(ids, ["S2"]);
-    let why = c.finished[0].failures().next().unwrap().1.to_string();
+    let why = c.judged[0].failures().next().unwrap().1.to_string();
     assert!(why.contains("dm-1 (254:1)") && why.contains("holds no filesystem"), "{why}");
 }
 
@@ -263,7 +286,7 @@ fn bug_einval_is_e1_once_the_kernel_shows_it_is_patched() {
     s.good_sync(10, LINEAR);
     let (c, ids) = run(linear_stack(), &s);
     assert_eq!(ids, ["E1"]);
-    assert!(matches!(c.patched, PatchState::Patched(_)));
+    assert!(matches!(c.c.patched, PatchState::Patched(_)));
 }
 
 #[test]
@@ -279,7 +302,7 @@ fn unpatched_kernel_is_a_property_not_a_violation() {
         .end(13, 0);
     let (c, ids) = run(plain_stack(), &s);
     assert!(ids.is_empty(), "{ids:?}");
-    assert!(matches!(c.patched, PatchState::Unpatched(_)), "{:?}", c.patched);
+    assert!(matches!(c.c.patched, PatchState::Unpatched(_)), "{:?}", c.c.patched);
 }
 
 #[test]
@@ -326,7 +349,7 @@ fn overlapping_snapshots_on_one_device_are_c1_and_other_threads_do_not_mix() {
     s.freeze(12, PLOOP).thaw(12, PLOOP);
     let (c, ids) = run(plain_stack(), &s);
     assert!(ids.contains(&"C1".to_string()), "{ids:?}");
-    assert_eq!(c.outside, 4);
+    assert_eq!(c.c.outcome().outside, 4);
     // Serial snapshots on one device are fine, and -EBUSY with nothing frozen is right.
     let mut s = Seq::new();
     s.good_sync(10, PLOOP).good_sync(10, PLOOP);
@@ -350,11 +373,11 @@ fn vz7_thaw_must_get_the_super_block_freeze_returned() {
     s.ev(10, "freeze_bdev", "entry", Some(PLOOP), None);
     s.ev(10, "freeze_bdev", "return", Some(PLOOP), Some(0x7fff_1000));
     s.switch(10);
-    s.ev(10, "thaw_bdev", "entry", Some(PLOOP), None).args = vec![0xffff0000, 0x7fff2000];
+    s.ev(10, "thaw_bdev", "entry", Some(PLOOP), None).args = Args::new(&[0xffff0000, 0x7fff2000]);
     s.ev(10, "thaw_bdev", "return", Some(PLOOP), Some(0));
     s.end(10, 0);
     let mut c = Checker::new(Generation::Vz7, all_probed(), Options { max_freeze_ns: u64::MAX });
-    c.stack(plain_stack());
+    c.stack(&plain_stack());
     let ids: Vec<String> = s.events.iter().flat_map(|e| c.event(e)).map(|v| v.id).collect();
     assert_eq!(ids, ["O4"]);
 }
@@ -365,5 +388,5 @@ fn unfinished_calls_are_incomplete_not_judged() {
     s.start(10, sync_req(PLOOP)).freeze(10, PLOOP);
     let (c, ids) = run(plain_stack(), &s);
     assert!(ids.is_empty());
-    assert_eq!((c.snapshots(), c.incomplete.len()), (0, 1));
+    assert_eq!((c.c.snapshots(), c.c.outcome().incomplete), (0, 1));
 }

@@ -1,0 +1,107 @@
+//! `junit.xml`: one test suite per snapshot call with one case per invariant; above
+//! [`super::AGGREGATE_ABOVE`] calls, one suite of one case per invariant with its counts,
+//! then the failing calls' suites.
+
+use std::fmt::Write as _;
+
+use super::{Summary, call_label, xml};
+use crate::verify::checker::{CallReport, INVARIANTS, Verdict};
+
+pub const TAIL: &str = "</testsuites>\n";
+
+/// Everything before the per-call suites. `aggregated`: the number of failing calls that
+/// follow, when the run is aggregated.
+pub fn head(s: &Summary, calls: usize, aggregated: Option<usize>, out: &mut String) {
+    let skipped: usize = s.invariants.iter().map(|i| i.not_applicable).sum();
+    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let Some(failing_calls) = aggregated else {
+        let tests = calls * INVARIANTS.len();
+        let _ = writeln!(
+            out,
+            "<testsuites name=\"ploop-verify\" tests=\"{tests}\" failures=\"{}\" skipped=\"{skipped}\">",
+            s.violations
+        );
+        if calls == 0 {
+            out.push_str(
+                "  <testsuite name=\"ploop-verify\" tests=\"1\" failures=\"0\" skipped=\"1\">\n",
+            );
+            let _ = writeln!(
+                out,
+                "    <testcase classname=\"ploop-verify\" name=\"snapshots\"><skipped message=\"{}\"/></testcase>",
+                xml(s.reason.as_deref().unwrap_or("no snapshot"))
+            );
+            out.push_str("  </testsuite>\n");
+        }
+        return;
+    };
+    // Aggregated: the invariants' suite, then every failing call's (which hold the failures).
+    let invariants = s.invariants.len();
+    let failed_ids = s.invariants.iter().filter(|i| i.fail > 0).count();
+    let never_judged = s.invariants.iter().filter(|i| i.pass + i.fail == 0).count();
+    let _ = writeln!(
+        out,
+        "<testsuites name=\"ploop-verify\" tests=\"{}\" failures=\"{}\" skipped=\"{never_judged}\">",
+        invariants + failing_calls * INVARIANTS.len(),
+        failed_ids + s.violations
+    );
+    let _ = writeln!(
+        out,
+        "  <!-- aggregated: {calls} snapshot calls (more than {}): one case per invariant with its \
+         counts, then one suite per failing call; summary.json has every count -->",
+        super::AGGREGATE_ABOVE
+    );
+    let _ = writeln!(
+        out,
+        "  <testsuite name=\"invariants over {calls} snapshot calls\" tests=\"{invariants}\" failures=\"{failed_ids}\" skipped=\"{never_judged}\">"
+    );
+    for i in &s.invariants {
+        let counts = format!("pass {}, fail {}, n/a {}", i.pass, i.fail, i.not_applicable);
+        let name = xml(&format!("{}: {} ({counts})", i.id, i.title));
+        let _ = write!(out, "    <testcase classname=\"ploop-verify.{}\" name=\"{name}\"", i.id);
+        if i.fail > 0 {
+            let why = format!("{} of {calls} snapshot calls failed {}", i.fail, i.id);
+            let _ = writeln!(
+                out,
+                "><failure message=\"{why}\" type=\"{}\">{why}</failure></testcase>",
+                i.id
+            );
+        } else if i.pass == 0 {
+            let _ = writeln!(out, "><skipped message=\"not applicable to any call\"/></testcase>");
+        } else {
+            out.push_str("/>\n");
+        }
+    }
+    out.push_str("  </testsuite>\n");
+}
+
+/// One call's suite.
+pub fn call(r: &CallReport, out: &mut String) {
+    let fails = r.failures().count();
+    let na =
+        r.verdicts.iter().filter(|(_, v)| !matches!(v, Verdict::Pass | Verdict::Fail(_))).count();
+    let _ = writeln!(
+        out,
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{fails}\" skipped=\"{na}\">",
+        xml(&call_label(r)),
+        r.verdicts.len()
+    );
+    for (inv, (id, v)) in INVARIANTS.iter().zip(&r.verdicts) {
+        let name = xml(&format!("{id} snapshot #{}: {}", r.call.seq, inv.title));
+        let _ = write!(out, "    <testcase classname=\"ploop-verify.{id}\" name=\"{name}\"");
+        match v {
+            Verdict::Pass => out.push_str("/>\n"),
+            Verdict::Fail(why) => {
+                let why = xml(why);
+                let _ = writeln!(
+                    out,
+                    "><failure message=\"{why}\" type=\"{id}\">{why}</failure></testcase>"
+                );
+            }
+            Verdict::NotApplicable(why) => {
+                let _ = writeln!(out, "><skipped message=\"{}\"/></testcase>", xml(why));
+            }
+            Verdict::Deferred => out.push_str("><skipped message=\"undecided\"/></testcase>\n"),
+        }
+    }
+    out.push_str("  </testsuite>\n");
+}

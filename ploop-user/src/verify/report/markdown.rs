@@ -1,0 +1,60 @@
+//! `summary.md`: the verdict, the kernel, the invariant table and the first violations, fit
+//! for a CI job summary.
+
+use std::fmt::Write as _;
+
+use super::{RunVerdict, Summary, patch_text};
+
+pub fn render(s: &Summary) -> String {
+    let mut out = String::from("## ploop-verify report\n\n");
+    let icon = match s.verdict {
+        RunVerdict::Clean => "✅ clean",
+        RunVerdict::Violations => "❌ violations",
+        RunVerdict::NothingVerified => "⚠️ nothing verified",
+    };
+    let _ = writeln!(
+        out,
+        "**{icon}**: {} snapshot calls, {} violations, {} events, {} lost.\n",
+        s.snapshots, s.violations, s.events, s.lost
+    );
+    if let Some(r) = &s.reason {
+        let _ = writeln!(out, "> {r}\n");
+    }
+    let release = s.kernel.get("release").and_then(|r| r.as_str()).unwrap_or("?");
+    let _ = writeln!(out, "- Kernel `{release}`: {}", patch_text(&s.kernel_patch));
+    let probed: Vec<&str> = s.probed.iter().map(|p| p.name()).collect();
+    let _ = writeln!(out, "- Probed: {}", probed.join(", "));
+    for (role, why) in &s.narrowed {
+        let _ = writeln!(out, "- Not probed: `{role}`: {why}");
+    }
+    let w = &s.freeze_window;
+    let _ = writeln!(
+        out,
+        "- Freeze window over {} freezes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
+        w.count, w.p50_ms, w.p99_ms, w.max_ms
+    );
+    out.push_str("| id | invariant | pass | fail | n/a |\n|---|---|---:|---:|---:|\n");
+    for i in &s.invariants {
+        let mark = if i.fail > 0 { " ❌" } else { "" };
+        let _ = writeln!(
+            out,
+            "| {}{mark} | {} | {} | {} | {} |",
+            i.id, i.title, i.pass, i.fail, i.not_applicable
+        );
+    }
+    if !s.violation_list.is_empty() {
+        out.push_str("\n### Violations\n\n");
+        for v in s.violation_list.iter().take(50) {
+            let _ = writeln!(
+                out,
+                "- **{}** snapshot #{} (tid {}, {}): {}",
+                v.id, v.seq, v.tid, v.device, v.why
+            );
+        }
+        if s.violations > 50 {
+            let _ = writeln!(out, "- ... and {} more (summary.json)", s.violations - 50);
+        }
+    }
+    out.push_str("\nTimeline and freeze-window histogram: `timeline.svg`.\n");
+    out
+}

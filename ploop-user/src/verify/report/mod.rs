@@ -1,0 +1,353 @@
+//! Reports from one checked run, all into one directory: `summary.json`, `junit.xml`,
+//! `results.ktap` (the kernel's test format), `summary.md` (fit for a CI job summary) and
+//! `timeline.svg`, each format in its own file here.
+//!
+//! Judged calls stream through [`Reports::call`] and are not kept: the per-call parts of
+//! JUnit and KTAP go to unnamed temporary files, the timeline keeps its first rows, and the
+//! rest comes from the checker's [`Outcome`]. Above [`AGGREGATE_ABOVE`] calls JUnit and KTAP
+//! hold one case per invariant with its counts plus one per failing call, and say so. Every
+//! file is completed under a temporary name and renamed into place at the end, so a failed
+//! or interrupted run leaves no half-written report, and a damaged trace none at all.
+
+mod junit;
+mod ktap;
+mod markdown;
+mod svg;
+
+use std::{
+    fmt, fs,
+    io::{self, Seek as _, Write as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use ploop_common::Probe;
+use serde::Serialize;
+
+use crate::errno::ret_name;
+use crate::verify::{
+    checker::{CallReport, INVARIANTS, Outcome, PatchState, Violation},
+    tracefile::{End, Header},
+};
+
+/// Above this many snapshot calls, JUnit and KTAP are aggregated: CI test viewers do not load
+/// files of a million cases (100 k calls made a 185 MB junit.xml).
+pub const AGGREGATE_ABOVE: usize = 1000;
+
+/// summary.json keeps this many violations; the count covers all of them.
+pub const VIOLATIONS_LISTED: usize = 1000;
+
+#[derive(Serialize)]
+pub struct InvariantTally {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub pass: usize,
+    pub fail: usize,
+    pub not_applicable: usize,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub struct Windows {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The run's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunVerdict {
+    Clean,
+    Violations,
+    NothingVerified,
+}
+
+impl RunVerdict {
+    /// 0 clean, 1 violations, 2 nothing verified.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunVerdict::Clean => 0,
+            RunVerdict::Violations => 1,
+            RunVerdict::NothingVerified => 2,
+        }
+    }
+}
+
+impl fmt::Display for RunVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunVerdict::Clean => "clean",
+            RunVerdict::Violations => "violations",
+            RunVerdict::NothingVerified => "nothing-verified",
+        })
+    }
+}
+
+#[derive(Serialize)]
+pub struct Summary {
+    pub tool: String,
+    pub verdict: RunVerdict,
+    pub exit_code: u8,
+    /// Why nothing could be verified, when that is the verdict.
+    pub reason: Option<String>,
+    pub kernel: serde_json::Value,
+    pub plan: serde_json::Value,
+    /// Whether the kernel has the sync-fd interface: a property, not a violation.
+    pub kernel_patch: PatchState,
+    pub probed: Vec<Probe>,
+    pub narrowed: Vec<(Probe, String)>,
+    pub snapshots: usize,
+    pub incomplete: usize,
+    pub violations: usize,
+    pub events: u64,
+    pub lost: u64,
+    pub outside_snapshot_events: u64,
+    pub invariants: Vec<InvariantTally>,
+    pub freeze_window: Windows,
+    /// The first [`VIOLATIONS_LISTED`]; `violations` counts them all.
+    pub violation_list: Vec<Violation>,
+}
+
+/// The run's verdict from the checker's outcome. `expected`: the least number of snapshots
+/// the user expects (0: any).
+pub fn summarise(
+    outcome: &Outcome,
+    header: &Header,
+    end: &End,
+    mut violations: Vec<Violation>,
+    expected: usize,
+) -> Summary {
+    let n = outcome.snapshots;
+    let reason = if !header.probed.contains(&Probe::PloopSnapshot) {
+        Some("ploop_snapshot is not probed on this kernel: no verdict on ploop at all".to_string())
+    } else if n == 0 {
+        Some("no ploop_snapshot call was observed".to_string())
+    } else if n < expected {
+        Some(format!("{n} snapshot calls observed, {expected} expected"))
+    } else if end.lost > 0 && outcome.violations == 0 {
+        Some(format!("{} events were lost: the verdicts are incomplete", end.lost))
+    } else {
+        None
+    };
+    let verdict = match (outcome.violations, &reason) {
+        (v, _) if v > 0 => RunVerdict::Violations,
+        (_, Some(_)) => RunVerdict::NothingVerified,
+        _ => RunVerdict::Clean,
+    };
+    violations.truncate(VIOLATIONS_LISTED);
+    let w = &outcome.windows;
+    let ms = |ns: u64| ns as f64 / 1e6;
+    Summary {
+        tool: header.tool.clone(),
+        verdict,
+        exit_code: verdict.exit_code(),
+        reason,
+        kernel: header.kernel.clone(),
+        plan: header.plan.clone(),
+        kernel_patch: outcome.patched.clone(),
+        probed: header.probed.clone(),
+        narrowed: header.narrowed.clone(),
+        snapshots: n,
+        incomplete: outcome.incomplete,
+        violations: outcome.violations,
+        events: outcome.events,
+        lost: end.lost,
+        outside_snapshot_events: outcome.outside,
+        invariants: INVARIANTS
+            .iter()
+            .zip(&outcome.tally)
+            .map(|(i, t)| InvariantTally {
+                id: i.id,
+                title: i.title,
+                pass: t.pass,
+                fail: t.fail,
+                not_applicable: t.not_applicable,
+            })
+            .collect(),
+        freeze_window: Windows {
+            count: w.count(),
+            p50_ms: ms(w.percentile(50.0)),
+            p99_ms: ms(w.percentile(99.0)),
+            max_ms: ms(w.max()),
+        },
+        violation_list: violations,
+    }
+}
+
+pub(crate) fn patch_text(p: &PatchState) -> String {
+    match p {
+        PatchState::Patched(why) => format!("has the sync-fd interface ({why})"),
+        PatchState::Unpatched(why) => format!("lacks the sync-fd interface ({why})"),
+        PatchState::Unknown => "sync-fd interface not determined (no decisive request seen)".into(),
+    }
+}
+
+pub(crate) fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+pub(crate) fn call_label(r: &CallReport) -> String {
+    let c = &r.call;
+    format!(
+        "snapshot #{} {}[{}/{}] {} ret {}",
+        c.seq,
+        c.comm,
+        c.pid,
+        c.tid,
+        c.ploop_dev.map_or_else(|| "?".to_string(), |d| d.to_string()),
+        c.ret.map(ret_name).unwrap_or_else(|| "?".into())
+    )
+}
+
+/// Text written as it comes to an unnamed temporary file, read back once at the end.
+struct Spool {
+    file: io::BufWriter<fs::File>,
+}
+
+impl Spool {
+    fn new() -> Result<Self> {
+        let file = tempfile::tempfile().context("creating a temporary file for the reports")?;
+        Ok(Spool { file: io::BufWriter::new(file) })
+    }
+
+    fn write(&mut self, render: impl FnOnce(&mut String)) -> Result<()> {
+        let mut text = String::new();
+        render(&mut text);
+        self.file.write_all(text.as_bytes()).context("writing a temporary report file")
+    }
+
+    /// Appends everything written so far to `out`.
+    fn copy_into(self, out: &mut impl io::Write) -> Result<()> {
+        let mut f = self.file.into_inner().map_err(|e| e.into_error())?;
+        f.rewind()?;
+        io::copy(&mut f, out)?;
+        Ok(())
+    }
+}
+
+/// The per-call parts of one report format: every call's until [`AGGREGATE_ABOVE`], the
+/// failing calls' always.
+struct PerCall {
+    all: Option<Spool>,
+    failing: Spool,
+    failing_calls: usize,
+}
+
+impl PerCall {
+    fn new() -> Result<Self> {
+        Ok(PerCall { all: Some(Spool::new()?), failing: Spool::new()?, failing_calls: 0 })
+    }
+
+    /// Call `n` of the run; `render` gets the number it has in the file it goes to (KTAP
+    /// numbers its tests in sequence, and an aggregated file lists the invariants first).
+    fn call(&mut self, n: usize, failed: bool, render: impl Fn(usize, &mut String)) -> Result<()> {
+        if n > AGGREGATE_ABOVE {
+            self.all = None;
+        }
+        if let Some(all) = &mut self.all {
+            all.write(|o| render(n, o))?;
+        }
+        if failed {
+            self.failing_calls += 1;
+            let k = INVARIANTS.len() + self.failing_calls;
+            self.failing.write(|o| render(k, o))?;
+        }
+        Ok(())
+    }
+}
+
+/// The reports of one run, fed call by call.
+pub struct Reports {
+    calls: usize,
+    junit: PerCall,
+    ktap: PerCall,
+    timeline: svg::Rows,
+}
+
+impl Reports {
+    pub fn new() -> Result<Self> {
+        Ok(Reports {
+            calls: 0,
+            junit: PerCall::new()?,
+            ktap: PerCall::new()?,
+            timeline: svg::Rows::default(),
+        })
+    }
+
+    /// One judged call; the reports keep what they need of it.
+    pub fn call(&mut self, r: CallReport) -> Result<()> {
+        self.calls += 1;
+        let n = self.calls;
+        let failed = r.failures().next().is_some();
+        self.junit.call(n, failed, |_, o| junit::call(&r, o))?;
+        self.ktap.call(n, failed, |k, o| ktap::call(k, &r, o))?;
+        self.timeline.push(r);
+        Ok(())
+    }
+
+    /// Writes every report into `dir` (created if needed), each file atomically.
+    pub fn write(self, dir: &Path, s: &Summary, outcome: &Outcome) -> Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let aggregated = self.calls > AGGREGATE_ABOVE;
+        let json = serde_json::to_string_pretty(s)? + "\n";
+        write_file(dir, "summary.json", |w| Ok(w.write_all(json.as_bytes())?))?;
+        let PerCall { all, failing, failing_calls } = self.junit;
+        write_file(dir, "junit.xml", |w| {
+            let mut head = String::new();
+            junit::head(s, self.calls, aggregated.then_some(failing_calls), &mut head);
+            w.write_all(head.as_bytes())?;
+            match all.filter(|_| !aggregated) {
+                Some(all) => all.copy_into(w)?,
+                None => failing.copy_into(w)?,
+            }
+            Ok(w.write_all(junit::TAIL.as_bytes())?)
+        })?;
+        let PerCall { all, failing, failing_calls } = self.ktap;
+        write_file(dir, "results.ktap", |w| {
+            let mut head = String::new();
+            ktap::head(s, self.calls, aggregated.then_some(failing_calls), &mut head);
+            w.write_all(head.as_bytes())?;
+            match all.filter(|_| !aggregated) {
+                Some(all) => all.copy_into(w),
+                None => failing.copy_into(w),
+            }
+        })?;
+        let md = markdown::render(s);
+        write_file(dir, "summary.md", |w| Ok(w.write_all(md.as_bytes())?))?;
+        let mut svg = String::new();
+        svg::render(s, &self.timeline, self.calls, &outcome.windows, &mut svg);
+        write_file(dir, "timeline.svg", |w| Ok(w.write_all(svg.as_bytes())?))
+    }
+}
+
+/// Renders one report into `dir/.NAME.partial`, then renames it into place.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    render: impl FnOnce(&mut io::BufWriter<fs::File>) -> Result<()>,
+) -> Result<()> {
+    let path: PathBuf = dir.join(name);
+    let tmp = dir.join(format!(".{name}.partial"));
+    let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = io::BufWriter::new(f);
+    let done = render(&mut w).and_then(|()| {
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    });
+    if let Err(e) = done {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.context(format!("writing {}", tmp.display())));
+    }
+    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_is_escaped() {
+        assert_eq!(xml("a<b & \"c\">"), "a&lt;b &amp; &quot;c&quot;&gt;");
+    }
+}
