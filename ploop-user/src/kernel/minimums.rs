@@ -128,7 +128,7 @@ mod tests {
     #[test]
     fn transport_flag_help_states_the_ring_buffers_minimum() {
         use clap::Args as _;
-        let cmd = crate::verify::trace::ProbeArgs::augment_args(clap::Command::new("t"));
+        let cmd = crate::verify::probe::ProbeArgs::augment_args(clap::Command::new("t"));
         let arg = cmd.get_arguments().find(|a| a.get_id() == "transport").unwrap();
         let text = arg.get_help().unwrap().to_string();
         let want = format!("({}+)", RINGBUF.since);

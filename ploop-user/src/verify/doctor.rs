@@ -10,8 +10,8 @@ use ploop_common::{Attach, Probe};
 
 use crate::{
     kernel::KernelInfo,
+    verify::probe::ProbeArgs,
     verify::probe::{Capabilities, Check, missing_means},
-    verify::trace::ProbeArgs,
 };
 
 #[derive(Args, Debug)]

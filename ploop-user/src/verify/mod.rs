@@ -3,6 +3,7 @@
 
 pub mod checker;
 pub mod doctor;
+pub mod drive;
 pub mod events;
 mod fastparse;
 pub mod probe;

@@ -19,7 +19,7 @@ use aya::{
     },
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 use ploop_common::{Attach, Event, Probe, config, names};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
@@ -83,6 +83,25 @@ impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.to_possible_value().expect("no skipped variants").get_name())
     }
+}
+
+/// Probe selection shared by every command that attaches.
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// Attach method; default: fentry where the kernel accepts it, else kprobe.
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// Event transport; default: ring buffer where the kernel has it (5.8+), else perf buffer.
+    #[arg(long, value_enum)]
+    pub transport: Option<Transport>,
+}
+
+/// Picks the plan: exactly what the user named, or what the kernel is found to accept.
+pub fn plan(kernel: &KernelInfo, btf: Option<&Path>, args: &ProbeArgs) -> Result<Plan> {
+    if let (Some(m), Some(t)) = (args.method, args.transport) {
+        return Plan::explicit(kernel, btf, m, t);
+    }
+    Capabilities::probe(kernel, btf).plan(kernel, btf, args.method, args.transport)
 }
 
 /// A kernel function a session attaches to, and the symbol it has on this kernel.

@@ -6,28 +6,25 @@
 //! /proc when the kernel walk failed) and records it in the trace, so a replay is identical.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     process::ExitCode,
-    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Args;
 use ploop_common::Probe;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    console::{self, say},
+    console::say,
     kernel::{KDev, KernelInfo},
     verify::checker::{Checker, Options, Violation},
+    verify::drive::{self, Drive, Driven, Sink},
     verify::events::{Phase, SyncState, TraceEvent, Via},
-    verify::probe::{Record, Session, Transport},
+    verify::probe::{self, ProbeArgs, Session},
     verify::report::{self, Reports},
     verify::stack::Stack,
-    verify::trace::{self, ProbeArgs},
     verify::tracefile::{self, End, Header, TraceLine},
-    workload::{Stopped, Workload, positive},
+    workload::positive,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -134,7 +131,7 @@ impl Pipeline {
     fn announce(&mut self, found: Vec<Violation>) {
         for v in found {
             if self.live {
-                let after = mono_ns().saturating_sub(v.ts_ns) as f64 / 1e6;
+                let after = drive::mono_ns().saturating_sub(v.ts_ns) as f64 / 1e6;
                 say!("ploop-verify: {v} [found {after:.0} ms after the event]");
             } else {
                 say!("ploop-verify: {v}");
@@ -215,36 +212,22 @@ pub fn replay(args: ReportArgs) -> Result<ExitCode> {
     p.finish(&header, end, &args.policy, &dir)
 }
 
-/// Monotonic clock, the base of `bpf_ktime_get_ns`.
-fn mono_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
-/// Perf buffers are per CPU and a task may migrate between its freeze and its thaw: events
-/// wait here until no earlier one can still arrive, then leave in time order.
-struct Reorder {
-    pending: BTreeMap<(u64, u64), TraceEvent>,
-    seq: u64,
-}
-
-/// How long events wait for earlier ones: perf buffers are per CPU; the ring buffer is one
-/// stream in which each task's events are already in order (the checker's state is per task).
-fn reorder_window(t: Transport) -> u64 {
-    match t {
-        Transport::Perf => 30_000_000,
-        Transport::Ringbuf => 0,
+/// The live side: each event after the context only it can read for it.
+impl Sink for Pipeline {
+    fn event(&mut self, mut e: TraceEvent) -> Result<()> {
+        if let Some(s) = context_for(&mut e) {
+            self.push(&TraceLine::Stack(s))?;
+        }
+        self.push(&TraceLine::Event(e))
     }
-}
 
-impl Reorder {
-    fn push(&mut self, e: TraceEvent) {
-        self.seq += 1;
-        self.pending.insert((e.ts_ns, self.seq), e);
-    }
-    fn ready(&mut self, cutoff: u64) -> Vec<TraceEvent> {
-        let later = self.pending.split_off(&(cutoff, 0));
-        std::mem::replace(&mut self.pending, later).into_values().collect()
+    fn progress(&self, lost: u64) -> String {
+        format!(
+            "snapshots {}, violations {}, events {}, lost {lost}",
+            self.checker.snapshots(),
+            self.checker.violations(),
+            self.checker.events
+        )
     }
 }
 
@@ -280,7 +263,7 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    let plan = trace::plan(&kernel, btf, &args.probe)?;
+    let plan = probe::plan(&kernel, btf, &args.probe)?;
     let mut session = Session::attach(&plan).context("attaching the probes")?;
     for (role, why) in &session.narrowed {
         say!("ploop-verify: not probed: {role}: {why}");
@@ -293,116 +276,19 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let writer = tracefile::Writer::create(&args.out.join("trace.jsonl"))?;
     let mut p = Pipeline::new(&header, &args.policy, Some(writer))?;
 
-    let mut lost = 0;
-    let window = reorder_window(plan.transport);
-    let status = drive(&args, window, &mut rx, &mut p, &mut lost).await?;
-    lost += session.dropped_in_kernel()?;
+    let drive = Drive {
+        command: &args.command,
+        duration: args.duration,
+        transport: plan.transport,
+        generation: kernel.generation,
+        quiet: args.quiet,
+    };
+    let Driven { status, lost } = drive::drive(drive, &mut rx, &mut p).await?;
+    let lost = lost + session.dropped_in_kernel()?;
     drop(session);
     let end = End { events: p.checker.events, lost, command_status: status };
     if let Some(code) = status.filter(|c| *c != 0) {
         say!("ploop-verify: the workload exited with status {code}");
     }
     p.finish(&header, end, &args.policy, &args.out)
-}
-
-/// Runs the workload while feeding the pipeline; returns the workload's exit status.
-async fn drive(
-    args: &RunArgs,
-    window: u64,
-    rx: &mut UnboundedReceiver<Record>,
-    p: &mut Pipeline,
-    lost: &mut u64,
-) -> Result<Option<i32>> {
-    let generation = p.checker.generation();
-    let mut workload = Workload::start(&args.command, args.duration)?;
-    let every = console::status_every();
-    let mut reorder = Reorder { pending: BTreeMap::new(), seq: 0 };
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let mut last_progress = Instant::now();
-    let take = |r: Record, reorder: &mut Reorder, lost: &mut u64| match r {
-        // An id this build does not know cannot be judged: counted as lost.
-        Record::Event(e) => match TraceEvent::from_raw(&e, generation) {
-            Some(e) => reorder.push(e),
-            None => *lost += 1,
-        },
-        Record::Lost(n) => *lost += n,
-    };
-    let status = loop {
-        tokio::select! {
-            r = rx.recv() => match r {
-                Some(r) => take(r, &mut reorder, lost),
-                None => bail!("the event readers stopped"),
-            },
-            _ = tick.tick() => {
-                release(p, reorder.ready(mono_ns().saturating_sub(window)))?;
-                if !args.quiet && last_progress.elapsed() >= every {
-                    console::status(&format!(
-                        "snapshots {}, violations {}, events {}, lost {}",
-                        p.checker.snapshots(),
-                        p.violations.len(),
-                        p.checker.events,
-                        lost
-                    ));
-                    last_progress = Instant::now();
-                }
-            }
-            stopped = workload.stopped() => {
-                let stopped = stopped?;
-                if let Stopped::Interrupted = stopped {
-                    say!("ploop-verify: interrupted; stopping the workload");
-                    workload.wind_down().await;
-                }
-                break stopped.status();
-            }
-        }
-    };
-    // Events emitted before the workload ended may still be in the buffers.
-    let settle = tokio::time::Instant::now() + Duration::from_millis(200);
-    while let Ok(Some(r)) = tokio::time::timeout_at(settle, rx.recv()).await {
-        take(r, &mut reorder, lost);
-    }
-    release(p, reorder.ready(u64::MAX))?;
-    Ok(status)
-}
-
-/// Hands events to the pipeline in order, each after the context only live can read for it.
-fn release(p: &mut Pipeline, events: Vec<TraceEvent>) -> Result<()> {
-    for mut e in events {
-        if let Some(s) = context_for(&mut e) {
-            p.push(&TraceLine::Stack(s))?;
-        }
-        p.push(&TraceLine::Event(e))?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reorder_releases_in_time_order_up_to_the_cutoff() {
-        let ev = |ts| TraceEvent {
-            ts_ns: ts,
-            pid: 1,
-            tid: 1,
-            comm: Default::default(),
-            func: Probe::FreezeBdev,
-            phase: Phase::Entry,
-            dev: None,
-            args: Default::default(),
-            ret: None,
-            cpu: 0,
-            no_entry: false,
-            request: None,
-        };
-        let mut r = Reorder { pending: BTreeMap::new(), seq: 0 };
-        for ts in [30, 10, 20, 10] {
-            r.push(ev(ts));
-        }
-        let out: Vec<u64> = r.ready(20).iter().map(|e| e.ts_ns).collect();
-        assert_eq!(out, [10, 10]);
-        let out: Vec<u64> = r.ready(u64::MAX).iter().map(|e| e.ts_ns).collect();
-        assert_eq!(out, [20, 30]);
-    }
 }

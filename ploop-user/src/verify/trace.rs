@@ -3,33 +3,21 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
-    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Args;
 use ploop_common::Probe;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    console::{self, say},
+    console::say,
     kernel::{Generation, KernelInfo},
+    verify::drive::{self, Drive, Driven, Sink},
     verify::events::{Phase, TraceEvent},
-    verify::probe::{Capabilities, Method, Plan, Record, Session, Transport},
+    verify::probe::{self, ProbeArgs, Session},
     verify::tracefile::{self, TraceLine},
-    workload::{Stopped, Workload, positive},
+    workload::positive,
 };
-
-/// Probe selection shared by every command that attaches.
-#[derive(Args, Debug, Clone)]
-pub struct ProbeArgs {
-    /// Attach method; default: fentry where the kernel accepts it, else kprobe.
-    #[arg(long, value_enum)]
-    pub method: Option<Method>,
-    /// Event transport; default: ring buffer where the kernel has it (5.8+), else perf buffer.
-    #[arg(long, value_enum)]
-    pub transport: Option<Transport>,
-}
 
 #[derive(Args, Debug)]
 pub struct TraceArgs {
@@ -49,141 +37,109 @@ pub struct TraceArgs {
     pub command: Vec<String>,
 }
 
-/// Picks the plan: exactly what the user named, or what the kernel is found to accept.
-pub fn plan(kernel: &KernelInfo, btf: Option<&Path>, args: &ProbeArgs) -> Result<Plan> {
-    if let (Some(m), Some(t)) = (args.method, args.transport) {
-        return Plan::explicit(kernel, btf, m, t);
-    }
-    Capabilities::probe(kernel, btf).plan(kernel, btf, args.method, args.transport)
-}
-
-/// Collected records and the count of losses.
-struct Collected {
+/// Events on their way to the trace file (written as they come, renamed into place at the
+/// end), to stdout with `--print`, and counted for the closing lines.
+struct Traced {
+    writer: Option<tracefile::Writer>,
+    print: bool,
     generation: Generation,
-    events: Vec<TraceEvent>,
-    lost: u64,
+    events: u64,
+    freezes: u64,
+    failed_freezes: u64,
+    thaws: u64,
 }
 
-impl Collected {
-    fn take(&mut self, r: Record, print: bool) {
-        match r {
-            Record::Event(e) => {
-                // An id this build does not know: counted as lost.
-                let Some(ev) = TraceEvent::from_raw(&e, self.generation) else {
-                    self.lost += 1;
-                    return;
-                };
-                if print {
-                    println!("{}", serde_json::to_string(&ev).expect("serialisable"));
+impl Sink for Traced {
+    fn event(&mut self, e: TraceEvent) -> Result<()> {
+        self.events += 1;
+        if e.phase == Phase::Return {
+            match e.func {
+                Probe::FreezeBdev => {
+                    self.freezes += 1;
+                    if e.ret.is_some_and(|r| self.generation.freeze_failed(r)) {
+                        self.failed_freezes += 1;
+                    }
                 }
-                self.events.push(ev);
+                Probe::ThawBdev => self.thaws += 1,
+                _ => {}
             }
-            Record::Lost(n) => self.lost += n,
         }
+        if self.print {
+            println!("{}", serde_json::to_string(&e)?);
+        }
+        match &mut self.writer {
+            Some(w) => w.line(&TraceLine::Event(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn progress(&self, lost: u64) -> String {
+        format!("{} events, {lost} lost", self.events)
     }
 }
 
 pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let kernel = KernelInfo::detect()?;
-    let plan = plan(&kernel, btf, &args.probe)?;
+    let plan = probe::plan(&kernel, btf, &args.probe)?;
     let mut session = Session::attach(&plan).context("attaching the probes")?;
     let mut rx = session.stream()?;
     say!("ploop-verify: tracing {plan}");
-
-    let mut got = Collected { generation: kernel.generation, events: Vec::new(), lost: 0 };
-    let status = drive(&args, &mut rx, &mut got).await?;
-    // Let the readers hand over what was emitted before the workload ended.
-    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-        got.take(r, args.print);
-    }
-    got.lost += session.dropped_in_kernel()?;
-    // Perf buffers are per CPU: restore one time order.
-    got.events.sort_by_key(|e| e.ts_ns);
-    if let Some(out) = &args.out {
-        write_trace(out, &kernel, &session, &got, status)?;
-    }
+    let writer = match &args.out {
+        Some(out) => {
+            let mut w = tracefile::Writer::create(out)?;
+            w.line(&TraceLine::Header(Box::new(tracefile::header(&kernel, &session)?)))?;
+            Some(w)
+        }
+        None => None,
+    };
+    let mut traced = Traced {
+        writer,
+        print: args.print,
+        generation: kernel.generation,
+        events: 0,
+        freezes: 0,
+        failed_freezes: 0,
+        thaws: 0,
+    };
+    let drive = Drive {
+        command: &args.command,
+        duration: args.duration,
+        transport: plan.transport,
+        generation: kernel.generation,
+        // --print writes events to stdout, often the same terminal as the status line.
+        quiet: args.print,
+    };
+    let Driven { status, lost } = drive::drive(drive, &mut rx, &mut traced).await?;
+    let lost = lost + session.dropped_in_kernel()?;
     drop(session);
+    if let Some(mut w) = traced.writer.take() {
+        let end = tracefile::End { events: traced.events, lost, command_status: status };
+        w.line(&TraceLine::End(end))?;
+        w.finish()?;
+    }
     say!(
-        "ploop-verify: {} events, {} lost{}",
-        got.events.len(),
-        got.lost,
+        "ploop-verify: {} events, {lost} lost{}",
+        traced.events,
         args.out.as_ref().map(|o| format!(", trace in {}", o.display())).unwrap_or_default()
     );
-    let returns =
-        |f: Probe| got.events.iter().filter(move |e| e.func == f && e.phase == Phase::Return);
-    let failed = returns(Probe::FreezeBdev)
-        .filter(|e| e.ret.is_some_and(|r| kernel.generation.freeze_failed(r)))
-        .count();
     say!(
-        "ploop-verify: freeze_bdev returned {} times ({failed} failed), thaw_bdev {} times",
-        returns(Probe::FreezeBdev).count(),
-        returns(Probe::ThawBdev).count()
+        "ploop-verify: freeze_bdev returned {} times ({} failed), thaw_bdev {} times",
+        traced.freezes,
+        traced.failed_freezes,
+        traced.thaws
     );
-    if got.lost > 0 {
-        say!("ploop-verify: warning: {} events were lost; the trace is incomplete", got.lost);
+    if lost > 0 {
+        say!("ploop-verify: warning: {lost} events were lost; the trace is incomplete");
     }
     Ok(match status {
         Some(code) if code != 0 => {
             say!("ploop-verify: the workload exited with status {code}");
             ExitCode::from(1)
         }
-        _ if got.events.is_empty() => {
+        _ if traced.events == 0 => {
             say!("ploop-verify: no event was observed");
             ExitCode::from(2)
         }
         _ => ExitCode::SUCCESS,
     })
-}
-
-/// Runs the workload (or waits), collecting records meanwhile. Returns the workload's status.
-async fn drive(
-    args: &TraceArgs,
-    rx: &mut UnboundedReceiver<Record>,
-    got: &mut Collected,
-) -> Result<Option<i32>> {
-    let mut workload = Workload::start(&args.command, args.duration)?;
-    let every = console::status_every();
-    let mut last = Instant::now();
-    loop {
-        tokio::select! {
-            r = rx.recv() => match r {
-                Some(r) => got.take(r, args.print),
-                None => bail!("the event readers stopped"),
-            },
-            stopped = workload.stopped() => {
-                let stopped = stopped?;
-                if let Stopped::Interrupted = stopped {
-                    say!("ploop-verify: interrupted");
-                    workload.wind_down().await;
-                }
-                return Ok(stopped.status());
-            }
-        }
-        // --print writes events to stdout, often the same terminal as the status line.
-        if !args.print && last.elapsed() >= every {
-            console::status(&format!("{} events, {} lost", got.events.len(), got.lost));
-            last = Instant::now();
-        }
-    }
-}
-
-/// Writes the whole trace at once (events sorted by time); never half-written.
-fn write_trace(
-    out: &Path,
-    kernel: &KernelInfo,
-    session: &Session,
-    got: &Collected,
-    status: Option<i32>,
-) -> Result<()> {
-    let mut w = tracefile::Writer::create(out)?;
-    w.line(&TraceLine::Header(Box::new(tracefile::header(kernel, session)?)))?;
-    for e in &got.events {
-        w.line(&TraceLine::Event(e.clone()))?;
-    }
-    w.line(&TraceLine::End(tracefile::End {
-        events: got.events.len() as u64,
-        lost: got.lost,
-        command_status: status,
-    }))?;
-    w.finish()
 }

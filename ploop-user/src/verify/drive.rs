@@ -1,0 +1,168 @@
+//! The one loop both `run` and `trace` use: start the workload (or wait), take records from
+//! the probes, put events back in time order, hand them on, show progress, and stop when
+//! the workload ends or the user interrupts.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::{
+    console::{self, say},
+    kernel::Generation,
+    verify::{
+        events::TraceEvent,
+        probe::{Record, Transport},
+    },
+    workload::{Stopped, Workload},
+};
+
+/// Where events go, in time order.
+pub trait Sink {
+    fn event(&mut self, e: TraceEvent) -> Result<()>;
+    /// The progress line (after "ploop-verify: "), given the events lost so far.
+    fn progress(&self, lost: u64) -> String;
+}
+
+/// What to run and how the events arrive.
+pub struct Drive<'a> {
+    pub command: &'a [String],
+    /// Without a command: stop after this long (default: at Ctrl-C).
+    pub duration: Option<f64>,
+    pub transport: Transport,
+    pub generation: Generation,
+    /// No progress line (also when events go to stdout).
+    pub quiet: bool,
+}
+
+/// The workload's exit status and the events lost on the way (transport losses and
+/// events this build cannot decode).
+pub struct Driven {
+    pub status: Option<i32>,
+    pub lost: u64,
+}
+
+/// Monotonic clock, the base of `bpf_ktime_get_ns`.
+pub fn mono_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// Perf buffers are per CPU and a task may migrate between its freeze and its thaw: events
+/// wait here until no earlier one can still arrive, then leave in time order.
+struct Reorder {
+    pending: BTreeMap<(u64, u64), TraceEvent>,
+    seq: u64,
+}
+
+/// How long events wait for earlier ones: perf buffers are per CPU; the ring buffer is one
+/// stream in which each task's events are already in order (the checker's state is per task).
+fn reorder_window(t: Transport) -> u64 {
+    match t {
+        Transport::Perf => 30_000_000,
+        Transport::Ringbuf => 0,
+    }
+}
+
+impl Reorder {
+    fn push(&mut self, e: TraceEvent) {
+        self.seq += 1;
+        self.pending.insert((e.ts_ns, self.seq), e);
+    }
+    fn ready(&mut self, cutoff: u64) -> Vec<TraceEvent> {
+        let later = self.pending.split_off(&(cutoff, 0));
+        std::mem::replace(&mut self.pending, later).into_values().collect()
+    }
+}
+
+pub async fn drive(
+    d: Drive<'_>,
+    rx: &mut UnboundedReceiver<Record>,
+    sink: &mut impl Sink,
+) -> Result<Driven> {
+    let window = reorder_window(d.transport);
+    let mut workload = Workload::start(d.command, d.duration)?;
+    let every = console::status_every();
+    let mut reorder = Reorder { pending: BTreeMap::new(), seq: 0 };
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut last_progress = Instant::now();
+    let mut lost = 0;
+    let take = |r: Record, reorder: &mut Reorder, lost: &mut u64| match r {
+        // An id this build does not know cannot be judged: counted as lost.
+        Record::Event(e) => match TraceEvent::from_raw(&e, d.generation) {
+            Some(e) => reorder.push(e),
+            None => *lost += 1,
+        },
+        Record::Lost(n) => *lost += n,
+    };
+    let release = |events: Vec<TraceEvent>, sink: &mut _| -> Result<()> {
+        events.into_iter().try_for_each(|e| Sink::event(sink, e))
+    };
+    let status = loop {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => take(r, &mut reorder, &mut lost),
+                None => bail!("the event readers stopped"),
+            },
+            _ = tick.tick() => {
+                release(reorder.ready(mono_ns().saturating_sub(window)), sink)?;
+                if !d.quiet && last_progress.elapsed() >= every {
+                    console::status(&sink.progress(lost));
+                    last_progress = Instant::now();
+                }
+            }
+            stopped = workload.stopped() => {
+                let stopped = stopped?;
+                if let Stopped::Interrupted = stopped {
+                    say!("ploop-verify: interrupted; stopping the workload");
+                    workload.wind_down().await;
+                }
+                break stopped.status();
+            }
+        }
+    };
+    // Events emitted before the workload ended may still be in the buffers.
+    let settle = tokio::time::Instant::now() + Duration::from_millis(200);
+    while let Ok(Some(r)) = tokio::time::timeout_at(settle, rx.recv()).await {
+        take(r, &mut reorder, &mut lost);
+    }
+    release(reorder.ready(u64::MAX), sink)?;
+    Ok(Driven { status, lost })
+}
+
+#[cfg(test)]
+mod tests {
+    use ploop_common::Probe;
+
+    use super::*;
+    use crate::verify::events::Phase;
+
+    #[test]
+    fn reorder_releases_in_time_order_up_to_the_cutoff() {
+        let ev = |ts| TraceEvent {
+            ts_ns: ts,
+            pid: 1,
+            tid: 1,
+            comm: Default::default(),
+            func: Probe::FreezeBdev,
+            phase: Phase::Entry,
+            dev: None,
+            args: Default::default(),
+            ret: None,
+            cpu: 0,
+            no_entry: false,
+            request: None,
+        };
+        let mut r = Reorder { pending: BTreeMap::new(), seq: 0 };
+        for ts in [30, 10, 20, 10] {
+            r.push(ev(ts));
+        }
+        let out: Vec<u64> = r.ready(20).iter().map(|e| e.ts_ns).collect();
+        assert_eq!(out, [10, 10]);
+        let out: Vec<u64> = r.ready(u64::MAX).iter().map(|e| e.ts_ns).collect();
+        assert_eq!(out, [20, 30]);
+    }
+}
