@@ -336,6 +336,17 @@ impl Checker {
         self.violations
     }
 
+    /// What the invariants may consult besides the call.
+    fn context(&self) -> Context<'_> {
+        Context {
+            generation: self.generation,
+            patched: &self.patched,
+            max_freeze_ns: self.opts.max_freeze_ns,
+            probed: &self.probed,
+            recent: &self.recent,
+        }
+    }
+
     /// Calls judged since the last call, in the order their verdicts became final. The
     /// checker keeps none of them: whoever wants them (the reports) takes them here.
     pub fn take_judged(&mut self) -> impl Iterator<Item = CallReport> + '_ {
@@ -503,13 +514,7 @@ impl Checker {
             self.patched = PatchState::Patched(why);
             out.extend(self.resolve_deferred(now));
         }
-        let ctx = Context {
-            generation: self.generation,
-            patched: &self.patched,
-            max_freeze_ns: self.opts.max_freeze_ns,
-            probed: &self.probed,
-            recent: &self.recent,
-        };
+        let ctx = self.context();
         let verdicts: Vec<(&'static str, Verdict)> =
             INVARIANTS.iter().map(|inv| (inv.id, (inv.check)(&call, &ctx))).collect();
         let report = CallReport { call, verdicts };
@@ -544,20 +549,16 @@ impl Checker {
         }
         let mut out = Vec::new();
         for mut r in std::mem::take(&mut self.held) {
-            let ctx = Context {
-                generation: self.generation,
-                patched: &self.patched,
-                max_freeze_ns: self.opts.max_freeze_ns,
-                probed: &self.probed,
-                recent: &self.recent,
-            };
-            for (inv, (id, v)) in INVARIANTS.iter().zip(&mut r.verdicts) {
-                if *v == Verdict::Deferred {
-                    *v = (inv.check)(&r.call, &ctx);
-                    if let Verdict::Fail(why) = v {
-                        self.violations += 1;
-                        out.push(violation(&r.call, id, why, now));
-                    }
+            let deferred: Vec<usize> =
+                (0..r.verdicts.len()).filter(|&i| r.verdicts[i].1 == Verdict::Deferred).collect();
+            let ctx = self.context();
+            for &i in &deferred {
+                r.verdicts[i].1 = (INVARIANTS[i].check)(&r.call, &ctx);
+            }
+            for &i in &deferred {
+                if let (id, Verdict::Fail(why)) = &r.verdicts[i] {
+                    self.violations += 1;
+                    out.push(violation(&r.call, id, why, now));
                 }
             }
             self.release(r);

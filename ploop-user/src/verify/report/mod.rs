@@ -257,6 +257,29 @@ impl PerCall {
     }
 }
 
+impl PerCall {
+    /// The report: `head` (given the number of failing calls when aggregated), every call's
+    /// part or, aggregated, the failing calls', then `tail`.
+    fn write(
+        self,
+        dir: &Path,
+        name: &str,
+        aggregated: bool,
+        head: impl FnOnce(Option<usize>) -> String,
+        tail: &str,
+    ) -> Result<()> {
+        let PerCall { all, failing, failing_calls } = self;
+        write_file(dir, name, |w| {
+            w.write_all(head(aggregated.then_some(failing_calls)).as_bytes())?;
+            match all.filter(|_| !aggregated) {
+                Some(all) => all.copy_into(w)?,
+                None => failing.copy_into(w)?,
+            }
+            Ok(w.write_all(tail.as_bytes())?)
+        })
+    }
+}
+
 /// The reports of one run, fed call by call.
 pub struct Reports {
     calls: usize,
@@ -292,27 +315,15 @@ impl Reports {
         let aggregated = self.calls > AGGREGATE_ABOVE;
         let json = serde_json::to_string_pretty(s)? + "\n";
         write_file(dir, "summary.json", |w| Ok(w.write_all(json.as_bytes())?))?;
-        let PerCall { all, failing, failing_calls } = self.junit;
-        write_file(dir, "junit.xml", |w| {
-            let mut head = String::new();
-            junit::head(s, self.calls, aggregated.then_some(failing_calls), &mut head);
-            w.write_all(head.as_bytes())?;
-            match all.filter(|_| !aggregated) {
-                Some(all) => all.copy_into(w)?,
-                None => failing.copy_into(w)?,
+        let head = |f: fn(&Summary, usize, Option<usize>, &mut String)| {
+            move |failing: Option<usize>| {
+                let mut text = String::new();
+                f(s, self.calls, failing, &mut text);
+                text
             }
-            Ok(w.write_all(junit::TAIL.as_bytes())?)
-        })?;
-        let PerCall { all, failing, failing_calls } = self.ktap;
-        write_file(dir, "results.ktap", |w| {
-            let mut head = String::new();
-            ktap::head(s, self.calls, aggregated.then_some(failing_calls), &mut head);
-            w.write_all(head.as_bytes())?;
-            match all.filter(|_| !aggregated) {
-                Some(all) => all.copy_into(w),
-                None => failing.copy_into(w),
-            }
-        })?;
+        };
+        self.junit.write(dir, "junit.xml", aggregated, head(junit::head), junit::TAIL)?;
+        self.ktap.write(dir, "results.ktap", aggregated, head(ktap::head), "")?;
         let md = markdown::render(s);
         write_file(dir, "summary.md", |w| Ok(w.write_all(md.as_bytes())?))?;
         let mut svg = String::new();
