@@ -65,9 +65,7 @@ impl KernelInfo {
         let mut symbols = BTreeMap::new();
         for probe in Probe::ALL {
             let Attach::Function { symbols: names, .. } = probe.attach() else { continue };
-            if let Some((name, module)) =
-                names.iter().find_map(|n| present.get(n).map(|m| (*n, *m)))
-            {
+            if let Some((name, module)) = names.iter().find_map(|n| resolve(&present, n)) {
                 symbols.insert(
                     probe,
                     Resolved { name: name.to_string(), module: module.map(str::to_string) },
@@ -85,6 +83,29 @@ impl KernelInfo {
     pub fn symbol(&self, probe: Probe) -> Option<&Resolved> {
         self.symbols.get(&probe)
     }
+}
+
+/// `name` as kallsyms has it: the name itself, else a clone gcc made of a static function
+/// (`name.isra.0`, `name.constprop.0`, `name.part.0`, combinations of them), which is the
+/// function's entry under another name. A `.cold` part is never an entry: not taken.
+fn resolve<'a>(
+    present: &BTreeMap<&'a str, Option<&'a str>>,
+    name: &str,
+) -> Option<(&'a str, Option<&'a str>)> {
+    if let Some((&n, &m)) = present.get_key_value(name) {
+        return Some((n, m));
+    }
+    let prefix = format!("{name}.");
+    present
+        .range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded))
+        .take_while(|(n, _)| n.starts_with(&prefix))
+        .find(|(n, _)| {
+            n[prefix.len()..].split('.').all(|part| {
+                matches!(part, "isra" | "constprop" | "part" | "lto_priv")
+                    || (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .map(|(&n, &m)| (n, m))
 }
 
 impl std::fmt::Display for Generation {
@@ -234,6 +255,30 @@ ffffffff8132a2c0 D freeze_bdev_data
         assert_eq!(k.symbol(Probe::FreezeBdev).unwrap().name, "freeze_bdev");
         assert_eq!(k.symbol(Probe::PloopSnapshot).unwrap().module.as_deref(), Some("ploop_model"));
         assert!(k.symbol(Probe::PloopRelax).is_none());
+    }
+
+    /// Static functions with one caller are often cloned by gcc: the clone is the entry.
+    #[test]
+    fn clones_of_static_functions_resolve_and_cold_parts_do_not() {
+        let k = KernelInfo::from_parts(
+            "3.10.0-1127.18.2.vz7.163.22".into(),
+            "1 T freeze_bdev\n2 T thaw_bdev\n\
+             3 t ploop_snapshot.cold\t[ploop]\n\
+             4 t ploop_snapshot.isra.0\t[ploop]\n\
+             5 t get_bdev_from_fd.constprop.0.isra.0\t[ploop]\n\
+             6 t find_and_freeze_bdev.cold.1\t[ploop]\n\
+             7 t ploop_relax_helper\t[ploop]\n\
+             8 t ploop_quiesce\t[ploop]\n9 t ploop_quiesce.part.0\t[ploop]\n",
+        );
+        assert_eq!(k.symbol(Probe::PloopSnapshot).unwrap().name, "ploop_snapshot.isra.0");
+        assert_eq!(k.symbol(Probe::PloopSnapshot).unwrap().module.as_deref(), Some("ploop"));
+        assert_eq!(
+            k.symbol(Probe::GetBdevFromFd).unwrap().name,
+            "get_bdev_from_fd.constprop.0.isra.0"
+        );
+        assert!(k.symbol(Probe::FindAndFreezeBdev).is_none(), "a .cold part is no entry");
+        assert!(k.symbol(Probe::PloopRelax).is_none(), "another function sharing a prefix");
+        assert_eq!(k.symbol(Probe::PloopQuiesce).unwrap().name, "ploop_quiesce", "exact first");
     }
 
     #[test]

@@ -107,7 +107,12 @@ fn o2(call: &Call, ctx: &Context) -> Verdict {
         return na("ploop_quiesce/ploop_relax are not probed on this kernel");
     }
     let (Some(q), Some(r)) = (call.quiesce_ns, call.relax_ns) else {
-        return na("no delta switch in this call");
+        // A successful snapshot switched deltas: the probes did not see it.
+        return na(if call.ret == Some(0) {
+            "ploop_quiesce/ploop_relax did not fire in this call: their call sites may be inlined"
+        } else {
+            "no delta switch in this call"
+        });
     };
     let mut problems = Vec::new();
     for f in call.freezes.iter().filter(|f| f.ok) {
@@ -226,8 +231,9 @@ fn s2(call: &Call, ctx: &Context) -> Verdict {
     let mut problems = Vec::new();
     if !filesystems.iter().any(|fs| held.iter().any(|f| f.dev == Some(fs.dev))) {
         let fs = filesystems[0];
+        let when = if call.switch_seen() { "during the switch" } else { "at any time in the call" };
         problems.push(format!(
-            "the filesystem on {} ({} at {}) was not frozen during the switch; frozen: {}",
+            "the filesystem on {} ({} at {}) was not frozen {when}; frozen: {}",
             stack.name(fs.dev),
             fs.fstype.as_deref().unwrap_or("?"),
             fs.mounts.join(", "),

@@ -119,16 +119,23 @@ impl Call {
             .collect()
     }
 
-    /// Freezes in force across the delta switch (or, without switch probes, until return).
+    /// Freezes in force across the delta switch. When the switch was not seen (its probes
+    /// absent, or its call sites inlined), it happened somewhere inside the call, so every
+    /// freeze that counts may have covered it: a failure then needs positive evidence, a
+    /// filesystem never frozen at all in the call.
     pub fn held_during_switch(&self, generation: Generation) -> Vec<&Freeze> {
-        let (from, to) = match (self.quiesce_ns, self.relax_ns) {
-            (Some(q), Some(r)) => (q, r),
-            _ => (self.end_ns.unwrap_or(u64::MAX), self.end_ns.unwrap_or(u64::MAX)),
-        };
-        self.counting(generation)
-            .into_iter()
-            .filter(|f| f.ret_ns <= from && f.thaw.as_ref().is_none_or(|t| t.entry_ns >= to))
-            .collect()
+        let counting = self.counting(generation).into_iter();
+        match (self.quiesce_ns, self.relax_ns) {
+            (Some(q), Some(r)) => counting
+                .filter(|f| f.ret_ns <= q && f.thaw.as_ref().is_none_or(|t| t.entry_ns >= r))
+                .collect(),
+            _ => counting.collect(),
+        }
+    }
+
+    /// Whether the delta switch was seen in this call.
+    pub fn switch_seen(&self) -> bool {
+        self.quiesce_ns.is_some() && self.relax_ns.is_some()
     }
 
     pub fn reached_freeze(&self) -> bool {
@@ -263,6 +270,8 @@ pub struct Checker {
     /// freeze/thaw events of threads outside any snapshot call.
     outside: u64,
     pub events: u64,
+    /// Events per probe, by [`Probe::id`]: what fired tells what a kernel inlined.
+    fired: [u64; FIRED_SLOTS],
     seq: u64,
     /// Freeze windows of judged calls (ns).
     windows: Distribution,
@@ -291,6 +300,17 @@ pub struct Outcome {
     pub outside: u64,
     /// Freeze windows of judged calls, in ns.
     pub windows: Distribution,
+    fired: [u64; FIRED_SLOTS],
+}
+
+/// Probe ids are small and dense (1..=8 today); one slot each, 0 unused.
+const FIRED_SLOTS: usize = Probe::ALL.len() + 1;
+
+impl Outcome {
+    /// How many events `probe` produced in the run.
+    pub fn fired(&self, probe: Probe) -> u64 {
+        self.fired.get(usize::from(probe.id())).copied().unwrap_or(0)
+    }
 }
 
 impl Checker {
@@ -312,6 +332,7 @@ impl Checker {
             incomplete: 0,
             outside: 0,
             events: 0,
+            fired: [0; FIRED_SLOTS],
             seq: 0,
             windows: Distribution::default(),
         }
@@ -368,6 +389,9 @@ impl Checker {
     /// Feeds one event; returns the violations it completes.
     pub fn event(&mut self, e: &TraceEvent) -> Vec<Violation> {
         self.events += 1;
+        if let Some(n) = self.fired.get_mut(usize::from(e.func.id())) {
+            *n += 1;
+        }
         let entry = e.phase == Phase::Entry;
         if e.func == Probe::PloopSnapshot && entry {
             if self.open.remove(&e.tid).is_some() {
@@ -591,6 +615,7 @@ impl Checker {
             events: self.events,
             outside: self.outside,
             windows: self.windows.clone(),
+            fired: self.fired,
         }
     }
 }

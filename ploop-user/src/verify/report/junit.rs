@@ -14,6 +14,8 @@ pub const TAIL: &str = "</testsuites>\n";
 pub fn head(s: &Summary, calls: usize, aggregated: Option<usize>, out: &mut String) {
     let skipped: usize = s.invariants.iter().map(|i| i.not_applicable).sum();
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    // "--" may not appear inside an XML comment; probe names and counts have none.
+    let _ = writeln!(out, "<!-- probes: {} -->", xml(&super::probes_text(s)));
     let Some(failing_calls) = aggregated else {
         let tests = calls * INVARIANTS.len();
         let _ = writeln!(

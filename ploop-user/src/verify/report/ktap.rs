@@ -18,6 +18,7 @@ pub fn head(s: &Summary, calls: usize, aggregated: Option<usize>, out: &mut Stri
     out.push_str("KTAP version 1\n");
     let _ =
         writeln!(out, "# {}: {} snapshot calls, {} violations", s.tool, s.snapshots, s.violations);
+    let _ = writeln!(out, "# probes: {}", clean(&super::probes_text(s)));
     let Some(failing_calls) = aggregated else {
         if calls == 0 {
             let _ = writeln!(

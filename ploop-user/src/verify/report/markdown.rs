@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{RunVerdict, Summary, patch_text};
+use super::{ProbeState, RunVerdict, Summary, patch_text, probes_text};
 
 pub fn render(s: &Summary) -> String {
     let mut out = String::from("## ploop-verify report\n\n");
@@ -24,6 +24,13 @@ pub fn render(s: &Summary) -> String {
     let _ = writeln!(out, "- Kernel `{release}`: {}", patch_text(&s.kernel_patch));
     let probed: Vec<&str> = s.probed.iter().map(|p| p.name()).collect();
     let _ = writeln!(out, "- Probed: {}", probed.join(", "));
+    let _ = writeln!(out, "- Probes: {}", probes_text(s));
+    if s.probes.iter().any(|u| u.state == ProbeState::NeverFired) {
+        out.push_str(
+            "- A probed helper that never fired may be inlined by this kernel's compiler: the \
+             invariants that need it are n/a, never failed.\n",
+        );
+    }
     for (role, why) in &s.narrowed {
         let _ = writeln!(out, "- Not probed: `{role}`: {why}");
     }

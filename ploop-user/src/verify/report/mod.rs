@@ -54,6 +54,37 @@ pub struct Windows {
     pub max_ms: f64,
 }
 
+/// What became of one probe in the run: a helper that was probed and never fired may have
+/// been inlined by this kernel's compiler, and its invariants are n/a, never failed.
+#[derive(Serialize)]
+pub struct ProbeUse {
+    pub probe: Probe,
+    pub state: ProbeState,
+    pub events: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeState {
+    Fired,
+    NeverFired,
+    /// Its function is there but the probe did not attach (see `narrowed`).
+    NotAttached,
+    /// No symbol for it on this kernel (or, for the ioctl exit, nothing to arm it).
+    Absent,
+}
+
+impl ProbeState {
+    pub fn text(self) -> &'static str {
+        match self {
+            ProbeState::Fired => "fired",
+            ProbeState::NeverFired => "probed, never fired",
+            ProbeState::NotAttached => "not attached",
+            ProbeState::Absent => "absent",
+        }
+    }
+}
+
 /// The run's verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -97,6 +128,8 @@ pub struct Summary {
     pub kernel_patch: PatchState,
     pub probed: Vec<Probe>,
     pub narrowed: Vec<(Probe, String)>,
+    /// Every probe the tool knows, and what became of it.
+    pub probes: Vec<ProbeUse>,
     pub snapshots: usize,
     pub incomplete: usize,
     pub violations: usize,
@@ -148,6 +181,20 @@ pub fn summarise(
         kernel_patch: outcome.patched.clone(),
         probed: header.probed.clone(),
         narrowed: header.narrowed.clone(),
+        probes: Probe::ALL
+            .into_iter()
+            .map(|probe| {
+                let events = outcome.fired(probe);
+                let state = if header.probed.contains(&probe) {
+                    if events > 0 { ProbeState::Fired } else { ProbeState::NeverFired }
+                } else if header.narrowed.iter().any(|(p, _)| *p == probe) {
+                    ProbeState::NotAttached
+                } else {
+                    ProbeState::Absent
+                };
+                ProbeUse { probe, state, events }
+            })
+            .collect(),
         snapshots: n,
         incomplete: outcome.incomplete,
         violations: outcome.violations,
@@ -181,6 +228,19 @@ pub(crate) fn patch_text(p: &PatchState) -> String {
         PatchState::Unpatched(why) => format!("lacks the sync-fd interface ({why})"),
         PatchState::Unknown => "sync-fd interface not determined (no decisive request seen)".into(),
     }
+}
+
+/// One line: each probe and what became of it.
+pub(crate) fn probes_text(s: &Summary) -> String {
+    let uses: Vec<String> = s
+        .probes
+        .iter()
+        .map(|u| match u.state {
+            ProbeState::Fired => format!("{} fired ({})", u.probe, u.events),
+            other => format!("{} {}", u.probe, other.text()),
+        })
+        .collect();
+    uses.join("; ")
 }
 
 pub(crate) fn xml(s: &str) -> String {
