@@ -25,9 +25,14 @@ pub enum Probe {
     GetBdevFromFd = 5,
     PloopQuiesce = 6,
     PloopRelax = 7,
-    /// `syscalls:sys_exit_ioctl` of a thread that entered `ploop_snapshot` in that syscall:
-    /// the errno user space sees (E3).
+    /// `syscalls:sys_exit_ioctl` of a thread whose ioctl was a ploop snapshot call (armed
+    /// by `sys_enter_ioctl` or `ploop_snapshot`): the errno user space sees (E3).
     SysExitIoctl = 8,
+    /// `syscalls:sys_enter_ioctl` of `PLOOP_IOC_SNAPSHOT`, `_FREEZE` or `_THAW` on a ploop
+    /// block device: where a snapshot call is anchored, since the syscall cannot be inlined
+    /// away and calls refused before `ploop_snapshot` (vz7's -EBUSY at dispatch) are calls
+    /// too. `dev` is the device the fd names; the arguments are fd, cmd, arg.
+    SysEnterIoctl = 9,
 }
 
 /// How a probe reaches the kernel.
@@ -42,7 +47,7 @@ pub enum Attach {
 }
 
 impl Probe {
-    pub const ALL: [Probe; 8] = [
+    pub const ALL: [Probe; 9] = [
         Probe::FreezeBdev,
         Probe::ThawBdev,
         Probe::PloopSnapshot,
@@ -51,6 +56,7 @@ impl Probe {
         Probe::PloopQuiesce,
         Probe::PloopRelax,
         Probe::SysExitIoctl,
+        Probe::SysEnterIoctl,
     ];
 
     #[inline(always)]
@@ -68,6 +74,7 @@ impl Probe {
             6 => Probe::PloopQuiesce,
             7 => Probe::PloopRelax,
             8 => Probe::SysExitIoctl,
+            9 => Probe::SysEnterIoctl,
             _ => return None,
         })
     }
@@ -83,6 +90,7 @@ impl Probe {
             Probe::PloopQuiesce => "ploop_quiesce",
             Probe::PloopRelax => "ploop_relax",
             Probe::SysExitIoctl => "sys_exit_ioctl",
+            Probe::SysEnterIoctl => "sys_enter_ioctl",
         }
     }
 
@@ -98,6 +106,7 @@ impl Probe {
             "ploop_relax" => Probe::PloopRelax,
             // Traces written before the names were unified call the ioctl exit `sys_ioctl`.
             "sys_exit_ioctl" | "sys_ioctl" => Probe::SysExitIoctl,
+            "sys_enter_ioctl" => Probe::SysEnterIoctl,
             _ => return None,
         })
     }
@@ -113,6 +122,9 @@ impl Probe {
             Probe::PloopRelax => (&["ploop_relax"], false),
             Probe::SysExitIoctl => {
                 return Attach::Tracepoint { category: "syscalls", name: "sys_exit_ioctl" };
+            }
+            Probe::SysEnterIoctl => {
+                return Attach::Tracepoint { category: "syscalls", name: "sys_enter_ioctl" };
             }
         };
         Attach::Function { symbols, fentry }
@@ -237,6 +249,11 @@ pub mod config {
     pub const INODE_I_SB: u32 = 6;
     pub const SB_S_DEV: u32 = 7;
     pub const SB_S_BDEV: u32 = 8;
+    /// For `sys_enter_ioctl`'s filter: is the fd a ploop block device? `inode.i_mode`,
+    /// `inode.i_rdev`, and ploop's major from /proc/devices (`UNKNOWN`: any block device).
+    pub const INODE_I_MODE: u32 = 9;
+    pub const INODE_I_RDEV: u32 = 10;
+    pub const PLOOP_MAJOR: u32 = 11;
     /// Number of slots.
     pub const LEN: u32 = 16;
     pub const UNKNOWN: u64 = u64::MAX;

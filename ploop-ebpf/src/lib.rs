@@ -18,9 +18,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use ploop_common::{
-    Event, PLOOP_CTL_CHUNK_SIZE, PLOOP_CTL_SIZE, Probe, Stash, StashKey, config, flags,
-    phase,
-    ploop_if::{PloopCtl, PloopCtlChunk},
+    Event, PLOOP_CTL_CHUNK_SIZE, PLOOP_CTL_SIZE, Probe, Stash, StashKey, config, flags, phase,
+    ploop_if::{PLOOP_IOC_FREEZE, PLOOP_IOC_SNAPSHOT, PLOOP_IOC_THAW, PloopCtl, PloopCtlChunk},
     sync_state,
 };
 
@@ -132,36 +131,71 @@ fn stash_key(pid_tgid: u64, probe: Probe) -> StashKey {
     StashKey { pid_tgid, func: probe.id() as u32, _pad: 0 }
 }
 
+/// The `struct inode *` behind `fd` of the current task: `Err(NO_FILE)` for no open file,
+/// `Err(UNREAD)` when the walk task -> files -> fdtable -> file failed.
+#[inline(always)]
+fn fd_inode<F: Flavor>(fd: i32) -> Result<u64, u32> {
+    fd_inode_walk::<F>(fd).unwrap_or(Err(sync_state::UNREAD))
+}
+
+/// Functions, not closures, throughout: a closure LLVM declines to inline is a bpf-to-bpf
+/// call, which the legacy object must not contain.
+#[inline(always)]
+fn fd_inode_walk<F: Flavor>(fd: i32) -> Option<Result<u64, u32>> {
+    let task = unsafe { bpf_get_current_task() };
+    let files = F::read_kernel_u64(field(task, config::TASK_FILES)?).ok()?;
+    let fdt = F::read_kernel_u64(field(files, config::FILES_FDT)?).ok()?;
+    let max_fds = F::read_kernel_u32(field(fdt, config::FDT_MAX_FDS)?).ok()?;
+    if fd < 0 || fd as u32 >= max_fds {
+        return Some(Err(sync_state::NO_FILE));
+    }
+    let table = F::read_kernel_u64(field(fdt, config::FDT_FD)?).ok()?;
+    let file = F::read_kernel_u64(table.wrapping_add(fd as u64 * 8)).ok()?;
+    if file == 0 {
+        return Some(Err(sync_state::NO_FILE));
+    }
+    Some(Ok(F::read_kernel_u64(field(file, config::FILE_F_INODE)?).ok()?))
+}
+
 /// The fd walk for S1: which filesystem does `fd` of the current task name?
 #[inline(always)]
 fn resolve_fd<F: Flavor>(fd: i32) -> (u32, u32) {
-    let walk = || -> Option<(u32, u32)> {
-        let task = unsafe { bpf_get_current_task() };
-        let files = F::read_kernel_u64(field(task, config::TASK_FILES)?).ok()?;
-        let fdt = F::read_kernel_u64(field(files, config::FILES_FDT)?).ok()?;
-        let max_fds = F::read_kernel_u32(field(fdt, config::FDT_MAX_FDS)?).ok()?;
-        if fd < 0 || fd as u32 >= max_fds {
-            return Some((0, sync_state::NO_FILE));
-        }
-        let table = F::read_kernel_u64(field(fdt, config::FDT_FD)?).ok()?;
-        let file = F::read_kernel_u64(table.wrapping_add(fd as u64 * 8)).ok()?;
-        if file == 0 {
-            return Some((0, sync_state::NO_FILE));
-        }
-        let inode = F::read_kernel_u64(field(file, config::FILE_F_INODE)?).ok()?;
-        let sb = F::read_kernel_u64(field(inode, config::INODE_I_SB)?).ok()?;
-        let dev = F::read_kernel_u32(field(sb, config::SB_S_DEV)?).ok()?;
-        let bdev = F::read_kernel_u64(field(sb, config::SB_S_BDEV)?).ok()?;
-        Some((dev, if bdev == 0 { sync_state::NO_BDEV } else { sync_state::RESOLVED }))
-    };
-    walk().unwrap_or((0, sync_state::UNREAD))
+    match fd_inode::<F>(fd) {
+        Ok(inode) => inode_sb::<F>(inode).unwrap_or((0, sync_state::UNREAD)),
+        Err(state) => (0, state),
+    }
 }
 
-/// `ploop_snapshot` entry: copy the request the way the kernel is about to read it, and
-/// resolve chunk #1's fd while the caller's fd table is at hand.
+/// `s_dev` of the inode's superblock, and whether it has a block device.
 #[inline(always)]
-fn fill_snapshot<F: Flavor>(ev: &mut Event) {
-    let arg = ev.args[1];
+fn inode_sb<F: Flavor>(inode: u64) -> Option<(u32, u32)> {
+    let sb = F::read_kernel_u64(field(inode, config::INODE_I_SB)?).ok()?;
+    let dev = F::read_kernel_u32(field(sb, config::SB_S_DEV)?).ok()?;
+    let bdev = F::read_kernel_u64(field(sb, config::SB_S_BDEV)?).ok()?;
+    Some((dev, if bdev == 0 { sync_state::NO_BDEV } else { sync_state::RESOLVED }))
+}
+
+/// The `dev_t` of the ploop block device `fd` names, or `None` when it names something else
+/// (or cannot be read: a call the probe cannot place is no ploop call to anchor).
+#[inline(always)]
+fn ploop_bdev<F: Flavor>(fd: i32) -> Option<u32> {
+    let inode = fd_inode::<F>(fd).ok()?;
+    // umode_t is 16 bits: the next two bytes are another field.
+    let mode = F::read_kernel_u32(field(inode, config::INODE_I_MODE)?).ok()? & 0xffff;
+    const S_IFMT: u32 = 0o170000;
+    const S_IFBLK: u32 = 0o060000;
+    if mode & S_IFMT != S_IFBLK {
+        return None;
+    }
+    let rdev = F::read_kernel_u32(field(inode, config::INODE_I_RDEV)?).ok()?;
+    let major = config(config::PLOOP_MAJOR);
+    (major == config::UNKNOWN || u64::from(rdev >> 20) == major).then_some(rdev)
+}
+
+/// A snapshot request at `arg` (user memory): copy it the way the kernel is about to read
+/// it, and resolve chunk #1's fd while the caller's fd table is at hand.
+#[inline(always)]
+fn fill_snapshot<F: Flavor>(ev: &mut Event, arg: u64) {
     if F::read_user(arg, &mut ev.ctl).is_err() {
         ev.flags |= flags::CTL_UNREAD;
         return;
@@ -193,7 +227,7 @@ fn fill_snapshot<F: Flavor>(ev: &mut Event) {
 pub fn on_entry<F: Flavor, C: EbpfContext>(ctx: &C, probe: Probe, args: [u64; 3], stash: bool) {
     let Some(ev) = event::<F>(probe, phase::ENTRY, args, 0) else { return count_lost() };
     if probe == Probe::PloopSnapshot {
-        fill_snapshot::<F>(ev);
+        fill_snapshot::<F>(ev, args[1]);
         // Arms sys_exit_ioctl for this thread: E3 compares the errno user space sees.
         let marker = Stash { args, dev: ev.dev, flags: 0 };
         let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, Probe::SysExitIoctl), &marker, 0);
@@ -232,7 +266,32 @@ pub fn on_fexit<F: Flavor, C: EbpfContext>(ctx: &C, probe: Probe, args: [u64; 3]
     }
 }
 
-/// `syscalls:sys_exit_ioctl`, for threads that entered `ploop_snapshot` in this syscall.
+/// `syscalls:sys_enter_ioctl`: a snapshot, freeze or thaw request on a ploop device. The
+/// anchor of a snapshot call, whatever the compiler made of `ploop_snapshot`.
+#[inline(always)]
+pub fn on_sys_enter_ioctl<F: Flavor, C: EbpfContext>(ctx: &C, fd: u64, cmd: u64, arg: u64) {
+    // The request number is an `unsigned int` in the kernel's ioctl path.
+    let cmd = u64::from(cmd as u32);
+    if cmd != PLOOP_IOC_SNAPSHOT && cmd != PLOOP_IOC_FREEZE && cmd != PLOOP_IOC_THAW {
+        return;
+    }
+    let Some(rdev) = ploop_bdev::<F>(fd as i32) else { return };
+    let Some(ev) = event::<F>(Probe::SysEnterIoctl, phase::ENTRY, [fd, cmd, arg], 0) else {
+        return count_lost();
+    };
+    ev.dev = rdev;
+    ev.flags = 0;
+    if cmd == PLOOP_IOC_SNAPSHOT {
+        fill_snapshot::<F>(ev, arg);
+    }
+    // Arms sys_exit_ioctl for this thread: the call ends there.
+    let marker = Stash { args: [fd, cmd, arg], dev: rdev, flags: 0 };
+    let _ = PLOOP_STASH.insert(&stash_key(ev.pid_tgid, Probe::SysExitIoctl), &marker, 0);
+    send::<F, C>(ctx, ev);
+}
+
+/// `syscalls:sys_exit_ioctl`, for threads whose ioctl `sys_enter_ioctl` or `ploop_snapshot`
+/// armed.
 #[inline(always)]
 pub fn on_sys_exit_ioctl<F: Flavor, C: EbpfContext>(ctx: &C, ret: i64) {
     let key = stash_key(bpf_get_current_pid_tgid(), Probe::SysExitIoctl);
@@ -274,6 +333,15 @@ macro_rules! probes {
         $crate::probes!(@kprobe $flavor, ploop_common::Probe::GetBdevFromFd, get_bdev_from_fd_kprobe, get_bdev_from_fd_kretprobe);
         $crate::probes!(@kprobe $flavor, ploop_common::Probe::PloopQuiesce, ploop_quiesce_kprobe, ploop_quiesce_kretprobe);
         $crate::probes!(@kprobe $flavor, ploop_common::Probe::PloopRelax, ploop_relax_kprobe, ploop_relax_kretprobe);
+
+        #[aya_ebpf::macros::tracepoint]
+        pub fn sys_enter_ioctl(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+            // `struct trace_event_raw_sys_enter`: 8 bytes of common fields, the syscall nr,
+            // then `unsigned long args[6]` from offset 16 (slots 2, 3, 4: fd, cmd, arg).
+            let a = |n| $crate::tracing_arg::<$flavor, _>(&ctx, n);
+            $crate::on_sys_enter_ioctl::<$flavor, _>(&ctx, a(2), a(3), a(4));
+            0
+        }
 
         #[aya_ebpf::macros::tracepoint]
         pub fn sys_exit_ioctl(ctx: aya_ebpf::programs::TracePointContext) -> u32 {

@@ -3,7 +3,7 @@
 use compact_str::CompactString;
 use ploop_common::{
     Event, PLOOP_CTL_CHUNK_SIZE, Probe, flags, phase,
-    ploop_if::{PLOOP_FLAG_FS_SYNC, PloopCtl, PloopCtlChunk},
+    ploop_if::{PLOOP_FLAG_FS_SYNC, PLOOP_IOC_SNAPSHOT, PloopCtl, PloopCtlChunk},
     sync_state,
 };
 use serde::{Deserialize, Serialize};
@@ -279,6 +279,17 @@ impl Request {
     }
 }
 
+/// The events whose probe copied a snapshot request: `ploop_snapshot`'s entry, and the
+/// entry of a `PLOOP_IOC_SNAPSHOT` ioctl (its arguments: fd, cmd, arg).
+fn carries_request(func: Probe, is_return: bool, args: &[u64]) -> bool {
+    !is_return
+        && match func {
+            Probe::PloopSnapshot => true,
+            Probe::SysEnterIoctl => args.get(1) == Some(&PLOOP_IOC_SNAPSHOT),
+            _ => false,
+        }
+}
+
 impl TraceEvent {
     /// `None` for an event of a probe this build does not know (a newer object).
     pub fn from_raw(e: &Event, generation: Generation) -> Option<Self> {
@@ -301,7 +312,7 @@ impl TraceEvent {
             }),
             cpu: e.cpu,
             no_entry: e.flags & flags::NO_ENTRY != 0,
-            request: (func == Probe::PloopSnapshot && !is_return)
+            request: carries_request(func, is_return, &e.args)
                 .then(|| Box::new(Request::decode(e))),
         })
     }

@@ -120,6 +120,10 @@ pub fn missing_means(probe: Probe) -> &'static str {
         Probe::FindAndFreezeBdev => "freeze attribution relies on freeze_bdev alone",
         Probe::PloopQuiesce | Probe::PloopRelax => "the delta switch (O2) cannot be placed in time",
         Probe::SysExitIoctl => "the errno user space sees (E3) is not observed",
+        Probe::SysEnterIoctl => {
+            "calls are anchored at ploop_snapshot: those refused before it, or all of them \
+             where it is inlined, are not seen"
+        }
     }
 }
 
@@ -144,6 +148,8 @@ pub struct Plan {
     pub bd_dev_offset: u64,
     /// Offsets of the in-kernel fd walk (S1), by config slot; absent when the BTF lacks one.
     pub fd_walk: Option<Vec<(u32, u64)>>,
+    /// ploop's block major (`None`: not registered, or not looked up).
+    pub ploop_major: Option<u32>,
 }
 
 /// The fields of the fd walk, in config-slot order.
@@ -156,7 +162,20 @@ const FD_WALK: &[(u32, &str, &str)] = &[
     (config::INODE_I_SB, "inode", "i_sb"),
     (config::SB_S_DEV, "super_block", "s_dev"),
     (config::SB_S_BDEV, "super_block", "s_bdev"),
+    (config::INODE_I_MODE, "inode", "i_mode"),
+    (config::INODE_I_RDEV, "inode", "i_rdev"),
 ];
+
+/// ploop's block major from /proc/devices ("182 ploop" on vz7; dynamic for the model
+/// driver), for `sys_enter_ioctl`'s filter.
+pub fn ploop_major() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/devices").ok()?;
+    let block = text.split("Block devices:").nth(1)?;
+    block.lines().find_map(|l| {
+        let (major, name) = l.trim().split_once(' ')?;
+        (name.trim() == "ploop").then(|| major.parse().ok())?
+    })
+}
 
 fn fd_walk_offsets(btf: &btf_rs::Btf) -> Option<Vec<(u32, u64)>> {
     FD_WALK
@@ -341,6 +360,7 @@ impl Capabilities {
                 btf: btf_path.clone(),
                 bd_dev_offset: bd_dev_offset.unwrap_or(config::UNKNOWN),
                 fd_walk: None,
+                ploop_major: None,
             };
             match Session::attach(&plan) {
                 Ok(_) => Check::Supported(format!("attached to {}", plan.symbols())),
@@ -413,6 +433,7 @@ impl Capabilities {
             btf: btf::path(btf_file),
             bd_dev_offset,
             fd_walk: self.fd_walk.clone(),
+            ploop_major: ploop_major(),
         })
     }
 }
@@ -442,6 +463,7 @@ impl Plan {
             btf: btf_path,
             bd_dev_offset,
             fd_walk: fd_walk_offsets(&parsed),
+            ploop_major: ploop_major(),
         })
     }
 
@@ -580,6 +602,8 @@ impl Session {
             for &(slot, off) in plan.fd_walk.as_ref().unwrap_or(&unknown) {
                 cfg.set(slot, &off, 0)?;
             }
+            let major = plan.ploop_major.map_or(config::UNKNOWN, u64::from);
+            cfg.set(config::PLOOP_MAJOR, &major, 0)?;
         }
         let readers = match plan.transport {
             Transport::Ringbuf => Readers::Ring(RingBuf::try_from(
@@ -635,9 +659,22 @@ impl Session {
                 narrowed.push((t.role, err_chain(&e)));
             }
         }
-        // The ioctl exit is armed by ploop_snapshot's entry: useless without it.
+        // Snapshot calls are anchored at the ioctl, whose filter needs the fd walk to tell a
+        // ploop device; only a session that looks at ploop at all wants it.
         let snapshot_attached = plan.ploop_targets.iter().any(|t| t.role == Probe::PloopSnapshot)
             && !narrowed.iter().any(|(r, _)| *r == Probe::PloopSnapshot);
+        let mut anchored = false;
+        if snapshot_attached {
+            let attached = match plan.fd_walk {
+                None => Err(anyhow!("the fd walk's offsets are not in the BTF")),
+                Some(_) => attach_tracepoint(&mut ebpf, Probe::SysEnterIoctl),
+            };
+            match attached {
+                Ok(()) => anchored = true,
+                Err(e) => narrowed.push((Probe::SysEnterIoctl, err_chain(&e))),
+            }
+        }
+        // The ioctl exit is armed by the ioctl's entry or ploop_snapshot's: useless without.
         if snapshot_attached && let Err(e) = attach_tracepoint(&mut ebpf, Probe::SysExitIoctl) {
             narrowed.push((Probe::SysExitIoctl, err_chain(&e)));
         }
@@ -646,6 +683,7 @@ impl Session {
             .iter()
             .chain(&plan.ploop_targets)
             .map(|t| t.role)
+            .chain(anchored.then_some(Probe::SysEnterIoctl))
             .chain(snapshot_attached.then_some(Probe::SysExitIoctl))
             .filter(|r| !narrowed.iter().any(|(n, _)| n == r))
             .collect();

@@ -233,7 +233,8 @@ impl Sink for Pipeline {
 
 /// What only the live side can know, recorded before the event that needs it.
 fn context_for(e: &mut TraceEvent) -> Option<Stack> {
-    if e.func != Probe::PloopSnapshot || e.phase != Phase::Entry {
+    // At the start of a snapshot call (the ioctl's entry, or ploop_snapshot's).
+    if e.phase != Phase::Entry || e.request.is_none() {
         return None;
     }
     if let Some(sync) = e.request.as_mut().and_then(|r| r.sync.as_mut())

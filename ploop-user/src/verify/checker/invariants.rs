@@ -57,7 +57,7 @@ pub const INVARIANTS: &[Invariant] = &[
 
 /// The errno `ploop_snapshot` returned, if it failed.
 fn errno(call: &Call) -> Option<Errno> {
-    call.ret.and_then(Errno::from_ret)
+    call.result().and_then(Errno::from_ret)
 }
 
 fn na(why: impl Into<Cow<'static, str>>) -> Verdict {
@@ -90,7 +90,7 @@ fn o1(call: &Call, _: &Context) -> Verdict {
             format!(
                 "freeze of {} leaked: not thawed before ploop_snapshot returned {}",
                 call.dev_name(f.dev),
-                call.ret.map(ret_name).unwrap_or_else(|| "?".into())
+                call.result().map(ret_name).unwrap_or_else(|| "?".into())
             )
         })
         .collect();
@@ -108,7 +108,7 @@ fn o2(call: &Call, ctx: &Context) -> Verdict {
     }
     let (Some(q), Some(r)) = (call.quiesce_ns, call.relax_ns) else {
         // A successful snapshot switched deltas: the probes did not see it.
-        return na(if call.ret == Some(0) {
+        return na(if call.result() == Some(0) {
             "ploop_quiesce/ploop_relax did not fire in this call: their call sites may be inlined"
         } else {
             "no delta switch in this call"
@@ -186,7 +186,7 @@ fn s1(call: &Call, ctx: &Context) -> Verdict {
     if !call.reached_freeze() {
         return na(format!(
             "failed before the freeze stage ({})",
-            call.ret.map(ret_name).unwrap_or_else(|| "?".into())
+            call.result().map(ret_name).unwrap_or_else(|| "?".into())
         ));
     }
     let counting = call.counting(ctx.generation);
@@ -216,10 +216,10 @@ fn s2(call: &Call, ctx: &Context) -> Verdict {
     if !call.request.fs_sync() {
         return na("PLOOP_FLAG_FS_SYNC is not set");
     }
-    if !call.reached_freeze() || call.ret != Some(0) {
+    if !call.reached_freeze() || call.result() != Some(0) {
         return na(format!(
             "no completed switch ({})",
-            call.ret.map(ret_name).unwrap_or_else(|| "?".into())
+            call.result().map(ret_name).unwrap_or_else(|| "?".into())
         ));
     }
     let Some(stack) = &call.stack else { return na("no device stack was recorded") };
@@ -267,7 +267,7 @@ fn s3(call: &Call, ctx: &Context) -> Verdict {
         return na("chunk #1 carries other fields: see E2");
     }
     let froze = call.freezes.iter().any(|f| f.ok);
-    let ret = call.ret.unwrap_or(0);
+    let ret = call.result().unwrap_or(0);
     let nodev = Errno::from_ret(ret) == Some(Errno::ENODEV);
     let reached = call.find_and_freeze_ret.is_some() || call.get_bdev_called || ret == 0;
     if !reached && !nodev {
@@ -306,7 +306,7 @@ fn e1(call: &Call, ctx: &Context) -> Verdict {
         (Some(Errno::EINVAL), PatchState::Unknown) => Verdict::Deferred,
         _ => Verdict::Fail(format!(
             "pctl_chunks={n} answered {}; -ENOTSUPP (524) is due (-EINVAL unpatched)",
-            call.ret.map(ret_name).unwrap_or_else(|| "?".into())
+            call.result().map(ret_name).unwrap_or_else(|| "?".into())
         )),
     }
 }
@@ -327,7 +327,7 @@ fn e2(call: &Call, _: &Context) -> Verdict {
         Some(Errno::EINVAL) => Verdict::Pass,
         _ => Verdict::Fail(format!(
             "chunk #1 with fields besides pctl_fd answered {}; -EINVAL is due",
-            call.ret.map(ret_name).unwrap_or_else(|| "?".into())
+            call.result().map(ret_name).unwrap_or_else(|| "?".into())
         )),
     }
 }
@@ -336,8 +336,13 @@ fn e3(call: &Call, ctx: &Context) -> Verdict {
     if !ctx.probed(Probe::SysExitIoctl) {
         return na("syscalls:sys_exit_ioctl is not attached");
     }
-    let (Some(k), Some(u)) = (call.ret, call.user_ret) else {
-        return na("the ioctl exit was not seen");
+    let Some(u) = call.user_ret else { return na("the ioctl exit was not seen") };
+    let Some(k) = call.ret else {
+        return na(if call.snapshot_entered {
+            "ploop_snapshot's return was not seen"
+        } else {
+            "ploop_snapshot did not run in this call (refused before it, or inlined)"
+        });
     };
     if k == u {
         Verdict::Pass

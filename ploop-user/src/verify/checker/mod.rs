@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use ploop_common::Probe;
+use ploop_common::{Probe, ploop_if::PLOOP_IOC_SNAPSHOT};
 
 use crate::errno::Errno;
 use crate::{
@@ -63,6 +63,12 @@ pub struct Call {
     pub tid: u32,
     pub pid: u32,
     pub comm: String,
+    /// Where the call was seen to start: `sys_enter_ioctl`, or `ploop_snapshot` where the
+    /// ioctl is not probed.
+    pub anchor: Probe,
+    /// `ploop_snapshot` was seen in this call (it may have been refused before it, or
+    /// inlined).
+    pub snapshot_entered: bool,
     pub ploop_dev: Option<KDev>,
     /// `struct ploop_device *`: identifies the device when its dev_t is unreadable.
     pub plo: u64,
@@ -77,6 +83,7 @@ pub struct Call {
     pub relax_ns: Option<u64>,
     pub get_bdev_called: bool,
     pub find_and_freeze_ret: Option<i64>,
+    /// What `ploop_snapshot` returned.
     pub ret: Option<i64>,
     /// What the ioctl returned to user space (syscall exit).
     pub user_ret: Option<i64>,
@@ -85,6 +92,12 @@ pub struct Call {
 }
 
 impl Call {
+    /// What the call answered: `ploop_snapshot`'s return, else the ioctl's (a call refused
+    /// before `ploop_snapshot`, or one whose `ploop_snapshot` was inlined).
+    pub fn result(&self) -> Option<i64> {
+        self.ret.or(self.user_ret)
+    }
+
     pub fn dev_name(&self, dev: Option<KDev>) -> String {
         match (dev, &self.stack) {
             (None, _) => "?".into(),
@@ -139,7 +152,7 @@ impl Call {
     }
 
     pub fn reached_freeze(&self) -> bool {
-        self.ret == Some(0)
+        self.result() == Some(0)
             || !self.freezes.is_empty()
             || self.find_and_freeze_ret.is_some()
             || self.quiesce_ns.is_some()
@@ -386,6 +399,43 @@ impl Checker {
         self.judged.push_back(r);
     }
 
+    /// A snapshot call starts at `e` (its anchor); one still open on the thread never ended.
+    fn open_call(&mut self, e: &TraceEvent) {
+        if self.open.remove(&e.tid).is_some() {
+            self.incomplete += 1;
+        }
+        self.seq += 1;
+        let ploop_dev = e.dev;
+        let stack = ploop_dev.and_then(|d| self.stacks.get(&d)).cloned();
+        let at_snapshot = e.func == Probe::PloopSnapshot;
+        self.open.insert(
+            e.tid,
+            Call {
+                seq: self.seq,
+                tid: e.tid,
+                pid: e.pid,
+                comm: e.comm.to_string(),
+                anchor: e.func,
+                snapshot_entered: at_snapshot,
+                ploop_dev,
+                plo: if at_snapshot { e.args.first().copied().unwrap_or_default() } else { 0 },
+                start_ns: e.ts_ns,
+                end_ns: None,
+                request: e.request.as_deref().cloned().unwrap_or_else(Request::unreadable),
+                freezes: Vec::new(),
+                stray_thaws: Vec::new(),
+                pending_freezes: Vec::new(),
+                quiesce_ns: None,
+                relax_ns: None,
+                get_bdev_called: false,
+                find_and_freeze_ret: None,
+                ret: None,
+                user_ret: None,
+                stack,
+            },
+        );
+    }
+
     /// Feeds one event; returns the violations it completes.
     pub fn event(&mut self, e: &TraceEvent) -> Vec<Violation> {
         self.events += 1;
@@ -393,38 +443,29 @@ impl Checker {
             *n += 1;
         }
         let entry = e.phase == Phase::Entry;
-        if e.func == Probe::PloopSnapshot && entry {
-            if self.open.remove(&e.tid).is_some() {
-                self.incomplete += 1;
+        // Where a call starts: at the ioctl where that is probed (it cannot be inlined away,
+        // and refusals before ploop_snapshot are calls too), else at ploop_snapshot. A
+        // ploop_snapshot inside an anchored call adds its detail to it.
+        match (e.func, entry) {
+            (Probe::SysEnterIoctl, true) => {
+                if e.args.get(1) == Some(&PLOOP_IOC_SNAPSHOT) {
+                    self.open_call(e);
+                }
+                // PLOOP_IOC_FREEZE/THAW: no snapshot; their freezes count as outside.
+                return Vec::new();
             }
-            self.seq += 1;
-            let ploop_dev = e.dev;
-            let stack = ploop_dev.and_then(|d| self.stacks.get(&d)).cloned();
-            self.open.insert(
-                e.tid,
-                Call {
-                    seq: self.seq,
-                    tid: e.tid,
-                    pid: e.pid,
-                    comm: e.comm.to_string(),
-                    ploop_dev,
-                    plo: e.args.first().copied().unwrap_or_default(),
-                    start_ns: e.ts_ns,
-                    end_ns: None,
-                    request: e.request.as_deref().cloned().unwrap_or_else(Request::unreadable),
-                    freezes: Vec::new(),
-                    stray_thaws: Vec::new(),
-                    pending_freezes: Vec::new(),
-                    quiesce_ns: None,
-                    relax_ns: None,
-                    get_bdev_called: false,
-                    find_and_freeze_ret: None,
-                    ret: None,
-                    user_ret: None,
-                    stack,
-                },
-            );
-            return Vec::new();
+            (Probe::PloopSnapshot, true) => {
+                match self.open.get_mut(&e.tid) {
+                    Some(call) if call.anchor == Probe::SysEnterIoctl && !call.snapshot_entered => {
+                        call.snapshot_entered = true;
+                        call.plo = e.args.first().copied().unwrap_or_default();
+                        call.ploop_dev = call.ploop_dev.or(e.dev);
+                    }
+                    _ => self.open_call(e),
+                }
+                return Vec::new();
+            }
+            _ => {}
         }
         let Some(call) = self.open.get_mut(&e.tid) else {
             if matches!(e.func, Probe::FreezeBdev | Probe::ThawBdev) {
@@ -504,7 +545,8 @@ impl Checker {
                 call.user_ret = Some(ret);
                 return self.judge(e.tid, e.ts_ns);
             }
-            (Probe::PloopSnapshot, Phase::Entry)
+            (Probe::PloopSnapshot | Probe::SysEnterIoctl, Phase::Entry)
+            | (Probe::SysEnterIoctl, Phase::Return)
             | (Probe::FindAndFreezeBdev | Probe::GetBdevFromFd, _)
             | (Probe::PloopQuiesce | Probe::PloopRelax | Probe::SysExitIoctl, _) => {}
         }
@@ -514,14 +556,14 @@ impl Checker {
     /// What this call tells about the kernel's patch status.
     fn evidence(call: &Call) -> Option<String> {
         let r = &call.request;
-        if call.ret == Some(Errno::ENOTSUPP.ret()) {
+        if call.result() == Some(Errno::ENOTSUPP.ret()) {
             return Some(format!("pctl_chunks={} answered -ENOTSUPP", r.chunks));
         }
         if call.get_bdev_called {
             return Some("get_bdev_from_fd ran for a sync fd".into());
         }
         if r.chunks == 2
-            && call.ret == Some(0)
+            && call.result() == Some(0)
             && r.chunk.get(1).is_some_and(|c| !c.has_extra_fields())
         {
             return Some("a two-chunk snapshot succeeded".into());

@@ -390,3 +390,73 @@ fn unfinished_calls_are_incomplete_not_judged() {
     assert!(ids.is_empty());
     assert_eq!((c.c.snapshots(), c.c.outcome().incomplete), (0, 1));
 }
+
+/// Calls anchored at the ioctl, as on a kernel whose ploop_snapshot may be inlined or may
+/// refuse a call before it runs (vz7's -EBUSY at dispatch).
+impl Seq {
+    fn ioctl(&mut self, tid: u32, cmd: u64, req: Option<Request>) -> &mut Self {
+        let e = self.ev(tid, "sys_enter_ioctl", "entry", Some(PLOOP), None);
+        e.args = Args::new(&[3, cmd, 0x7fff_0000]);
+        e.request = req.map(Box::new);
+        self
+    }
+    fn ioctl_exit(&mut self, tid: u32, ret: i64) -> &mut Self {
+        self.ev(tid, "sys_exit_ioctl", "return", Some(PLOOP), Some(ret));
+        self
+    }
+}
+
+#[test]
+fn a_call_refused_at_dispatch_is_a_call_and_c1_judges_it() {
+    use ploop_common::ploop_if::PLOOP_IOC_SNAPSHOT;
+    let mut s = Seq::new();
+    // Thread 10 holds the device frozen; thread 11's snapshot is refused before
+    // ploop_snapshot runs, as vz7's ploop_ioctl does during maintenance.
+    s.ioctl(10, PLOOP_IOC_SNAPSHOT, Some(sync_req(PLOOP))).start(10, sync_req(PLOOP));
+    s.call(10, "get_bdev_from_fd").freeze(10, PLOOP);
+    s.ioctl(11, PLOOP_IOC_SNAPSHOT, Some(sync_req(PLOOP))).ioctl_exit(11, -16);
+    s.switch(10).thaw(10, PLOOP).end(10, 0);
+    let (c, ids) = run(plain_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    assert_eq!(c.c.snapshots(), 2, "the refused call counts");
+    let refused = c.judged.iter().find(|r| r.call.tid == 11).unwrap();
+    let verdict = |id: &str| &refused.verdicts.iter().find(|(i, _)| *i == id).unwrap().1;
+    assert_eq!(*verdict("C1"), Verdict::Pass);
+    assert!(matches!(verdict("E3"), Verdict::NotApplicable(why) if why.contains("did not run")));
+    assert_eq!(c.tally()["C1"].0, 2);
+}
+
+#[test]
+fn an_inlined_ploop_snapshot_leaves_the_call_judged_from_the_ioctl() {
+    use ploop_common::ploop_if::PLOOP_IOC_SNAPSHOT;
+    let mut s = Seq::new();
+    // No ploop_snapshot, no helpers: freeze and thaw inside the ioctl, as an inlining
+    // compiler leaves it.
+    s.ioctl(10, PLOOP_IOC_SNAPSHOT, Some(sync_req(LINEAR)))
+        .freeze(10, LINEAR)
+        .thaw(10, LINEAR)
+        .ioctl_exit(10, 0);
+    // The same with the filesystem never frozen: S2 fails on positive evidence.
+    s.ioctl(11, PLOOP_IOC_SNAPSHOT, Some(request(PLOOP_FLAG_FS_SYNC, 1, None, None)))
+        .freeze(11, CRYPT)
+        .thaw(11, CRYPT)
+        .ioctl_exit(11, 0);
+    let (c, ids) = run(linear_stack(), &s);
+    assert_eq!(ids, ["S2"]);
+    assert_eq!(c.c.snapshots(), 2);
+    let first = &c.judged[0];
+    assert_eq!(first.failures().count(), 0, "{:?}", first.verdicts);
+    let o2 = &first.verdicts.iter().find(|(i, _)| *i == "O2").unwrap().1;
+    assert!(matches!(o2, Verdict::NotApplicable(why) if why.contains("inlined")), "{o2:?}");
+}
+
+#[test]
+fn freeze_and_thaw_ioctls_are_no_snapshot_calls() {
+    use ploop_common::ploop_if::{PLOOP_IOC_FREEZE, PLOOP_IOC_THAW};
+    let mut s = Seq::new();
+    s.ioctl(10, PLOOP_IOC_FREEZE, None).freeze(10, PLOOP).ioctl_exit(10, 0);
+    s.ioctl(10, PLOOP_IOC_THAW, None).thaw(10, PLOOP).ioctl_exit(10, 0);
+    let (c, ids) = run(plain_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    assert_eq!((c.c.snapshots(), c.c.outcome().outside), (0, 4));
+}
