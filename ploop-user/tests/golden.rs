@@ -77,7 +77,7 @@ fn golden_traces_replay_to_their_recorded_verdicts() {
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
     traces.sort();
-    assert!(traces.len() >= 21, "only {} golden traces in tests/traces", traces.len());
+    assert!(traces.len() >= 38, "only {} golden traces in tests/traces", traces.len());
     let scratch = std::env::temp_dir().join(format!("ploop-golden-{}", std::process::id()));
     let mut failures = Vec::new();
     for trace in &traces {
@@ -144,4 +144,21 @@ fn golden_expectations_say_what_each_case_is_for() {
         let name = format!("6.1-switch-inlined-{case}");
         assert_eq!(ids(&name), want, "{name}");
     }
+    // Calls anchored at the ioctl (sys_enter_ioctl), live on 6.1; then the same traces with
+    // ploop_snapshot and every helper taken out, as a kernel that inlines them all: each bug
+    // is still caught by the ids that can see it, except thaw_early (the switch is gone).
+    for (case, full, inlined) in [
+        ("clean", &[][..], &[][..]),
+        ("unpatched", &[], &[]),
+        ("s2-auto", &["S2"], &["S2"]),
+        ("bug-leak_freeze", &["O1"], &["O1"]),
+        ("bug-thaw_other", &["O1"], &["O1"]),
+        ("bug-ignore_sync_fd", &["S1", "S2"], &["S1", "S2"]),
+        ("bug-thaw_early", &["O2", "S2"], &[]),
+        ("bug-einval", &["E1"], &["E1"]),
+    ] {
+        assert_eq!(ids(&format!("6.1-ioctl-{case}")), full, "6.1-ioctl-{case}");
+        assert_eq!(ids(&format!("6.1-ioctl-inlined-{case}")), inlined, "6.1-ioctl-inlined-{case}");
+    }
+    assert_eq!(ids("6.1-ioctl-s2-sync"), [] as [&str; 0]);
 }
