@@ -663,8 +663,11 @@ impl Session {
         // ploop device; only a session that looks at ploop at all wants it.
         let snapshot_attached = plan.ploop_targets.iter().any(|t| t.role == Probe::PloopSnapshot)
             && !narrowed.iter().any(|(r, _)| *r == Probe::PloopSnapshot);
+        // ploop is there when its module registered its major, even if ploop_snapshot was
+        // inlined away.
+        let ploop_present = snapshot_attached || plan.ploop_major.is_some();
         let mut anchored = false;
-        if snapshot_attached {
+        if ploop_present {
             let attached = match plan.fd_walk {
                 None => Err(anyhow!("the fd walk's offsets are not in the BTF")),
                 Some(_) => attach_tracepoint(&mut ebpf, Probe::SysEnterIoctl),
@@ -675,7 +678,7 @@ impl Session {
             }
         }
         // The ioctl exit is armed by the ioctl's entry or ploop_snapshot's: useless without.
-        if snapshot_attached && let Err(e) = attach_tracepoint(&mut ebpf, Probe::SysExitIoctl) {
+        if ploop_present && let Err(e) = attach_tracepoint(&mut ebpf, Probe::SysExitIoctl) {
             narrowed.push((Probe::SysExitIoctl, err_chain(&e)));
         }
         let probed = plan
@@ -684,7 +687,7 @@ impl Session {
             .chain(&plan.ploop_targets)
             .map(|t| t.role)
             .chain(anchored.then_some(Probe::SysEnterIoctl))
-            .chain(snapshot_attached.then_some(Probe::SysExitIoctl))
+            .chain(ploop_present.then_some(Probe::SysExitIoctl))
             .filter(|r| !narrowed.iter().any(|(n, _)| n == r))
             .collect();
         Ok(Session {

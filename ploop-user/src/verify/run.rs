@@ -257,10 +257,11 @@ fn context_for(e: &mut TraceEvent) -> Option<Stack> {
 
 pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let kernel = KernelInfo::detect()?;
-    if kernel.symbol(Probe::PloopSnapshot).is_none() {
+    if kernel.symbol(Probe::PloopSnapshot).is_none() && probe::ploop_major().is_none() {
         say!(
-            "ploop-verify: ploop_snapshot is not in this kernel (/proc/kallsyms): no verdict on ploop \
-             at all. Load the ploop module (or the model driver) first."
+            "ploop-verify: no ploop here: ploop_snapshot is not in /proc/kallsyms and no ploop \
+             block major in /proc/devices, so no verdict on ploop at all. Load the ploop module \
+             (or the model driver) first."
         );
         return Ok(ExitCode::from(2));
     }

@@ -152,8 +152,14 @@ pub fn summarise(
     expected: usize,
 ) -> Summary {
     let n = outcome.snapshots;
-    let reason = if !header.probed.contains(&Probe::PloopSnapshot) {
-        Some("ploop_snapshot is not probed on this kernel: no verdict on ploop at all".to_string())
+    let anchored =
+        [Probe::SysEnterIoctl, Probe::PloopSnapshot].iter().any(|p| header.probed.contains(p));
+    let reason = if !anchored {
+        Some(
+            "neither the ploop ioctl nor ploop_snapshot is probed on this kernel: no verdict on \
+             ploop at all"
+                .to_string(),
+        )
     } else if n == 0 {
         Some("no ploop_snapshot call was observed".to_string())
     } else if n < expected {
