@@ -1,9 +1,15 @@
 //! Helpers for the live tests: boot a guest with ploop-verify, read the traces it leaves.
 
-use std::{fs, path::Path};
+use std::path::Path;
 
-use anyhow::{Context as _, Result, anyhow};
-use serde_json::Value;
+use anyhow::{Result, anyhow};
+use ploop_common::Probe;
+pub use ploop_user::kernel::KDev;
+use ploop_user::verify::{
+    events::{Phase, TraceEvent},
+    stack::Stack,
+    tracefile::{End, Header, Reader, TraceLine},
+};
 use xtask::{
     kernels::Kernel,
     vm::{Output, Vm, guest_script},
@@ -38,51 +44,43 @@ fn run_logged(series: &str, vm: Vm) -> Result<Output> {
     Ok(out)
 }
 
-/// A trace file written by `ploop-verify trace --out`.
+/// A trace file written by `ploop-verify trace --out`, read whole by ploop-user's reader.
 #[derive(Debug)]
 pub struct Trace {
-    pub header: Value,
-    pub events: Vec<Value>,
-    pub end: Value,
+    pub header: Header,
+    pub stacks: Vec<Stack>,
+    pub events: Vec<TraceEvent>,
+    pub end: End,
 }
 
 impl Trace {
     pub fn read(path: &Path) -> Result<Self> {
-        let text =
-            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut header = None;
-        let mut end = None;
-        let mut events = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let v: Value = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-            match v["record"].as_str() {
-                Some("header") => header = Some(v),
-                Some("event") => events.push(v),
-                Some("end") => end = Some(v),
-                other => {
-                    return Err(anyhow!("{}:{}: unknown record {other:?}", path.display(), i + 1));
-                }
+        let mut r = Reader::open(path)?;
+        let (mut stacks, mut events) = (Vec::new(), Vec::new());
+        while let Some(rec) = r.next_record()? {
+            match rec {
+                TraceLine::Event(e) => events.push(e.clone()),
+                TraceLine::Stack(s) => stacks.push(s.clone()),
+                // The reader keeps these: one header, one end record.
+                TraceLine::Header(_) | TraceLine::End(_) => {}
             }
         }
-        Ok(Trace {
-            header: header.ok_or_else(|| anyhow!("{}: no header", path.display()))?,
-            events,
-            end: end.ok_or_else(|| anyhow!("{}: no end record (truncated?)", path.display()))?,
-        })
+        let end = r.end().cloned().ok_or_else(|| anyhow!("{}: no end record", path.display()))?;
+        Ok(Trace { header: r.header, stacks, events, end })
     }
 
-    /// Events of `func` at `phase` on device `dev` (`major:minor`).
-    pub fn on(&self, func: &str, phase: &str, dev: &str) -> Vec<&Value> {
+    /// Events of `probe` at `phase` on device `dev`.
+    pub fn on(&self, probe: Probe, phase: Phase, dev: KDev) -> Vec<&TraceEvent> {
         self.events
             .iter()
-            .filter(|e| e["func"] == func && e["phase"] == phase && e["dev"] == dev)
+            .filter(|e| e.func == probe && e.phase == phase && e.dev == Some(dev))
             .collect()
     }
 }
 
-/// `major:minor` as the guest script wrote it with `stat -c %t:%T` (hex).
-pub fn dev_from_hex(text: &str) -> Result<String> {
+/// The device the guest script wrote with `stat -c %t:%T` (hex `major:minor`).
+pub fn dev_from_hex(text: &str) -> Result<KDev> {
     let (ma, mi) = text.trim().split_once(':').ok_or_else(|| anyhow!("bad dev {text:?}"))?;
-    Ok(format!("{}:{}", u32::from_str_radix(ma, 16)?, u32::from_str_radix(mi, 16)?))
+    let dev = format!("{}:{}", u32::from_str_radix(ma, 16)?, u32::from_str_radix(mi, 16)?);
+    dev.parse().map_err(anyhow::Error::msg)
 }

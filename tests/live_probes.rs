@@ -3,7 +3,9 @@
 
 use std::fs;
 
-use ploop_tests::{Trace, dev_from_hex, run_guest_script};
+use ploop_common::Probe;
+use ploop_tests::{KDev, Trace, dev_from_hex, run_guest_script};
+use ploop_user::verify::events::{Phase, TraceEvent};
 use serde_json::Value;
 
 const METHODS: [&str; 2] = ["kprobe", "fentry"];
@@ -11,33 +13,32 @@ const TRANSPORTS: [&str; 2] = ["ringbuf", "perf"];
 
 /// Checks one trace: exactly one freeze and one thaw of `dev`, entry before return, freeze
 /// returned 0 before thaw entered, nothing lost. Returns a description of what is wrong.
-fn check_pair(trace: &Trace, dev: &str) -> Result<(), String> {
-    let one = |func: &str, phase: &str| -> Result<&Value, String> {
-        match trace.on(func, phase, dev).as_slice() {
+fn check_pair(trace: &Trace, dev: KDev) -> Result<(), String> {
+    let one = |probe: Probe, phase: Phase| -> Result<&TraceEvent, String> {
+        match trace.on(probe, phase, dev).as_slice() {
             [e] => Ok(*e),
             evs => Err(format!(
-                "{} {func} {phase} events on {dev} (want 1); events: {:?}",
+                "{} {probe:?} {phase:?} events on {dev} (want 1); events: {:?}",
                 evs.len(),
                 trace.events
             )),
         }
     };
-    let fe = one("freeze_bdev", "entry")?;
-    let fr = one("freeze_bdev", "return")?;
-    let te = one("thaw_bdev", "entry")?;
-    let tr = one("thaw_bdev", "return")?;
-    let ts = |e: &Value| e["ts_ns"].as_u64().unwrap_or(0);
-    if !(ts(fe) <= ts(fr) && ts(fr) <= ts(te) && ts(te) <= ts(tr)) {
-        return Err(format!("out of order: {fe} {fr} {te} {tr}"));
+    let fe = one(Probe::FreezeBdev, Phase::Entry)?;
+    let fr = one(Probe::FreezeBdev, Phase::Return)?;
+    let te = one(Probe::ThawBdev, Phase::Entry)?;
+    let tr = one(Probe::ThawBdev, Phase::Return)?;
+    if !(fe.ts_ns <= fr.ts_ns && fr.ts_ns <= te.ts_ns && te.ts_ns <= tr.ts_ns) {
+        return Err(format!("out of order: {fe:?} {fr:?} {te:?} {tr:?}"));
     }
-    if fr["ret"] != 0 || tr["ret"] != 0 {
-        return Err(format!("non-zero returns: freeze {} thaw {}", fr["ret"], tr["ret"]));
+    if fr.ret != Some(0) || tr.ret != Some(0) {
+        return Err(format!("non-zero returns: freeze {:?} thaw {:?}", fr.ret, tr.ret));
     }
-    if fe["args"][0] != te["args"][0] {
+    if fe.args.first() != te.args.first() {
         return Err("freeze and thaw saw different block_device pointers".into());
     }
-    if trace.end["lost"] != 0 {
-        return Err(format!("lost events: {}", trace.end["lost"]));
+    if trace.end.lost != 0 {
+        return Err(format!("lost events: {}", trace.end.lost));
     }
     Ok(())
 }
@@ -80,9 +81,9 @@ fn live(series: &str, freeze_sym: &str, bd_dev_offset: u64) {
                         continue;
                     }
                 };
-                assert_eq!(trace.header["plan"]["method"], m);
-                assert_eq!(trace.header["plan"]["transport"], t);
-                if let Err(e) = check_pair(&trace, &dev) {
+                assert_eq!(trace.header.plan["method"], m);
+                assert_eq!(trace.header.plan["transport"], t);
+                if let Err(e) = check_pair(&trace, dev) {
                     failures.push(format!("{name}: {e}"));
                 }
                 checked += 1;
