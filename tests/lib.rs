@@ -1,15 +1,17 @@
-//! Helpers for the live tests: boot a guest with ploop-verify, read the traces it leaves.
+//! Helpers for the live tests: boot a guest with ploop-verify, read the results and the
+//! traces it leaves.
 
-use std::path::Path;
+use std::{fmt, fs, path::Path};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 use ploop_common::Probe;
-pub use ploop_user::kernel::KDev;
 use ploop_user::verify::{
     events::{Phase, TraceEvent},
     stack::Stack,
     tracefile::{End, Header, Reader, TraceLine},
 };
+pub use ploop_user::{errno::Errno, kernel::KDev};
+use serde::Deserialize;
 use xtask::{
     kernels::Kernel,
     vm::{Output, Vm, guest_script},
@@ -42,6 +44,170 @@ fn run_logged(series: &str, vm: Vm) -> Result<Output> {
         out.stdout
     );
     Ok(out)
+}
+
+/// One line of `/share/results.jsonl`, as `result CASE KIND KEY=...` in `tests/guest/lib.sh`
+/// writes it: `{"case": CASE, "kind": KIND, ...fields of KIND}`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ResultLine {
+    pub case: String,
+    #[serde(flatten)]
+    pub kind: Kind,
+}
+
+/// What a guest script found, by `kind`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Kind {
+    /// A pass/fail check (`ok`, `bad`, `expect` in lib.sh); `why` says what failed.
+    Check {
+        ok: bool,
+        #[serde(default)]
+        why: Option<String>,
+    },
+    /// A block device the script made.
+    Device { dev: KDev },
+    /// The exit status of a command, and what it wrote into the share (`out`: a file or a
+    /// directory, e.g. the `--out` of `ploop-verify trace` or `run`), if anything.
+    Exit {
+        status: i32,
+        #[serde(default)]
+        out: Option<String>,
+    },
+    /// `ploop-verify snapshot` in the driver's `mode`: its exit status, and the errno the
+    /// kernel answered when it refused. [`Kind::reply`] reads it.
+    Answer {
+        mode: Mode,
+        status: i32,
+        #[serde(default)]
+        errno: Option<i32>,
+    },
+    /// `ploop-verify support` in the driver's `mode`.
+    Support { mode: Mode, support: Support },
+    /// The summary of a `ploop-verify testkit fuzz-snapshot` run and of its writer.
+    Fuzz {
+        requests: u64,
+        threads: u32,
+        seed: u64,
+        kernel: Mode,
+        seconds: f64,
+        /// How often each answer came, as the fuzzer prints it (`EINVAL=592 ok=119 ...`).
+        answers: String,
+        busy_retries: u64,
+        writes: u64,
+        slowest_ms: u64,
+    },
+    /// One `ploop-verify testkit snapshot-bench` series: latencies in milliseconds.
+    Bench {
+        label: String,
+        n: u32,
+        min_ms: f64,
+        p50_ms: f64,
+        p90_ms: f64,
+        max_ms: f64,
+        mean_ms: f64,
+    },
+    /// The script got to its end (`finish`).
+    Done,
+}
+
+/// The ploop model driver's mode (`patched=Y|N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Patched,
+    Unpatched,
+}
+
+/// What `ploop-verify support` said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Support {
+    Patched,
+    Unpatched,
+    Unknown,
+    /// Anything else (the human output has it).
+    #[serde(other)]
+    Unrecognized,
+}
+
+/// The kernel's answer to a snapshot request, from a [`Kind::Answer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Ok,
+    Refused(Errno),
+    /// Neither: `ploop-verify snapshot` failed before the kernel answered, or said nothing.
+    Failed {
+        status: i32,
+    },
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Ok => f.write_str("ok"),
+            Reply::Refused(e) => write!(f, "{e}"),
+            Reply::Failed { status } => write!(f, "exit {status}"),
+        }
+    }
+}
+
+impl Kind {
+    /// The reply of an [`Kind::Answer`]: exit 0 is success, exit 1 with an errno a refusal.
+    pub fn reply(&self) -> Option<(Mode, Reply)> {
+        let Kind::Answer { mode, status, errno } = *self else { return None };
+        let reply = match (status, errno) {
+            (0, None) => Reply::Ok,
+            (1, Some(e)) => Reply::Refused(Errno::from_raw(e)),
+            (status, _) => Reply::Failed { status },
+        };
+        Some((mode, reply))
+    }
+}
+
+/// The results a guest script wrote, in order.
+#[derive(Clone, Debug)]
+pub struct Results(pub Vec<ResultLine>);
+
+impl Results {
+    /// Reads `results.jsonl` in `share`; a line that is not a result is an error naming it.
+    pub fn read(share: &Path) -> Result<Self> {
+        let path = share.join("results.jsonl");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{}:{}: not a result: {l}", path.display(), i + 1))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Results(lines))
+    }
+
+    /// The result of `case` (the last one, if the script wrote several).
+    pub fn get(&self, case: &str) -> Option<&Kind> {
+        self.0.iter().rev().find(|r| r.case == case).map(|r| &r.kind)
+    }
+
+    /// Every check: (name, passed, why it failed).
+    pub fn checks(&self) -> impl Iterator<Item = (&str, bool, Option<&str>)> {
+        self.0.iter().filter_map(|r| match &r.kind {
+            Kind::Check { ok, why } => Some((r.case.as_str(), *ok, why.as_deref())),
+            _ => None,
+        })
+    }
+
+    /// Did check `name` run and pass?
+    pub fn passed(&self, name: &str) -> bool {
+        self.checks().any(|(n, ok, _)| n == name && ok)
+    }
+
+    /// The script got to its end: its last result is [`Kind::Done`].
+    pub fn finished(&self) -> bool {
+        self.0.last().is_some_and(|r| r.kind == Kind::Done)
+    }
 }
 
 /// A trace file written by `ploop-verify trace --out`, read whole by ploop-user's reader.
@@ -83,4 +249,87 @@ pub fn dev_from_hex(text: &str) -> Result<KDev> {
     let (ma, mi) = text.trim().split_once(':').ok_or_else(|| anyhow!("bad dev {text:?}"))?;
     let dev = format!("{}:{}", u32::from_str_radix(ma, 16)?, u32::from_str_radix(mi, 16)?);
     dev.parse().map_err(anyhow::Error::msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `script` after `tests/guest/lib.sh` in busybox sh, as a guest would, with the
+    /// results going to a fresh directory; returns that directory.
+    fn sh(name: &str, script: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ploop-results-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let lib = xtask::root().join("tests/guest/lib.sh");
+        let st = std::process::Command::new(xtask::initramfs::BUSYBOX)
+            .args([
+                "sh",
+                "-c",
+                &format!(". {}\nRESULTS={}/results.jsonl\n{script}", lib.display(), dir.display()),
+            ])
+            .status()
+            .expect("busybox (apt-get install busybox-static)");
+        assert!(st.success(), "{script}: {st}");
+        dir
+    }
+
+    /// What lib.sh writes, the reader reads: strings escaped, numbers typed.
+    #[test]
+    fn guest_results_round_trip() {
+        let dir = sh(
+            "ok",
+            r#"ok first
+bad "we\"ird \\ name" "got 'a\"b\\c
+d	e' want ''"
+result loop device dev=7:0
+result x answer mode=unpatched status:=1 errno:=524
+result y answer mode=patched status:=2
+result b bench label=sync-fd n:=50 min_ms:=0.04 p50_ms:=9.82 p90_ms:=12 max_ms:=68.14 mean_ms:=1
+finish"#,
+        );
+        let r = Results::read(&dir).unwrap();
+        let line = |case: &str, kind| ResultLine { case: case.into(), kind };
+        assert_eq!(
+            r.0,
+            [
+                line("first", Kind::Check { ok: true, why: None }),
+                line(
+                    r#"we"ird \ name"#,
+                    Kind::Check { ok: false, why: Some(r#"got 'a"b\c d e' want ''"#.into()) }
+                ),
+                line("loop", Kind::Device { dev: "7:0".parse().unwrap() }),
+                line("x", Kind::Answer { mode: Mode::Unpatched, status: 1, errno: Some(524) }),
+                line("y", Kind::Answer { mode: Mode::Patched, status: 2, errno: None }),
+                line(
+                    "b",
+                    Kind::Bench {
+                        label: "sync-fd".into(),
+                        n: 50,
+                        min_ms: 0.04,
+                        p50_ms: 9.82,
+                        p90_ms: 12.0,
+                        max_ms: 68.14,
+                        mean_ms: 1.0
+                    }
+                ),
+                line("script", Kind::Done),
+            ]
+        );
+        assert!(r.finished());
+        assert!(r.passed("first") && !r.passed(r#"we"ird \ name"#));
+        assert_eq!(r.0[3].kind.reply(), Some((Mode::Unpatched, Reply::Refused(Errno::ENOTSUPP))));
+        assert_eq!(r.0[3].kind.reply().unwrap().1.to_string(), "ENOTSUPP");
+        assert_eq!(r.0[4].kind.reply(), Some((Mode::Patched, Reply::Failed { status: 2 })));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A value that is not JSON where JSON was asked for is refused by the reader, by line.
+    #[test]
+    fn bad_values_are_refused_with_their_line() {
+        let dir = sh("bad", "ok first\nresult x answer mode=patched status:=007\n");
+        let e = format!("{:#}", Results::read(&dir).unwrap_err());
+        assert!(e.contains("results.jsonl:2: not a result"), "{e}");
+        fs::remove_dir_all(dir).unwrap();
+    }
 }

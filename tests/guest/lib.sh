@@ -56,3 +56,60 @@ snaps() {
   done
   touch /tmp/stop$n; wait
 }
+
+# --- results: what the host test reads (tests/lib.rs: Results::read) ---------------------
+# result CASE KIND [KEY=TEXT | KEY:=JSON]...: appends one JSON object to $RESULTS,
+#   {"case":"CASE","kind":"KIND","KEY":...}
+# KEY=TEXT is a string: any text may go in (escaped here; bytes outside printable ASCII
+# become spaces). KEY:=JSON is a number, true, false or null; anything else there is written
+# as a string starting "not JSON: ", which the host refuses, naming the line. KIND and KEY are
+# words of [a-z0-9_-]. Human-readable output is the caller's: this writes only the file.
+RESULTS=/share/results.jsonl
+json_str() { # TEXT: TEXT as a JSON string (no fork when there is nothing to escape)
+  case $1 in
+    *[!A-Za-z0-9\ ._:/+,=@%-]*)
+      printf '"%s"' "$(printf '%s' "$1" | tr -c ' -~' ' ' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g')" ;;
+    *) printf '"%s"' "$1" ;;
+  esac
+}
+result() {
+  local line kv k v
+  case $2 in ''|*[!a-z0-9_-]*) echo "result: bad kind '$2'" >&2; return 1 ;; esac
+  line="{\"case\":$(json_str "$1"),\"kind\":\"$2\""
+  shift 2
+  for kv in "$@"; do
+    k=${kv%%=*} v=${kv#*=}
+    case $k in
+      *:) k=${k%:}
+        case $v in
+          true|false|null) ;;
+          *) printf '%s' "$v" | grep -Eqx -- '-?(0|[1-9][0-9]*)(\.[0-9]+)?' || v=$(json_str "not JSON: $v") ;;
+        esac ;;
+      *) v=$(json_str "$v") ;;
+    esac
+    case $k in ''|*[!a-z0-9_]*) echo "result: bad key '$k' in '$kv'" >&2; return 1 ;; esac
+    line="$line,\"$k\":$v"
+  done
+  printf '%s}\n' "$line" >> "$RESULTS"
+}
+
+# Checks: a pass/fail result named NAME, also printed as "check NAME ok|FAIL why".
+ok() { echo "check $1 ok"; result "$1" check ok:=true; }
+bad() { echo "check $1 FAIL ${2:-}"; result "$1" check ok:=false why="${2:-}"; }
+expect() { # NAME GOT WANT
+  if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "got '$2' want '$3'"; fi
+}
+# The script got to its end (the host wants this last).
+finish() { result script done; echo done; }
+
+# errno_of TEXT: "NAME NUMBER" of the errno a ploop-verify command printed in TEXT
+# ("ploop-verify: snapshot on /dev/ploop0 failed: ENOTSUPP (errno 524)"), empty if none.
+# The CLI prints the errno only in that message (its exit status says "refused": 1), so
+# this is the one place that reads it.
+errno_of() {
+  printf '%s\n' "$1" | sed -n 's/.* failed: \([A-Z0-9]*\) (errno \([0-9]*\)).*/\1 \2/p' | head -1
+}
+# dev_of NODE: the block device NODE as decimal major:minor.
+dev_of() {
+  set -- $(stat -L -c '%t %T' "$1") && echo "$((0x$1)):$((0x$2))"
+}
