@@ -244,13 +244,6 @@ impl Trace {
     }
 }
 
-/// The device the guest script wrote with `stat -c %t:%T` (hex `major:minor`).
-pub fn dev_from_hex(text: &str) -> Result<KDev> {
-    let (ma, mi) = text.trim().split_once(':').ok_or_else(|| anyhow!("bad dev {text:?}"))?;
-    let dev = format!("{}:{}", u32::from_str_radix(ma, 16)?, u32::from_str_radix(mi, 16)?);
-    dev.parse().map_err(anyhow::Error::msg)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use std::fs;
 
 use ploop_common::Probe;
-use ploop_tests::{KDev, Trace, dev_from_hex, run_guest_script};
+use ploop_tests::{KDev, Kind, Results, Trace, run_guest_script};
 use ploop_user::verify::events::{Phase, TraceEvent};
 use serde_json::Value;
 
@@ -49,8 +49,17 @@ fn live(series: &str, freeze_sym: &str, bd_dev_offset: u64) {
     assert!(out.kernel_problems().is_empty(), "kernel log: {:?}", out.kernel_problems());
     let share = &out.share;
     let read = |f: &str| fs::read_to_string(share.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let results = Results::read(share).expect("results.jsonl");
+    assert!(results.finished(), "{series}: probes.sh did not finish: {:?}", results.0);
+    let exit = |case: &str| match results.get(case) {
+        Some(Kind::Exit { status, out }) => (*status, out.clone()),
+        r => panic!("{series}: {case}: no exit status, got {r:?}"),
+    };
 
-    let doctor: Value = serde_json::from_str(&read("doctor.json")).expect("doctor --json");
+    // The CLI's own JSON (doctor --json); not asserted on its exit status, as before.
+    let (_, doctor_json) = exit("doctor");
+    let doctor: Value = serde_json::from_str(&read(&doctor_json.expect("doctor.json named")))
+        .expect("doctor --json");
     assert_eq!(doctor["symbols"]["freeze_bdev"]["name"], freeze_sym);
     assert_eq!(doctor["capabilities"]["bd_dev_offset"], bd_dev_offset, "BTF offset");
     for cap in ["kprobe", "fentry", "ringbuf", "perf"] {
@@ -64,17 +73,23 @@ fn live(series: &str, freeze_sym: &str, bd_dev_offset: u64) {
 
     let mut failures = Vec::new();
     let mut checked = 0;
-    for (trigger, devfile) in [("loop", "dev-loop"), ("dm", "dev-dm")] {
-        let dev = dev_from_hex(&read(devfile)).unwrap();
+    for trigger in ["loop", "dm"] {
+        let dev = match results.get(trigger) {
+            Some(Kind::Device { dev }) => *dev,
+            r => panic!("{series}: no {trigger} device, got {r:?}"),
+        };
         for m in METHODS {
             for t in TRANSPORTS {
                 let name = format!("{trigger}-{m}-{t}");
-                let rc = read(&format!("rc-{name}"));
-                if rc.trim() != "0" {
-                    failures.push(format!("{name}: trace exited {}", rc.trim()));
-                    continue;
-                }
-                let trace = match Trace::read(&share.join(format!("{name}.jsonl"))) {
+                let file = match results.get(&name) {
+                    Some(Kind::Exit { status: 0, out: Some(out) }) => out,
+                    Some(Kind::Exit { status, .. }) => {
+                        failures.push(format!("{name}: trace exited {status}"));
+                        continue;
+                    }
+                    r => panic!("{series}: {name}: no trace result, got {r:?}"),
+                };
+                let trace = match Trace::read(&share.join(file)) {
                     Ok(t) => t,
                     Err(e) => {
                         failures.push(format!("{name}: {e:#}"));
@@ -92,14 +107,12 @@ fn live(series: &str, freeze_sym: &str, bd_dev_offset: u64) {
     }
     assert!(failures.is_empty(), "{series}: {}", failures.join("\n"));
     assert_eq!(checked, 8);
-    assert_eq!(read("rc-empty").trim(), "2", "trace with no event must exit 2");
-    assert_eq!(read("rc-no-ploop").trim(), "2", "run without ploop_snapshot must exit 2");
-    assert!(
-        read("no-ploop.err").contains("no verdict on ploop at all"),
-        "{}",
-        read("no-ploop.err")
-    );
-    assert_eq!(read("rc-failing-workload").trim(), "1", "a failing workload is status 1");
+    assert_eq!(exit("empty").0, 2, "trace with no event must exit 2");
+    let (status, err) = exit("no-ploop");
+    assert_eq!(status, 2, "run without ploop_snapshot must exit 2");
+    let err = read(&err.expect("no-ploop stderr named"));
+    assert!(err.contains("no verdict on ploop at all"), "{err}");
+    assert_eq!(exit("failing-workload").0, 1, "a failing workload is status 1");
 }
 
 #[test]
