@@ -7,118 +7,167 @@
 //!   the unpatched mode (the contract's table, below), then the fuzzer.
 //!
 //! Every boot also fails on a kernel log line that means the kernel went wrong (BUG, WARNING,
-//! Oops, hung task).
+//! Oops, hung task). Both scripts write their results to `/share/results.jsonl` (see
+//! `tests/guest/lib.sh`), read here as [`ploop_tests::Results`].
 
 use std::collections::BTreeMap;
 
-use xtask::vm::Output;
+use ploop_tests::{Errno, Kind, Mode, Reply, Results, Support};
 
-/// The expected result of every case of `model-errors.sh`: (case, patched, unpatched).
-/// `ok` is success; otherwise the errno name (524 is ENOTSUPP). Contract ids in comments.
-const ERROR_TABLE: &[(&str, &str, &str)] = &[
-    ("enoent", "ENOENT", "ENOENT"),     // 1: no delta on the device
-    ("efault-ctl", "EFAULT", "EFAULT"), // 2: ploop_ctl straddles an unmapped page
-    ("efault-null", "EFAULT", "EFAULT"),
-    ("efault-kernel", "EFAULT", "EFAULT"),
-    ("efault-chunk0", "EFAULT", "EFAULT"), // chunk #0 unmapped
-    ("efault-chunk1", "EFAULT", "EINVAL"), // chunk #1 unmapped; unpatched stops at the count
-    ("einval-chunk1-type", "EINVAL", "EINVAL"), // E2 (unpatched: count 2, E1)
-    ("einval-chunk1-flags", "EINVAL", "EINVAL"),
-    ("einval-chunk1-offset", "EINVAL", "EINVAL"),
-    ("einval-chunk1-start", "EINVAL", "EINVAL"),
-    ("einval-chunk1-len", "EINVAL", "EINVAL"),
-    ("enotsupp-chunks-0", "ENOTSUPP", "EINVAL"), // E1
-    ("enotsupp-chunks-3", "ENOTSUPP", "EINVAL"),
-    ("enotsupp-chunks-255", "ENOTSUPP", "EINVAL"),
-    ("enodev-sync-fd-tmpfs", "ENODEV", "EINVAL"), // S3
-    ("enodev-sync-fd-closed", "ENODEV", "EINVAL"),
-    ("nofssync-sync-fd-closed", "ok", "EINVAL"), // O3: without FS_SYNC the fd is not used
-    ("einval-format", "EINVAL", "EINVAL"),       // driver: pctl_format must be 0 or RAW
-    ("ebadf-delta-fd", "EBADF", "EBADF"),        // driver: chunk #0 fd not open
-    ("ebadf-delta-readonly", "EBADF", "EBADF"),  // driver: refused after freeze + quiesce
-    ("ebadf-delta-readonly-sync-fd", "EBADF", "EINVAL"),
-    ("einval-delta-size", "EINVAL", "EINVAL"), // driver: delta of the wrong size
-    ("ok-autodetect", "ok", "ok"),
-    ("ok-sync-fd", "ok", "EINVAL"),
-    ("ok-no-fs-sync", "ok", "ok"),
-    ("ebusy-concurrent", "EBUSY", "EBUSY"), // C1 (window held open by snapshot_hold_ms)
-    ("ebusy-first", "ok", "ok"),
-    ("support", "patched", "unpatched"),
+const OK: Reply = Reply::Ok;
+const fn no(e: Errno) -> Reply {
+    Reply::Refused(e)
+}
+const ENOENT: Reply = no(Errno::ENOENT);
+const EFAULT: Reply = no(Errno::EFAULT);
+const EINVAL: Reply = no(Errno::EINVAL);
+const ENOTSUPP: Reply = no(Errno::ENOTSUPP);
+const ENODEV: Reply = no(Errno::ENODEV);
+const EBADF: Reply = no(Errno::EBADF);
+const EBUSY: Reply = no(Errno::EBUSY);
+
+/// The expected answer to every case of `model-errors.sh`: (case, patched, unpatched).
+/// Contract ids in comments.
+const ERROR_TABLE: &[(&str, Reply, Reply)] = &[
+    ("enoent", ENOENT, ENOENT),     // 1: no delta on the device
+    ("efault-ctl", EFAULT, EFAULT), // 2: ploop_ctl straddles an unmapped page
+    ("efault-null", EFAULT, EFAULT),
+    ("efault-kernel", EFAULT, EFAULT),
+    ("efault-chunk0", EFAULT, EFAULT),      // chunk #0 unmapped
+    ("efault-chunk1", EFAULT, EINVAL),      // chunk #1 unmapped; unpatched stops at the count
+    ("einval-chunk1-type", EINVAL, EINVAL), // E2 (unpatched: count 2, E1)
+    ("einval-chunk1-flags", EINVAL, EINVAL),
+    ("einval-chunk1-offset", EINVAL, EINVAL),
+    ("einval-chunk1-start", EINVAL, EINVAL),
+    ("einval-chunk1-len", EINVAL, EINVAL),
+    ("enotsupp-chunks-0", ENOTSUPP, EINVAL), // E1
+    ("enotsupp-chunks-3", ENOTSUPP, EINVAL),
+    ("enotsupp-chunks-255", ENOTSUPP, EINVAL),
+    ("enodev-sync-fd-tmpfs", ENODEV, EINVAL), // S3
+    ("enodev-sync-fd-closed", ENODEV, EINVAL),
+    ("nofssync-sync-fd-closed", OK, EINVAL), // O3: without FS_SYNC the fd is not used
+    ("einval-format", EINVAL, EINVAL),       // driver: pctl_format must be 0 or RAW
+    ("ebadf-delta-fd", EBADF, EBADF),        // driver: chunk #0 fd not open
+    ("ebadf-delta-readonly", EBADF, EBADF),  // driver: refused after freeze + quiesce
+    ("ebadf-delta-readonly-sync-fd", EBADF, EINVAL),
+    ("einval-delta-size", EINVAL, EINVAL), // driver: delta of the wrong size
+    ("ok-autodetect", OK, OK),
+    ("ok-sync-fd", OK, EINVAL),
+    ("ok-no-fs-sync", OK, OK),
+    ("ebusy-concurrent", EBUSY, EBUSY), // C1 (window held open by snapshot_hold_ms)
+    ("ebusy-first", OK, OK),
 ];
 
-fn run_model_script(series: &str, script: &str, env: &str) -> Output {
+/// Boots `series` with the model driver, runs `script`, and reads its results.
+fn run_model_script(series: &str, script: &str, env: &str) -> Results {
     // The shared runner: tests/guest/lib.sh prepended, the model built (under a lock) for
     // this kernel, storage and dm-crypt modules loaded.
     let out = ploop_tests::run_model_script(series, script, env).expect("guest run");
     out.expect_success().expect("guest script");
-    assert!(out.stdout.contains("\ndone\n"), "{script} did not finish");
+    let results = Results::read(&out.share).expect("results.jsonl");
+    assert!(results.finished(), "{script} did not finish");
     assert!(out.kernel_problems().is_empty(), "kernel log: {:?}", out.kernel_problems());
-    out
+    results
 }
 
-/// Every `check NAME ...` line must say ok; returns how many there were.
-fn assert_checks(out: &Output, series: &str) -> usize {
-    let checks: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("check ")).collect();
-    let failed: Vec<&&str> = checks.iter().filter(|l| !l.ends_with(" ok")).collect();
+/// Every check must have passed; returns how many there were.
+fn assert_checks(results: &Results, series: &str) -> usize {
+    let failed: Vec<String> = results
+        .checks()
+        .filter(|(_, ok, _)| !ok)
+        .map(|(name, _, why)| format!("{name}: {}", why.unwrap_or("")))
+        .collect();
     assert!(failed.is_empty(), "{series}: failed checks:\n{failed:#?}");
-    checks.len()
+    results.checks().count()
 }
 
 fn stacks(series: &str) {
-    let out = run_model_script(series, "model-stacks.sh", "");
-    let n = assert_checks(&out, series);
+    let results = run_model_script(series, "model-stacks.sh", "");
+    let n = assert_checks(&results, series);
     // support, 2 x 3 raw I/O, 3 stacks x 14, 4 frozen-during-switch, 2 after the bench.
     assert!(n >= 55, "{series}: only {n} checks ran");
     for raw in ["tmpfs", "9p"] {
-        let want = format!("check rawio-{raw}-reattached ok");
-        assert!(out.stdout.contains(&want), "{series}: missing `{want}`");
+        let want = format!("rawio-{raw}-reattached");
+        assert!(results.passed(&want), "{series}: missing check `{want}`");
     }
     for stack in ["direct", "crypt", "linear"] {
         for what in ["from-base-clean-journal", "from-s1-b", "s1-unchanged-at-end"] {
-            let want = format!("check {stack}-{what} ok");
-            assert!(out.stdout.contains(&want), "{series}: missing `{want}`");
+            let want = format!("{stack}-{what}");
+            assert!(results.passed(&want), "{series}: missing check `{want}`");
         }
     }
-    let bench: Vec<&str> =
-        out.stdout.lines().filter(|l| l.starts_with("snapshot-bench ")).collect();
-    assert_eq!(bench.len(), 2, "{series}: latency lines: {bench:?}");
+    let bench: Vec<&Kind> =
+        results.0.iter().map(|r| &r.kind).filter(|k| matches!(k, Kind::Bench { .. })).collect();
+    assert_eq!(bench.len(), 2, "{series}: latency series: {bench:?}");
     for b in bench {
-        println!("{series}: {b}");
+        if let Kind::Bench { label, n, min_ms, p50_ms, p90_ms, max_ms, mean_ms } = b {
+            println!(
+                "{series}: snapshot-bench {label}: n={n} min={min_ms:.2}ms p50={p50_ms:.2}ms \
+                 p90={p90_ms:.2}ms max={max_ms:.2}ms mean={mean_ms:.2}ms"
+            );
+        }
     }
 }
 
 fn errors(series: &str, seed: u64) {
-    let out = run_model_script(series, "model-errors.sh", &format!("SEED={seed}"));
-    assert_checks(&out, series);
-    let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
-    for l in out.stdout.lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if let ["case", mode, name, result] = f.as_slice() {
-            seen.insert((mode.to_string(), name.to_string()), result.to_string());
+    let results = run_model_script(series, "model-errors.sh", &format!("SEED={seed}"));
+    assert_checks(&results, series);
+    let mut seen: BTreeMap<(Mode, &str), Reply> = BTreeMap::new();
+    let mut support: BTreeMap<Mode, Support> = BTreeMap::new();
+    for r in &results.0 {
+        if let Some((mode, reply)) = r.kind.reply() {
+            seen.insert((mode, &r.case), reply);
+        } else if let Kind::Support { mode, support: s } = r.kind {
+            support.insert(mode, s);
         }
     }
     let mut wrong = Vec::new();
     println!("{series}: {:<30} {:<10} {:<10}", "case", "patched", "unpatched");
-    for (name, patched, unpatched) in ERROR_TABLE {
-        let get = |mode: &str| {
-            seen.get(&(mode.to_string(), name.to_string())).cloned().unwrap_or("-".into())
-        };
-        let (p, u) = (get("patched"), get("unpatched"));
+    for &(name, patched, unpatched) in ERROR_TABLE {
+        let get = |mode| seen.get(&(mode, name)).map_or("-".into(), |r| r.to_string());
+        let (p, u) = (get(Mode::Patched), get(Mode::Unpatched));
         println!("{series}: {name:<30} {p:<10} {u:<10}");
-        if p != *patched {
+        if seen.get(&(Mode::Patched, name)) != Some(&patched) {
             wrong.push(format!("patched {name}: got {p}, want {patched}"));
         }
-        if u != *unpatched {
+        if seen.get(&(Mode::Unpatched, name)) != Some(&unpatched) {
             wrong.push(format!("unpatched {name}: got {u}, want {unpatched}"));
         }
     }
+    let get = |mode| support.get(&mode).map_or("-".into(), |s| format!("{s:?}"));
+    println!("{series}: {:<30} {:<10} {:<10}", "support", get(Mode::Patched), get(Mode::Unpatched));
+    let want =
+        BTreeMap::from([(Mode::Patched, Support::Patched), (Mode::Unpatched, Support::Unpatched)]);
+    if support != want {
+        wrong.push(format!("support: got {support:?}, want {want:?}"));
+    }
     assert_eq!(seen.len(), 2 * ERROR_TABLE.len(), "{series}: cases seen: {seen:?}");
     assert!(wrong.is_empty(), "{series}: wrong errnos:\n{}", wrong.join("\n"));
-    let fuzz: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("fuzz-snapshot: ")).collect();
-    assert!(fuzz.len() >= 6, "{series}: fuzzer output: {fuzz:?}");
-    for f in fuzz {
-        println!("{series}: {f}");
+    // Each run's summary and its writer's (the check that it passed is above).
+    let mut fuzz = 0;
+    for r in &results.0 {
+        if let Kind::Fuzz {
+            requests,
+            threads,
+            seed,
+            kernel,
+            seconds,
+            answers,
+            busy_retries,
+            writes,
+            slowest_ms,
+        } = &r.kind
+        {
+            fuzz += 1;
+            println!(
+                "{series}: {}: {requests} requests, {threads} threads, seed {seed}, {kernel:?}, \
+                 {seconds:.1} s: {answers} (EBUSY retried: {busy_retries}); writer: {writes} \
+                 writes+fsync, slowest {slowest_ms} ms",
+                r.case
+            );
+        }
     }
+    assert_eq!(fuzz, 3, "{series}: fuzzer summaries: {:?}", results.0);
 }
 
 #[test]

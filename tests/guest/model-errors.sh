@@ -1,16 +1,16 @@
 # Guest side of live_model (errors): the errno of every malformed PLOOP_IOC_SNAPSHOT in the
 # patched and the unpatched mode of the ploop_model driver, then the fuzzer (random requests
 # from several threads) on ext4 directly on ploop and on ploop -> dm-crypt -> dm-linear.
-# Prints "case MODE NAME RESULT" (RESULT: ok or the errno name), "check NAME ok|FAIL why" and
-# "info ..." lines; the host test compares the cases with the contract's table.
+# Results in /share/results.jsonl (lib.sh: result): the answer to each case in each mode (exit
+# status and errno), which the host test compares with the contract's table; what `support`
+# says in each mode; checks; the fuzzer's summaries; then "done". Also printed: "case MODE
+# NAME RESULT" (RESULT: ok or the errno name), "check NAME ok|FAIL why", "info ..." lines.
 # Needs SEED (fuzzer seed) in the environment.
 set -u
 mount -t tmpfs -o size=700m tmpfs /tmp || exit 10
 mkdir -p /mnt/e /mnt/l /tmp/d /tmp/fz /tmp/fz2
 P=/sys/module/ploop_model/parameters
-ok() { echo "check $1 ok"; }
-bad() { echo "check $1 FAIL ${2:-}"; }
-expect() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "got '$2' want '$3'"; fi; }
+# ok, bad and expect (checks) come from tests/guest/lib.sh.
 stamp() { echo "info t=$(cut -d' ' -f1 /proc/uptime) $1"; }
 # A write to the filesystem at $1 completes within 5 s: nothing is left frozen.
 writable() {
@@ -22,22 +22,34 @@ ploop-verify device attach --device /dev/ploop0 /tmp/d/base.img >/dev/null || ex
 mkfs.ext4 -q /dev/ploop0 && mount -t ext4 /dev/ploop0 /mnt/e || exit 12
 dd if=/dev/zero of=/tmp/d/small.img bs=4k count=1 2>/dev/null
 
+# answer NAME STATUS OUTPUT: the answer of `ploop-verify snapshot` (exit STATUS, printed
+# OUTPUT) to case NAME in $MODE: ok, or the errno the kernel refused it with.
+answer() {
+  e=$(errno_of "$3")
+  if [ "$2" = 0 ]; then r=ok
+  elif [ "$2" = 1 ] && [ -n "$e" ]; then r=${e% *}
+  else r="rc$2:$(printf '%s\n' "$3" | head -2 | tr '\n' ' ')"
+  fi
+  echo "case $MODE $1 $r"
+  if [ -n "$e" ]; then
+    result "$1" answer mode=$MODE status:=$2 errno:=${e#* }
+  else
+    result "$1" answer mode=$MODE status:=$2
+  fi
+}
+
 n=0
-# snap NAME [--device D] ARGS...: one raw snapshot with a new delta file; prints the case.
+# snap NAME [--device D] ARGS...: one raw snapshot, with a new delta file unless ARGS name
+# one (--delta) or a raw fd (--chunk0-fd).
 snap() {
   name=$1; shift
   dev=/dev/ploop0
   if [ "${1:-}" = --device ]; then dev=$2; shift 2; fi
   n=$((n + 1))
   delta="--delta /tmp/d/n$n.img"
-  case " $* " in *" --chunk0-fd "*) delta= ;; esac
+  case " $* " in *" --chunk0-fd "*|*" --delta "*) delta= ;; esac
   out=$(ploop-verify snapshot --raw --device $dev $delta "$@" 2>&1)
-  rc=$?
-  if [ $rc = 0 ]; then r=ok; else
-    r=$(echo "$out" | sed -n 's/.* failed: \([A-Z0-9]*\) (errno.*/\1/p' | head -1)
-    [ -n "$r" ] && [ $rc = 1 ] || r="rc$rc:$(echo "$out" | head -2 | tr '\n' ' ')"
-  fi
-  echo "case $MODE $name $r"
+  answer $name $? "$out"
 }
 
 cases() {
@@ -63,8 +75,7 @@ cases() {
   snap ebadf-delta-readonly --delta-readonly
   snap ebadf-delta-readonly-sync-fd --delta-readonly --sync-fd-from /mnt/e
   cp /tmp/d/small.img /tmp/d/wrong.img
-  n=$((n + 1)); out=$(ploop-verify snapshot --raw --device /dev/ploop0 --delta /tmp/d/wrong.img 2>&1)
-  echo "case $MODE einval-delta-size $(echo "$out" | sed -n 's/.* failed: \([A-Z0-9]*\) (errno.*/\1/p')"
+  snap einval-delta-size --delta /tmp/d/wrong.img
   snap ok-autodetect
   snap ok-sync-fd --sync-fd-from /mnt/e
   snap ok-no-fs-sync --no-fs-sync
@@ -80,11 +91,12 @@ cases() {
     usleep 20000; i=$((i + 1))
   done
   snap ebusy-concurrent
-  wait $first && r=ok || r=$(sed -n 's/.* failed: \([A-Z0-9]*\) (errno.*/\1/p' /tmp/d/first.out)
-  echo "case $MODE ebusy-first $r"
+  wait $first
+  answer ebusy-first $? "$(cat /tmp/d/first.out)"
   echo 0 > $P/snapshot_hold_ms
 
-  echo "case $MODE support $(ploop-verify support --device /dev/ploop0 | cut -d: -f1)"
+  s=$(ploop-verify support --device /dev/ploop0)   # "patched: ...", "unpatched: ..."
+  echo "case $MODE support ${s%%:*}"; result support support mode=$MODE support="${s%%:*}"
   expect "$MODE-leaked-freezes" "$(cat /sys/block/ploop0/pstate/leaked_freezes)" 0
   writable /mnt/e "$MODE-fs-writable-after-cases"
 }
@@ -97,9 +109,27 @@ stamp cases
 # Robustness: random requests from 3 threads with a writer on the filesystem, in both modes,
 # on ext4 directly on ploop0 (autodetection: the ploop device) and on ploop1 -> dm-crypt ->
 # dm-linear -> ext4 (autodetection: the dm-crypt device; the sync fd: dm-linear).
+# fuzz NAME ARGS...: one fuzz-snapshot run, the check NAME that it passed, and the summary it
+# prints (answers, and its writer's) as a result.
+fuzz() {
+  name=$1; shift
+  o=$(ploop-verify testkit fuzz-snapshot --threads 3 "$@")
+  rc=$?; echo "$o"
+  if [ $rc = 0 ]; then ok $name; else bad $name "exit $rc"; fi
+  re='^fuzz-snapshot: \([0-9]*\) requests, \([0-9]*\) threads, seed \([0-9]*\), \([a-z]*\) kernel, '
+  re=$re'\([0-9.]*\) s: \(.*\) (EBUSY from a concurrent snapshot, retried: \([0-9]*\))$'
+  set -- $(printf '%s\n' "$o" | sed -n "s/$re/\1 \2 \3 \4 \5 \7 \6/p")
+  w=$(printf '%s\n' "$o" |
+    sed -n 's/^fuzz-snapshot: writer: \([0-9]*\) writes+fsync, slowest \([0-9]*\) ms$/\1 \2/p')
+  if [ $# -lt 7 ] || [ -z "$w" ]; then bad $name-summary "no summary or writer line"; return; fi
+  req=$1 thr=$2 seed=$3 kernel=$4 secs=$5 busy=$6; shift 6
+  result $name fuzz requests:=$req threads:=$thr seed:=$seed kernel=$kernel seconds:=$secs \
+    answers="$*" busy_retries:=$busy writes:=${w% *} slowest_ms:=${w#* }
+}
+
 echo Y > $P/patched
-ploop-verify testkit fuzz-snapshot --device /dev/ploop0 --iterations 2000 --seed "$SEED" \
-  --threads 3 --mountpoint /mnt/e --workdir /tmp/fz && ok fuzz-patched-direct || bad fuzz-patched-direct
+fuzz fuzz-patched-direct --device /dev/ploop0 --iterations 2000 --seed "$SEED" \
+  --mountpoint /mnt/e --workdir /tmp/fz
 writable /mnt/e fs-writable-after-fuzz-patched-direct
 stamp fuzz-direct
 
@@ -107,14 +137,14 @@ ploop-verify device create --size 32M /tmp/d/lbase.img >/dev/null
 ploop-verify device attach --device /dev/ploop1 /tmp/d/lbase.img >/dev/null
 C=$(ploop-verify testkit dm-crypt crypt1 /dev/ploop1) && L=$(ploop-verify testkit dm-linear lin1 "$C") &&
   mkfs.ext4 -q "$L" && mount -t ext4 "$L" /mnt/l || bad linear-stack
-ploop-verify testkit fuzz-snapshot --device /dev/ploop1 --iterations 1500 --seed "$((SEED + 1))" \
-  --threads 3 --mountpoint /mnt/l --workdir /tmp/fz2 && ok fuzz-patched-linear || bad fuzz-patched-linear
+fuzz fuzz-patched-linear --device /dev/ploop1 --iterations 1500 --seed "$((SEED + 1))" \
+  --mountpoint /mnt/l --workdir /tmp/fz2
 writable /mnt/l fs-writable-after-fuzz-patched-linear
 stamp fuzz-linear
 
 echo N > $P/patched
-ploop-verify testkit fuzz-snapshot --device /dev/ploop1 --iterations 1000 --seed "$((SEED + 2))" \
-  --threads 3 --mountpoint /mnt/l --workdir /tmp/fz2 && ok fuzz-unpatched-linear || bad fuzz-unpatched-linear
+fuzz fuzz-unpatched-linear --device /dev/ploop1 --iterations 1000 --seed "$((SEED + 2))" \
+  --mountpoint /mnt/l --workdir /tmp/fz2
 writable /mnt/l fs-writable-after-fuzz-unpatched-linear
 writable /mnt/e fs-writable-at-end
 echo Y > $P/patched
@@ -129,4 +159,4 @@ umount /mnt/l && ploop-verify testkit dm-remove lin1 && ploop-verify testkit dm-
 umount /mnt/e && ploop-verify device detach --device /dev/ploop0 >/dev/null && ok teardown-direct ||
   bad teardown-direct
 rmmod ploop_model && ok rmmod || bad rmmod
-echo done
+finish

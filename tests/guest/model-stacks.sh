@@ -4,18 +4,15 @@
 # change after their snapshot; a fresh device built from the lower deltas alone shows the
 # data as of the snapshot, with a clean journal (the filesystem was frozen). Then: which
 # filesystem is frozen during the switch, and the snapshot latency.
-# Prints "check NAME ok" or "check NAME FAIL why" lines (the host test wants every one ok) and
-# "info ..." lines. Keeps going after a failure.
+# Results in /share/results.jsonl (lib.sh: result): a check per property (the host test wants
+# every one passed), the two latency series, then "done"; also printed ("check NAME ok" or
+# "check NAME FAIL why"), with "info ..." lines. Keeps going after a failure.
 set -u
 mount -t tmpfs -o size=700m tmpfs /tmp || exit 10
 mkdir -p /mnt/s
 P=/sys/module/ploop_model/parameters
 
-ok() { echo "check $1 ok"; }
-bad() { echo "check $1 FAIL ${2:-}"; }
-expect() { # name got want
-  if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "got '$2' want '$3'"; fi
-}
+# ok, bad and expect (checks) come from tests/guest/lib.sh.
 sum() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
 # 1 if the ext4 superblock on $1 says the journal needs recovery (INCOMPAT_RECOVER, 0x4).
 needs_recovery() {
@@ -202,16 +199,23 @@ stamp frozen-during-switch
 mkdir -p /tmp/bench
 ploop-verify device create --size 32M /tmp/bench/base.img >/dev/null
 ploop-verify device attach --device /dev/ploop0 /tmp/bench/base.img >/dev/null
+# bench LABEL ARGS...: 50 snapshots; the line snapshot-bench prints, as a result.
+bench() {
+  label=$1; shift
+  o=$(ploop-verify testkit snapshot-bench --device /dev/ploop0 --count 50 --write-to /mnt/s \
+    --workdir /tmp/bench --label $label "$@")
+  rc=$?; echo "$o"; [ $rc = 0 ] || return 1
+  set -- $(printf '%s\n' "$o" | sed -n "s/^snapshot-bench $label: n=\([0-9]*\) min=\([0-9.]*\)ms \
+p50=\([0-9.]*\)ms p90=\([0-9.]*\)ms max=\([0-9.]*\)ms mean=\([0-9.]*\)ms$/\1 \2 \3 \4 \5 \6/p")
+  [ $# = 6 ] || { echo "bench $label: no latency line"; return 1; }
+  result bench-$label bench label=$label n:=$1 min_ms:=$2 p50_ms:=$3 p90_ms:=$4 max_ms:=$5 mean_ms:=$6
+}
 stack_up linear /dev/ploop0 0 && mkfs.ext4 -q "$TOP" && mount -t ext4 "$TOP" /mnt/s &&
-  ploop-verify testkit snapshot-bench --device /dev/ploop0 --count 50 --sync-fd-from /mnt/s \
-    --write-to /mnt/s --workdir /tmp/bench --label sync-fd &&
-  ploop-verify testkit snapshot-bench --device /dev/ploop0 --count 50 --no-fs-sync \
-    --write-to /mnt/s --workdir /tmp/bench --label no-fs-sync ||
-  bad bench
+  bench sync-fd --sync-fd-from /mnt/s && bench no-fs-sync --no-fs-sync || bad bench
 expect bench-deltas "$(cat /sys/block/ploop0/pstate/nr_deltas)" 101
 umount /mnt/s
 stack_down linear 0
 ploop-verify device detach --device /dev/ploop0 >/dev/null || bad bench-detach
 expect leaked-freezes "$(cat /sys/block/ploop0/pstate/leaked_freezes)" 0
 stamp bench
-echo done
+finish
