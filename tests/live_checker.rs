@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, fs, path::Path, process::Command};
 
-use ploop_tests::run_model_script;
+use ploop_tests::{Kind, Results, run_model_script};
 use serde_json::Value;
 
 fn summary(dir: &Path) -> Value {
@@ -58,14 +58,18 @@ fn checker_verdicts(series: &str, clean_snapshots: u64) {
     out.expect_success().expect("guest script");
     assert!(out.kernel_problems().is_empty(), "kernel log: {:?}", out.kernel_problems());
     let share = &out.share;
-    let rc = |name: &str| {
-        fs::read_to_string(share.join(format!("{name}.rc"))).unwrap().trim().to_string()
+    let results = Results::read(share).expect("results.jsonl");
+    assert!(results.finished(), "checker.sh did not finish: {:?}", results.0);
+    // The exit status of `ploop-verify run --out NAME`.
+    let rc = |name: &str| match results.get(name) {
+        Some(Kind::Exit { status, out: Some(out) }) if out == name => *status,
+        r => panic!("{name}: no exit status of `ploop-verify run`, got {r:?}"),
     };
     let mut failures = Vec::new();
 
     // Correct configurations: clean, every invariant exercised.
     let clean = summary(&share.join("clean"));
-    if rc("clean") != "0" || clean["violations"] != 0 {
+    if rc("clean") != 0 || clean["violations"] != 0 {
         failures.push(format!(
             "clean run: exit {}, violations {:?}",
             rc("clean"),
@@ -112,11 +116,11 @@ fn checker_verdicts(series: &str, clean_snapshots: u64) {
 
     // The stack of the commit message: autodetection misses the filesystem, the sync fd not.
     let s2 = summary(&share.join("s2-auto"));
-    if violated(&s2) != BTreeSet::from(["S2".to_string()]) || rc("s2-auto") != "1" {
+    if violated(&s2) != BTreeSet::from(["S2".to_string()]) || rc("s2-auto") != 1 {
         failures.push(format!("s2-auto: exit {}, violated {:?}", rc("s2-auto"), violated(&s2)));
     }
     let s2 = summary(&share.join("s2-sync"));
-    if rc("s2-sync") != "0" || tally(&s2, "S2").0 != 3 {
+    if rc("s2-sync") != 0 || tally(&s2, "S2").0 != 3 {
         failures.push(format!("s2-sync: exit {}, {:?}", rc("s2-sync"), s2["violation_list"]));
     }
 
@@ -132,14 +136,14 @@ fn checker_verdicts(series: &str, clean_snapshots: u64) {
         let name = format!("bug-{bug}");
         let got = violated(&summary(&share.join(&name)));
         let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-        if got != want || rc(&name) != "1" {
+        if got != want || rc(&name) != 1 {
             failures.push(format!("{name}: exit {}, violated {got:?}, want {want:?}", rc(&name)));
         }
     }
 
     // Unpatched: a property of the kernel, no violation.
     let u = summary(&share.join("unpatched"));
-    if rc("unpatched") != "0" || u["kernel_patch"]["state"] != "unpatched" {
+    if rc("unpatched") != 0 || u["kernel_patch"]["state"] != "unpatched" {
         failures.push(format!(
             "unpatched: exit {}, {} {:?}",
             rc("unpatched"),

@@ -1,6 +1,7 @@
 # Guest side of live_checker: `ploop-verify run` around snapshot workloads on the ploop model
-# driver. Each run writes its reports to /share/NAME/ and its exit status to /share/NAME.rc;
-# the host test reads summary.json and replays trace.jsonl.
+# driver. Each run writes its reports to /share/NAME/, and its exit status goes to
+# /share/results.jsonl (lib.sh: result); the host test reads summary.json and replays
+# trace.jsonl.
 # Called with a workload name (from inside `ploop-verify run`), it runs that workload only.
 set -u
 P=/sys/module/ploop_model/parameters
@@ -74,8 +75,8 @@ ploop-verify doctor | tail -9
 check() {
   t0=$(cut -d' ' -f1 /proc/uptime)
   ploop-verify run ${QUIET---quiet} --out /share/$1 -- sh /etc/ploop-vm/command $2
-  echo $? > /share/$1.rc
-  echo "run $1: exit $(cat /share/$1.rc), $(cut -d' ' -f1 /proc/uptime) - $t0 s"
+  rc=$?; result $1 exit status:=$rc out=$1
+  echo "run $1: exit $rc, $(cut -d' ' -f1 /proc/uptime) - $t0 s"
 }
 QUIET= check clean wl_clean
 
@@ -99,4 +100,4 @@ done
 echo N > $P/patched
 up direct; check unpatched wl_unpatched; down direct
 echo Y > $P/patched
-echo done
+finish
