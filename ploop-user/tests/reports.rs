@@ -59,6 +59,14 @@ fn per_call_cases_up_to_the_threshold_then_aggregated() {
         // Well-formed: every suite closed, the document closed once.
         assert_eq!(junit.matches("</testsuite>").count(), suites);
         assert!(junit.ends_with("</testsuites>\n"));
+        // The timeline draws its first 300 calls, says how many more there are, and keeps
+        // the histogram of every freeze window.
+        let svg = fs::read_to_string(dir.join("report/timeline.svg")).unwrap();
+        assert!(svg.starts_with("<svg ") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.matches("fill=\"#eee\"").count(), 300, "one row per drawn call");
+        assert!(svg.contains(&format!("... {} more calls in summary.json", calls - 300)));
+        let windows = s["freeze_window"]["count"].as_u64().unwrap();
+        assert!(svg.contains(&format!("freeze windows: {windows} (")), "histogram over all");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
