@@ -1240,6 +1240,15 @@ static int ploop_ioctl(struct block_device *bdev, ploop_mode_t mode,
 		return -EPERM;
 	if (mutex_lock_killable(&plo->ctl_mutex))
 		return -EINTR;
+	/*
+	 * As vz7's ploop_ioctl: while a snapshot holds the device in maintenance (it drops
+	 * ctl_mutex around freeze and thaw), every request is refused here, before
+	 * ploop_snapshot is entered, so no probe inside it sees the refusal.
+	 */
+	if (READ_ONCE(plo->maintenance_type) == PLOOP_MNTN_SNAPSHOT) {
+		mutex_unlock(&plo->ctl_mutex);
+		return -EBUSY;
+	}
 
 	switch (cmd) {
 	case PLOOP_IOC_ADD_DELTA:
