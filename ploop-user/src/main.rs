@@ -37,9 +37,10 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Check the snapshot contract live while COMMAND runs (or until Ctrl-C / --duration).
     ///
-    /// Attaches to ploop_snapshot and its helpers, freeze/thaw and the ioctl exit; judges
-    /// every snapshot call on every invariant (O1-O4, S1-S3, E1-E3, C1, T1) and prints each
-    /// violation as it is found. Writes trace.jsonl, summary.json, junit.xml, results.ktap,
+    /// Anchors each snapshot call at the ioctl, attaches to ploop_snapshot and its helpers
+    /// where they have a symbol, and to freeze/thaw; judges every snapshot call on every
+    /// invariant (O1-O4, S1-S3, E1-E3, C1, T1, T2) and prints each violation as it is found,
+    /// a hung call (T2, --hang-after) while it hangs. Writes trace.jsonl, summary.json, junit.xml, results.ktap,
     /// summary.md and timeline.svg into --out. It only observes: it never freezes or thaws
     /// anything itself, so an interrupted run leaves no filesystem frozen.
     ///

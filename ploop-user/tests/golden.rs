@@ -77,7 +77,7 @@ fn golden_traces_replay_to_their_recorded_verdicts() {
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
     traces.sort();
-    assert!(traces.len() >= 38, "only {} golden traces in tests/traces", traces.len());
+    assert!(traces.len() >= 40, "only {} golden traces in tests/traces", traces.len());
     let scratch = std::env::temp_dir().join(format!("ploop-golden-{}", std::process::id()));
     let mut failures = Vec::new();
     for trace in &traces {
@@ -161,4 +161,8 @@ fn golden_expectations_say_what_each_case_is_for() {
         assert_eq!(ids(&format!("6.1-ioctl-inlined-{case}")), inlined, "6.1-ioctl-inlined-{case}");
     }
     assert_eq!(ids("6.1-ioctl-s2-sync"), [] as [&str; 0]);
+    // The s2-sync run with its last call made to hang 11 s past its freeze (the default hang
+    // limit is 10 s): once returning late, once still hanging when the run ended.
+    assert_eq!(ids("6.1-hung-returned"), ["T1", "T2"]);
+    assert_eq!(ids("6.1-hung-at-end"), ["T2"]);
 }

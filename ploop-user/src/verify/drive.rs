@@ -25,6 +25,11 @@ pub trait Sink {
     fn event(&mut self, e: TraceEvent) -> Result<()>;
     /// The progress line (after "ploop-verify: "), given the events lost so far.
     fn progress(&self, lost: u64) -> String;
+    /// Time passes (monotonic ns, up to which every event has been handed over): for what
+    /// must be noticed while nothing happens, such as a hung call.
+    fn tick(&mut self, _now: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What to run and how the events arrive.
@@ -108,7 +113,9 @@ pub async fn drive(
                 None => bail!("the event readers stopped"),
             },
             _ = tick.tick() => {
-                release(reorder.ready(mono_ns().saturating_sub(window)), sink)?;
+                let settled = mono_ns().saturating_sub(window);
+                release(reorder.ready(settled), sink)?;
+                sink.tick(settled)?;
                 if !d.quiet && last_progress.elapsed() >= every {
                     console::status(&sink.progress(lost));
                     last_progress = Instant::now();

@@ -36,6 +36,10 @@ pub struct Policy {
     /// a run that saw no snapshot is never reported clean.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub expect_snapshots: usize,
+    /// T2: a snapshot call that has held a device frozen this long without returning is
+    /// reported while it hangs (with its thread's kernel stack), and the run exits 1.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = positive)]
+    pub hang_after: f64,
 }
 
 #[derive(Args, Debug)]
@@ -88,7 +92,10 @@ impl Pipeline {
             checker: Checker::new(
                 header.generation,
                 header.probed.clone(),
-                Options { max_freeze_ns: (policy.max_freeze_ms * 1e6) as u64 },
+                Options {
+                    max_freeze_ns: (policy.max_freeze_ms * 1e6) as u64,
+                    max_hang_ns: (policy.hang_after * 1e9) as u64,
+                },
             ),
             reports: Reports::new()?,
             writer: None,
@@ -111,6 +118,8 @@ impl Pipeline {
             TraceLine::Stack(s) => self.checker.stack(s),
             TraceLine::Event(e) => {
                 self.last_ts = self.last_ts.max(e.ts_ns);
+                let hung = self.checker.hung(e.ts_ns);
+                self.announce(hung);
                 let found = self.checker.event(e);
                 self.announce(found);
                 self.hand_over()?;
@@ -150,7 +159,7 @@ impl Pipeline {
         policy: &Policy,
         dir: &Path,
     ) -> Result<ExitCode> {
-        let found = self.checker.finish(self.last_ts);
+        let found = self.checker.finish(self.last_ts.max(end.end_ns.unwrap_or(0)));
         self.announce(found);
         self.hand_over()?;
         if let Some(mut w) = self.writer.take() {
@@ -221,6 +230,18 @@ impl Sink for Pipeline {
         self.push(&TraceLine::Event(e))
     }
 
+    /// Live, as time passes: a hung call is reported now, with where its thread sleeps.
+    fn tick(&mut self, now: u64) -> Result<()> {
+        let hung = self.checker.hung(now);
+        for v in &hung {
+            let stack = std::fs::read_to_string(format!("/proc/{}/stack", v.tid))
+                .unwrap_or_else(|e| format!("(its kernel stack is not readable: {e})\n"));
+            say!("ploop-verify: kernel stack of tid {}:\n{}", v.tid, stack.trim_end());
+        }
+        self.announce(hung);
+        Ok(())
+    }
+
     fn progress(&self, lost: u64) -> String {
         format!(
             "snapshots {}, violations {}, events {}, lost {lost}",
@@ -288,7 +309,12 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let Driven { status, lost } = drive::drive(drive, &mut rx, &mut p).await?;
     let lost = lost + session.dropped_in_kernel()?;
     drop(session);
-    let end = End { events: p.checker.events, lost, command_status: status };
+    let end = End {
+        events: p.checker.events,
+        lost,
+        command_status: status,
+        end_ns: Some(drive::mono_ns()),
+    };
     if let Some(code) = status.filter(|c| *c != 0) {
         say!("ploop-verify: the workload exited with status {code}");
     }

@@ -102,7 +102,7 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
             events += 1;
         }
     }
-    w.line(&TraceLine::End(End { events, lost: 0, command_status: Some(0) }))?;
+    w.line(&TraceLine::End(End { events, lost: 0, command_status: Some(0), end_ns: None }))?;
     w.finish()?;
     Ok(events)
 }

@@ -113,7 +113,12 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let lost = lost + session.dropped_in_kernel()?;
     drop(session);
     if let Some(mut w) = traced.writer.take() {
-        let end = tracefile::End { events: traced.events, lost, command_status: status };
+        let end = tracefile::End {
+            events: traced.events,
+            lost,
+            command_status: status,
+            end_ns: Some(drive::mono_ns()),
+        };
         w.line(&TraceLine::End(end))?;
         w.finish()?;
     }

@@ -43,6 +43,10 @@ pub struct End {
     pub events: u64,
     pub lost: u64,
     pub command_status: Option<i32>,
+    /// When the run ended (monotonic ns): a call still hanging then is judged against it
+    /// (T2). Absent in traces written before it was recorded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub end_ns: Option<u64>,
 }
 
 pub const TOOL: &str = concat!("ploop-verify ", env!("CARGO_PKG_VERSION"));
@@ -246,7 +250,8 @@ mod tests {
         let mut w = Writer::create(&p).unwrap();
         w.line(&header()).unwrap();
         assert!(!p.exists(), "nothing at the final name before finish");
-        w.line(&TraceLine::End(End { events: 0, lost: 0, command_status: Some(0) })).unwrap();
+        let end = End { events: 0, lost: 0, command_status: Some(0), end_ns: None };
+        w.line(&TraceLine::End(end)).unwrap();
         w.finish().unwrap();
         let mut t = Reader::open(&p).unwrap();
         assert_eq!(t.header.probed, [Probe::FreezeBdev]);

@@ -53,6 +53,11 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: "E3", title: "user-visible errno equals ploop_snapshot's return", check: e3 },
     Invariant { id: "C1", title: "a snapshot in progress refuses another with -EBUSY", check: c1 },
     Invariant { id: "T1", title: "the freeze window stays under the limit", check: t1 },
+    Invariant {
+        id: "T2",
+        title: "no call stays in the kernel with a device frozen past the hang limit",
+        check: t2,
+    },
 ];
 
 /// The errno `ploop_snapshot` returned, if it failed.
@@ -397,6 +402,34 @@ fn t1(call: &Call, ctx: &Context) -> Verdict {
                 call.dev_name(*d),
                 *w as f64 / 1e6,
                 ctx.max_freeze_ns as f64 / 1e6
+            )
+        })
+        .collect();
+    if over.is_empty() { Verdict::Pass } else { Verdict::Fail(over.join("; ")) }
+}
+
+fn t2(call: &Call, ctx: &Context) -> Verdict {
+    let frozen: Vec<(Option<KDev>, u64)> = call
+        .freezes
+        .iter()
+        .filter(|f| f.ok)
+        .map(|f| {
+            let until = f.thaw.as_ref().and_then(|t| t.ret_ns).or(call.end_ns).unwrap_or(f.ret_ns);
+            (f.dev, until.saturating_sub(f.ret_ns))
+        })
+        .collect();
+    if frozen.is_empty() {
+        return na("nothing frozen");
+    }
+    let over: Vec<String> = frozen
+        .iter()
+        .filter(|(_, d)| *d > ctx.max_hang_ns)
+        .map(|(d, w)| {
+            format!(
+                "{} stayed frozen {:.1} s in the call (hang limit {:.1} s)",
+                call.dev_name(*d),
+                *w as f64 / 1e9,
+                ctx.max_hang_ns as f64 / 1e9
             )
         })
         .collect();

@@ -89,6 +89,8 @@ pub struct Call {
     pub user_ret: Option<i64>,
     /// Shared with every call that saw the same stack: one copy per change, not per call.
     pub stack: Option<Arc<Stack>>,
+    /// T2 was reported while the call hung: not reported again when it returns.
+    pub hang_reported: bool,
 }
 
 impl Call {
@@ -196,6 +198,7 @@ pub struct Context<'a> {
     pub generation: Generation,
     pub patched: &'a PatchState,
     pub max_freeze_ns: u64,
+    pub max_hang_ns: u64,
     pub probed: &'a [Probe],
     recent: &'a HashMap<DeviceKey, VecDeque<Recent>>,
 }
@@ -260,6 +263,8 @@ impl std::fmt::Display for Violation {
 
 pub struct Options {
     pub max_freeze_ns: u64,
+    /// T2: a call with a device frozen longer than this is reported while it hangs.
+    pub max_hang_ns: u64,
 }
 
 pub struct Checker {
@@ -376,6 +381,7 @@ impl Checker {
             generation: self.generation,
             patched: &self.patched,
             max_freeze_ns: self.opts.max_freeze_ns,
+            max_hang_ns: self.opts.max_hang_ns,
             probed: &self.probed,
             recent: &self.recent,
         }
@@ -432,6 +438,7 @@ impl Checker {
                 ret: None,
                 user_ret: None,
                 stack,
+                hang_reported: false,
             },
         );
     }
@@ -597,8 +604,11 @@ impl Checker {
             }
         }
         self.snapshots += 1;
-        self.violations += report.failures().count();
-        out.extend(report.failures().map(|(id, why)| violation(&report.call, id, why, now)));
+        // A hang was reported while it lasted (and counted then).
+        let told = report.call.hang_reported;
+        let new: Vec<_> = report.failures().filter(|(id, _)| !(told && *id == "T2")).collect();
+        self.violations += new.len();
+        out.extend(new.into_iter().map(|(id, why)| violation(&report.call, id, why, now)));
         if report.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred) {
             self.held.push(report);
         } else {
@@ -632,10 +642,59 @@ impl Checker {
         out
     }
 
+    /// T2 while it happens: every open call that has held a device frozen longer than the
+    /// limit at `now`, once per call. Called as time passes (live: on a timer; replayed: at
+    /// each event and at the end), so a hung snapshot is reported before it returns, if ever.
+    pub fn hung(&mut self, now: u64) -> Vec<Violation> {
+        let limit = self.opts.max_hang_ns;
+        // The moment `call` became hung, if it has.
+        let hung_since = |call: &Call| {
+            if call.hang_reported {
+                return None;
+            }
+            call.freezes
+                .iter()
+                .filter(|f| f.ok && f.thaw.as_ref().and_then(|t| t.ret_ns).is_none())
+                .map(|f| f.ret_ns.saturating_add(limit))
+                .filter(|&since| now > since)
+                .min()
+        };
+        // Called at every event of a replay: nothing to allocate while nothing hangs.
+        if !self.open.values().any(|c| hung_since(c).is_some()) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut hung: Vec<&mut Call> = self.open.values_mut().collect();
+        hung.sort_by_key(|c| c.seq);
+        for call in hung {
+            let Some(since) = hung_since(call) else { continue };
+            let f = call
+                .freezes
+                .iter()
+                .find(|f| f.ok && f.ret_ns.saturating_add(limit) == since)
+                .expect("the freeze hung_since found");
+            let why = format!(
+                "{} has been frozen for more than {:.1} s and the snapshot call has not \
+                 returned: hung (tid {}, {})",
+                call.dev_name(f.dev),
+                limit as f64 / 1e9,
+                call.tid,
+                call.comm
+            );
+            call.hang_reported = true;
+            // Stamped with the moment it became hung, not when it was noticed: live and
+            // replayed runs then report the same violation.
+            out.push(violation(call, "T2", &why, since));
+        }
+        self.violations += out.len();
+        out
+    }
+
     /// End of the run: open calls are incomplete; an undecided patch status with -EINVAL
     /// answers to bad chunk counts means an unpatched kernel. Returns the violations this
     /// completes; [`Checker::outcome`] then holds the run's conclusion.
     pub fn finish(&mut self, now: u64) -> Vec<Violation> {
+        let mut out = self.hung(now);
         self.incomplete += self.open.len();
         self.open.clear();
         if self.patched == PatchState::Unknown && !self.held.is_empty() {
@@ -643,7 +702,8 @@ impl Checker {
                 "pctl_chunks outside {1, 2} answered -EINVAL, not -ENOTSUPP".into(),
             );
         }
-        self.resolve_deferred(now)
+        out.extend(self.resolve_deferred(now));
+        out
     }
 
     /// What the run concludes so far (final after [`Checker::finish`]).

@@ -159,7 +159,7 @@ fn run(stack: Stack, seq: &Seq) -> (Ran, Vec<String>) {
     let mut c = Checker::new(
         Generation::FreezeBdev,
         all_probed(),
-        Options { max_freeze_ns: 5_000_000_000 },
+        Options { max_freeze_ns: 5_000_000_000, max_hang_ns: 10_000_000_000 },
     );
     c.stack(&stack);
     let mut judged = Vec::new();
@@ -168,7 +168,8 @@ fn run(stack: Stack, seq: &Seq) -> (Ran, Vec<String>) {
         ids.extend(c.event(e).into_iter().map(|v| v.id));
         judged.extend(c.take_judged());
     }
-    ids.extend(c.finish(u64::MAX).into_iter().map(|v| v.id));
+    let end = seq.events.last().map_or(0, |e| e.ts_ns);
+    ids.extend(c.finish(end).into_iter().map(|v| v.id));
     judged.extend(c.take_judged());
     ids.sort();
     ids.dedup();
@@ -376,7 +377,11 @@ fn vz7_thaw_must_get_the_super_block_freeze_returned() {
     s.ev(10, "thaw_bdev", "entry", Some(PLOOP), None).args = Args::new(&[0xffff0000, 0x7fff2000]);
     s.ev(10, "thaw_bdev", "return", Some(PLOOP), Some(0));
     s.end(10, 0);
-    let mut c = Checker::new(Generation::Vz7, all_probed(), Options { max_freeze_ns: u64::MAX });
+    let mut c = Checker::new(
+        Generation::Vz7,
+        all_probed(),
+        Options { max_freeze_ns: u64::MAX, max_hang_ns: u64::MAX },
+    );
     c.stack(&plain_stack());
     let ids: Vec<String> = s.events.iter().flat_map(|e| c.event(e)).map(|v| v.id).collect();
     assert_eq!(ids, ["O4"]);
@@ -459,4 +464,47 @@ fn freeze_and_thaw_ioctls_are_no_snapshot_calls() {
     let (c, ids) = run(plain_stack(), &s);
     assert!(ids.is_empty(), "{ids:?}");
     assert_eq!((c.c.snapshots(), c.c.outcome().outside), (0, 4));
+}
+
+#[test]
+fn a_hung_call_is_t2_while_it_hangs_once_and_when_the_run_ends() {
+    let hang = 10_000_000_000;
+    let mut c = Checker::new(
+        Generation::FreezeBdev,
+        all_probed(),
+        Options { max_freeze_ns: u64::MAX, max_hang_ns: hang },
+    );
+    c.stack(&plain_stack());
+    let mut s = Seq::new();
+    s.start(10, sync_req(PLOOP)).call(10, "get_bdev_from_fd").freeze(10, PLOOP);
+    for e in &s.events {
+        assert!(c.event(e).is_empty());
+    }
+    let frozen_at = s.events.last().unwrap().ts_ns;
+    assert!(c.hung(frozen_at + hang).is_empty(), "not past the limit yet");
+    let found = c.hung(frozen_at + hang + 1);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, "T2");
+    assert_eq!(found[0].ts_ns, frozen_at + hang, "stamped when it became hung");
+    assert!(found[0].why.contains("has not returned: hung (tid 10"), "{}", found[0].why);
+    assert!(c.hung(frozen_at + 2 * hang).is_empty(), "reported once");
+    // It returns at last: T2 fails for it, and is not reported a second time.
+    let mut later = Seq { ts: frozen_at + 2 * hang, events: Vec::new() };
+    later.switch(10).thaw(10, PLOOP).end(10, 0);
+    let after: Vec<String> = later.events.iter().flat_map(|e| c.event(e)).map(|v| v.id).collect();
+    assert!(after.is_empty(), "{after:?}");
+    let t2 = c.take_judged().next().unwrap().verdicts.into_iter().find(|(i, _)| *i == "T2");
+    assert!(matches!(t2, Some((_, Verdict::Fail(_)))), "{t2:?}");
+    assert_eq!(c.violations(), 1);
+
+    // A call still hanging when the run ends is reported then, and stays incomplete.
+    let mut s = Seq { ts: frozen_at + 3 * hang, events: Vec::new() };
+    s.start(11, sync_req(PLOOP)).freeze(11, PLOOP);
+    for e in &s.events {
+        c.event(e);
+    }
+    let end = s.events.last().unwrap().ts_ns + hang + 1;
+    let found: Vec<String> = c.finish(end).into_iter().map(|v| v.id).collect();
+    assert_eq!(found, ["T2"]);
+    assert_eq!(c.outcome().incomplete, 1);
 }
