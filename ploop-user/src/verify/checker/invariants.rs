@@ -393,19 +393,13 @@ fn t1(call: &Call, ctx: &Context) -> Verdict {
     if windows.is_empty() {
         return na("no completed freeze window");
     }
-    let over: Vec<String> = windows
-        .iter()
-        .filter(|(_, w)| *w > ctx.max_freeze_ns)
-        .map(|(d, w)| {
-            format!(
-                "{} stayed frozen {:.1} ms (limit {:.1} ms)",
-                call.dev_name(*d),
-                *w as f64 / 1e6,
-                ctx.max_freeze_ns as f64 / 1e6
-            )
-        })
-        .collect();
-    if over.is_empty() { Verdict::Pass } else { Verdict::Fail(over.join("; ")) }
+    over_limit(call, &windows, ctx.max_freeze_ns, |dev, w| {
+        format!(
+            "{dev} stayed frozen {:.1} ms (limit {:.1} ms)",
+            w as f64 / 1e6,
+            ctx.max_freeze_ns as f64 / 1e6
+        )
+    })
 }
 
 fn t2(call: &Call, ctx: &Context) -> Verdict {
@@ -421,17 +415,27 @@ fn t2(call: &Call, ctx: &Context) -> Verdict {
     if frozen.is_empty() {
         return na("nothing frozen");
     }
+    over_limit(call, &frozen, ctx.max_hang_ns, |dev, w| {
+        format!(
+            "{dev} stayed frozen {:.1} s in the call (hang limit {:.1} s)",
+            w as f64 / 1e9,
+            ctx.max_hang_ns as f64 / 1e9
+        )
+    })
+}
+
+/// T1 and T2: a failure naming each device frozen longer than `limit` (in `text`, given the
+/// device's name and how long), else a pass.
+fn over_limit(
+    call: &Call,
+    frozen: &[(Option<KDev>, u64)],
+    limit: u64,
+    text: impl Fn(&str, u64) -> String,
+) -> Verdict {
     let over: Vec<String> = frozen
         .iter()
-        .filter(|(_, d)| *d > ctx.max_hang_ns)
-        .map(|(d, w)| {
-            format!(
-                "{} stayed frozen {:.1} s in the call (hang limit {:.1} s)",
-                call.dev_name(*d),
-                *w as f64 / 1e9,
-                ctx.max_hang_ns as f64 / 1e9
-            )
-        })
+        .filter(|(_, d)| *d > limit)
+        .map(|&(dev, d)| text(&call.dev_name(dev), d))
         .collect();
     if over.is_empty() { Verdict::Pass } else { Verdict::Fail(over.join("; ")) }
 }

@@ -356,10 +356,6 @@ impl Checker {
         }
     }
 
-    pub fn generation(&self) -> Generation {
-        self.generation
-    }
-
     pub fn stack(&mut self, stack: &Stack) {
         // The stack rarely changes between calls: keep the shared copy when it is the same.
         if self.stacks.get(&stack.ploop_dev).is_none_or(|s| **s != *stack) {
