@@ -17,7 +17,7 @@ use xtask::{
     vm::{Output, Vm, guest_script},
 };
 
-pub use xtask::vm::{CRYPT_MODULES, STORAGE_MODULES};
+pub use xtask::vm::{CRYPT_MODULES, ModelBuild, STORAGE_MODULES};
 
 /// Boots Debian kernel `series` (`6.1`, `6.12`) and runs the guest script `tests/guest/NAME`
 /// (after `tests/guest/lib.sh` and `env`). The script's own files are in `out.share`.
@@ -30,7 +30,17 @@ pub fn run_guest_script(series: &str, name: &str, env: &str) -> Result<Output> {
 /// Like [`run_guest_script`], with the ploop model driver built for this kernel and loaded,
 /// and dm-crypt available.
 pub fn run_model_script(series: &str, name: &str, env: &str) -> Result<Output> {
-    let mut vm = Vm::with_model(Kernel::resolve(series)?, guest_script(name, env)?)?;
+    run_model_build_script(series, ModelBuild::Probed, name, env)
+}
+
+/// [`run_model_script`] with the model driver compiled as `build` says.
+pub fn run_model_build_script(
+    series: &str,
+    build: ModelBuild,
+    name: &str,
+    env: &str,
+) -> Result<Output> {
+    let mut vm = Vm::with_model_build(Kernel::resolve(series)?, build, guest_script(name, env)?)?;
     vm.timeout = std::time::Duration::from_secs(900);
     run_logged(series, vm)
 }

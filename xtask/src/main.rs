@@ -47,6 +47,10 @@ enum Cmd {
         /// Module source directory.
         #[arg(default_value = "tests/ploop-model")]
         src: PathBuf,
+        /// Build with `make VARIANT=y`, in a build directory of its own; for the model,
+        /// PLOOP_MODEL_INLINED builds it as a kernel that inlines the snapshot's helpers.
+        #[arg(long, value_name = "VARIANT")]
+        variant: Option<String>,
     },
     /// Boot a kernel under QEMU with ploop-verify inside and run COMMAND (a shell command).
     ///
@@ -119,9 +123,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", build::ploop_verify_static()?.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::BuildModule { kernel, src } => {
+        Cmd::BuildModule { kernel, src, variant } => {
             let src = if src.is_absolute() { src } else { xtask::root().join(src) };
-            for ko in xtask::module::build(&Kernel::resolve(&kernel)?, &src)? {
+            let kernel = Kernel::resolve(&kernel)?;
+            for ko in xtask::module::build_variant(&kernel, &src, variant.as_deref())? {
                 println!("{}", ko.display());
             }
             Ok(ExitCode::SUCCESS)

@@ -15,11 +15,21 @@ use crate::kernels::Kernel;
 /// are copied to `target/ploop/modules/<name>-<release>` first, so builds for several kernels
 /// never share object files and the source tree stays clean.
 pub fn build(kernel: &Kernel, src: &Path) -> Result<Vec<PathBuf>> {
+    build_variant(kernel, src, None)
+}
+
+/// [`build`] with `make VARIANT=y` (e.g. `PLOOP_MODEL_INLINED`, read by the module's
+/// Kbuild), in a build directory of its own so the variants never share objects.
+pub fn build_variant(kernel: &Kernel, src: &Path, variant: Option<&str>) -> Result<Vec<PathBuf>> {
     let headers = kernel
         .headers
         .as_ref()
         .ok_or_else(|| anyhow!("no headers known for {} (Kbuild tree needed)", kernel.release))?;
-    let name = src.file_name().and_then(|n| n.to_str()).unwrap_or("module");
+    let base = src.file_name().and_then(|n| n.to_str()).unwrap_or("module");
+    let name = match variant {
+        Some(v) => format!("{base}-{}", v.to_ascii_lowercase()),
+        None => base.to_string(),
+    };
     let work = crate::build_dir().join("modules").join(format!("{name}-{}", kernel.release));
     fs::create_dir_all(&work)?;
     // Test binaries and benchmarks may build the same module for the same kernel at once:
@@ -39,6 +49,9 @@ pub fn build(kernel: &Kernel, src: &Path) -> Result<Vec<PathBuf>> {
     }
     let mut make = Command::new("make");
     make.arg("-C").arg(headers).arg(format!("M={}", work.display())).arg("modules");
+    if let Some(v) = variant {
+        make.arg(format!("{v}=y"));
+    }
     if Path::new("/usr/bin/pahole").exists() {
         // Kernels whose headers ship a vmlinux (6.12) generate module BTF with it.
         make.arg("PAHOLE=/usr/bin/pahole");

@@ -70,6 +70,33 @@ pub struct Output {
     pub elapsed: Duration,
 }
 
+/// How the ploop model driver is compiled (tests/ploop-model/ploop_model.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelBuild {
+    /// Every snapshot helper keeps a symbol and every call fires its probe.
+    Probed,
+    /// As a compiler may build vz7: `ploop_snapshot`, `find_and_freeze_bdev` and
+    /// `get_bdev_from_fd` inlined (no symbol), `ploop_quiesce`/`ploop_relax` reached through
+    /// inlined copies inside the snapshot (their probes attach and never fire there).
+    Inlined,
+}
+
+impl ModelBuild {
+    fn make_variable(self) -> Option<&'static str> {
+        match self {
+            ModelBuild::Probed => None,
+            ModelBuild::Inlined => Some("PLOOP_MODEL_INLINED"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelBuild::Probed => "probed",
+            ModelBuild::Inlined => "inlined",
+        }
+    }
+}
+
 const EXIT_MARKER: &str = "@@ploop-vm-exit=";
 /// Printed by init on ttyS1 right before the command: the guest got that far.
 const START_MARKER: &str = "@@ploop-vm-start";
@@ -110,7 +137,20 @@ impl Vm {
     /// A guest with ploop-verify, storage and dm-crypt modules, and the ploop model driver
     /// (tests/ploop-model) built for this kernel and loaded.
     pub fn with_model(kernel: Kernel, command: impl Into<String>) -> Result<Self> {
-        let kos = crate::module::build(&kernel, &crate::root().join("tests/ploop-model"))?;
+        Self::with_model_build(kernel, ModelBuild::Probed, command)
+    }
+
+    /// [`Vm::with_model`] with the model built as `build` says.
+    pub fn with_model_build(
+        kernel: Kernel,
+        build: ModelBuild,
+        command: impl Into<String>,
+    ) -> Result<Self> {
+        let kos = crate::module::build_variant(
+            &kernel,
+            &crate::root().join("tests/ploop-model"),
+            build.make_variable(),
+        )?;
         let modules: Vec<&str> = STORAGE_MODULES.iter().chain(CRYPT_MODULES).copied().collect();
         let mut vm = Vm::with_ploop_verify(kernel, &modules, command)?;
         vm.contents.extra_modules = kos;
