@@ -205,6 +205,11 @@ pub struct Event {
     /// `super_block.s_dev` of chunk #1's fd, resolved in the caller's fd table.
     pub sync_dev: u32,
     pub sync_state: u32,
+    /// `inode.i_mode & S_IFMT` of chunk #1's fd (0: not read). A block-device node (what
+    /// libploop passes) names a device by `i_rdev`, not by its filesystem: S4.
+    pub sync_mode: u32,
+    /// `inode.i_rdev` of chunk #1's fd when it is a block-device node, else 0.
+    pub sync_rdev: u32,
 }
 
 impl Event {
@@ -225,11 +230,13 @@ impl Event {
         chunks: [0; 2 * PLOOP_CTL_CHUNK_SIZE],
         sync_dev: 0,
         sync_state: 0,
+        sync_mode: 0,
+        sync_rdev: 0,
     };
 }
 
 pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
-const _: () = assert!(EVENT_SIZE == 176);
+const _: () = assert!(EVENT_SIZE == 184);
 
 pub use ploop_if::{CHUNK_SIZE as PLOOP_CTL_CHUNK_SIZE, CTL_SIZE as PLOOP_CTL_SIZE};
 
@@ -249,8 +256,9 @@ pub mod config {
     pub const INODE_I_SB: u32 = 6;
     pub const SB_S_DEV: u32 = 7;
     pub const SB_S_BDEV: u32 = 8;
-    /// For `sys_enter_ioctl`'s filter: is the fd a ploop block device? `inode.i_mode`,
-    /// `inode.i_rdev`, and ploop's major from /proc/devices (`UNKNOWN`: any block device).
+    /// For `sys_enter_ioctl`'s filter (is the fd a ploop block device?) and S4 (is the sync
+    /// fd a block-device node, and of which device?): `inode.i_mode`, `inode.i_rdev`; and
+    /// ploop's major from /proc/devices (`UNKNOWN`: any block device).
     pub const INODE_I_MODE: u32 = 9;
     pub const INODE_I_RDEV: u32 = 10;
     pub const PLOOP_MAJOR: u32 = 11;

@@ -116,6 +116,8 @@ fn event<F: Flavor>(probe: Probe, ph: u8, args: [u64; 3], ret: i64) -> Option<&'
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.sync_dev = 0;
     ev.sync_state = sync_state::NONE;
+    ev.sync_mode = 0;
+    ev.sync_rdev = 0;
     Some(ev)
 }
 
@@ -157,13 +159,34 @@ fn fd_inode_walk<F: Flavor>(fd: i32) -> Option<Result<u64, u32>> {
     Some(Ok(F::read_kernel_u64(field(file, config::FILE_F_INODE)?).ok()?))
 }
 
-/// The fd walk for S1: which filesystem does `fd` of the current task name?
+/// The fd walk for S1 and S4: which filesystem holds `fd` of the current task, and is the
+/// fd itself a block-device node (and of which device)? Into `ev.sync_*`.
 #[inline(always)]
-fn resolve_fd<F: Flavor>(fd: i32) -> (u32, u32) {
+fn resolve_fd<F: Flavor>(ev: &mut Event, fd: i32) {
     match fd_inode::<F>(fd) {
-        Ok(inode) => inode_sb::<F>(inode).unwrap_or((0, sync_state::UNREAD)),
-        Err(state) => (0, state),
+        Ok(inode) => {
+            (ev.sync_dev, ev.sync_state) = inode_sb::<F>(inode).unwrap_or((0, sync_state::UNREAD));
+            if let Some((mode, rdev)) = inode_node::<F>(inode) {
+                ev.sync_mode = mode;
+                ev.sync_rdev = rdev;
+            }
+        }
+        Err(state) => ev.sync_state = state,
     }
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFBLK: u32 = 0o060000;
+
+/// The inode's file type, and `i_rdev` for a block-device node (0 otherwise).
+#[inline(always)]
+fn inode_node<F: Flavor>(inode: u64) -> Option<(u32, u32)> {
+    // umode_t is 16 bits: the next two bytes are another field.
+    let mode = F::read_kernel_u32(field(inode, config::INODE_I_MODE)?).ok()? & S_IFMT;
+    if mode != S_IFBLK {
+        return Some((mode, 0));
+    }
+    Some((mode, F::read_kernel_u32(field(inode, config::INODE_I_RDEV)?).ok()?))
 }
 
 /// `s_dev` of the inode's superblock, and whether it has a block device.
@@ -180,14 +203,10 @@ fn inode_sb<F: Flavor>(inode: u64) -> Option<(u32, u32)> {
 #[inline(always)]
 fn ploop_bdev<F: Flavor>(fd: i32) -> Option<u32> {
     let inode = fd_inode::<F>(fd).ok()?;
-    // umode_t is 16 bits: the next two bytes are another field.
-    let mode = F::read_kernel_u32(field(inode, config::INODE_I_MODE)?).ok()? & 0xffff;
-    const S_IFMT: u32 = 0o170000;
-    const S_IFBLK: u32 = 0o060000;
-    if mode & S_IFMT != S_IFBLK {
+    let (mode, rdev) = inode_node::<F>(inode)?;
+    if mode != S_IFBLK {
         return None;
     }
-    let rdev = F::read_kernel_u32(field(inode, config::INODE_I_RDEV)?).ok()?;
     let major = config(config::PLOOP_MAJOR);
     (major == config::UNKNOWN || u64::from(rdev >> 20) == major).then_some(rdev)
 }
@@ -215,9 +234,7 @@ fn fill_snapshot<F: Flavor>(ev: &mut Event, arg: u64) {
             ev.chunks[c1 + 3],
         ]);
         if fd != -1 {
-            let (dev, state) = resolve_fd::<F>(fd);
-            ev.sync_dev = dev;
-            ev.sync_state = state;
+            resolve_fd::<F>(ev, fd);
         }
     }
 }

@@ -169,10 +169,22 @@ impl Chunk {
 pub struct SyncFd {
     pub fd: i32,
     pub state: SyncState,
-    /// `s_dev` of the fd's filesystem.
+    /// `s_dev` of the fd's filesystem: what the seed's `get_bdev_from_fd` reads
+    /// (`file_inode(f)->i_sb`), also for a device node.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dev: Option<KDev>,
+    /// The device the fd names when it is a block-device node (`i_rdev`): libploop's sync fd
+    /// (`/dev/ploopNp1`), meant as that device's filesystem (S4). Absent for any other file.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub node: Option<KDev>,
     pub via: Via,
+}
+
+impl SyncFd {
+    /// The two readings of a device-node fd, for S4's texts.
+    pub fn is_node(&self) -> bool {
+        self.node.is_some()
+    }
 }
 
 /// How the sync fd resolved.
@@ -268,10 +280,12 @@ impl Request {
                 _ => SyncState::Unread,
             };
             let has_dev = matches!(state, SyncState::Resolved | SyncState::NoBdev);
+            const S_IFBLK: u32 = 0o060000;
             req.sync = Some(SyncFd {
                 fd,
                 state,
                 dev: has_dev.then_some(KDev(e.sync_dev)),
+                node: (e.sync_mode == S_IFBLK).then_some(KDev(e.sync_rdev)),
                 via: Via::Kernel,
             });
         }

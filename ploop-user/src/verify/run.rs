@@ -269,6 +269,11 @@ fn context_for(e: &mut TraceEvent) -> Option<Stack> {
                 let dev = KDev::from_user(st.st_dev);
                 sync.state = if dev.major() == 0 { SyncState::NoBdev } else { SyncState::Resolved };
                 sync.dev = Some(dev);
+                let blk = nix::sys::stat::SFlag::S_IFBLK.bits();
+                let fmt = nix::sys::stat::SFlag::S_IFMT.bits();
+                if st.st_mode & fmt == blk {
+                    sync.node = Some(KDev::from_user(st.st_rdev));
+                }
             }
             Err(_) => sync.state = SyncState::NoFile,
         }

@@ -25,6 +25,9 @@ pub struct StackDev {
     /// The devices holding this one.
     #[serde(default)]
     pub holders: Vec<KDev>,
+    /// The partitions of this disk (`ploop0p1`: where a container's filesystem lives).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub partitions: Vec<KDev>,
     /// Mountpoints of the filesystem on this device (empty: no filesystem mounted).
     #[serde(default)]
     pub mounts: Vec<CompactString>,
@@ -60,9 +63,20 @@ impl Stack {
                             .collect()
                     })
                     .unwrap_or_default();
+            // A disk's partitions are directories of its own with a `partition` file.
+            let partitions: Vec<KDev> = fs::read_dir(sys.join("class/block").join(&name))
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| e.path())
+                        .filter(|p| p.join("partition").is_file())
+                        .filter_map(|p| fs::read_to_string(p.join("dev")).ok())
+                        .filter_map(|d| d.trim().parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
             let (mounts, fstype) = mounts_of(mountinfo, dev);
-            todo.extend(holders.iter().copied());
-            devices.push(StackDev { dev, name, holders, mounts, fstype });
+            todo.extend(holders.iter().chain(&partitions).copied());
+            devices.push(StackDev { dev, name, holders, partitions, mounts, fstype });
         }
         Stack { ploop_dev, devices }
     }
@@ -74,6 +88,22 @@ impl Stack {
     /// Devices of this stack that carry a mounted filesystem.
     pub fn filesystems(&self) -> impl Iterator<Item = &StackDev> {
         self.devices.iter().filter(|d| !d.mounts.is_empty())
+    }
+
+    /// The devices with a mounted filesystem on `dev` or stacked above it (through holders
+    /// and partitions), nearest first: what a sync fd naming `dev` means to freeze.
+    pub fn filesystems_on(&self, dev: KDev) -> Vec<&StackDev> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut todo = std::collections::VecDeque::from([dev]);
+        while let Some(d) = todo.pop_front() {
+            let Some(sd) = self.device(d).filter(|_| seen.insert(d)) else { continue };
+            if !sd.mounts.is_empty() {
+                out.push(sd);
+            }
+            todo.extend(sd.holders.iter().chain(&sd.partitions).copied());
+        }
+        out
     }
 
     pub fn name(&self, dev: KDev) -> String {

@@ -39,6 +39,7 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
             dev,
             name: name.into(),
             holders: h,
+            partitions: Vec::new(),
             mounts: m.iter().map(|&s| s.into()).collect(),
             fstype: (!m.is_empty()).then(|| "ext4".into()),
         };
@@ -58,6 +59,7 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
             chunks: 2,
             chunk: vec![chunk(5), chunk(6)],
             sync: Some(SyncFd {
+                node: None,
                 fd: 6,
                 state: SyncState::Resolved,
                 dev: Some(linear),

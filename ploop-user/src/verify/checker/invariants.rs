@@ -45,6 +45,11 @@ pub const INVARIANTS: &[Invariant] = &[
     },
     Invariant { id: "S3", title: "a sync fd without a block device gives -ENODEV", check: s3 },
     Invariant {
+        id: "S4",
+        title: "a block-device node as sync fd names the device to freeze",
+        check: s4,
+    },
+    Invariant {
         id: "E1",
         title: "pctl_chunks not 1 or 2: -ENOTSUPP (unpatched: -EINVAL)",
         check: e1,
@@ -184,6 +189,9 @@ fn s1(call: &Call, ctx: &Context) -> Verdict {
         return na("PLOOP_FLAG_FS_SYNC is not set");
     }
     let Some(sync) = &call.request.sync else { return na("no sync fd (autodetection)") };
+    if sync.is_node() {
+        return na(format!("sync fd {} is a block-device node: see S4", sync.fd));
+    }
     if sync.state != SyncState::Resolved {
         return na(format!("sync fd {} is {}: see S3", sync.fd, sync.state));
     }
@@ -262,6 +270,9 @@ fn s3(call: &Call, ctx: &Context) -> Verdict {
         return na("PLOOP_FLAG_FS_SYNC is not set");
     }
     let Some(sync) = &call.request.sync else { return na("no sync fd") };
+    if sync.is_node() {
+        return na(format!("sync fd {} is a block-device node: see S4", sync.fd));
+    }
     if !matches!(sync.state, SyncState::NoFile | SyncState::NoBdev) {
         return na(format!("sync fd {} is {}", sync.fd, sync.state));
     }
@@ -288,6 +299,82 @@ fn s3(call: &Call, ctx: &Context) -> Verdict {
             ret_name(ret),
             frozen_list(call)
         )),
+    }
+}
+
+/// S4: libploop passes `/dev/ploopNp1` and means the filesystem on that device. Two
+/// readings are given on failure: what the kernel did with the fd (through the superblock
+/// of the filesystem holding the node, as the seed does, or as the device itself), and
+/// what the client meant.
+fn s4(call: &Call, ctx: &Context) -> Verdict {
+    if !call.request.fs_sync() {
+        return na("PLOOP_FLAG_FS_SYNC is not set");
+    }
+    let Some(sync) = &call.request.sync else { return na("no sync fd") };
+    let Some(node) = sync.node else {
+        return na(format!("sync fd {} is not a block-device node: see S1/S3", sync.fd));
+    };
+    if let PatchState::Unpatched(_) = ctx.patched {
+        return na("this kernel lacks the sync-fd interface");
+    }
+    if call.request.chunk.get(1).is_some_and(|c| c.has_extra_fields()) {
+        return na("chunk #1 carries other fields: see E2");
+    }
+    let ret = call.result().unwrap_or(0);
+    let nodev = Errno::from_ret(ret) == Some(Errno::ENODEV);
+    if !call.reached_freeze() && !nodev {
+        return na(format!("failed before the freeze stage ({})", ret_name(ret)));
+    }
+    // What the client meant: the filesystem on the node's device, or stacked above it.
+    let meant = match call.stack.as_deref() {
+        Some(stack) => stack.filesystems_on(node).first().map(|fs| {
+            format!(
+                "{} at {}",
+                fs.fstype.as_deref().unwrap_or("a filesystem"),
+                fs.mounts.join(", ")
+            )
+        }),
+        None => None,
+    };
+    let via = if sync.via == Via::Proc { " (sync fd resolved through /proc)" } else { "" };
+    let named = format!(
+        "sync fd {} is a block node of {}{}{via}",
+        sync.fd,
+        call.dev_name(Some(node)),
+        meant.as_deref().map(|m| format!(", {m}")).unwrap_or_default()
+    );
+    // What the kernel did: the filesystem that holds the node (the seed's reading).
+    let holder = match (sync.state, sync.dev) {
+        (SyncState::NoBdev, Some(d)) => format!("its filesystem ({d}, no block device)"),
+        (SyncState::Resolved, Some(d)) => format!("its filesystem (on {})", call.dev_name(Some(d))),
+        _ => "its filesystem".to_string(),
+    };
+    let counting = call.counting(ctx.generation);
+    if nodev {
+        if counting.iter().any(|f| f.ok) {
+            return Verdict::Fail(format!("returned -ENODEV but froze {}", frozen_list(call)));
+        }
+        return match &meant {
+            // Nothing to freeze there: refusing it costs the client nothing.
+            None => Verdict::Pass,
+            Some(m) => Verdict::Fail(format!(
+                "{named}; the kernel resolved it through {holder} and answered -ENODEV: {m} \
+                 was not frozen; libploop does not retry on ENODEV: the snapshot failed"
+            )),
+        };
+    }
+    if counting.is_empty() {
+        return Verdict::Fail(format!("{named}; nothing was frozen"));
+    }
+    let other: Vec<String> =
+        counting.iter().filter(|f| f.dev != Some(node)).map(|f| call.dev_name(f.dev)).collect();
+    if other.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!(
+            "{named}; the kernel froze {} instead, reading the fd through {holder}",
+            other.join(", ")
+        ))
     }
 }
 

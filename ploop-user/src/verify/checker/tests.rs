@@ -23,6 +23,7 @@ fn dev(d: &str, name: &str, holders: &[&str], mounts: &[&str]) -> StackDev {
         dev: k(d),
         name: name.into(),
         holders: holders.iter().map(|s| k(s)).collect(),
+        partitions: Vec::new(),
         mounts: mounts.iter().map(|&s| s.into()).collect(),
         fstype: (!mounts.is_empty()).then(|| "ext4".into()),
     }
@@ -61,6 +62,7 @@ fn request(
             fd: c1.fd,
             state,
             dev: dev.map(k),
+            node: None,
             via: Via::Kernel,
         }),
         chunk: vec![c0, c1],
@@ -508,3 +510,95 @@ fn a_hung_call_is_t2_while_it_hangs_once_and_when_the_run_ends() {
     assert_eq!(found, ["T2"]);
     assert_eq!(c.outcome().incomplete, 1);
 }
+
+/// ext4 on ploop0p1: the partitioned image every container carries (CONTRACT.md, as
+/// deployed). libploop's sync fd is the node `/dev/ploop0p1`.
+const P1: &str = "253:1";
+
+fn partitioned_stack() -> Stack {
+    let mut disk = dev(PLOOP, "ploop0", &[], &[]);
+    disk.partitions = vec![k(P1)];
+    Stack { ploop_dev: k(PLOOP), devices: vec![disk, dev(P1, "ploop0p1", &[], &["/mnt"])] }
+}
+
+/// libploop's request: chunk #1 an fd of the node of `node`, whose own inode sits on the
+/// filesystem `holder` (devtmpfs `0:5` has no block device).
+fn node_req(node: &str, state: SyncState, holder: &str) -> Request {
+    let mut r = request(PLOOP_FLAG_FS_SYNC, 2, None, Some((state, Some(holder))));
+    r.sync.as_mut().unwrap().node = Some(k(node));
+    r
+}
+
+fn verdict<'a>(r: &'a CallReport, id: &str) -> &'a Verdict {
+    &r.verdicts.iter().find(|(i, _)| *i == id).unwrap().1
+}
+
+#[test]
+fn s4_a_device_node_refused_with_enodev_is_the_seed_reading_and_fails() {
+    // The seed takes the node's superblock: devtmpfs, no block device: -ENODEV.
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::NoBdev, "0:5")).call(10, "get_bdev_from_fd").end(10, -19);
+    let (c, ids) = run(partitioned_stack(), &s);
+    assert_eq!(ids, ["S4"], "{:?}", c.judged[0].verdicts);
+    let Verdict::Fail(why) = verdict(&c.judged[0], "S4") else { unreachable!() };
+    for part in [
+        "sync fd 7 is a block node of ploop0p1 (253:1), ext4 at /mnt",
+        "resolved it through its filesystem (0:5, no block device)",
+        "answered -ENODEV: ext4 at /mnt was not frozen",
+        "libploop does not retry on ENODEV",
+    ] {
+        assert!(why.contains(part), "{why:?} lacks {part:?}");
+    }
+    // S1 and S3 are for fds on a filesystem; a node is S4's alone.
+    for id in ["S1", "S3"] {
+        assert!(matches!(verdict(&c.judged[0], id), Verdict::NotApplicable(_)), "{id}");
+    }
+}
+
+#[test]
+fn s4_a_device_node_frozen_as_itself_passes() {
+    // 0002 (and the model's `bdev` mode): the node names its own device.
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::NoBdev, "0:5"))
+        .call(10, "get_bdev_from_fd")
+        .freeze(10, P1)
+        .switch(10)
+        .thaw(10, P1)
+        .end(10, 0);
+    let (c, ids) = run(partitioned_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}: {:?}", c.judged[0].verdicts);
+    assert_eq!(verdict(&c.judged[0], "S4"), &Verdict::Pass);
+    // The filesystem on the partition counts for S2, through the disk's partitions.
+    assert_eq!(verdict(&c.judged[0], "S2"), &Verdict::Pass);
+}
+
+#[test]
+fn s4_a_node_on_a_disk_filesystem_freezes_the_wrong_filesystem_and_fails() {
+    // /dev on a disk (8:1): the seed freezes the root filesystem instead of ploop0p1's.
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::Resolved, "8:1"))
+        .call(10, "get_bdev_from_fd")
+        .freeze(10, "8:1")
+        .switch(10)
+        .thaw(10, "8:1")
+        .end(10, 0);
+    let (c, ids) = run(partitioned_stack(), &s);
+    assert!(ids.contains(&"S4".to_string()), "{ids:?}");
+    let Verdict::Fail(why) = verdict(&c.judged[0], "S4") else { unreachable!() };
+    assert!(why.contains("the kernel froze 8:1 instead"), "{why}");
+    // The filesystem the client meant was not frozen either: S2 says so in its own words.
+    assert!(ids.contains(&"S2".to_string()), "{ids:?}");
+}
+
+#[test]
+fn s4_an_unused_partition_refused_with_enodev_passes() {
+    // Nothing mounted on the node's device: refusing it freezes nothing the client needs.
+    let mut stack = partitioned_stack();
+    stack.devices[1].mounts.clear();
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::NoBdev, "0:5")).end(10, -19);
+    let (c, ids) = run(stack, &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    assert_eq!(verdict(&c.judged[0], "S4"), &Verdict::Pass);
+}
+
