@@ -91,6 +91,10 @@ pub struct Call {
     pub stack: Option<Arc<Stack>>,
     /// T2 was reported while the call hung: not reported again when it returns.
     pub hang_reported: bool,
+    /// This one-chunk call repeats call #N of the same thread on the same device, a
+    /// two-chunk request answered -EINVAL: libploop's fallback for a kernel without the
+    /// sync-fd interface. One snapshot for the client, not two.
+    pub retry_of: Option<u64>,
 }
 
 impl Call {
@@ -293,7 +297,38 @@ pub struct Checker {
     seq: u64,
     /// Freeze windows of judged calls (ns).
     windows: Distribution,
+    /// Per thread, its last call if it was a two-chunk request answered -EINVAL: the
+    /// request a client may now repeat with one chunk.
+    refused_two_chunk: HashMap<u32, Refused>,
+    /// Calls that were such a repeat (see [`Call::retry_of`]): (first call, retry).
+    fallbacks: Vec<(u64, u64)>,
+    fallback_count: usize,
 }
+
+/// What identifies "the same request" for libploop's one-chunk retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Refused {
+    seq: u64,
+    device: DeviceKey,
+    chunk0_fd: Option<i32>,
+    format: u32,
+    flags: u32,
+}
+
+impl Refused {
+    fn of(call: &Call) -> Refused {
+        Refused {
+            seq: call.seq,
+            device: call.device_key(),
+            chunk0_fd: call.request.chunk.first().map(|c| c.fd),
+            format: call.request.format,
+            flags: call.request.flags,
+        }
+    }
+}
+
+/// How many fallbacks a report lists by call number (the count is always exact).
+pub const FALLBACKS_LISTED: usize = 100;
 
 /// How often one invariant passed, failed, or did not apply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -319,6 +354,10 @@ pub struct Outcome {
     /// Freeze windows of judged calls, in ns.
     pub windows: Distribution,
     fired: [u64; FIRED_SLOTS],
+    /// One-chunk retries of a refused two-chunk request: (first call, retry), the first
+    /// [`FALLBACKS_LISTED`]; and how many there were.
+    pub fallbacks: Vec<(u64, u64)>,
+    pub fallback_count: usize,
 }
 
 /// Probe ids are small and dense (1..=8 today); one slot each, 0 unused.
@@ -353,6 +392,9 @@ impl Checker {
             fired: [0; FIRED_SLOTS],
             seq: 0,
             windows: Distribution::default(),
+            refused_two_chunk: HashMap::default(),
+            fallbacks: Vec::new(),
+            fallback_count: 0,
         }
     }
 
@@ -435,6 +477,7 @@ impl Checker {
                 user_ret: None,
                 stack,
                 hang_reported: false,
+                retry_of: None,
             },
         );
     }
@@ -574,13 +617,48 @@ impl Checker {
         None
     }
 
-    fn judge(&mut self, tid: u32, now: u64) -> Vec<Violation> {
-        let Some(call) = self.open.remove(&tid) else { return Vec::new() };
-        let mut out = Vec::new();
-        if self.patched == PatchState::Unknown
-            && let Some(why) = Self::evidence(&call)
+    /// libploop's fallback: a two-chunk request refused with -EINVAL, then the same request
+    /// with one chunk on the same device from the same thread. Marks the retry; a retry that
+    /// succeeds shows the kernel lacks the sync-fd interface.
+    fn fallback(&mut self, call: &mut Call) -> Option<String> {
+        let prev = self.refused_two_chunk.remove(&call.tid);
+        let r = &call.request;
+        if r.chunks == 2
+            && call.result() == Some(Errno::EINVAL.ret())
+            && r.chunk.get(1).is_some_and(|c| !c.has_extra_fields())
         {
-            self.patched = PatchState::Patched(why);
+            self.refused_two_chunk.insert(call.tid, Refused::of(call));
+            return None;
+        }
+        let prev = prev?;
+        let same = Refused { seq: prev.seq, ..Refused::of(call) };
+        if r.chunks != 1 || same != prev {
+            return None;
+        }
+        call.retry_of = Some(prev.seq);
+        self.fallback_count += 1;
+        if self.fallbacks.len() < FALLBACKS_LISTED {
+            self.fallbacks.push((prev.seq, call.seq));
+        }
+        (call.result() == Some(0)).then(|| {
+            format!(
+                "snapshot #{}: two chunks answered -EINVAL, the same request with one chunk \
+                 (#{}) succeeded",
+                prev.seq, call.seq
+            )
+        })
+    }
+
+    fn judge(&mut self, tid: u32, now: u64) -> Vec<Violation> {
+        let Some(mut call) = self.open.remove(&tid) else { return Vec::new() };
+        let mut out = Vec::new();
+        let unpatched = self.fallback(&mut call);
+        if self.patched == PatchState::Unknown {
+            if let Some(why) = Self::evidence(&call) {
+                self.patched = PatchState::Patched(why);
+            } else if let Some(why) = unpatched {
+                self.patched = PatchState::Unpatched(why);
+            }
             out.extend(self.resolve_deferred(now));
         }
         let ctx = self.context();
@@ -714,6 +792,8 @@ impl Checker {
             outside: self.outside,
             windows: self.windows.clone(),
             fired: self.fired,
+            fallbacks: self.fallbacks.clone(),
+            fallback_count: self.fallback_count,
         }
     }
 }

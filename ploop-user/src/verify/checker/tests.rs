@@ -602,3 +602,38 @@ fn s4_an_unused_partition_refused_with_enodev_passes() {
     assert_eq!(verdict(&c.judged[0], "S4"), &Verdict::Pass);
 }
 
+/// libploop on a kernel without the sync fd: two chunks, -EINVAL, then the same request
+/// with one chunk. One snapshot with a fallback, and the kernel named unpatched.
+#[test]
+fn libploop_retry_with_one_chunk_after_einval_is_one_snapshot_with_a_fallback() {
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::NoBdev, "0:5")).end(10, -22);
+    let mut one = request(PLOOP_FLAG_FS_SYNC, 1, None, None);
+    one.chunk.truncate(1);
+    s.start(10, one).freeze(10, PLOOP).switch(10).thaw(10, PLOOP).end(10, 0);
+    let (c, ids) = run(partitioned_stack(), &s);
+    let o = c.c.outcome();
+    assert_eq!((o.fallback_count, o.fallbacks.clone()), (1, vec![(1, 2)]));
+    assert_eq!(c.judged[1].call.retry_of, Some(1));
+    assert!(
+        matches!(o.patched, PatchState::Unpatched(ref why) if why.contains("#1")),
+        "{:?}",
+        o.patched
+    );
+    // The refused two-chunk call is no violation of S4 on an unpatched kernel.
+    assert!(!ids.contains(&"S4".to_string()), "{ids:?}");
+}
+
+#[test]
+fn a_retry_from_another_thread_or_with_another_delta_is_no_fallback() {
+    for (tid, fd) in [(11, 5), (10, 6)] {
+        let mut s = Seq::new();
+        s.start(10, node_req(P1, SyncState::NoBdev, "0:5")).end(10, -22);
+        let mut one = request(PLOOP_FLAG_FS_SYNC, 1, None, None);
+        one.chunk.truncate(1);
+        one.chunk[0].fd = fd;
+        s.start(tid, one).end(tid, 0);
+        let (c, _) = run(partitioned_stack(), &s);
+        assert_eq!(c.c.outcome().fallback_count, 0, "tid {tid} fd {fd}");
+    }
+}

@@ -22,6 +22,17 @@ pub fn render(s: &Summary) -> String {
     }
     let release = s.kernel.get("release").and_then(|r| r.as_str()).unwrap_or("?");
     let _ = writeln!(out, "- Kernel `{release}`: {}", patch_text(&s.kernel_patch));
+    if let Some(f) = &s.fallbacks {
+        let pairs: Vec<String> = f.calls.iter().map(|(a, b)| format!("#{a}+#{b}")).collect();
+        let _ = writeln!(
+            out,
+            "- {} snapshot(s) fell back to one chunk after a two-chunk request was refused with \
+             -EINVAL (libploop's retry for a kernel without the sync fd; each pair is one \
+             snapshot): {}",
+            f.count,
+            pairs.join(", ")
+        );
+    }
     let probed: Vec<&str> = s.probed.iter().map(|p| p.name()).collect();
     let _ = writeln!(out, "- Probed: {}", probed.join(", "));
     let _ = writeln!(out, "- Probes: {}", probes_text(s));

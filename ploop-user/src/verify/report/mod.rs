@@ -131,6 +131,10 @@ pub struct Summary {
     /// Every probe the tool knows, and what became of it.
     pub probes: Vec<ProbeUse>,
     pub snapshots: usize,
+    /// libploop's one-chunk retries of a two-chunk request refused with -EINVAL: each
+    /// pair of calls is one snapshot for the client (absent when there were none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallbacks: Option<Fallbacks>,
     pub incomplete: usize,
     pub violations: usize,
     pub events: u64,
@@ -140,6 +144,14 @@ pub struct Summary {
     pub freeze_window: Windows,
     /// The first [`VIOLATIONS_LISTED`]; `violations` counts them all.
     pub violation_list: Vec<Violation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Fallbacks {
+    pub count: usize,
+    /// (refused two-chunk call, its one-chunk retry), the first
+    /// [`crate::verify::checker::FALLBACKS_LISTED`].
+    pub calls: Vec<(u64, u64)>,
 }
 
 /// The run's verdict from the checker's outcome. `expected`: the least number of snapshots
@@ -202,6 +214,8 @@ pub fn summarise(
             })
             .collect(),
         snapshots: n,
+        fallbacks: (outcome.fallback_count > 0)
+            .then(|| Fallbacks { count: outcome.fallback_count, calls: outcome.fallbacks.clone() }),
         incomplete: outcome.incomplete,
         violations: outcome.violations,
         events: outcome.events,
