@@ -27,7 +27,7 @@ use crate::{
     workload::positive,
 };
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     /// T1: the longest a device may stay frozen, in milliseconds.
     #[arg(long, default_value_t = 5000.0, value_name = "MS", value_parser = positive)]
@@ -67,10 +67,43 @@ pub struct ReportArgs {
     /// A trace written by `ploop-verify run` (trace.jsonl) or `trace --out`.
     pub trace: PathBuf,
     #[command(flatten)]
-    pub policy: Policy,
+    pub policy: ReplayPolicy,
     /// Directory for the reports (default: the trace's directory).
     #[arg(long, short, value_name = "DIR")]
     pub out: Option<PathBuf>,
+}
+
+/// The limits of a replay: each one given here, else the one the live run recorded in the
+/// trace, else `run`'s default. A replay of a run then gives the run's own verdicts.
+#[derive(Args, Debug, Clone)]
+pub struct ReplayPolicy {
+    /// T1: the longest a device may stay frozen, in milliseconds [default: the run's, else
+    /// 5000].
+    #[arg(long, value_name = "MS", value_parser = positive)]
+    pub max_freeze_ms: Option<f64>,
+    /// Fewer snapshot calls than this means nothing was verified (exit 2) [default: the
+    /// run's, else 1].
+    #[arg(long, value_name = "N")]
+    pub expect_snapshots: Option<usize>,
+    /// T2: the longest a call may hold a device frozen without returning, in seconds
+    /// [default: the run's, else 10].
+    #[arg(long, value_name = "SECONDS", value_parser = positive)]
+    pub hang_after: Option<f64>,
+}
+
+impl ReplayPolicy {
+    pub fn resolve(&self, recorded: Option<&Policy>) -> Policy {
+        let base = recorded.cloned().unwrap_or(Policy {
+            max_freeze_ms: 5000.0,
+            expect_snapshots: 1,
+            hang_after: 10.0,
+        });
+        Policy {
+            max_freeze_ms: self.max_freeze_ms.unwrap_or(base.max_freeze_ms),
+            expect_snapshots: self.expect_snapshots.unwrap_or(base.expect_snapshots),
+            hang_after: self.hang_after.unwrap_or(base.hang_after),
+        }
+    }
 }
 
 /// probe -> event -> checker -> reports (and the trace file, live): shared by the live run
@@ -213,12 +246,13 @@ pub fn replay(args: ReportArgs) -> Result<ExitCode> {
         None => args.trace.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
     };
     let header = trace.header.clone();
-    let mut p = Pipeline::new(&header, &args.policy, None)?;
+    let policy = args.policy.resolve(header.policy.as_ref());
+    let mut p = Pipeline::new(&header, &policy, None)?;
     while let Some(line) = trace.next_record()? {
         p.push(line)?;
     }
     let end = trace.end().cloned().expect("next_record returns None only after the end record");
-    p.finish(&header, end, &args.policy, &dir)
+    p.finish(&header, end, &policy, &dir)
 }
 
 /// The live side: each event after the context only it can read for it.
@@ -300,7 +334,8 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     say!("ploop-verify: checking {plan}");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let header = tracefile::header(&kernel, &session)?;
+    let mut header = tracefile::header(&kernel, &session)?;
+    header.policy = Some(args.policy.clone());
     let writer = tracefile::Writer::create(&args.out.join("trace.jsonl"))?;
     let mut p = Pipeline::new(&header, &args.policy, Some(writer))?;
 
@@ -324,4 +359,37 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
         say!("ploop-verify: the workload exited with status {code}");
     }
     p.finish(&header, end, &args.policy, &args.out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replay judges with the run's own limits (a run with `--hang-after 1.5` replayed
+    /// with the default 10 s would call its hung snapshot clean), unless told otherwise.
+    #[test]
+    fn replay_limits_come_from_the_command_line_then_the_trace_then_the_defaults() {
+        let none = ReplayPolicy { max_freeze_ms: None, expect_snapshots: None, hang_after: None };
+        let run = Policy { max_freeze_ms: 60000.0, expect_snapshots: 3, hang_after: 1.5 };
+        assert_eq!(none.resolve(Some(&run)), run);
+        let d = none.resolve(None);
+        assert_eq!((d.max_freeze_ms, d.expect_snapshots, d.hang_after), (5000.0, 1, 10.0));
+        let told = ReplayPolicy { hang_after: Some(20.0), ..none };
+        assert_eq!(told.resolve(Some(&run)).hang_after, 20.0);
+        assert_eq!(told.resolve(Some(&run)).max_freeze_ms, 60000.0);
+    }
+
+    /// The defaults above are `run`'s: one place would be better, so at least one test.
+    #[test]
+    fn replay_defaults_are_the_run_defaults() {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            p: Policy,
+        }
+        use clap::Parser as _;
+        let run = P::parse_from(["x"]).p;
+        let none = ReplayPolicy { max_freeze_ms: None, expect_snapshots: None, hang_after: None };
+        assert_eq!(none.resolve(None), run);
+    }
 }

@@ -27,6 +27,7 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
         plan: serde_json::json!({"synthetic": true}),
         probed,
         narrowed: vec![],
+        policy: None,
     })))?;
     let mut ts = 1_000_000_000u64;
     let mut events = 0u64;

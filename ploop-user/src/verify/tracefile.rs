@@ -36,6 +36,10 @@ pub struct Header {
     /// Optional probes that did not attach, with the reason.
     #[serde(default)]
     pub narrowed: Vec<(Probe, String)>,
+    /// The limits `run` judged with: a replay judges with the same ones unless told
+    /// otherwise (absent for `trace`, and in older traces).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub policy: Option<crate::verify::run::Policy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +67,7 @@ pub fn header(
         plan: serde_json::to_value(&session.plan)?,
         probed: session.probed.clone(),
         narrowed: session.narrowed.clone(),
+        policy: None,
     })
 }
 
@@ -159,6 +164,7 @@ impl Reader {
                 plan: serde_json::Value::Null,
                 probed: Vec::new(),
                 narrowed: Vec::new(),
+                policy: None,
             },
             end: None,
         };
@@ -241,6 +247,7 @@ mod tests {
             plan: serde_json::json!({}),
             probed: vec![Probe::FreezeBdev],
             narrowed: vec![],
+            policy: None,
         }))
     }
 
