@@ -57,6 +57,32 @@ wl_thaw_other() {
   ploop-verify device thaw --device /dev/ploop0
 }
 wl_sync_one() { ploop-verify snapshot --device /dev/ploop0 --delta /tmp/p0-1.img --sync-fd-from /mnt/p0; }
+# C1 as vz7 answers it: the second snapshot meets -EBUSY at the ioctl dispatch, before
+# ploop_snapshot runs, while the first holds its maintenance window (snapshot_hold_ms).
+wl_ebusy() {
+  ploop-verify snapshot --device /dev/ploop0 --delta /tmp/p0-1.img --sync-fd-from /mnt/p0 &
+  first=$!
+  i=0
+  while [ "$(cat /sys/block/ploop0/pstate/maintenance)" != 3 ] && [ $i -lt 250 ]; do
+    usleep 20000; i=$((i + 1))
+  done
+  usleep 200000   # the freeze follows maintenance=3
+  ploop-verify snapshot --device /dev/ploop0 --delta /tmp/p0-2.img --sync-fd-from /mnt/p0
+  echo "second snapshot: exit $? (EBUSY expected)"
+  wait $first
+}
+# T2: one snapshot holding the filesystem frozen (snapshot_hold_ms) past --hang-after.
+wl_held() {
+  ploop-verify snapshot --device /dev/ploop0 --delta /tmp/p0-3.img --sync-fd-from /mnt/p0
+}
+# S4: libploop's sync fd, an fd of the device node opened O_RDONLY (here /dev/ploop0, the
+# device ext4 is on), read by the seed through devtmpfs: -ENODEV, nothing frozen.
+wl_node() {
+  exec 7</dev/ploop0
+  ploop-verify snapshot --raw --device /dev/ploop0 --delta /tmp/p0-1.img --chunks 2 --sync-fd 7
+  echo "node sync fd: exit $?"
+  exec 7<&-
+}
 wl_einval() { wl_sync_one; ploop-verify support --device /dev/ploop0; }
 wl_unpatched() {
   snaps 3 auto
@@ -74,7 +100,7 @@ ploop-verify doctor | tail -9
 # QUIET= shows the progress lines (the clean case: the host test reads them).
 check() {
   t0=$(cut -d' ' -f1 /proc/uptime)
-  ploop-verify run ${QUIET---quiet} --out /share/$1 -- sh /etc/ploop-vm/command $2
+  ploop-verify run ${QUIET---quiet} ${RUNARGS:-} --out /share/$1 -- sh /etc/ploop-vm/command $2
   rc=$?; result $1 exit status:=$rc out=$1
   echo "run $1: exit $rc, $(cut -d' ' -f1 /proc/uptime) - $t0 s"
 }
@@ -82,6 +108,14 @@ QUIET= check clean wl_clean
 
 up linear; check s2-auto wl_s2_auto; down linear
 up linear; check s2-sync wl_s2_sync; down linear
+
+up direct
+echo 2000 > $P/snapshot_hold_ms; check ebusy wl_ebusy
+echo 4000 > $P/snapshot_hold_ms
+RUNARGS="--hang-after 1.5 --max-freeze-ms 60000" check hung-held wl_held
+echo 0 > $P/snapshot_hold_ms
+down direct
+up direct; check s4-seed wl_node; down direct
 
 for bug in leak_freeze thaw_other ignore_sync_fd thaw_early einval; do
   kind=linear; [ $bug = einval ] && kind=direct

@@ -267,12 +267,19 @@ impl Sink for Pipeline {
     /// Live, as time passes: a hung call is reported now, with where its thread sleeps.
     fn tick(&mut self, now: u64) -> Result<()> {
         let hung = self.checker.hung(now);
-        for v in &hung {
-            let stack = std::fs::read_to_string(format!("/proc/{}/stack", v.tid))
-                .unwrap_or_else(|e| format!("(its kernel stack is not readable: {e})\n"));
-            say!("ploop-verify: kernel stack of tid {}:\n{}", v.tid, stack.trim_end());
-        }
+        // Read while the thread still hangs; printed after the violation it explains.
+        let stacks: Vec<(u32, String)> = hung
+            .iter()
+            .map(|v| {
+                let stack = std::fs::read_to_string(format!("/proc/{}/stack", v.tid))
+                    .unwrap_or_else(|e| format!("(its kernel stack is not readable: {e})\n"));
+                (v.tid, stack)
+            })
+            .collect();
         self.announce(hung);
+        for (tid, stack) in stacks {
+            say!("ploop-verify: kernel stack of tid {tid}:\n{}", stack.trim_end());
+        }
         Ok(())
     }
 
