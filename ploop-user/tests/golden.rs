@@ -165,4 +165,21 @@ fn golden_expectations_say_what_each_case_is_for() {
     // limit is 10 s): once returning late, once still hanging when the run ended.
     assert_eq!(ids("6.1-hung-returned"), ["T1", "T2"]);
     assert_eq!(ids("6.1-hung-at-end"), ["T2"]);
+    // Live on the model built to inline ploop_snapshot and its helpers (ModelBuild::Inlined):
+    // clean stays clean, ignore_sync_fd is still caught, thaw_early cannot be seen.
+    for kernel in ["6.1", "6.12"] {
+        for (case, want) in
+            [("clean", &[][..]), ("bug-ignore_sync_fd", &["S1", "S2"]), ("bug-thaw_early", &[])]
+        {
+            let name = format!("{kernel}-build-inlined-{case}");
+            assert_eq!(ids(&name), want, "{name}");
+        }
+    }
+    // libploop's device-node sync fd read the seed's way (devtmpfs: -ENODEV): S4 alone.
+    assert_eq!(ids("6.1-ioctl-s4-seed"), ["S4"]);
+    // A second snapshot refused at the ioctl dispatch while the first holds maintenance.
+    assert_eq!(ids("6.1-ioctl-ebusy"), [] as [&str; 0]);
+    // Runs with --hang-after 1.5 and 3 s recorded in the header: a replay judges with them.
+    assert_eq!(ids("6.1-ioctl-hung-held"), ["T2"]);
+    assert_eq!(ids("6.1-hang-deltas-on-frozen-fs"), ["S2", "T2"]);
 }
