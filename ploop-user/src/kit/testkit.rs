@@ -51,6 +51,9 @@ pub enum Testkit {
     SynthTrace {
         #[arg(long, default_value_t = 100_000)]
         calls: u64,
+        /// Every Nth call freezes the wrong device (S1 and S2 fail); 0: every call is correct.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        wrong_freeze_every: u64,
         #[arg(long)]
         out: PathBuf,
     },
@@ -121,8 +124,8 @@ pub fn run(cmd: Testkit) -> Result<()> {
         }
         Testkit::FuzzSnapshot(a) => crate::kit::ploop_stress::fuzz(a)?,
         Testkit::SnapshotBench(a) => crate::kit::ploop_stress::bench(a)?,
-        Testkit::SynthTrace { calls, out } => {
-            let events = crate::verify::synth::write(&out, calls)?;
+        Testkit::SynthTrace { calls, wrong_freeze_every, out } => {
+            let events = crate::verify::synth::write(&out, calls, wrong_freeze_every)?;
             println!("{events} events in {calls} snapshot calls: {}", out.display());
         }
     }

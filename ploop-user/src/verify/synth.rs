@@ -16,8 +16,11 @@ use crate::{
 };
 
 /// Writes a trace of `calls` snapshot calls on the stack ploop -> dm-crypt -> dm-linear ->
-/// ext4, spread over 4 threads and 2 devices; returns the number of events.
-pub fn write(path: &Path, calls: u64) -> Result<u64> {
+/// ext4, spread over 4 threads and 2 devices; returns the number of events. Every
+/// `wrong_freeze_every`th call (0: none) freezes dm-crypt instead of the sync fd's dm-linear,
+/// the autodetection bug (S1 and S2 fail), so that reports are exercised with failing calls
+/// among many.
+pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64) -> Result<u64> {
     let mut w = Writer::create(path)?;
     let probed = Probe::ALL.to_vec();
     w.line(&TraceLine::Header(Box::new(Header {
@@ -67,21 +70,23 @@ pub fn write(path: &Path, calls: u64) -> Result<u64> {
                 via: Via::Kernel,
             }),
         };
+        let wrong = wrong_freeze_every > 0 && (i + 1) % wrong_freeze_every == 0;
+        let frozen = if wrong { crypt } else { linear };
         use {Phase::*, Probe::*};
         let steps: [(Probe, Phase, Option<KDev>, Option<i64>); 15] = [
             (PloopSnapshot, Entry, Some(ploop), None),
             (FindAndFreezeBdev, Entry, None, None),
             (GetBdevFromFd, Entry, None, None),
             (GetBdevFromFd, Return, None, Some(0)),
-            (FreezeBdev, Entry, Some(linear), None),
-            (FreezeBdev, Return, Some(linear), Some(0)),
+            (FreezeBdev, Entry, Some(frozen), None),
+            (FreezeBdev, Return, Some(frozen), Some(0)),
             (FindAndFreezeBdev, Return, None, Some(0)),
             (PloopQuiesce, Entry, None, None),
             (PloopQuiesce, Return, None, Some(0)),
             (PloopRelax, Entry, None, None),
             (PloopRelax, Return, None, Some(0)),
-            (ThawBdev, Entry, Some(linear), None),
-            (ThawBdev, Return, Some(linear), Some(0)),
+            (ThawBdev, Entry, Some(frozen), None),
+            (ThawBdev, Return, Some(frozen), Some(0)),
             (PloopSnapshot, Return, Some(ploop), Some(0)),
             (SysExitIoctl, Return, Some(ploop), Some(0)),
         ];
