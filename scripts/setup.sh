@@ -48,7 +48,8 @@ fi
 qemu_suite=bookworm-backports
 qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils seabios)
 pkgs=(busybox-static e2fsprogs cpio xz-utils zstd pahole kmod gcc make
-      bc bison flex libelf-dev libssl-dev dwarves patch time util-linux)
+      bc bison flex libelf-dev libssl-dev dwarves patch time util-linux
+      librsvg2-bin)  # rsvg-convert: the reports test renders timeline.svg as a viewer would
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 missing=()
 for p in "${pkgs[@]}"; do installed "$p" || missing+=("$p"); done
