@@ -32,6 +32,77 @@ pub struct Contents {
     pub files: Vec<(PathBuf, String)>,
     /// `(guest path, target)`.
     pub symlinks: Vec<(String, String)>,
+    /// The user's files and directories (`--copy`), put under [`COPY_DIR`] by [`copy_plan`].
+    pub copy: Vec<PathBuf>,
+}
+
+/// Where `--copy` puts each file or directory in the guest: `/copy/<its name>`.
+pub const COPY_DIR: &str = "/copy";
+/// Where the shared libraries of copied programs go, with their loader.
+pub const COPY_LIB_DIR: &str = "/copy/lib";
+
+/// Guest files for `--copy`: each path at `/copy/<name>` (a directory with everything in
+/// it), and for every dynamically linked ELF among them the shared libraries `ldd` lists,
+/// its loader included, in `/copy/lib` under the names the program asks for. The guest has
+/// no C library of its own, so such a program runs as
+/// `/copy/lib/ld-linux-x86-64.so.2 --library-path /copy/lib /copy/PROG`: its own libraries,
+/// whatever else the guest holds.
+pub fn copy_plan(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
+    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let put = |guest: String, host: PathBuf, files: &mut BTreeMap<String, PathBuf>| match files
+        .get(&guest)
+    {
+        Some(other) if fs::canonicalize(other).ok() != fs::canonicalize(&host).ok() => bail!(
+            "--copy: {} and {} would both be {guest} in the guest",
+            other.display(),
+            host.display()
+        ),
+        _ => {
+            files.insert(guest, host);
+            Ok(())
+        }
+    };
+    let mut programs = Vec::new();
+    for path in paths {
+        let name = fs::canonicalize(path)
+            .with_context(|| format!("--copy {}", path.display()))?
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("--copy {}: no UTF-8 file name", path.display()))?;
+        let mut todo = vec![(path.clone(), format!("{COPY_DIR}/{name}"))];
+        while let Some((host, guest)) = todo.pop() {
+            if host.is_dir() {
+                for e in
+                    fs::read_dir(&host).with_context(|| format!("reading {}", host.display()))?
+                {
+                    let e = e?;
+                    let n = e.file_name().into_string().map_err(|n| anyhow!("{n:?}: not UTF-8"))?;
+                    todo.push((e.path(), format!("{guest}/{n}")));
+                }
+            } else {
+                if is_elf(&host)? {
+                    programs.push(host.clone());
+                }
+                put(guest, host, &mut files)?;
+            }
+        }
+    }
+    for prog in programs {
+        for lib in shared_libs(&prog)? {
+            let name = lib.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            put(format!("{COPY_LIB_DIR}/{name}"), lib, &mut files)?;
+        }
+    }
+    Ok(files.into_iter().map(|(guest, host)| (host, guest)).collect())
+}
+
+/// Whether `path` is an ELF file (a program or a library whose libraries are wanted too).
+fn is_elf(path: &Path) -> Result<bool> {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(f.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF")
 }
 
 /// Module file index of a kernel: normalised name -> path.
@@ -157,7 +228,8 @@ pub fn modinfo(image: &[u8], key: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Shared libraries of a dynamic host binary, from `ldd` (empty for static ones).
+/// Shared libraries of a dynamic host binary, from `ldd` (empty for static ones), its
+/// loader included.
 fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd").arg(bin).output().context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -329,6 +401,12 @@ pub fn build(kernel: &Kernel, contents: &Contents, command: &str, out: &Path) ->
         let data = fs::read(host)?;
         cpio.file(guest, meta.permissions().mode() & 0o777, &data);
     }
+    for (host, guest) in copy_plan(&contents.copy)? {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = fs::metadata(&host).with_context(|| format!("reading {}", host.display()))?;
+        let data = fs::read(&host).with_context(|| format!("reading {}", host.display()))?;
+        cpio.file(&guest, meta.permissions().mode() & 0o777, &data);
+    }
     for (path, target) in &contents.symlinks {
         cpio.symlink(path, target);
     }
@@ -347,6 +425,33 @@ mod tests {
         assert_eq!(module_name(Path::new("a/dm-mod.ko.xz")).as_deref(), Some("dm_mod"));
         assert_eq!(module_name(Path::new("ext4.ko")).as_deref(), Some("ext4"));
         assert_eq!(module_name(Path::new("x.txt")), None);
+    }
+
+    /// A dynamically linked program brings its libraries and loader; a directory comes whole;
+    /// two things that would land on one guest path are refused.
+    #[test]
+    fn copied_programs_bring_their_libraries() {
+        let dir = std::env::temp_dir().join(format!("ploop-copy-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("data/sub")).unwrap();
+        fs::write(dir.join("data/sub/a.txt"), "a").unwrap();
+        let plan = copy_plan(&[PathBuf::from("/usr/bin/sha256sum"), dir.join("data")]).unwrap();
+        let guest: Vec<&str> = plan.iter().map(|(_, g)| g.as_str()).collect();
+        for want in [
+            "/copy/sha256sum",
+            "/copy/lib/libc.so.6",
+            "/copy/lib/ld-linux-x86-64.so.2",
+            "/copy/data/sub/a.txt",
+        ] {
+            assert!(guest.contains(&want), "{want} missing from {guest:?}");
+        }
+        fs::create_dir_all(dir.join("other")).unwrap();
+        fs::write(dir.join("other/sha256sum"), "not the program").unwrap();
+        let e = copy_plan(&[PathBuf::from("/usr/bin/sha256sum"), dir.join("other/sha256sum")])
+            .unwrap_err();
+        assert!(e.to_string().contains("would both be /copy/sha256sum"), "{e}");
+        assert!(copy_plan(&[dir.join("missing")]).is_err());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

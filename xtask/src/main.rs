@@ -54,9 +54,12 @@ enum Cmd {
     },
     /// Boot a kernel under QEMU with ploop-verify inside and run COMMAND (a shell command).
     ///
-    /// The command runs in /share, a 9p mount of the printed host directory; its output and
-    /// exit status become this command's. Example:
+    /// The command runs in /share, a 9p mount of the printed host directory (or of --share
+    /// DIR); its output and exit status become this command's. Examples:
     ///   cargo xtask vm-run --kernel 6.12 -- ploop-verify doctor
+    ///   cargo xtask vm-run --share out --copy ./client -- \
+    ///     /copy/lib/ld-linux-x86-64.so.2 --library-path /copy/lib /copy/client \> log.txt
+    #[command(verbatim_doc_comment)]
     VmRun {
         /// `6.1`, `6.12` (Debian kernels from setup), or a directory with vmlinuz, modules/.
         #[arg(long, default_value = "6.1", conflicts_with = "image")]
@@ -79,6 +82,8 @@ enum Cmd {
         /// Print the kernel console after the command output.
         #[arg(long)]
         console: bool,
+        #[command(flatten)]
+        files: xtask::vm::GuestFiles,
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
@@ -131,7 +136,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::VmRun { kernel, image, modules, load, insmod, timeout, console, command } => {
+        Cmd::VmRun { kernel, image, modules, load, insmod, timeout, console, files, command } => {
             let kernel = match (image, modules) {
                 (Some(i), Some(m)) => Kernel::custom(&i, &m)?,
                 _ => Kernel::resolve(&kernel)?,
@@ -140,6 +145,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut vm = Vm::with_ploop_verify(kernel, &load, command.join(" "))?;
             vm.timeout = Duration::from_secs(timeout);
             vm.contents.extra_modules = insmod;
+            files.apply(&mut vm);
             eprintln!("xtask: booting {} under QEMU (TCG)", vm.kernel.release);
             let out = vm.run()?;
             print!("{}", out.stdout);

@@ -3,7 +3,8 @@
 //!
 //! The guest has two serial ports: ttyS0 carries the kernel console, ttyS1 the command's
 //! output and a final exit marker, so the two never interleave. `/share` in the guest is a
-//! 9p mount of a host directory, for files in both directions.
+//! 9p mount of a host directory (a fresh one per run, or the user's: [`GuestFiles`]), for
+//! files in both directions; `/copy` holds files copied into the initramfs.
 
 use std::{
     fs,
@@ -53,6 +54,35 @@ pub struct Vm {
     pub cpus: u32,
     /// Extra kernel command line.
     pub cmdline: String,
+    /// A host directory to mount at `/share` instead of a fresh empty one.
+    pub share: Option<PathBuf>,
+}
+
+/// The user's own files in a guest: `--share` and `--copy` of `vm-run` and
+/// `build-kernel --boot`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct GuestFiles {
+    /// Mount host directory DIR at /share in the guest (9p, read-write; created if missing)
+    /// instead of a fresh empty one. The command starts in /share, and what the guest writes
+    /// there is in DIR afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub share: Option<PathBuf>,
+    /// Copy files or directories into the guest, each at /copy/<its name>.
+    ///
+    /// They go into the initramfs, so into RAM: large data belongs in --share. A dynamically
+    /// linked program brings the shared libraries `ldd` lists and its loader into /copy/lib;
+    /// the guest has no C library of its own, so run it through that loader:
+    ///   /copy/lib/ld-linux-x86-64.so.2 --library-path /copy/lib /copy/PROG ARGS
+    #[arg(long, value_name = "PATH", num_args = 1.., verbatim_doc_comment)]
+    pub copy: Vec<PathBuf>,
+}
+
+impl GuestFiles {
+    /// Puts these files into `vm`.
+    pub fn apply(&self, vm: &mut Vm) {
+        vm.share.clone_from(&self.share);
+        vm.contents.copy.extend(self.copy.iter().cloned());
+    }
 }
 
 #[derive(Debug)]
@@ -111,6 +141,7 @@ impl Vm {
             memory_mib: 1024,
             cpus: 2,
             cmdline: String::new(),
+            share: None,
         }
     }
 
@@ -130,6 +161,7 @@ impl Vm {
             // busybox sh runs its own applets before PATH, and its mke2fs makes only ext2:
             // the real one is reached under a name busybox does not have.
             symlinks: vec![("/usr/sbin/mkfs.ext4".into(), "/sbin/mke2fs".into())],
+            copy: Vec::new(),
         };
         Ok(vm)
     }
@@ -175,7 +207,14 @@ impl Vm {
     /// Builds the initramfs, boots, waits. `prepare` may put input files into the share.
     pub fn run_with(&self, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Output> {
         let dir = Self::workdir()?;
-        let share = dir.join("share");
+        let share = match &self.share {
+            Some(d) => {
+                fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                // QEMU resolves the path itself; an absolute one reads the same in its errors.
+                d.canonicalize()?
+            }
+            None => dir.join("share"),
+        };
         prepare(&share)?;
         let mut contents = self.contents.clone();
         let mut modules: Vec<String> = BASE_MODULES.iter().map(|s| s.to_string()).collect();

@@ -45,6 +45,7 @@ pub(super) fn boot(args: &Args, built: &mut Built) -> Result<(), Error> {
     let mut vm = Vm::with_ploop_verify(kernel, &load, command).map_err(failed)?;
     vm.timeout = Duration::from_secs(args.boot_timeout);
     vm.contents.extra_modules = extra;
+    args.guest.apply(&mut vm);
     say(format!(
         "booting {} under QEMU with {} built module(s)",
         vm.kernel.release,

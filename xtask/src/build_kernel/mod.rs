@@ -91,13 +91,17 @@ pub struct Args {
     #[arg(long = "boot-module", value_name = "NAME",
           default_values = ["loop", "dm-mod", "ext4", "crc32c_generic"])]
     pub boot_modules: Vec<String>,
-    /// Shell command run in the guest (in /share, where vmlinux.btf is copied)
+    /// Shell command run in the guest (in /share, where vmlinux.btf is copied, also into a
+    /// --share DIR)
     /// [default: `ploop-verify [--btf vmlinux.btf] doctor`].
     #[arg(long, value_name = "CMD")]
     pub boot_command: Option<String>,
     /// Give the guest this many seconds.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub boot_timeout: u64,
+    /// With --boot: the user's own files in the guest (--share DIR, --copy PATH...).
+    #[command(flatten)]
+    pub guest: crate::vm::GuestFiles,
 }
 
 impl Args {
