@@ -8,6 +8,7 @@
 pub mod btf;
 pub mod console;
 pub mod errno;
+pub mod image;
 pub mod kernel;
 pub mod kit;
 pub mod ploop_abi;

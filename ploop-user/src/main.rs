@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use ploop_user::{
     kit::{ploopctl, testkit},
+    image,
     verify::{doctor, probe, run, trace},
 };
 
@@ -64,6 +65,9 @@ enum Command {
     Device(ploopctl::Device),
     Snapshot(ploopctl::SnapshotArgs),
     Support(ploopctl::SupportArgs),
+    /// Read ploop images offline: info, check, cat (raw and ploop1 deltas, GPT, dm-crypt).
+    #[command(subcommand)]
+    Image(image::cli::Image),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Device(d) => ploopctl::device(d),
         Command::Snapshot(a) => ploopctl::snapshot(a),
         Command::Support(a) => ploopctl::support(a),
+        Command::Image(i) => image::cli::run(i),
     });
     match result {
         Ok(code) => code,

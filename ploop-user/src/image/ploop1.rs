@@ -1,0 +1,583 @@
+//! The ploop1 delta format: the 64-byte header and the BAT, parsed and checked.
+//!
+//! Facts from OpenVZ ploop's `include/ploop1_image.h` (names kept, so that the two can be read
+//! side by side); the code is ours. A ploop1 file is a packed little-endian header, then the
+//! BAT (one `u32` per logical cluster, 0 = not allocated in this delta) from byte 64 up to
+//! `m_FirstBlockOffset`, then data clusters. Seen as an array of `u32`, the BAT's entry for
+//! logical cluster `i` is slot `PLOOP_MAP_OFFSET + i`: the header takes the first 16 slots.
+//! v1 entries give the cluster's file offset in sectors, v2 entries in clusters.
+//!
+//! libploop writes `m_FormatExtensionOffset` in sectors (the header's comment says bytes); the
+//! extension block is written past the data at close, with `m_DiskInUse =
+//! SIGNATURE_DISK_CLOSED_V21`.
+
+// Fields and constants are spelled as in ploop1_image.h, to be read side by side with it.
+#![allow(non_upper_case_globals, non_snake_case)]
+
+use std::{fs::File, os::unix::fs::FileExt as _};
+
+use super::{ErrorKind, ImageError, Result, SECTOR};
+
+/// Compressed disk v1 signature: BAT entries in sectors, `m_SizeInSectors` a `u32`.
+pub const SIGNATURE_STRUCTURED_DISK_V1: &[u8; 16] = b"WithoutFreeSpace";
+/// Compressed disk v2 signature: BAT entries in clusters, `m_SizeInSectors` a `u64`.
+pub const SIGNATURE_STRUCTURED_DISK_V2: &[u8; 16] = b"WithouFreSpacExt";
+/// `m_Type` of every ploop1 delta.
+pub const PRL_IMAGE_COMPRESSED: u32 = 2;
+/// `m_DiskInUse` while a delta is open read-write (a crash leaves it there).
+pub const SIGNATURE_DISK_IN_USE: u32 = 0x746F_6E59;
+/// `m_DiskInUse` of a delta closed by software of specification 2.0.
+pub const SIGNATURE_DISK_CLOSED_V20: u32 = 0;
+/// `m_DiskInUse` of a delta closed by software of specification 2.1 ("v2.1").
+pub const SIGNATURE_DISK_CLOSED_V21: u32 = 0x312e_3276;
+/// `m_Flags`: no data was ever written.
+pub const CIF_Empty: u32 = 0x1;
+/// `m_Flags`: a version conversion is in progress.
+pub const CIF_FmtVersionConvert: u32 = 0x2;
+pub const CIF_FlagsMask: u32 = CIF_Empty | CIF_FmtVersionConvert;
+pub const PLOOP1_SECTOR_LOG: u32 = 9;
+/// The default cluster: 2^11 sectors, 1 MiB.
+pub const PLOOP1_DEF_CLUSTER_LOG: u32 = 11;
+/// `sizeof(struct ploop_pvd_header)`.
+pub const PVD_HEADER_SIZE: u64 = 64;
+/// BAT slots the header takes (`sizeof(struct ploop_pvd_header) / sizeof(u32)`).
+pub const PLOOP_MAP_OFFSET: u64 = PVD_HEADER_SIZE / 4;
+
+/// Byte offsets of the header's fields, for error messages that point at them.
+pub mod field {
+    pub const m_Sig: u64 = 0;
+    pub const m_Type: u64 = 16;
+    pub const m_Heads: u64 = 20;
+    pub const m_Cylinders: u64 = 24;
+    pub const m_Sectors: u64 = 28;
+    pub const m_Size: u64 = 32;
+    pub const m_SizeInSectors: u64 = 36;
+    pub const m_DiskInUse: u64 = 44;
+    pub const m_FirstBlockOffset: u64 = 48;
+    pub const m_Flags: u64 = 52;
+    pub const m_FormatExtensionOffset: u64 = 56;
+}
+
+/// The largest cluster accepted: 2^21 sectors (1 GiB). The kernel's default is 1 MiB; a
+/// larger value in a header is far more likely damage than a real image.
+pub const MAX_CLUSTER_SECTORS: u32 = 1 << 21;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    pub fn number(self) -> u32 {
+        match self {
+            Version::V1 => 1,
+            Version::V2 => 2,
+        }
+    }
+}
+
+/// `struct ploop_pvd_header`, decoded (the v1/v2 union resolved by the signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub version: Version,
+    pub m_Type: u32,
+    pub m_Heads: u32,
+    pub m_Cylinders: u32,
+    /// Cluster size in sectors.
+    pub m_Sectors: u32,
+    /// BAT entries (logical clusters).
+    pub m_Size: u32,
+    /// Device size in sectors (`m_SizeInSectors_v1` or `_v2`).
+    pub m_SizeInSectors: u64,
+    pub m_DiskInUse: u32,
+    /// Sectors before the first data cluster (header and BAT, cluster aligned).
+    pub m_FirstBlockOffset: u32,
+    pub m_Flags: u32,
+    pub m_FormatExtensionOffset: u64,
+}
+
+/// One finding of [`check`] or of a header's validation: what, and where in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Byte offset in the file of the field or BAT entry at fault.
+    pub offset: u64,
+    pub msg: String,
+    /// The reader cannot map clusters through a header with this problem.
+    pub fatal: bool,
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Whether `head` starts with a ploop1 signature (how a delta's format is told).
+pub fn is_ploop1(head: &[u8]) -> bool {
+    head.len() >= 16
+        && (&head[..16] == SIGNATURE_STRUCTURED_DISK_V1
+            || &head[..16] == SIGNATURE_STRUCTURED_DISK_V2)
+}
+
+impl Header {
+    /// Decodes the 64 header bytes; only the signature is checked here ([`Header::problems`]
+    /// checks the rest, so that `check` can list every problem at once).
+    pub fn parse(b: &[u8; 64]) -> Result<Header> {
+        let version = if &b[..16] == SIGNATURE_STRUCTURED_DISK_V1 {
+            Version::V1
+        } else if &b[..16] == SIGNATURE_STRUCTURED_DISK_V2 {
+            Version::V2
+        } else {
+            return Err(ImageError::damaged(
+                field::m_Sig,
+                format!(
+                    "no ploop1 signature (m_Sig is {:?}, expected {:?} or {:?})",
+                    String::from_utf8_lossy(&b[..16]),
+                    "WithoutFreeSpace",
+                    "WithouFreSpacExt"
+                ),
+            ));
+        };
+        Ok(Header {
+            version,
+            m_Type: le32(b, 16),
+            m_Heads: le32(b, 20),
+            m_Cylinders: le32(b, 24),
+            m_Sectors: le32(b, 28),
+            m_Size: le32(b, 32),
+            m_SizeInSectors: match version {
+                Version::V1 => u64::from(le32(b, 36)),
+                Version::V2 => le64(b, 36),
+            },
+            m_DiskInUse: le32(b, 44),
+            m_FirstBlockOffset: le32(b, 48),
+            m_Flags: le32(b, 52),
+            m_FormatExtensionOffset: le64(b, 56),
+        })
+    }
+
+    /// The 64 header bytes (the inverse of [`Header::parse`]; tests and builders use it).
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[..16].copy_from_slice(match self.version {
+            Version::V1 => SIGNATURE_STRUCTURED_DISK_V1,
+            Version::V2 => SIGNATURE_STRUCTURED_DISK_V2,
+        });
+        b[16..20].copy_from_slice(&self.m_Type.to_le_bytes());
+        b[20..24].copy_from_slice(&self.m_Heads.to_le_bytes());
+        b[24..28].copy_from_slice(&self.m_Cylinders.to_le_bytes());
+        b[28..32].copy_from_slice(&self.m_Sectors.to_le_bytes());
+        b[32..36].copy_from_slice(&self.m_Size.to_le_bytes());
+        match self.version {
+            // v1's m_SizeInSectors is 32 bits, followed by a 32-bit Unused
+            Version::V1 => b[36..40].copy_from_slice(&(self.m_SizeInSectors as u32).to_le_bytes()),
+            Version::V2 => b[36..44].copy_from_slice(&self.m_SizeInSectors.to_le_bytes()),
+        }
+        b[44..48].copy_from_slice(&self.m_DiskInUse.to_le_bytes());
+        b[48..52].copy_from_slice(&self.m_FirstBlockOffset.to_le_bytes());
+        b[52..56].copy_from_slice(&self.m_Flags.to_le_bytes());
+        b[56..64].copy_from_slice(&self.m_FormatExtensionOffset.to_le_bytes());
+        b
+    }
+
+    /// Cluster size in bytes (valid once [`Header::problems`] found nothing fatal).
+    pub fn cluster_bytes(&self) -> u64 {
+        u64::from(self.m_Sectors) * SECTOR
+    }
+
+    /// The logical device's size in bytes (saturating: an absurd value is a fatal problem).
+    pub fn device_bytes(&self) -> u64 {
+        self.m_SizeInSectors.saturating_mul(SECTOR)
+    }
+
+    /// Where the BAT ends: the byte after entry `m_Size - 1`.
+    pub fn bat_end(&self) -> u64 {
+        PVD_HEADER_SIZE + 4 * u64::from(self.m_Size)
+    }
+
+    /// Where data clusters may start (header and BAT lie below).
+    pub fn data_start(&self) -> u64 {
+        u64::from(self.m_FirstBlockOffset) * SECTOR
+    }
+
+    /// The byte offset in the file of the BAT entry of logical cluster `i`.
+    pub fn bat_entry_offset(i: u64) -> u64 {
+        (PLOOP_MAP_OFFSET + i) * 4
+    }
+
+    /// The file offset a non-zero BAT entry names (v1: sectors, v2: clusters).
+    pub fn entry_file_offset(&self, entry: u32) -> u64 {
+        match self.version {
+            Version::V1 => u64::from(entry) * SECTOR,
+            Version::V2 => u64::from(entry) * self.cluster_bytes(),
+        }
+    }
+
+    /// Every problem of the header for a file of `file_size` bytes; the fatal ones stop the
+    /// reader (it could not map a cluster safely), the others only `check` reports.
+    pub fn problems(&self, file_size: u64) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut add = |offset, fatal, msg: String| p.push(Problem { offset, msg, fatal });
+        if self.m_Type != PRL_IMAGE_COMPRESSED {
+            add(
+                field::m_Type,
+                true,
+                format!("m_Type is {}, expected {PRL_IMAGE_COMPRESSED}", self.m_Type),
+            );
+        }
+        let cluster_ok = self.m_Sectors != 0
+            && self.m_Sectors.is_power_of_two()
+            && self.m_Sectors <= MAX_CLUSTER_SECTORS;
+        if !cluster_ok {
+            add(
+                field::m_Sectors,
+                true,
+                format!(
+                    "m_Sectors (cluster size in sectors) is {}: not a power of two in 1..={}",
+                    self.m_Sectors, MAX_CLUSTER_SECTORS
+                ),
+            );
+        }
+        if self.m_SizeInSectors == 0 {
+            add(field::m_SizeInSectors, true, "m_SizeInSectors is 0: an empty device".into());
+        } else if self.m_SizeInSectors > u64::MAX / SECTOR / 2 {
+            add(
+                field::m_SizeInSectors,
+                true,
+                format!("m_SizeInSectors is {}: larger than any device", self.m_SizeInSectors),
+            );
+        } else if cluster_ok
+            && u64::from(self.m_Size) * u64::from(self.m_Sectors) < self.m_SizeInSectors
+        {
+            add(
+                field::m_Size,
+                true,
+                format!(
+                    "m_Size is {} clusters of {} sectors, fewer than the {} sectors of \
+                     m_SizeInSectors",
+                    self.m_Size, self.m_Sectors, self.m_SizeInSectors
+                ),
+            );
+        }
+        match self.m_DiskInUse {
+            SIGNATURE_DISK_CLOSED_V20 | SIGNATURE_DISK_CLOSED_V21 => {}
+            SIGNATURE_DISK_IN_USE => add(
+                field::m_DiskInUse,
+                false,
+                "m_DiskInUse is SIGNATURE_DISK_IN_USE: the delta is open read-write, or was \
+                 not closed cleanly"
+                    .into(),
+            ),
+            v => add(field::m_DiskInUse, false, format!("m_DiskInUse is {v:#x}: not a known value")),
+        }
+        if self.data_start() < self.bat_end() {
+            add(
+                field::m_FirstBlockOffset,
+                true,
+                format!(
+                    "m_FirstBlockOffset is sector {} (byte {}), inside the BAT, which ends at \
+                     byte {}",
+                    self.m_FirstBlockOffset,
+                    self.data_start(),
+                    self.bat_end()
+                ),
+            );
+        } else if cluster_ok && self.m_FirstBlockOffset % self.m_Sectors != 0 {
+            add(
+                field::m_FirstBlockOffset,
+                false,
+                format!(
+                    "m_FirstBlockOffset is sector {}, not a multiple of the cluster ({} sectors)",
+                    self.m_FirstBlockOffset, self.m_Sectors
+                ),
+            );
+        }
+        if file_size < self.bat_end() {
+            add(
+                file_size,
+                true,
+                format!(
+                    "the file ({file_size} bytes) ends inside the BAT, which ends at byte {}",
+                    self.bat_end()
+                ),
+            );
+        }
+        if self.m_Flags & !CIF_FlagsMask != 0 {
+            add(
+                field::m_Flags,
+                false,
+                format!("m_Flags is {:#x}: unknown bits {:#x}", self.m_Flags, self.m_Flags & !CIF_FlagsMask),
+            );
+        }
+        if self.version == Version::V2 && self.m_FormatExtensionOffset != 0 {
+            let at = self.m_FormatExtensionOffset.saturating_mul(SECTOR);
+            if at < self.data_start() || at >= file_size {
+                add(
+                    field::m_FormatExtensionOffset,
+                    false,
+                    format!(
+                        "m_FormatExtensionOffset is sector {} (byte {at}): outside the data \
+                         area {}..{file_size}",
+                        self.m_FormatExtensionOffset,
+                        self.data_start()
+                    ),
+                );
+            }
+        }
+        p
+    }
+
+    /// The first fatal problem as an error (what the reader refuses a file with).
+    pub fn fatal(&self, file_size: u64) -> Result<()> {
+        match self.problems(file_size).into_iter().find(|p| p.fatal) {
+            Some(p) => Err(ImageError::damaged(p.offset, p.msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// Where the cluster of BAT entry `entry` (logical cluster `i`) lies in a file of
+    /// `file_size` bytes, or why it cannot be read (the error's offset is the BAT entry's).
+    pub fn cluster_at(&self, i: u64, entry: u32, file_size: u64) -> Result<u64> {
+        let at = Self::bat_entry_offset(i);
+        let off = self.entry_file_offset(entry);
+        let cluster = self.cluster_bytes();
+        let bad = |msg: String| Err(ImageError::damaged(at, msg));
+        if self.version == Version::V1 && u64::from(entry) % u64::from(self.m_Sectors) != 0 {
+            return bad(format!(
+                "BAT entry {i} is sector {entry}, not a multiple of the cluster ({} sectors)",
+                self.m_Sectors
+            ));
+        }
+        if off < self.data_start() {
+            return bad(format!(
+                "BAT entry {i} points at byte {off}, inside the header and BAT (data starts at \
+                 byte {})",
+                self.data_start()
+            ));
+        }
+        if off.saturating_add(cluster) > file_size {
+            let kind = if off < file_size { ErrorKind::Truncated } else { ErrorKind::Damaged };
+            return Err(ImageError::new(
+                kind,
+                format!(
+                    "BAT entry {i} points at bytes {off}..{}, past the end of the file \
+                     ({file_size} bytes)",
+                    off.saturating_add(cluster)
+                ),
+            )
+            .at(at));
+        }
+        Ok(off)
+    }
+}
+
+/// Reads and decodes the header of `file`.
+pub fn read_header(file: &File) -> Result<Header> {
+    let mut b = [0u8; 64];
+    file.read_exact_at(&mut b, 0).map_err(|e| ImageError::io(0, e, "the ploop1 header"))?;
+    Header::parse(&b)
+}
+
+/// Reads the BAT's `m_Size` entries (the header must have no fatal problem).
+pub fn read_bat(file: &File, h: &Header) -> Result<Vec<u32>> {
+    let n = h.m_Size as usize;
+    let mut raw = vec![0u8; n * 4];
+    file.read_exact_at(&mut raw, PVD_HEADER_SIZE)
+        .map_err(|e| ImageError::io(PVD_HEADER_SIZE, e, "the BAT"))?;
+    Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// What `image check` found in a ploop1 file.
+#[derive(Debug)]
+pub struct CheckReport {
+    pub header: Header,
+    pub file_size: u64,
+    /// Allocated BAT entries.
+    pub allocated: u64,
+    /// Problems, in file order, at most [`MAX_PROBLEMS`] of them.
+    pub problems: Vec<Problem>,
+    /// Problems beyond [`MAX_PROBLEMS`], counted only (a BAT of random bytes would list
+    /// millions).
+    pub more: u64,
+}
+
+pub const MAX_PROBLEMS: usize = 1000;
+
+/// Validates a ploop1 file: the header's fields, then every BAT entry (inside the file,
+/// past the header and BAT, cluster aligned, no two overlapping, clear of the format
+/// extension). `Err` only when the file cannot be read at all or is not ploop1.
+pub fn check(file: &File) -> Result<CheckReport> {
+    let file_size = file.metadata().map_err(|e| ImageError::io(0, e, "the file's size"))?.len();
+    let header = read_header(file)?;
+    let mut problems = header.problems(file_size);
+    let mut report = CheckReport { header, file_size, allocated: 0, problems: Vec::new(), more: 0 };
+    // The BAT can be walked when its size and the cluster are sane and the file holds it.
+    if !problems.iter().any(|p| p.fatal) {
+        let h = &report.header;
+        let bat = read_bat(file, h)?;
+        // (file offset, end, logical cluster) of every entry that passed the single checks
+        let mut used: Vec<(u64, u64, u64)> = Vec::new();
+        let ext = (h.version == Version::V2 && h.m_FormatExtensionOffset != 0)
+            .then(|| h.m_FormatExtensionOffset.saturating_mul(SECTOR));
+        for (i, &e) in bat.iter().enumerate() {
+            if e == 0 {
+                continue;
+            }
+            report.allocated += 1;
+            let i = i as u64;
+            match h.cluster_at(i, e, file_size) {
+                Ok(off) => {
+                    let end = off + h.cluster_bytes();
+                    if let Some(x) = ext.filter(|&x| off <= x && x < end) {
+                        problems.push(Problem {
+                            offset: Header::bat_entry_offset(i),
+                            msg: format!(
+                                "BAT entry {i} points at bytes {off}..{end}, which hold the \
+                                 format extension (byte {x})"
+                            ),
+                            fatal: false,
+                        });
+                    }
+                    used.push((off, end, i));
+                }
+                Err(err) => problems.push(Problem {
+                    offset: err.offset.unwrap_or(0),
+                    msg: err.msg,
+                    fatal: false,
+                }),
+            }
+        }
+        used.sort_unstable();
+        // sorted by start: an entry overlaps an earlier one iff it starts before the furthest
+        // end seen so far
+        let mut furthest: Option<(u64, u64)> = None; // (end, logical cluster)
+        for &(off, end, i) in &used {
+            if let Some((fend, j)) = furthest {
+                if off < fend {
+                    problems.push(Problem {
+                        offset: Header::bat_entry_offset(i),
+                        msg: format!(
+                            "BAT entry {i} points at bytes {off}..{end}, overlapping the \
+                             cluster of BAT entry {j}"
+                        ),
+                        fatal: false,
+                    });
+                }
+                if end > fend {
+                    furthest = Some((end, i));
+                }
+            } else {
+                furthest = Some((end, i));
+            }
+        }
+    }
+    problems.sort_by_key(|p| p.offset);
+    report.more = problems.len().saturating_sub(MAX_PROBLEMS) as u64;
+    problems.truncate(MAX_PROBLEMS);
+    report.problems = problems;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v2() -> Header {
+        Header {
+            version: Version::V2,
+            m_Type: PRL_IMAGE_COMPRESSED,
+            m_Heads: 16,
+            m_Cylinders: 2,
+            m_Sectors: 8,
+            m_Size: 4,
+            m_SizeInSectors: 32,
+            m_DiskInUse: 0,
+            m_FirstBlockOffset: 8,
+            m_Flags: 0,
+            m_FormatExtensionOffset: 0,
+        }
+    }
+
+    #[test]
+    fn header_round_trips_both_versions() {
+        let h = v2();
+        assert_eq!(Header::parse(&h.to_bytes()).unwrap(), h);
+        let h1 = Header { version: Version::V1, m_FormatExtensionOffset: 0, ..v2() };
+        let b = h1.to_bytes();
+        assert_eq!(&b[..16], b"WithoutFreeSpace");
+        assert_eq!(Header::parse(&b).unwrap(), h1);
+        assert!(h.problems(8 * 512).is_empty(), "{:?}", h.problems(8 * 512));
+    }
+
+    #[test]
+    fn v1_size_is_32_bits_and_v2_is_64() {
+        let mut h = v2();
+        h.m_SizeInSectors = 1 << 33;
+        let b = h.to_bytes();
+        assert_eq!(Header::parse(&b).unwrap().m_SizeInSectors, 1 << 33);
+        let mut b1 = b;
+        b1[..16].copy_from_slice(SIGNATURE_STRUCTURED_DISK_V1);
+        // the high half of the u64 is v1's Unused field: ignored
+        assert_eq!(Header::parse(&b1).unwrap().m_SizeInSectors, 0);
+    }
+
+    #[test]
+    fn every_field_out_of_range_is_named_with_its_offset() {
+        let cases: Vec<(fn(&mut Header), u64, bool)> = vec![
+            (|h| h.m_Type = 1, field::m_Type, true),
+            (|h| h.m_Sectors = 0, field::m_Sectors, true),
+            (|h| h.m_Sectors = 6, field::m_Sectors, true),
+            (|h| h.m_Sectors = MAX_CLUSTER_SECTORS * 2, field::m_Sectors, true),
+            (|h| h.m_Size = 3, field::m_Size, true),
+            (|h| h.m_SizeInSectors = 0, field::m_SizeInSectors, true),
+            (|h| h.m_SizeInSectors = u64::MAX, field::m_SizeInSectors, true),
+            (|h| h.m_DiskInUse = SIGNATURE_DISK_IN_USE, field::m_DiskInUse, false),
+            (|h| h.m_DiskInUse = 7, field::m_DiskInUse, false),
+            (|h| h.m_FirstBlockOffset = 0, field::m_FirstBlockOffset, true),
+            (|h| h.m_FirstBlockOffset = 9, field::m_FirstBlockOffset, false),
+            (|h| h.m_Flags = 0x10, field::m_Flags, false),
+            (|h| h.m_FormatExtensionOffset = 1, field::m_FormatExtensionOffset, false),
+            (|h| h.m_FormatExtensionOffset = 1 << 40, field::m_FormatExtensionOffset, false),
+        ];
+        for (i, (mutate, offset, fatal)) in cases.into_iter().enumerate() {
+            let mut h = v2();
+            mutate(&mut h);
+            let p = h.problems(8 * 512 * 3);
+            assert_eq!(p.len(), 1, "case {i}: {p:?}");
+            assert_eq!((p[0].offset, p[0].fatal), (offset, fatal), "case {i}: {p:?}");
+        }
+        // the file too short for the BAT: named at the file's end
+        let mut h = v2();
+        h.m_Size = 1000;
+        h.m_SizeInSectors = 8000;
+        h.m_FirstBlockOffset = 8 * 2;
+        let p = h.problems(2048);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].offset, p[0].fatal), (2048, true));
+        let e = Header::parse(&[b'x'; 64]).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(0)));
+    }
+
+    #[test]
+    fn bat_entries_map_by_version() {
+        let h = v2();
+        assert_eq!(h.cluster_at(0, 1, 8192).unwrap(), 4096);
+        let h1 = Header { version: Version::V1, ..v2() };
+        assert_eq!(h1.cluster_at(0, 8, 8192).unwrap(), 4096);
+        // v1 entry not cluster aligned, in the header area, past the end
+        assert_eq!(h1.cluster_at(2, 9, 1 << 20).unwrap_err().offset, Some(72));
+        assert_eq!(h.cluster_at(1, 0, 1 << 20).unwrap_err().offset, Some(68));
+        let e = h.cluster_at(3, 2, 8192).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(76)));
+        let e = h.cluster_at(3, 1, 6000).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Truncated, Some(76)));
+        assert!(h.cluster_at(3, u32::MAX, 1 << 40).is_err());
+    }
+}
