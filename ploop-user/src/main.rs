@@ -66,7 +66,7 @@ enum Command {
     Snapshot(ploopctl::SnapshotArgs),
     Support(ploopctl::SupportArgs),
     /// Read ploop images offline: info, check, cat (raw and ploop1 deltas, GPT, dm-crypt).
-    #[command(subcommand)]
+    #[command(subcommand, long_about = image::cli::ABOUT)]
     Image(image::cli::Image),
 }
 

@@ -19,27 +19,29 @@ use super::{
     ploop1::{self, SIGNATURE_DISK_CLOSED_V21, SIGNATURE_DISK_IN_USE},
 };
 
-/// Read ploop images offline: raw and ploop1 deltas, stacked bottom first.
-///
-/// A ploop device shows a stack of delta files: the base (raw or ploop1) at the bottom, a
-/// ploop1 delta for each snapshot above it, the top one written to. Each block is read from
-/// the highest delta that holds it: a ploop1 delta holds the clusters its BAT maps, a raw base
-/// every block, a raw upper delta (the model driver's) its allocated extents. Give the deltas
-/// bottom first, e.g. from `/sys/block/ploop0/pstate` or DiskDescriptor.xml.
-///
-/// Inside the device: a GPT (`--part 1` is ploopNp1), dm-crypt (`--crypt-table FILE`, the
-/// line `dmsetup table --showkeys NAME` prints), dm-linear (`--offset SECTORS`, its table's
-/// last field), in that order, as on the stack of the patch's commit.
-///
-/// Examples:
-///   ploop-verify image info root.hdd root.hdd.{1,2}          # formats, sizes, partitions, ext4
-///   ploop-verify image check root.hdd.2                      # validate one ploop1 file
-///   ploop-verify image cat --part 1 root.hdd root.hdd.2 > fs.img && e2fsck -fn fs.img
-///
-/// Exit status: 0 fine; 1 `check` found problems; 2 unreadable or damaged input (the error
-/// names the file and the byte offset); 64 bad usage.
+/// `image --help`: what a user needs to read a stack (main.rs hangs it on the subcommand).
+pub const ABOUT: &str = "\
+Read ploop images offline: raw and ploop1 deltas, stacked bottom first.
+
+A ploop device shows a stack of delta files: the base (raw or ploop1) at the bottom, a ploop1 \
+delta for each snapshot above it, the top one written to. Each block is read from the highest \
+delta that holds it: a ploop1 delta holds the clusters its BAT maps, a raw base every block, a \
+raw upper delta (the model driver's) its allocated extents. Give the deltas bottom first, e.g. \
+in the order of DiskDescriptor.xml's snapshots.
+
+Inside the device, in this order as on the stack of the patch's commit: a GPT (`--part 1` is \
+ploopNp1), dm-crypt (`--crypt-table FILE`, holding the line `dmsetup table --showkeys NAME` \
+prints), dm-linear (`--offset SECTORS`, the last field of its table).
+
+Examples:
+  ploop-verify image info root.hdd root.hdd.1 root.hdd.2   # deltas, partitions, ext4 state
+  ploop-verify image check root.hdd.2                      # validate a ploop1 file
+  ploop-verify image cat --part 1 root.hdd root.hdd.1 > fs.img && e2fsck -fn fs.img
+
+Exit status: 0 fine; 1 `check` found problems; 2 unreadable or damaged input (the error names \
+the file and the byte offset); 64 bad usage.";
+
 #[derive(Subcommand, Debug)]
-#[command(verbatim_doc_comment)]
 pub enum Image {
     /// Describe each delta (format, version, sizes, cluster, allocated clusters, m_DiskInUse),
     /// the logical device, its GPT partitions, and ext4's state where the filesystem is.
@@ -58,8 +60,8 @@ pub enum Image {
     /// Write the logical device (or one partition, decrypted, from an offset) to stdout,
     /// streaming: memory stays bounded whatever the size. Holes read as zeros.
     ///
-    /// Example: ploop-verify image cat --part 1 --crypt-table t.txt --offset 2048 base top \
-    ///   | dumpe2fs -h /dev/stdin
+    /// Example: ploop-verify image cat --part 1 --crypt-table t.txt --offset 2048 root.hdd
+    /// root.hdd.1 > fs.img && dumpe2fs -h fs.img
     Cat(CatArgs),
 }
 
@@ -71,8 +73,8 @@ pub struct LocateArgs {
     #[arg(long = "part", value_name = "N")]
     pub part: Option<u32>,
     /// A dm-crypt table to decrypt with (after --part): a file holding what `dmsetup table
-    /// --showkeys NAME` prints. aes-xts-plain64 and aes-xts-plain; the device and offset
-    /// fields are used, the device name is not checked.
+    /// --showkeys NAME` prints. aes-xts-plain64 and aes-xts-plain. Its offset field is used;
+    /// its device field is taken to be what --part selects (not checked).
     #[arg(long = "crypt-table", value_name = "FILE")]
     pub crypt_table: Option<PathBuf>,
     /// A dm-linear offset in 512-byte sectors (the last field of `0 LEN linear DEV OFFSET`),

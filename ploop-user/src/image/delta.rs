@@ -325,7 +325,7 @@ impl BlockRead for Stack {
             let mut limit = (buf.len() - pos) as u64;
             let mut source = None;
             for d in self.deltas.iter().rev() {
-                match d.map(off)? {
+                match d.map(off).map_err(|e| e.in_file(d.path.display()))? {
                     Mapping::Held { file_offset, run } => {
                         limit = limit.min(run);
                         source = Some((d, file_offset));
@@ -343,5 +343,155 @@ impl BlockRead for Stack {
             pos += limit as usize;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::image::{ploop1::Version, testimg::Ploop1Builder};
+
+    const MIB: u64 = 1 << 20;
+
+    fn fill(tag: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| tag ^ (i as u8).wrapping_mul(31) ^ (i >> 9) as u8).collect()
+    }
+
+    fn read_all(s: &Stack) -> Vec<u8> {
+        let mut b = vec![0u8; s.size() as usize];
+        s.read_at(0, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn raw_base_and_ploop1_tops_override_block_by_block() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4 MiB device; v1 with 64 KiB clusters, v2 with 256 KiB clusters
+        let base = fill(1, 4 * MIB as usize);
+        fs::write(dir.path().join("base"), &base).unwrap();
+        let c1 = 64 * 1024usize;
+        let a = fill(2, c1);
+        let b = fill(3, c1 / 2); // half a cluster written: the rest of the cluster is zeros
+        let mid = Ploop1Builder::new(Version::V1, 128, 4 * MIB).build(&[(5, &a), (20, &b)]);
+        fs::write(dir.path().join("mid"), &mid).unwrap();
+        let c2 = 256 * 1024usize;
+        let t = fill(4, c2);
+        let top = Ploop1Builder::new(Version::V2, 512, 4 * MIB).build(&[(0, &t)]);
+        fs::write(dir.path().join("top"), &top).unwrap();
+
+        let mut want = base.clone();
+        want[5 * c1..6 * c1].copy_from_slice(&a);
+        want[20 * c1..21 * c1].fill(0);
+        want[20 * c1..20 * c1 + c1 / 2].copy_from_slice(&b);
+        want[..c2].copy_from_slice(&t);
+        let names = ["base", "mid", "top"].map(|n| dir.path().join(n));
+        let s = Stack::open(&names).unwrap();
+        assert_eq!(s.size(), 4 * MIB);
+        assert_eq!(read_all(&s), want);
+        // reads that straddle every boundary agree with the whole
+        for (off, len) in [(5 * c1 - 3, 7), (c2 - 1, 2), (20 * c1 + c1 / 2 - 5, 10), (0, 1)] {
+            let mut buf = vec![0u8; len];
+            s.read_at(off as u64, &mut buf).unwrap();
+            assert_eq!(buf, want[off..off + len], "at {off}");
+        }
+        assert_eq!(s.deltas()[1].allocated_bytes(), Some(2 * c1 as u64));
+        assert!(s.read_at(4 * MIB - 1, &mut [0u8; 2]).is_err());
+    }
+
+    #[test]
+    fn a_ploop1_base_reads_zeros_where_nothing_is_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = 4096usize;
+        let d = fill(9, c);
+        let img = Ploop1Builder::new(Version::V2, 8, 64 * 1024).build(&[(3, &d), (15, &d)]);
+        let p = dir.path().join("b");
+        fs::write(&p, &img).unwrap();
+        let s = Stack::open(&[&p]).unwrap();
+        let mut want = vec![0u8; 64 * 1024];
+        want[3 * c..4 * c].copy_from_slice(&d);
+        want[15 * c..].copy_from_slice(&d);
+        assert_eq!(read_all(&s), want);
+    }
+
+    #[test]
+    fn raw_upper_deltas_hold_their_allocated_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1024 * 1024u64;
+        let base = fill(1, size as usize);
+        fs::write(dir.path().join("base"), &base).unwrap();
+        // an upper raw delta with data at 256 KiB (4 KiB) and a zero-filled block written at
+        // 512 KiB: written zeros are data, the model holds them
+        let f = File::create(dir.path().join("up")).unwrap();
+        f.set_len(size).unwrap();
+        let blk = fill(7, 4096);
+        f.write_all_at(&blk, 256 * 1024).unwrap();
+        f.write_all_at(&[0u8; 4096], 512 * 1024).unwrap();
+        f.sync_all().unwrap();
+        // and a fresh sparse delta on top: holds nothing
+        File::create(dir.path().join("fresh")).unwrap().set_len(size).unwrap();
+        let names = ["base", "up", "fresh"].map(|n| dir.path().join(n));
+        let s = Stack::open(&names).unwrap();
+        assert_eq!(s.deltas()[2].raw_held(), &RawHeld::Extents(vec![]));
+        let mut want = base.clone();
+        match s.deltas()[1].raw_held() {
+            // a filesystem that reports holes (ext4, tmpfs, xfs, btrfs)
+            RawHeld::Extents(x) => {
+                assert!(x.iter().any(|&(a, b)| a <= 256 * 1024 && b >= 260 * 1024), "{x:?}");
+                for &(a, b) in x {
+                    want[a as usize..b as usize].fill(0);
+                }
+                want[256 * 1024..260 * 1024].copy_from_slice(&blk);
+            }
+            other => panic!("this test needs SEEK_HOLE from the temp dir's filesystem: {other:?}"),
+        }
+        assert_eq!(read_all(&s), want);
+    }
+
+    #[test]
+    fn damaged_and_truncated_deltas_are_refused_with_their_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = 4096usize;
+        let d = fill(5, c);
+        let good = Ploop1Builder::new(Version::V2, 8, 64 * 1024).build(&[(2, &d), (9, &d)]);
+        let p = dir.path().join("d");
+        let open = |bytes: &[u8]| {
+            fs::write(&p, bytes).unwrap();
+            Stack::open(&[&p]).and_then(|s| {
+                let mut b = vec![0u8; s.size() as usize];
+                s.read_at(0, &mut b)
+            })
+        };
+        open(&good).unwrap();
+        // the last cluster cut short: truncated, at BAT entry 9 (byte 64 + 36)
+        let e = open(&good[..good.len() - 100]).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Truncated, Some(100)), "{e}");
+        assert!(e.to_string().starts_with(&p.display().to_string()), "{e}");
+        // a BAT entry past the end of the file
+        let mut bad = good.clone();
+        bad[64 + 8..64 + 12].copy_from_slice(&1000u32.to_le_bytes());
+        let e = open(&bad).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(72)), "{e}");
+        // a BAT entry into the BAT: a BAT of 1100 entries takes two 4 KiB clusters
+        let big = Ploop1Builder::new(Version::V2, 8, 1100 * 4096).build(&[(1050, &d)]);
+        open(&big).unwrap();
+        let mut bad = big.clone();
+        let at = 64 + 4 * 1050;
+        bad[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+        let e = open(&bad).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(at as u64)), "{e}");
+        assert!(e.msg.contains("inside the header and BAT"), "{e}");
+        // a header cut short, and a header field out of range
+        let e = open(&good[..40]).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Truncated, Some(40)), "{e}");
+        let mut t = good.clone();
+        t[28..32].copy_from_slice(&3u32.to_le_bytes());
+        let e = open(&t).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(28)), "{e}");
+        // a raw file that is not whole sectors
+        let e = open(&[1u8; 1000]).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(1000)), "{e}");
+        assert_eq!(Stack::open::<&Path>(&[]).err().map(|e| e.kind), Some(ErrorKind::OutOfRange));
     }
 }

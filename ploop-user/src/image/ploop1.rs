@@ -580,4 +580,67 @@ mod tests {
         assert_eq!((e.kind, e.offset), (ErrorKind::Truncated, Some(76)));
         assert!(h.cluster_at(3, u32::MAX, 1 << 40).is_err());
     }
+
+    fn check_bytes(b: &[u8]) -> Result<CheckReport> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        std::fs::write(&p, b).unwrap();
+        check(&File::open(&p).unwrap())
+    }
+
+    fn offsets(r: &CheckReport) -> Vec<u64> {
+        r.problems.iter().map(|p| p.offset).collect()
+    }
+
+    #[test]
+    fn check_finds_every_bat_problem_at_its_entry() {
+        use crate::image::testimg::Ploop1Builder;
+        let d = [7u8; 4096];
+        for v in [Version::V1, Version::V2] {
+            let good = Ploop1Builder::new(v, 8, 64 * 1024).build(&[(1, &d), (2, &d), (3, &d)]);
+            let r = check_bytes(&good).unwrap();
+            assert!(r.problems.is_empty(), "{v:?}: {:?}", r.problems);
+            assert_eq!(r.allocated, 3);
+            let entry = |i: usize| 64 + 4 * i;
+            let put = |b: &mut Vec<u8>, i: usize, val: u32| {
+                b[entry(i)..entry(i) + 4].copy_from_slice(&val.to_le_bytes())
+            };
+            let unit = |clusters: u32| match v {
+                Version::V1 => clusters * 8,
+                Version::V2 => clusters,
+            };
+            // entry 3 overlaps entry 1; entry 5 past the end; v1: entry 6 misaligned
+            let mut bad = good.clone();
+            put(&mut bad, 3, unit(1));
+            put(&mut bad, 5, unit(40));
+            if v == Version::V1 {
+                put(&mut bad, 6, 9);
+            }
+            let r = check_bytes(&bad).unwrap();
+            let mut want = vec![entry(3) as u64, entry(5) as u64];
+            if v == Version::V1 {
+                want.push(entry(6) as u64);
+            }
+            assert_eq!(offsets(&r), want, "{v:?}: {:?}", r.problems);
+            assert!(r.problems[0].msg.contains("overlapping the cluster of BAT entry 1"));
+            // the file truncated inside its last cluster
+            let r = check_bytes(&good[..good.len() - 1]).unwrap();
+            assert_eq!(offsets(&r), vec![entry(3) as u64], "{v:?}");
+        }
+    }
+
+    #[test]
+    fn check_lists_header_problems_and_refuses_what_is_not_ploop1() {
+        use crate::image::testimg::Ploop1Builder;
+        let mut b = Ploop1Builder::new(Version::V2, 8, 64 * 1024).build(&[]);
+        b[44..48].copy_from_slice(&SIGNATURE_DISK_IN_USE.to_le_bytes());
+        b[52..56].copy_from_slice(&0x80u32.to_le_bytes());
+        b[16..20].copy_from_slice(&5u32.to_le_bytes());
+        let r = check_bytes(&b).unwrap();
+        assert_eq!(offsets(&r), vec![16, 44, 52], "{:?}", r.problems);
+        let e = check_bytes(b"not a ploop1 image at all, just bytes...........................").unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(0)));
+        let e = check_bytes(&b[..63]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Truncated);
+    }
 }
