@@ -4,8 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use ploop_user::{
-    kit::{ploopctl, testkit},
     image,
+    kit::{ploopctl, testkit},
     verify::{doctor, probe, run, trace},
 };
 

@@ -120,19 +120,46 @@ fn image_info_check_and_cat() {
     fs::write(&table, crypt_line()).unwrap();
     let loc = ["--part", "1", "--offset", &LINEAR_OFFSET.to_string()];
 
-    let o = bin().args(["image", "info"]).args(loc).arg("--crypt-table").arg(&table).args(&paths).output().unwrap();
+    let o = bin()
+        .args(["image", "info"])
+        .args(loc)
+        .arg("--crypt-table")
+        .arg(&table)
+        .args(&paths)
+        .output()
+        .unwrap();
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("root.hdd: raw, 4.0 MiB (8192 sectors), base: holds every block"), "{out}");
+    assert!(
+        out.contains("root.hdd: raw, 4.0 MiB (8192 sectors), base: holds every block"),
+        "{out}"
+    );
     assert!(out.contains("ploop1 v2, 4.0 MiB (8192 sectors), cluster 64.0 KiB (128 sectors), BAT 64 entries, 1 allocated"), "{out}");
     assert!(out.contains("ploop1 v1"), "{out}");
     assert!(out.contains("1  sectors 2048..=8157 (3.0 MiB)  Linux filesystem  \"root\""), "{out}");
-    assert!(out.contains("filesystem at partition 1, dm-crypt, offset 64 sectors: ext4 clean"), "{out}");
-    let o = bin().args(["image", "info"]).args(loc).arg("--crypt-table").arg(&table).arg(&paths[0]).output().unwrap();
+    assert!(
+        out.contains("filesystem at partition 1, dm-crypt, offset 64 sectors: ext4 clean"),
+        "{out}"
+    );
+    let o = bin()
+        .args(["image", "info"])
+        .args(loc)
+        .arg("--crypt-table")
+        .arg(&table)
+        .arg(&paths[0])
+        .output()
+        .unwrap();
     assert!(text(&o).contains("ext4 needs_recovery"), "{}", text(&o));
 
     // cat: the filesystem device, its superblock where ext4 has it
-    let o = bin().args(["image", "cat"]).args(loc).arg("--crypt-table").arg(&table).args(&paths).output().unwrap();
+    let o = bin()
+        .args(["image", "cat"])
+        .args(loc)
+        .arg("--crypt-table")
+        .arg(&table)
+        .args(&paths)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let want_len = ((PART.1 - PART.0 + 1 - CRYPT_OFFSET - LINEAR_OFFSET) * 512) as usize;
     assert_eq!(o.stdout.len(), want_len);
@@ -174,7 +201,10 @@ fn damaged_input_is_refused_with_its_offset_never_a_panic() {
     let o = bin().args(["image", "cat"]).arg(&paths[0]).arg(&bad).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("bad.delta: at byte") && err.contains("past the end of the file"), "{err}");
+    assert!(
+        err.contains("bad.delta: at byte") && err.contains("past the end of the file"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     // info on the same: the partition's superblock lies in that cluster; the rest is shown
     let o = bin().args(["image", "info", "--part", "1"]).arg(&paths[0]).arg(&bad).output().unwrap();
@@ -310,7 +340,8 @@ fn the_seed_images_are_valid() {
 #[test]
 #[ignore]
 fn bench_cat_throughput() {
-    let mib: u64 = std::env::var("PLOOP_BENCH_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    let mib: u64 =
+        std::env::var("PLOOP_BENCH_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
     let dir = tempfile::tempdir().unwrap();
     let size = mib << 20;
     let clusters = size >> 20;
@@ -338,7 +369,12 @@ fn bench_cat_throughput() {
         size as f64 / best / 1e6
     );
     let t = Instant::now();
-    let o = bin().args(["image", "cat"]).args(&paths).stdout(std::process::Stdio::piped()).output().unwrap();
+    let o = bin()
+        .args(["image", "cat"])
+        .args(&paths)
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
     assert_eq!(o.stdout.len() as u64, size);
     println!(
         "ploop-verify image cat | (pipe): {:.0} MB/s",

@@ -207,7 +207,11 @@ fn info(a: &InfoArgs) -> Result<ExitCode> {
                     ),
                     (RawHeld::NonZero, _) => "holds its non-zero 4 KiB blocks".into(),
                 };
-                println!("{name}: raw, {} ({} sectors), {held}", human(d.size()), d.size() / SECTOR);
+                println!(
+                    "{name}: raw, {} ({} sectors), {held}",
+                    human(d.size()),
+                    d.size() / SECTOR
+                );
             }
             DeltaFormat::Ploop1(h) => {
                 let allocated = d.bat().iter().filter(|&&e| e != 0).count();
@@ -315,7 +319,10 @@ fn check(a: &CheckArgs) -> Result<ExitCode> {
                 }
                 let n = r.problems.len() as u64 + r.more;
                 problems += n;
-                println!("{name}: {}", if n == 0 { "ok".to_string() } else { format!("{n} problems") });
+                println!(
+                    "{name}: {}",
+                    if n == 0 { "ok".to_string() } else { format!("{n} problems") }
+                );
             }
             Err(e) if matches!(e.kind, ErrorKind::Damaged | ErrorKind::Truncated) => {
                 problems += 1;

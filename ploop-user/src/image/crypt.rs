@@ -108,16 +108,13 @@ fn num(tok: Option<&str>, what: &str) -> Result<u64, CryptError> {
 }
 
 fn hex_key(s: &str) -> Result<Vec<u8>, CryptError> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(CryptError::Malformed(format!(
             "the key ({} characters) is not hex digits in pairs",
             s.len()
         )));
     }
-    Ok((0..s.len())
-        .step_by(2)
-        .filter_map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect())
+    Ok((0..s.len()).step_by(2).filter_map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect())
 }
 
 impl CryptTable {
@@ -168,7 +165,9 @@ impl CryptTable {
         };
         let key = match toks.next() {
             None => return Err(CryptError::Malformed("the line ends before the key".into())),
-            Some("-") => return Err(CryptError::Unsupported("the table has no key (\"-\")".into())),
+            Some("-") => {
+                return Err(CryptError::Unsupported("the table has no key (\"-\")".into()));
+            }
             Some(k) if k.starts_with(':') => {
                 return Err(CryptError::Unsupported(format!(
                     "the key is in the kernel keyring ({k}), which `dmsetup table --showkeys` \
@@ -231,7 +230,7 @@ impl CryptTable {
             return Err(CryptError::Malformed(format!("unexpected {t:?} after the options")));
         }
         if table.sectors > u64::MAX / SECTOR / 2
-            || (table.sectors * SECTOR) % u64::from(table.sector_size) != 0
+            || !(table.sectors * SECTOR).is_multiple_of(u64::from(table.sector_size))
         {
             return Err(CryptError::Malformed(format!(
                 "a length of {} sectors is not a whole number of {}-byte units",
@@ -244,15 +243,15 @@ impl CryptTable {
     fn cipher(&self) -> Xts {
         let (k1, k2) = self.key.split_at(self.key.len() / 2);
         if self.key.len() == 64 {
-            Xts::Aes256(Xts128::new(
+            Xts::Aes256(Box::new(Xts128::new(
                 Aes256::new(GenericArray::from_slice(k1)),
                 Aes256::new(GenericArray::from_slice(k2)),
-            ))
+            )))
         } else {
-            Xts::Aes128(Xts128::new(
+            Xts::Aes128(Box::new(Xts128::new(
                 Aes128::new(GenericArray::from_slice(k1)),
                 Aes128::new(GenericArray::from_slice(k2)),
-            ))
+            )))
         }
     }
 
@@ -280,7 +279,7 @@ impl CryptTable {
 
     fn each_unit(&self, at: u64, buf: &mut [u8], encrypt: bool) -> Result<()> {
         let unit = u64::from(self.sector_size);
-        if at % unit != 0 || buf.len() as u64 % unit != 0 {
+        if !at.is_multiple_of(unit) || !(buf.len() as u64).is_multiple_of(unit) {
             return Err(ImageError::new(
                 ErrorKind::OutOfRange,
                 format!("{} bytes at {at}: not whole {unit}-byte units", buf.len()),
@@ -319,9 +318,10 @@ impl CryptTable {
     }
 }
 
+/// Boxed: the expanded AES-256 keys are 1.4 KiB, and a reader holds one.
 enum Xts {
-    Aes128(Xts128<Aes128>),
-    Aes256(Xts128<Aes256>),
+    Aes128(Box<Xts128<Aes128>>),
+    Aes256(Box<Xts128<Aes256>>),
 }
 
 impl Xts {
@@ -403,7 +403,8 @@ mod tests {
     #[test]
     fn ieee_1619_vectors_through_the_table() {
         // vector 4: unit 0 with iv_offset 0
-        let t = CryptTable::parse(&format!("0 1 crypt aes-xts-plain64 {V4_KEY} 0 253:1 0")).unwrap();
+        let t =
+            CryptTable::parse(&format!("0 1 crypt aes-xts-plain64 {V4_KEY} 0 253:1 0")).unwrap();
         let mut c = pattern(512);
         t.encrypt(0, &mut c).unwrap();
         assert_eq!(hex(&c[..32]), V4_CTX32);
@@ -415,7 +416,8 @@ mod tests {
         assert_eq!(p, pattern(512));
 
         // vector 10: data unit 0xff = crypt sector 0x0f + iv_offset 0xf0, 8 sectors of offset
-        let line = format!("ploop0p1-crypt: 0 16 crypt aes-xts-plain64 {V10_KEY} 240 /dev/ploop0p1 8");
+        let line =
+            format!("ploop0p1-crypt: 0 16 crypt aes-xts-plain64 {V10_KEY} 240 /dev/ploop0p1 8");
         let t = CryptTable::parse(&line).unwrap();
         assert_eq!((t.device.as_str(), t.offset, t.iv_offset), ("/dev/ploop0p1", 8, 240));
         let mut dev = vec![0u8; 24 * 512];
@@ -434,7 +436,10 @@ mod tests {
     fn large_sectors_and_their_iv() {
         // 4096-byte units; with iv_large_sectors the IV counts units: (8 + 16) >> 3 = 3,
         // without it 512-byte sectors: 24 (CRC32s from OpenSSL's XTS with those tweaks)
-        for (opts, crc) in [("2 sector_size:4096 iv_large_sectors", 0xb4e3_47c1u32), ("1 sector_size:4096", 0xb278_6bfd)] {
+        for (opts, crc) in [
+            ("2 sector_size:4096 iv_large_sectors", 0xb4e3_47c1u32),
+            ("1 sector_size:4096", 0xb278_6bfd),
+        ] {
             let t = CryptTable::parse(&format!(
                 "0 16 crypt aes-xts-plain64 {V10_KEY} 16 253:1 0 {opts}"
             ))
@@ -462,7 +467,10 @@ mod tests {
         let mut p = vec![0u8; plain.len() - 1000];
         r.read_at(333, &mut p).unwrap();
         assert_eq!(p, plain[333..333 + p.len()]);
-        assert_eq!(r.read_at(400 * 512 - 1, &mut [0u8; 2]).unwrap_err().kind, ErrorKind::OutOfRange);
+        assert_eq!(
+            r.read_at(400 * 512 - 1, &mut [0u8; 2]).unwrap_err().kind,
+            ErrorKind::OutOfRange
+        );
     }
 
     #[test]
@@ -477,22 +485,42 @@ mod tests {
             other => panic!("{s}: {other:?}"),
         };
         assert!(na(&format!("0 8 crypt aes-cbc-essiv:sha256 {k} 0 8:0 0")).contains("aes-cbc"));
-        assert!(na("0 8 crypt aes-xts-plain64 :64:logon:cryptsetup:abc-d0 0 8:0 4096").contains("keyring"));
+        assert!(
+            na("0 8 crypt aes-xts-plain64 :64:logon:cryptsetup:abc-d0 0 8:0 4096")
+                .contains("keyring")
+        );
         assert!(na("0 8 crypt aes-xts-plain64 - 0 8:0 0").contains("no key"));
         assert!(na("0 8 crypt aes-xts-plain64 0011 0 8:0 0").contains("2 bytes"));
         assert!(na(&format!("8 8 crypt aes-xts-plain64 {k} 0 8:0 0")).contains("sector 8"));
-        assert!(na(&format!("0 8 crypt aes-xts-plain64 {k} 0 8:0 0 1 integrity:28:aead")).contains("integrity"));
-        assert!(na(&format!("0 8 linear 8:0 0\n8 8 crypt aes-xts-plain64 {k} 0 8:0 0")).contains("2 lines"));
+        assert!(
+            na(&format!("0 8 crypt aes-xts-plain64 {k} 0 8:0 0 1 integrity:28:aead"))
+                .contains("integrity")
+        );
+        assert!(
+            na(&format!("0 8 linear 8:0 0\n8 8 crypt aes-xts-plain64 {k} 0 8:0 0"))
+                .contains("2 lines")
+        );
         assert!(bad("0 8 linear 8:0 0").contains("linear"));
         assert!(bad("").contains("empty"));
         assert!(bad("0 8 crypt aes-xts-plain64 zz 0 8:0 0").contains("hex"));
         assert!(bad(&format!("0 8 crypt aes-xts-plain64 {k} x 8:0 0")).contains("iv_offset"));
         assert!(bad(&format!("0 8 crypt aes-xts-plain64 {k} 0 8:0")).contains("offset"));
-        assert!(bad(&format!("0 8 crypt aes-xts-plain64 {k} 0 8:0 0 2 allow_discards")).contains("2 options"));
-        assert!(bad(&format!("0 8 crypt aes-xts-plain64 {k} 0 8:0 0 1 sector_size:1000")).contains("sector_size"));
-        assert!(bad(&format!("0 9 crypt aes-xts-plain64 {k} 0 8:0 0 1 sector_size:4096")).contains("units"));
+        assert!(
+            bad(&format!("0 8 crypt aes-xts-plain64 {k} 0 8:0 0 2 allow_discards"))
+                .contains("2 options")
+        );
+        assert!(
+            bad(&format!("0 8 crypt aes-xts-plain64 {k} 0 8:0 0 1 sector_size:1000"))
+                .contains("sector_size")
+        );
+        assert!(
+            bad(&format!("0 9 crypt aes-xts-plain64 {k} 0 8:0 0 1 sector_size:4096"))
+                .contains("units")
+        );
         // the key never shows in Debug
-        let t = CryptTable::parse(&format!("0 8 crypt aes-xts-plain64 {k} 0 8:0 0 1 allow_discards")).unwrap();
+        let t =
+            CryptTable::parse(&format!("0 8 crypt aes-xts-plain64 {k} 0 8:0 0 1 allow_discards"))
+                .unwrap();
         assert!(!format!("{t:?}").contains(&k[..16]));
         // a table longer than the device
         assert!(t.reader(vec![0u8; 7 * 512]).is_err());

@@ -68,8 +68,8 @@ impl Delta {
     /// Opens a delta; `bottom` tells a raw base (holds everything) from a raw upper delta.
     pub fn open(path: &Path, bottom: bool) -> Result<Delta> {
         let name = path.display().to_string();
-        let file = File::open(path)
-            .map_err(|e| ImageError::io(0, e, "the delta file").in_file(&name))?;
+        let file =
+            File::open(path).map_err(|e| ImageError::io(0, e, "the delta file").in_file(&name))?;
         Self::from_file(path, file, bottom).map_err(|e| e.in_file(&name))
     }
 

@@ -155,7 +155,8 @@ pub fn judge(b: &[u8; SUPERBLOCK_SIZE]) -> Report {
 /// A minimal superblock for tests: magic, a journal, 4 KiB blocks, and `incompat`.
 pub fn test_superblock(incompat: u32) -> [u8; SUPERBLOCK_SIZE] {
     let mut b = [0u8; SUPERBLOCK_SIZE];
-    b[field::S_BLOCKS_COUNT_LO..field::S_BLOCKS_COUNT_LO + 4].copy_from_slice(&1024u32.to_le_bytes());
+    b[field::S_BLOCKS_COUNT_LO..field::S_BLOCKS_COUNT_LO + 4]
+        .copy_from_slice(&1024u32.to_le_bytes());
     b[field::S_LOG_BLOCK_SIZE..field::S_LOG_BLOCK_SIZE + 4].copy_from_slice(&2u32.to_le_bytes());
     b[field::S_MAGIC..field::S_MAGIC + 2].copy_from_slice(&EXT4_SUPER_MAGIC.to_le_bytes());
     b[field::S_STATE..field::S_STATE + 2].copy_from_slice(&EXT4_VALID_FS.to_le_bytes());

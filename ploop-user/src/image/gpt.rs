@@ -173,7 +173,10 @@ impl Gpt {
             entries_lba < sectors && a.checked_add(array).is_some_and(|e| e <= dev.size())
         });
         let Some(array_at) = array_at else {
-            return bad(72, format!("GPT entry array at LBA {entries_lba} lies outside the device"));
+            return bad(
+                72,
+                format!("GPT entry array at LBA {entries_lba} lies outside the device"),
+            );
         };
         let mut entries = vec![0u8; array as usize];
         dev.read_at(array_at, &mut entries)?;
@@ -205,7 +208,7 @@ impl Gpt {
                 ));
             }
             let units: Vec<u16> =
-                e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                e[56..128].as_chunks::<2>().0.iter().map(|&c| u16::from_le_bytes(c)).collect();
             let len = units.iter().position(|&u| u == 0).unwrap_or(units.len());
             partitions.push(Partition {
                 number: i as u32 + 1,

@@ -214,7 +214,7 @@ impl<R: BlockRead> Slice<R> {
 
     /// What a dm-linear target with offset `sectors` maps: from there to the end.
     pub fn from_sector(inner: R, sectors: u64) -> Result<Self> {
-        let start = sectors.checked_mul(SECTOR).unwrap_or(u64::MAX);
+        let start = sectors.saturating_mul(SECTOR);
         let len = inner.size().saturating_sub(start);
         Self::new(inner, start, len, format!("offset {sectors} sectors"))
     }

@@ -275,7 +275,9 @@ impl Header {
                  not closed cleanly"
                     .into(),
             ),
-            v => add(field::m_DiskInUse, false, format!("m_DiskInUse is {v:#x}: not a known value")),
+            v => {
+                add(field::m_DiskInUse, false, format!("m_DiskInUse is {v:#x}: not a known value"))
+            }
         }
         if self.data_start() < self.bat_end() {
             add(
@@ -289,7 +291,7 @@ impl Header {
                     self.bat_end()
                 ),
             );
-        } else if cluster_ok && self.m_FirstBlockOffset % self.m_Sectors != 0 {
+        } else if cluster_ok && !self.m_FirstBlockOffset.is_multiple_of(self.m_Sectors) {
             add(
                 field::m_FirstBlockOffset,
                 false,
@@ -313,7 +315,11 @@ impl Header {
             add(
                 field::m_Flags,
                 false,
-                format!("m_Flags is {:#x}: unknown bits {:#x}", self.m_Flags, self.m_Flags & !CIF_FlagsMask),
+                format!(
+                    "m_Flags is {:#x}: unknown bits {:#x}",
+                    self.m_Flags,
+                    self.m_Flags & !CIF_FlagsMask
+                ),
             );
         }
         if self.version == Version::V2 && self.m_FormatExtensionOffset != 0 {
@@ -391,7 +397,7 @@ pub fn read_bat(file: &File, h: &Header) -> Result<Vec<u32>> {
     let mut raw = vec![0u8; n * 4];
     file.read_exact_at(&mut raw, PVD_HEADER_SIZE)
         .map_err(|e| ImageError::io(PVD_HEADER_SIZE, e, "the BAT"))?;
-    Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(raw.as_chunks::<4>().0.iter().map(|&c| u32::from_le_bytes(c)).collect())
 }
 
 /// What `image check` found in a ploop1 file.
@@ -530,7 +536,8 @@ mod tests {
 
     #[test]
     fn every_field_out_of_range_is_named_with_its_offset() {
-        let cases: Vec<(fn(&mut Header), u64, bool)> = vec![
+        type Case = (fn(&mut Header), u64, bool); // mutation, offset named, fatal
+        let cases: Vec<Case> = vec![
             (|h| h.m_Type = 1, field::m_Type, true),
             (|h| h.m_Sectors = 0, field::m_Sectors, true),
             (|h| h.m_Sectors = 6, field::m_Sectors, true),
@@ -638,7 +645,8 @@ mod tests {
         b[16..20].copy_from_slice(&5u32.to_le_bytes());
         let r = check_bytes(&b).unwrap();
         assert_eq!(offsets(&r), vec![16, 44, 52], "{:?}", r.problems);
-        let e = check_bytes(b"not a ploop1 image at all, just bytes...........................").unwrap_err();
+        let e = check_bytes(b"not a ploop1 image at all, just bytes...........................")
+            .unwrap_err();
         assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(0)));
         let e = check_bytes(&b[..63]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Truncated);
