@@ -70,10 +70,16 @@ impl Delta {
         let name = path.display().to_string();
         let file =
             File::open(path).map_err(|e| ImageError::io(0, e, "the delta file").in_file(&name))?;
-        Self::from_file(path, file, bottom).map_err(|e| e.in_file(&name))
+        Self::from_file(path, file, bottom)
     }
 
-    fn from_file(path: &Path, file: File, bottom: bool) -> Result<Delta> {
+    /// A delta from a file already open (e.g. a dup of the fd `ADD_DELTA` or a snapshot
+    /// request carried); `path` names it in messages. The reader only ever `pread`s it.
+    pub fn from_file(path: &Path, file: File, bottom: bool) -> Result<Delta> {
+        Self::from_open_file(path, file, bottom).map_err(|e| e.in_file(path.display()))
+    }
+
+    fn from_open_file(path: &Path, file: File, bottom: bool) -> Result<Delta> {
         let meta = file.metadata().map_err(|e| ImageError::io(0, e, "the file's size"))?;
         if !meta.is_file() {
             return Err(ImageError::new(ErrorKind::Io, "not a regular file"));
