@@ -1,20 +1,57 @@
 # Guest side of `cargo xtask bench`: PLOOP_IOC_SNAPSHOT latency on the model driver without
-# and with ploop-verify attached, in one guest, alternating so drift hits both alike.
-# COUNT and ROUNDS come from the environment.
+# the tool, with its probes and a consumer that only counts (`trace`), and with
+# `ploop-verify run` for each transport and attach method; rounds alternate the modes so
+# that drift hits all alike. Then the detection delay (every call made to fail T1) and the
+# event-loss rate (refused snapshot calls at rising rates).
+# COUNT, ROUNDS (and MODES, RATES: optional) come from the environment.
 set -u
 mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
+MODES=${MODES:-without count run-ringbuf-fentry run-ringbuf-kprobe run-perf-fentry run-perf-kprobe}
+RATES=${RATES:-1000 2000 5000 10000 20000 0}
+ploop-verify doctor | grep -i -E "plan|fentry|ring" | head -5
+
+bench_cmd() { # LABEL
+  echo "ploop-verify testkit snapshot-bench --device /dev/ploop0 --count $COUNT \
+    --sync-fd-from /mnt/p0 --write-to /mnt/p0 --label $1"
+}
+
 r=0
 while [ $r -lt $ROUNDS ]; do
   r=$((r + 1))
-  for mode in without with; do
+  for mode in $MODES; do
     up direct || exit 11
-    bench="ploop-verify testkit snapshot-bench --device /dev/ploop0 --count $COUNT \
-      --sync-fd-from /mnt/p0 --write-to /mnt/p0 --label $mode-probes"
-    if [ $mode = with ]; then
-      ploop-verify run --quiet --out /share/run-$r -- $bench || echo "run exit $?"
-    else
-      $bench
-    fi
+    case $mode in
+      without) $(bench_cmd without-probes) ;;
+      count) ploop-verify trace -- $(bench_cmd count-probes) | grep -v '^ploop-verify: trace' ;;
+      run-*)
+        set -- $(echo $mode | tr - ' ')
+        ploop-verify run --quiet --profile --transport $2 --method $3 --out /share/run-$mode-$r \
+          -- $(bench_cmd $mode) 2>&1 | grep -E "snapshot-bench|profile:|VIOLATION|lost"
+        ;;
+    esac
     down direct
   done
+done
+
+# Detection delay: T1 set so that every call fails it when it completes; each violation says
+# how long after its completing event it was printed.
+for t in ringbuf perf; do
+  up direct || exit 11
+  ploop-verify run --transport $t --max-freeze-ms 0.001 --out /share/delay-$t \
+    -- $(bench_cmd delay-$t) 2>&1 | sed -n "s/.*\[found \([0-9.]*\) ms after the event\]/delay-ms $t \1/p"
+  down direct
+done
+
+# Event loss: refused snapshot calls (about four events each) at rising rates, 2 s each.
+for t in ringbuf perf; do
+  up direct || exit 11
+  for rate in $RATES; do
+    ploop-verify run --quiet --transport $t --out /share/rate-$t-$rate -- \
+      ploop-verify testkit snapshot-bench --device /dev/ploop0 --rate $rate --seconds 2 \
+      --label rate-$t-$rate | grep snapshot-bench
+    lost=$(sed -n 's/.*"lost": *\([0-9]*\).*/\1/p' /share/rate-$t-$rate/summary.json | head -1)
+    calls=$(sed -n 's/^  "snapshots": *\([0-9]*\).*/\1/p' /share/rate-$t-$rate/summary.json | head -1)
+    echo "rate-result $t target=$rate judged=${calls:-?} lost=${lost:-?}"
+  done
+  down direct
 done

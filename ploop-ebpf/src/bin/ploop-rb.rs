@@ -31,7 +31,9 @@ impl ploop_ebpf::Flavor for RingBufFlavor {
     }
     #[inline(always)]
     fn emit<C: EbpfContext>(ctx: &C, ev: &Event) -> bool {
-        if PLOOP_EVENTS.output(ev, 0).is_ok() {
+        // The consumer polls the buffer on its own clock: no wake-up per event.
+        const BPF_RB_NO_WAKEUP: u64 = 1;
+        if PLOOP_EVENTS.output(ev, BPF_RB_NO_WAKEUP).is_ok() {
             return true;
         }
         aya_log_ebpf::warn!(ctx, "ring buffer full: event of func {} dropped", ev.func);

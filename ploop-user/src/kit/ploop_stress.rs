@@ -90,6 +90,48 @@ pub struct BenchArgs {
     /// A label for the output line.
     #[arg(long, default_value = "snapshot")]
     pub label: String,
+    /// Rate mode, for the event-loss benchmark: instead of --count snapshots, send
+    /// PLOOP_IOC_SNAPSHOT calls the kernel refuses at once (pctl_chunks=0: -ENOTSUPP, or
+    /// -EINVAL unpatched; no delta is made, no freeze) at CALLS per second (0: as fast as
+    /// possible) for --seconds. Each is a snapshot call to a watching tool (about four
+    /// events), so the achieved rate and what the tool lost show where it stops keeping up.
+    #[arg(long, value_name = "CALLS")]
+    pub rate: Option<u32>,
+    #[arg(long, default_value_t = 2.0, requires = "rate")]
+    pub seconds: f64,
+}
+
+/// `--rate`: refused snapshot calls at a fixed pace; prints the calls made and the rate.
+fn rate(a: &BenchArgs, target: u32) -> Result<()> {
+    let dev = PloopDev::open(&a.device)?;
+    let mut buf = GuardedBuf::new()?;
+    let mut req = Request::one(PLOOP_FMT_RAW, 0, -1);
+    req.ctl.pctl_chunks = 0;
+    req.chunks.clear();
+    let start = Instant::now();
+    let until = std::time::Duration::from_secs_f64(a.seconds);
+    let mut calls: u64 = 0;
+    while start.elapsed() < until {
+        if target > 0 {
+            // Paced against the start, not the previous call: no drift, bursts catch up.
+            let due = std::time::Duration::from_secs_f64(calls as f64 / f64::from(target));
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        match ploopctl::send_snapshot(&dev, &mut buf, &req, Fault::None) {
+            Err(Errno::ENOTSUPP | Errno::EINVAL) => calls += 1,
+            Ok(()) => bail!("a snapshot with pctl_chunks=0 succeeded"),
+            Err(e) => bail!("snapshot call {calls}: {}", e.numbered()),
+        }
+    }
+    let took = start.elapsed().as_secs_f64();
+    println!(
+        "snapshot-bench {}: calls={calls} seconds={took:.2} achieved={:.0}/s target={target}/s",
+        a.label,
+        calls as f64 / took
+    );
+    Ok(())
 }
 
 /// splitmix64: small, fast, good enough for choosing test cases.
@@ -587,6 +629,9 @@ fn check_workdir(dir: &Path) -> Result<()> {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     use std::io::Write as _;
+    if let Some(target) = a.rate {
+        return rate(&a, target);
+    }
     if a.count == 0 {
         bail!("--count must be at least 1");
     }

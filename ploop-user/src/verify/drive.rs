@@ -7,15 +7,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
-use tokio::sync::mpsc::UnboundedReceiver;
+use anyhow::Result;
 
 use crate::{
     console::{self, say},
     kernel::Generation,
     verify::{
         events::TraceEvent,
-        probe::{Record, Transport},
+        probe::{EventSource, Record, Transport},
+        profile::{self, Stage},
     },
     workload::{Stopped, Workload},
 };
@@ -83,16 +83,19 @@ impl Reorder {
     }
 }
 
-pub async fn drive(
-    d: Drive<'_>,
-    rx: &mut UnboundedReceiver<Record>,
-    sink: &mut impl Sink,
-) -> Result<Driven> {
+/// How often the buffers are drained, hung calls looked for and events released: the bound
+/// on how late a violation is printed (plus the perf reorder window), and the tool's only
+/// wake-up while snapshots run.
+const TICK: Duration = Duration::from_millis(10);
+
+pub async fn drive(d: Drive<'_>, source: &mut EventSource, sink: &mut impl Sink) -> Result<Driven> {
     let window = reorder_window(d.transport);
     let mut workload = Workload::start(d.command, d.duration)?;
     let every = console::status_every();
     let mut reorder = Reorder { pending: BTreeMap::new(), seq: 0 };
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(TICK);
+    // A late tick (the tool was descheduled) drains everything at once: no burst of ticks.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_progress = Instant::now();
     let mut lost = 0;
     let take = |r: Record, reorder: &mut Reorder, lost: &mut u64| match r {
@@ -108,12 +111,12 @@ pub async fn drive(
     };
     let status = loop {
         tokio::select! {
-            r = rx.recv() => match r {
-                Some(r) => take(r, &mut reorder, &mut lost),
-                None => bail!("the event readers stopped"),
-            },
             _ = tick.tick() => {
-                let settled = mono_ns().saturating_sub(window);
+                // Read the clock first: every event stamped before it is in the buffers now.
+                let now = mono_ns();
+                profile::tick();
+                profile::time(Stage::Drain, || source.drain(|r| take(r, &mut reorder, &mut lost)));
+                let settled = now.saturating_sub(window);
                 release(reorder.ready(settled), sink)?;
                 sink.tick(settled)?;
                 if !d.quiet && last_progress.elapsed() >= every {
@@ -131,11 +134,9 @@ pub async fn drive(
             }
         }
     };
-    // Events emitted before the workload ended may still be in the buffers.
-    let settle = tokio::time::Instant::now() + Duration::from_millis(200);
-    while let Ok(Some(r)) = tokio::time::timeout_at(settle, rx.recv()).await {
-        take(r, &mut reorder, &mut lost);
-    }
+    // Events emitted before the workload ended are in the buffers by now: the workload's
+    // processes have exited, and a probe writes its event before its function returns.
+    source.drain(|r| take(r, &mut reorder, &mut lost));
     release(reorder.ready(u64::MAX), sink)?;
     Ok(Driven { status, lost })
 }

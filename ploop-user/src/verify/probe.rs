@@ -6,7 +6,7 @@
 
 use std::{
     fmt,
-    os::fd::{AsFd, AsRawFd, RawFd},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -22,7 +22,7 @@ use aya::{
 use clap::{Args, ValueEnum};
 use ploop_common::{Attach, Event, Probe, config, names};
 use serde::Serialize;
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
     btf,
@@ -502,6 +502,53 @@ pub enum Record {
     Lost(u64),
 }
 
+/// The probes' buffers, drained by the consumer when it chooses (see [`Session::stream`]).
+pub enum EventSource {
+    Ring(RingBuf<MapData>),
+    Perf(Vec<PerfEventArrayBuffer>),
+}
+
+impl EventSource {
+    /// Hands every record waiting in the buffers to `f`, in buffer order; returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(Record)) -> usize {
+        let mut n = 0;
+        match self {
+            EventSource::Ring(ring) => {
+                while let Some(item) = ring.next() {
+                    if let Some(ev) = decode(&item) {
+                        f(Record::Event(ev));
+                        n += 1;
+                    }
+                }
+            }
+            EventSource::Perf(bufs) => {
+                for buf in bufs {
+                    buf.for_each(|e| {
+                        n += 1;
+                        match e {
+                            PerfEvent::Sample { head, tail } => {
+                                // A sample wraps around the buffer's end at most once.
+                                let ev = if tail.is_empty() {
+                                    decode(head)
+                                } else {
+                                    let mut bytes = head.to_vec();
+                                    bytes.extend_from_slice(tail);
+                                    decode(&bytes)
+                                };
+                                if let Some(ev) = ev {
+                                    f(Record::Event(ev));
+                                }
+                            }
+                            PerfEvent::Lost { count } => f(Record::Lost(count)),
+                        }
+                    });
+                }
+            }
+        }
+        n
+    }
+}
+
 /// Attached probes. Dropping it detaches everything.
 pub struct Session {
     ebpf: Ebpf,
@@ -560,15 +607,6 @@ enum Readers {
     Perf(PerfEventArray<MapData>, Vec<PerfEventArrayBuffer>),
 }
 
-/// `AsyncFd` wants `AsRawFd`; the perf buffer offers `AsFd`.
-struct Fd<T>(T);
-impl<T: AsFd> AsRawFd for Fd<T> {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-/// Registers an fd-owning reader with the tokio reactor.
 fn watch<T: AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
     // SAFETY: every `T` used here owns its fd and closes it only when dropped, which
     // `AsyncFd` does after deregistering.
@@ -700,62 +738,20 @@ impl Session {
         })
     }
 
-    /// Starts the readers (and aya-log's, on the ring-buffer object) on the current tokio
-    /// runtime; records arrive on the returned channel until the session is dropped.
-    pub fn stream(&mut self) -> Result<mpsc::UnboundedReceiver<Record>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        match self.readers.take().ok_or_else(|| anyhow!("already streaming"))? {
-            Readers::Ring(ring) => {
-                let mut fd = watch(ring)?;
-                tokio::spawn(async move {
-                    loop {
-                        let Ok(mut guard) = fd.readable_mut().await else {
-                            return;
-                        };
-                        let ring = guard.get_inner_mut();
-                        while let Some(item) = ring.next() {
-                            if let Some(ev) = decode(&item)
-                                && tx.send(Record::Event(ev)).is_err()
-                            {
-                                return;
-                            }
-                        }
-                        guard.clear_ready();
-                    }
-                });
-            }
+    /// The event source, read by polling: the consumer drains it on its own clock (the
+    /// drive loop's tick) instead of being woken for every event. A wake-up per event is what
+    /// a snapshot paid for in the guest (issue 15): about fifteen cross-CPU wake-ups of the
+    /// tool while the snapshot runs. The ring-buffer programs commit with BPF_RB_NO_WAKEUP
+    /// for the same reason. Also starts aya-log's reader (ring-buffer object only), which
+    /// stays woken: it carries only rare diagnostics.
+    pub fn stream(&mut self) -> Result<EventSource> {
+        let source = match self.readers.take().ok_or_else(|| anyhow!("already streaming"))? {
+            Readers::Ring(ring) => EventSource::Ring(ring),
             Readers::Perf(array, bufs) => {
                 self._perf_array = Some(array);
-                for buf in bufs {
-                    let tx = tx.clone();
-                    let mut fd = watch(Fd(buf))?;
-                    tokio::spawn(async move {
-                        loop {
-                            let Ok(mut guard) = fd.readable_mut().await else {
-                                return;
-                            };
-                            let mut out = Vec::new();
-                            guard.get_inner_mut().0.for_each(|e| match e {
-                                PerfEvent::Sample { head, tail } => {
-                                    let mut bytes = head.to_vec();
-                                    bytes.extend_from_slice(tail);
-                                    if let Some(ev) = decode(&bytes) {
-                                        out.push(Record::Event(ev));
-                                    }
-                                }
-                                PerfEvent::Lost { count } => out.push(Record::Lost(count)),
-                            });
-                            guard.clear_ready();
-                            for r in out {
-                                if tx.send(r).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    });
-                }
+                EventSource::Perf(bufs)
             }
-        }
+        };
         if self.plan.transport == Transport::Ringbuf {
             // aya-log: diagnostics from the programs go to stderr.
             let logger = aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, &StderrLog)
@@ -771,7 +767,7 @@ impl Session {
                 }
             });
         }
-        Ok(rx)
+        Ok(source)
     }
 
     /// Events the programs themselves could not hand over (ring buffer full).

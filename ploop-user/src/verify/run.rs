@@ -21,8 +21,10 @@ use crate::{
     verify::drive::{self, Drive, Driven, Sink},
     verify::events::{Phase, SyncState, TraceEvent, Via},
     verify::probe::{self, ProbeArgs, Session},
+    verify::profile::{self, Stage},
+    verify::report::svg::axis::plural,
     verify::report::{self, Reports},
-    verify::stack::Stack,
+    verify::stack::{Stack, StackWatch},
     verify::tracefile::{self, End, Header, TraceLine},
     workload::positive,
 };
@@ -57,6 +59,10 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// At the end, print where the tool's own time went while it watched: CPU time and
+    /// wake-ups per snapshot call, time per stage (drain, context, trace, check).
+    #[arg(long)]
+    pub profile: bool,
     /// Workload to run while checking; the run ends when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -117,6 +123,7 @@ struct Pipeline {
     last_ts: u64,
     /// Live: print how long after its completing event each violation was found.
     live: bool,
+    stacks: StackWatch,
 }
 
 impl Pipeline {
@@ -135,6 +142,7 @@ impl Pipeline {
             violations: Vec::new(),
             last_ts: 0,
             live: writer.is_some(),
+            stacks: StackWatch::new(),
         };
         p.writer = writer;
         if let Some(w) = &mut p.writer {
@@ -145,27 +153,29 @@ impl Pipeline {
 
     fn push(&mut self, line: &TraceLine) -> Result<()> {
         if let Some(w) = &mut self.writer {
-            w.line(line)?;
+            profile::time(Stage::Trace, || w.line(line))?;
         }
-        match line {
-            TraceLine::Stack(s) => self.checker.stack(s),
-            TraceLine::Event(e) => {
-                self.last_ts = self.last_ts.max(e.ts_ns);
-                let hung = self.checker.hung(e.ts_ns);
-                self.announce(hung);
-                let found = self.checker.event(e);
-                self.announce(found);
-                self.hand_over()?;
+        profile::time(Stage::Check, || {
+            match line {
+                TraceLine::Stack(s) => self.checker.stack(s),
+                TraceLine::Event(e) => {
+                    self.last_ts = self.last_ts.max(e.ts_ns);
+                    let hung = self.checker.hung(e.ts_ns);
+                    self.announce(hung);
+                    let found = self.checker.event(e);
+                    self.announce(found);
+                    self.hand_over()?;
+                }
+                TraceLine::Header(_) | TraceLine::End(_) => {}
             }
-            TraceLine::Header(_) | TraceLine::End(_) => {}
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Judged calls go on to the reports; nothing here keeps them.
     fn hand_over(&mut self) -> Result<()> {
         for r in self.checker.take_judged() {
-            self.reports.call(r)?;
+            profile::time(Stage::Report, || self.reports.call(r))?;
         }
         Ok(())
     }
@@ -215,11 +225,11 @@ impl Pipeline {
 
 fn print_summary(s: &report::Summary, dir: &Path) {
     say!(
-        "ploop-verify: {}: {} snapshot calls, {} violations, {} events, {} lost",
+        "ploop-verify: {}: {}, {}, {}, {} lost",
         s.verdict,
-        s.snapshots,
-        s.violations,
-        s.events,
+        plural(s.snapshots as u64, "snapshot call", "snapshot calls"),
+        plural(s.violations as u64, "violation", "violations"),
+        plural(s.events, "event", "events"),
         s.lost
     );
     if let Some(r) = &s.reason {
@@ -258,7 +268,8 @@ pub fn replay(args: ReportArgs) -> Result<ExitCode> {
 /// The live side: each event after the context only it can read for it.
 impl Sink for Pipeline {
     fn event(&mut self, mut e: TraceEvent) -> Result<()> {
-        if let Some(s) = context_for(&mut e) {
+        let stacks = &mut self.stacks;
+        if let Some(s) = profile::time(Stage::Context, || context_for(&mut e, stacks)) {
             self.push(&TraceLine::Stack(s))?;
         }
         self.push(&TraceLine::Event(e))
@@ -294,7 +305,7 @@ impl Sink for Pipeline {
 }
 
 /// What only the live side can know, recorded before the event that needs it.
-fn context_for(e: &mut TraceEvent) -> Option<Stack> {
+fn context_for(e: &mut TraceEvent, stacks: &mut StackWatch) -> Option<Stack> {
     // At the start of a snapshot call (the ioctl's entry, or ploop_snapshot's).
     if e.phase != Phase::Entry || e.request.is_none() {
         return None;
@@ -319,7 +330,7 @@ fn context_for(e: &mut TraceEvent) -> Option<Stack> {
             Err(_) => sync.state = SyncState::NoFile,
         }
     }
-    e.dev.map(Stack::capture)
+    e.dev.and_then(|d| stacks.changed(d))
 }
 
 pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
@@ -337,7 +348,11 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     for (role, why) in &session.narrowed {
         say!("ploop-verify: not probed: {role}: {why}");
     }
-    let mut rx = session.stream()?;
+    if args.profile {
+        profile::enable();
+    }
+    let mut source = session.stream()?;
+    let base = profile::baseline();
     say!("ploop-verify: checking {plan}");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -353,7 +368,7 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
         generation: kernel.generation,
         quiet: args.quiet,
     };
-    let Driven { status, lost } = drive::drive(drive, &mut rx, &mut p).await?;
+    let Driven { status, lost } = drive::drive(drive, &mut source, &mut p).await?;
     let lost = lost + session.dropped_in_kernel()?;
     drop(session);
     let end = End {
@@ -364,6 +379,11 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     };
     if let Some(code) = status.filter(|c| *c != 0) {
         say!("ploop-verify: the workload exited with status {code}");
+    }
+    if let Some(base) = base {
+        for l in profile::report(&base, p.checker.snapshots(), p.checker.events) {
+            say!("ploop-verify: {l}");
+        }
     }
     p.finish(&header, end, &args.policy, &args.out)
 }

@@ -82,7 +82,7 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let kernel = KernelInfo::detect()?;
     let plan = probe::plan(&kernel, btf, &args.probe)?;
     let mut session = Session::attach(&plan).context("attaching the probes")?;
-    let mut rx = session.stream()?;
+    let mut source = session.stream()?;
     say!("ploop-verify: tracing {plan}");
     let writer = match &args.out {
         Some(out) => {
@@ -109,7 +109,7 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
         // --print writes events to stdout, often the same terminal as the status line.
         quiet: args.print,
     };
-    let Driven { status, lost } = drive::drive(drive, &mut rx, &mut traced).await?;
+    let Driven { status, lost } = drive::drive(drive, &mut source, &mut traced).await?;
     let lost = lost + session.dropped_in_kernel()?;
     drop(session);
     if let Some(mut w) = traced.writer.take() {

@@ -12,7 +12,7 @@
 mod junit;
 mod ktap;
 mod markdown;
-mod svg;
+pub(crate) mod svg;
 
 use std::{
     fmt, fs,

@@ -14,7 +14,7 @@
 //! Elements carry `class` names (`lane`, `tick`, `call`, `violation-mark`, `inset`, `bar`)
 //! so tests and scripts find them without reading coordinates.
 
-mod axis;
+pub(crate) mod axis;
 mod collect;
 mod histogram;
 mod inset;
