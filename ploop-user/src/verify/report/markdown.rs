@@ -1,6 +1,7 @@
 //! `summary.md`: the verdict, the kernel, the invariant table and the first violations, fit
 //! for a CI job summary.
 
+use super::svg::axis::{grouped, plural};
 use std::fmt::Write as _;
 
 use super::{ProbeState, RunVerdict, Summary, patch_text, probes_text};
@@ -14,8 +15,11 @@ pub fn render(s: &Summary) -> String {
     };
     let _ = writeln!(
         out,
-        "**{icon}**: {} snapshot calls, {} violations, {} events, {} lost.\n",
-        s.snapshots, s.violations, s.events, s.lost
+        "**{icon}**: {}, {}, {}, {} lost.\n",
+        plural(s.snapshots as u64, "snapshot call", "snapshot calls"),
+        plural(s.violations as u64, "violation", "violations"),
+        plural(s.events, "event", "events"),
+        grouped(s.lost)
     );
     if let Some(r) = &s.reason {
         let _ = writeln!(out, "> {r}\n");
