@@ -9,6 +9,17 @@ use ploop_user::{
     verify::{doctor, probe, run, trace},
 };
 
+/// `--version`: the version, the commit it was built from ("unknown" outside a git checkout)
+/// and the aya it links (both recorded by build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PLOOP_GIT_COMMIT"),
+    ", aya ",
+    env!("PLOOP_AYA_VERSION"),
+    ")"
+);
+
 /// Verify the ploop snapshot freeze/thaw contract on a live kernel, with eBPF.
 ///
 /// `run` judges every PLOOP_IOC_SNAPSHOT call on the contract's invariants while a workload
@@ -21,7 +32,7 @@ use ploop_user::{
 /// could be verified (probes would not attach, no snapshot or event seen, events lost) or bad
 /// input; 64 bad usage.
 #[derive(Parser, Debug)]
-#[command(version, max_term_width = 100)]
+#[command(name = "ploop-verify", version = VERSION, max_term_width = 100)]
 struct Cli {
     /// BTF of the kernel to probe, for kernels without /sys/kernel/btf/vmlinux
     /// (e.g. from `cargo xtask build-kernel`, or `pahole -J vmlinux`).
