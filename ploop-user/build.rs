@@ -95,7 +95,8 @@ fn kernel_patch_series(root: &Path) -> anyhow::Result<()> {
     println!("cargo::rerun-if-changed={}", dir.display());
     println!("cargo::rerun-if-changed={}", series.display());
     let text = std::fs::read_to_string(&series).context("reading kernel-patch/series")?;
-    let mut out = String::from("/// kernel-patch/series: each patch's file name and contents, in order.\n");
+    let mut out =
+        String::from("/// kernel-patch/series: each patch's file name and contents, in order.\n");
     out.push_str("pub const SERIES: &[(&str, &[u8])] = &[\n");
     for name in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let p = dir.join(name);

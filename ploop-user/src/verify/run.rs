@@ -44,12 +44,46 @@ pub struct Policy {
     pub hang_after: f64,
 }
 
+/// `--kcidb`: the results as KernelCI's KCIDB I/O JSON as well.
+#[derive(Args, Debug, Clone)]
+pub struct KcidbArgs {
+    /// Also write the results as KernelCI KCIDB I/O JSON (schema v5.3) to FILE: a checkout
+    /// (kernel tree, the patch series' patchset_hash), a build, and one test per snapshot call
+    /// and invariant. Needs --kcidb-origin.
+    #[arg(long, value_name = "FILE", requires = "kcidb_origin")]
+    pub kcidb: Option<PathBuf>,
+    /// The KCIDB origin: the name of your CI system (lower-case letters, digits, '_').
+    #[arg(long, value_name = "NAME", requires = "kcidb", value_parser = report::kcidb::origin)]
+    pub kcidb_origin: Option<String>,
+    /// build-kernel's manifest.json of the kernel under test: the KCIDB build, and the
+    /// patches it applied as the checkout's patchset.
+    #[arg(long, value_name = "FILE", requires = "kcidb")]
+    pub kcidb_manifest: Option<PathBuf>,
+    /// The KCIDB tree_name of the kernel (e.g. vzkernel).
+    #[arg(long, value_name = "NAME", requires = "kcidb")]
+    pub kcidb_tree: Option<String>,
+}
+
+impl KcidbArgs {
+    fn options(&self, policy: &Policy) -> Option<report::kcidb::Options> {
+        Some(report::kcidb::Options {
+            path: self.kcidb.clone()?,
+            origin: self.kcidb_origin.clone()?,
+            manifest: self.kcidb_manifest.clone(),
+            tree: self.kcidb_tree.clone(),
+            expected: policy.expect_snapshots,
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
     pub probe: ProbeArgs,
     #[command(flatten)]
     pub policy: Policy,
+    #[command(flatten)]
+    pub kcidb: KcidbArgs,
     /// Directory for trace.jsonl and the reports (created if needed).
     #[arg(long, short, default_value = "ploop-verify-report", value_name = "DIR")]
     pub out: PathBuf,
@@ -74,6 +108,8 @@ pub struct ReportArgs {
     pub trace: PathBuf,
     #[command(flatten)]
     pub policy: ReplayPolicy,
+    #[command(flatten)]
+    pub kcidb: KcidbArgs,
     /// Directory for the reports (default: the trace's directory).
     #[arg(long, short, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -127,7 +163,16 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(header: &Header, policy: &Policy, writer: Option<tracefile::Writer>) -> Result<Self> {
+    fn new(
+        header: &Header,
+        policy: &Policy,
+        kcidb: &KcidbArgs,
+        writer: Option<tracefile::Writer>,
+    ) -> Result<Self> {
+        let mut reports = Reports::new()?;
+        if let Some(k) = kcidb.options(policy) {
+            reports = reports.with_kcidb(report::kcidb::Kcidb::new(k, header)?)?;
+        }
         let mut p = Pipeline {
             checker: Checker::new(
                 header.generation,
@@ -137,7 +182,7 @@ impl Pipeline {
                     max_hang_ns: (policy.hang_after * 1e9) as u64,
                 },
             ),
-            reports: Reports::new()?,
+            reports,
             writer: None,
             violations: Vec::new(),
             last_ts: 0,
@@ -257,7 +302,7 @@ pub fn replay(args: ReportArgs) -> Result<ExitCode> {
     };
     let header = trace.header.clone();
     let policy = args.policy.resolve(header.policy.as_ref());
-    let mut p = Pipeline::new(&header, &policy, None)?;
+    let mut p = Pipeline::new(&header, &policy, &args.kcidb, None)?;
     while let Some(line) = trace.next_record()? {
         p.push(line)?;
     }
@@ -334,6 +379,10 @@ fn context_for(e: &mut TraceEvent, stacks: &mut StackWatch) -> Option<Stack> {
 }
 
 pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
+    // A wrong manifest is bad input: said now, not after the workload.
+    if let Some(m) = &args.kcidb.kcidb_manifest {
+        report::kcidb::Manifest::read(m)?;
+    }
     let kernel = KernelInfo::detect()?;
     if kernel.symbol(Probe::PloopSnapshot).is_none() && probe::ploop_major().is_none() {
         say!(
@@ -359,7 +408,7 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let mut header = tracefile::header(&kernel, &session)?;
     header.policy = Some(args.policy.clone());
     let writer = tracefile::Writer::create(&args.out.join("trace.jsonl"))?;
-    let mut p = Pipeline::new(&header, &args.policy, Some(writer))?;
+    let mut p = Pipeline::new(&header, &args.policy, &args.kcidb, Some(writer))?;
 
     let drive = Drive {
         command: &args.command,

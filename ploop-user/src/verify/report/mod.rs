@@ -10,6 +10,7 @@
 //! or interrupted run leaves no half-written report, and a damaged trace none at all.
 
 mod junit;
+pub mod kcidb;
 mod ktap;
 mod markdown;
 pub(crate) mod svg;
@@ -366,6 +367,8 @@ pub struct Reports {
     junit: PerCall,
     ktap: PerCall,
     timeline: svg::Rows,
+    /// `--kcidb`: the writer and its per-call tests.
+    kcidb: Option<(kcidb::Kcidb, PerCall)>,
 }
 
 impl Reports {
@@ -375,7 +378,14 @@ impl Reports {
             junit: PerCall::new()?,
             ktap: PerCall::new()?,
             timeline: svg::Rows::default(),
+            kcidb: None,
         })
+    }
+
+    /// Also write the KCIDB report.
+    pub fn with_kcidb(mut self, k: kcidb::Kcidb) -> Result<Self> {
+        self.kcidb = Some((k, PerCall::new()?));
+        Ok(self)
     }
 
     /// One judged call; the reports keep what they need of it.
@@ -385,6 +395,10 @@ impl Reports {
         let failed = r.failures().next().is_some();
         self.junit.call(n, failed, |_, o| junit::call(&r, o))?;
         self.ktap.call(n, failed, |k, o| ktap::call(k, &r, o))?;
+        if let Some((k, per_call)) = &mut self.kcidb {
+            let run = k.run_id(Some(&r));
+            per_call.call(n, failed, |_, o| k.call(&run, &r, o))?;
+        }
         self.timeline.push(r);
         Ok(())
     }
@@ -404,6 +418,27 @@ impl Reports {
         };
         self.junit.write(dir, "junit.xml", aggregated, head(junit::head), junit::TAIL)?;
         self.ktap.write(dir, "results.ktap", aggregated, head(ktap::head), "")?;
+        if let Some((mut k, per_call)) = self.kcidb {
+            let path = k.opts.path.clone();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| format!("--kcidb {}: not a file name", path.display()))?;
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            fs::create_dir_all(&parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+            let calls = self.calls;
+            per_call.write(
+                &parent,
+                name,
+                aggregated,
+                |failing| k.head(s, calls, failing),
+                kcidb::Kcidb::TAIL,
+            )?;
+        }
         let md = markdown::render(s);
         write_file(dir, "summary.md", |w| Ok(w.write_all(md.as_bytes())?))?;
         let mut svg = String::new();
