@@ -30,6 +30,7 @@ pub(super) fn boot(args: &Args, built: &mut Built) -> Result<(), Error> {
         }
     };
     let btf = built.btf.clone();
+    let manifest = built.manifest.clone();
     let command = args.boot_command.clone().unwrap_or_else(|| {
         if btf.is_some() {
             "ploop-verify --btf vmlinux.btf doctor".into()
@@ -55,6 +56,10 @@ pub(super) fn boot(args: &Args, built: &mut Built) -> Result<(), Error> {
         .run_with(|share| {
             if let Some(b) = &btf {
                 fs::copy(b, share.join("vmlinux.btf"))?;
+            }
+            // For `run --kcidb-manifest manifest.json`: the KCIDB report's build.
+            if let Some(m) = &manifest {
+                fs::copy(m, share.join("manifest.json"))?;
             }
             Ok(())
         })
