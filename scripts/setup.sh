@@ -47,8 +47,11 @@ fi
 # the set consistent, whether the machine has QEMU 10, 7.2 from an earlier run, or none.
 qemu_suite=bookworm-backports
 qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils seabios)
+# rpm: `rpm -qp`/rpm2cpio inspect what `cargo xtask dist` packs; file: says a binary is
+# static; python3-venv: the venv of the reports' validators (below).
 pkgs=(busybox-static e2fsprogs cpio xz-utils zstd pahole kmod gcc make
       bc bison flex libelf-dev libssl-dev dwarves patch time util-linux
+      rpm file python3-venv
       librsvg2-bin)  # rsvg-convert: the reports test renders timeline.svg as a viewer would
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 missing=()
@@ -134,6 +137,32 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$bpf_linker_version" || ! ldd "
   say "building bpf-linker $bpf_linker_version for LLVM $llvm_major (about a minute)"
   LLVM_PREFIX="$prefix" cargo +"$ebpf_toolchain" install --quiet bpf-linker --version "$bpf_linker_version" \
     --locked --force --no-default-features --features "llvm-$llvm_major"
+fi
+
+# --- Packagers for `cargo xtask dist` -------------------------------------------------------
+# Pinned, built with the host toolchain from their lock files. Checked by version, so a second
+# run builds nothing.
+cargo_tool() { # $1 crate, $2 version, $3 the binary's --version output to expect
+  if ! "$1" --version 2>/dev/null | grep -qF "$3"; then
+    say "building $1 $2 (about a minute)"
+    cargo +"$host_toolchain" install --quiet --locked "$1" --version "$2"
+  fi
+}
+cargo_tool cargo-deb 3.8.0 "3.8.0"
+cargo_tool cargo-generate-rpm 0.21.1 "0.21.1"
+
+# --- The reports' consumers: KCIDB's validator and junitparser ------------------------------
+# A venv of pinned packages from PyPI (scripts/requirements-ci.txt); reinstalled only when that
+# list changes (its copy in the venv says what is installed).
+venv="$build/venv"
+req="$root/scripts/requirements-ci.txt"
+if ! cmp -s "$req" "$venv/requirements-ci.txt" || ! "$venv/bin/python" -c 'import kcidb_io, junitparser' 2>/dev/null; then
+  say "creating the validators' venv ($venv)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+  "$venv/bin/python" -c 'import kcidb_io, junitparser'
+  cp "$req" "$venv/requirements-ci.txt"
 fi
 
 # --- Guest kernels ---------------------------------------------------------------------------

@@ -425,24 +425,8 @@ fn btf_is_emitted_with_pahole_and_a_vmlinux_without_dwarf_is_reported() {
 
 // --- the build path: Debian's linux-source-6.1 -----------------------------------------------
 
-/// The Debian package version of the 6.1 guest kernel setup unpacked (e.g. `6.1.192-2`):
-/// the source must be the very same version for vermagic and modversions to match.
 fn image_version(kernel: &Kernel) -> String {
-    let debs = xtask::build_dir().join("cache/debs");
-    let prefix = format!("linux-image-{}_", kernel.release);
-    let deb = fs::read_dir(&debs)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", debs.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-        })
-        .unwrap_or_else(|| panic!("no {prefix}*.deb in {}", debs.display()));
-    let out =
-        Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Version").output().expect("dpkg-deb");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    xtask::linux_source::image_version(kernel).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn sh(script: &str) {
@@ -450,47 +434,9 @@ fn sh(script: &str) {
     assert!(st.success(), "failed: {script}");
 }
 
-/// Debian's linux-source-6.1 of `version`, downloaded and unpacked once under target/ploop
-/// (`cache/linux-source/*.deb`, `linux-source/<version>/linux-source-6.1`).
+/// Debian's linux-source-6.1 of `version`, downloaded and unpacked once (xtask::linux_source).
 fn linux_source(version: &str) -> PathBuf {
-    // Both build tests need it: one downloads and unpacks, the other waits.
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let cache = xtask::build_dir().join("cache/linux-source");
-    fs::create_dir_all(&cache).unwrap();
-    let deb = cache.join(format!("linux-source-6.1_{version}_all.deb"));
-    if !deb.exists() {
-        let t = Instant::now();
-        let st = Command::new("apt-get")
-            .current_dir(&cache)
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
-            .arg(format!("linux-source-6.1={version}"))
-            .status()
-            .expect("apt-get");
-        assert!(
-            st.success(),
-            "apt-get download linux-source-6.1={version} failed (apt-get update?)"
-        );
-        eprintln!("downloaded {} in {:.1}s", deb.display(), t.elapsed().as_secs_f64());
-    }
-    let dir = xtask::build_dir().join("linux-source").join(version);
-    let tree = dir.join("linux-source-6.1");
-    if !dir.join(".complete").exists() {
-        let t = Instant::now();
-        if dir.exists() {
-            fs::remove_dir_all(&dir).unwrap();
-        }
-        fs::create_dir_all(&dir).unwrap();
-        sh(&format!(
-            "dpkg-deb --fsys-tarfile '{}' | tar -xO ./usr/src/linux-source-6.1.tar.xz | tar -xJ -C '{}'",
-            deb.display(),
-            dir.display()
-        ));
-        assert!(tree.join("Makefile").is_file());
-        fs::write(dir.join(".complete"), version).unwrap();
-        eprintln!("unpacked {} in {:.1}s", tree.display(), t.elapsed().as_secs_f64());
-    }
-    tree
+    xtask::linux_source::tree(version).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A copy of the tree (`target/ploop/build-kernel-tests/<name>`) with the ploop model driver

@@ -46,6 +46,9 @@ struct Cli {
 enum Command {
     /// Show what this kernel supports (BTF, kprobes, fentry, ring buffer, symbols) and the
     /// probe plan that would be used, with the reason for everything missing.
+    ///
+    /// Exit status: 0 a probe plan exists (`plan: ...`); 2 none (`plan: none: WHY`), e.g.
+    /// without root or on a kernel without kprobes.
     Doctor(doctor::DoctorArgs),
     /// Check the snapshot contract live while COMMAND runs (or until Ctrl-C / --duration).
     ///

@@ -5,8 +5,10 @@ pub mod bench;
 pub mod build;
 pub mod build_kernel;
 pub mod demo;
+pub mod dist;
 pub mod initramfs;
 pub mod kernels;
+pub mod linux_source;
 pub mod module;
 pub mod vm;
 

@@ -38,6 +38,12 @@ enum Cmd {
     Bench(xtask::bench::BenchArgs),
     /// Build the static (musl) ploop-verify that guests run; prints its path.
     BuildStatic,
+    /// Release packages in --out: a versioned tarball (static ploop-verify, README,
+    /// kernel-patch/, SHA256SUMS), an RPM for RHEL 7 / vz7, a .deb, and their SHA256SUMS.
+    Dist {
+        #[arg(long, default_value = "target/ploop/dist")]
+        out: PathBuf,
+    },
     /// Build an out-of-tree module (default: the ploop model driver) against a guest
     /// kernel's headers; prints the .ko paths.
     BuildModule {
@@ -126,6 +132,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::BuildStatic => {
             println!("{}", build::ploop_verify_static()?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dist { out } => {
+            let out = if out.is_absolute() { out } else { xtask::root().join(out) };
+            let d = xtask::dist::dist(&out)?;
+            for p in [d.tarball, d.rpm, d.deb, d.sums] {
+                println!("{}", p.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BuildModule { kernel, src, variant } => {
