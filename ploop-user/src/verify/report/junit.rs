@@ -9,19 +9,29 @@ use crate::verify::checker::{CallReport, INVARIANTS, Verdict};
 
 pub const TAIL: &str = "</testsuites>\n";
 
+/// A verdict written as a skipped case.
+pub fn skipped(v: &Verdict) -> bool {
+    !matches!(v, Verdict::Pass | Verdict::Fail(_))
+}
+
 /// Everything before the per-call suites. `aggregated`: the number of failing calls that
-/// follow, when the run is aggregated.
-pub fn head(s: &Summary, calls: usize, aggregated: Option<usize>, out: &mut String) {
+/// follow and their skipped cases, when the run is aggregated.
+///
+/// The totals count the cases the file holds, as consumers that count cases do: a violation
+/// outside any judged call (a call hung when the run ended) is in summary.json, not a case.
+pub fn head(s: &Summary, calls: usize, aggregated: Option<(usize, usize)>, out: &mut String) {
     let skipped: usize = s.invariants.iter().map(|i| i.not_applicable).sum();
+    let failures: usize = s.invariants.iter().map(|i| i.fail).sum();
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     // "--" may not appear inside an XML comment; probe names and counts have none.
     let _ = writeln!(out, "<!-- probes: {} -->", xml(&super::probes_text(s)));
-    let Some(failing_calls) = aggregated else {
-        let tests = calls * INVARIANTS.len();
+    let Some((failing_calls, skipped_in_failing)) = aggregated else {
+        // No call: the one skipped case below.
+        let (tests, skipped) =
+            if calls == 0 { (1, 1) } else { (calls * INVARIANTS.len(), skipped) };
         let _ = writeln!(
             out,
-            "<testsuites name=\"ploop-verify\" tests=\"{tests}\" failures=\"{}\" skipped=\"{skipped}\">",
-            s.violations
+            "<testsuites name=\"ploop-verify\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\">"
         );
         if calls == 0 {
             out.push_str(
@@ -42,9 +52,10 @@ pub fn head(s: &Summary, calls: usize, aggregated: Option<usize>, out: &mut Stri
     let never_judged = s.invariants.iter().filter(|i| i.pass + i.fail == 0).count();
     let _ = writeln!(
         out,
-        "<testsuites name=\"ploop-verify\" tests=\"{}\" failures=\"{}\" skipped=\"{never_judged}\">",
+        "<testsuites name=\"ploop-verify\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
         invariants + failing_calls * INVARIANTS.len(),
-        failed_ids + s.violations
+        failed_ids + failures,
+        never_judged + skipped_in_failing
     );
     let _ = writeln!(
         out,
@@ -79,8 +90,7 @@ pub fn head(s: &Summary, calls: usize, aggregated: Option<usize>, out: &mut Stri
 /// One call's suite.
 pub fn call(r: &CallReport, out: &mut String) {
     let fails = r.failures().count();
-    let na =
-        r.verdicts.iter().filter(|(_, v)| !matches!(v, Verdict::Pass | Verdict::Fail(_))).count();
+    let na = r.verdicts.iter().filter(|(_, v)| skipped(v)).count();
     let _ = writeln!(
         out,
         "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{fails}\" skipped=\"{na}\">",

@@ -21,9 +21,11 @@ pub fn head(s: &Summary, calls: usize, aggregated: Option<usize>, out: &mut Stri
     let _ = writeln!(out, "# probes: {}", clean(&super::probes_text(s)));
     let Some(failing_calls) = aggregated else {
         if calls == 0 {
+            // One skipped test, as in junit.xml: the kernel's parser reads an empty plan
+            // ("1..0 # SKIP") as an error of its own ("0 tests run!").
             let _ = writeln!(
                 out,
-                "1..0 # SKIP {}",
+                "1..1\nok 1 snapshots # SKIP {}",
                 clean(s.reason.as_deref().unwrap_or("no snapshot"))
             );
         } else {

@@ -369,6 +369,8 @@ pub struct Reports {
     timeline: svg::Rows,
     /// `--kcidb`: the writer and its per-call tests.
     kcidb: Option<(kcidb::Kcidb, PerCall)>,
+    /// n/a verdicts of the failing calls: the skipped cases an aggregated JUnit file holds.
+    skipped_in_failing: usize,
 }
 
 impl Reports {
@@ -379,6 +381,7 @@ impl Reports {
             ktap: PerCall::new()?,
             timeline: svg::Rows::default(),
             kcidb: None,
+            skipped_in_failing: 0,
         })
     }
 
@@ -393,6 +396,9 @@ impl Reports {
         self.calls += 1;
         let n = self.calls;
         let failed = r.failures().next().is_some();
+        if failed {
+            self.skipped_in_failing += r.verdicts.iter().filter(|(_, v)| junit::skipped(v)).count();
+        }
         self.junit.call(n, failed, |_, o| junit::call(&r, o))?;
         self.ktap.call(n, failed, |k, o| ktap::call(k, &r, o))?;
         if let Some((k, per_call)) = &mut self.kcidb {
@@ -416,7 +422,14 @@ impl Reports {
                 text
             }
         };
-        self.junit.write(dir, "junit.xml", aggregated, head(junit::head), junit::TAIL)?;
+        // JUnit's totals count the failing calls' skipped cases too, which only the calls know.
+        let skipped_in_failing = self.skipped_in_failing;
+        let junit_head = |failing: Option<usize>| {
+            let mut text = String::new();
+            junit::head(s, self.calls, failing.map(|n| (n, skipped_in_failing)), &mut text);
+            text
+        };
+        self.junit.write(dir, "junit.xml", aggregated, junit_head, junit::TAIL)?;
         self.ktap.write(dir, "results.ktap", aggregated, head(ktap::head), "")?;
         if let Some((mut k, per_call)) = self.kcidb {
             let path = k.opts.path.clone();
