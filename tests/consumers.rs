@@ -385,7 +385,7 @@ fn an_aggregated_100k_call_replay_is_read_alike_and_stays_small() {
             "synth-trace",
             "--calls",
             &CALLS.to_string(),
-            "--fail-every",
+            "--wrong-freeze-every",
             &EVERY.to_string(),
             "--out",
         ])
