@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Summary, call_label, xml};
+use super::{Summary, call_label, xml, xml_into};
 use crate::verify::checker::{CallReport, INVARIANTS, Verdict};
 
 pub const TAIL: &str = "</testsuites>\n";
@@ -98,19 +98,27 @@ pub fn call(r: &CallReport, out: &mut String) {
         r.verdicts.len()
     );
     for (inv, (id, v)) in INVARIANTS.iter().zip(&r.verdicts) {
-        let name = xml(&format!("{id} snapshot #{}: {}", r.call.seq, inv.title));
-        let _ = write!(out, "    <testcase classname=\"ploop-verify.{id}\" name=\"{name}\"");
+        // Written straight into `out`: this runs for every call, live (issue 15).
+        let _ = write!(
+            out,
+            "    <testcase classname=\"ploop-verify.{id}\" name=\"{id} snapshot #{}: ",
+            r.call.seq
+        );
+        xml_into(out, inv.title);
+        out.push('"');
         match v {
             Verdict::Pass => out.push_str("/>\n"),
             Verdict::Fail(why) => {
-                let why = xml(why);
-                let _ = writeln!(
-                    out,
-                    "><failure message=\"{why}\" type=\"{id}\">{why}</failure></testcase>"
-                );
+                out.push_str("><failure message=\"");
+                xml_into(out, why);
+                let _ = write!(out, "\" type=\"{id}\">");
+                xml_into(out, why);
+                out.push_str("</failure></testcase>\n");
             }
             Verdict::NotApplicable(why) => {
-                let _ = writeln!(out, "><skipped message=\"{}\"/></testcase>", xml(why));
+                out.push_str("><skipped message=\"");
+                xml_into(out, why);
+                out.push_str("\"/></testcase>\n");
             }
             Verdict::Deferred => out.push_str("><skipped message=\"undecided\"/></testcase>\n"),
         }
