@@ -770,7 +770,29 @@ impl Checker {
     pub fn finish(&mut self, now: u64) -> Vec<Violation> {
         let mut out = self.hung(now);
         self.incomplete += self.open.len();
-        self.open.clear();
+        // A call still hanging when the run ends failed T2: the reports must carry it as a
+        // failing case like any other (a CI test view read "all passed" while the run
+        // exited 1). Everything else about it is unknown. Other open calls are dropped.
+        let mut open: Vec<Call> = self.open.drain().map(|(_, c)| c).collect();
+        open.sort_by_key(|c| c.seq);
+        for mut call in open.into_iter().filter(|c| c.hang_reported) {
+            call.end_ns = Some(now);
+            let ctx = self.context();
+            let verdicts = INVARIANTS
+                .iter()
+                .map(|inv| {
+                    let v = if inv.id == "T2" {
+                        (inv.check)(&call, &ctx)
+                    } else {
+                        Verdict::NotApplicable(
+                            "the call had not returned when the run ended".into(),
+                        )
+                    };
+                    (inv.id, v)
+                })
+                .collect();
+            self.release(CallReport { call, verdicts });
+        }
         if self.patched == PatchState::Unknown && !self.held.is_empty() {
             self.patched = PatchState::Unpatched(
                 "pctl_chunks outside {1, 2} answered -EINVAL, not -ENOTSUPP".into(),
