@@ -104,7 +104,7 @@ fn main() -> ExitCode {
             .build()?
             .block_on(run::run(a, btf)),
         Command::Report(a) => run::replay(a),
-        Command::Testkit(t) => testkit::run(t).map(|()| ExitCode::SUCCESS),
+        Command::Testkit(t) => testkit::run_with_status(t),
         Command::Device(d) => ploopctl::device(d),
         Command::Snapshot(a) => ploopctl::snapshot(a),
         Command::Support(a) => ploopctl::support(a),

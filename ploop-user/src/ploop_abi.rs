@@ -19,6 +19,17 @@ pub const PLOOP_IOC_FREEZE: libc::Ioctl = nix::request_code_none!(PLOOPCTLTYPE, 
 /// `_IO(PLOOPCTLTYPE, 33)`: thaw it.
 pub const PLOOP_IOC_THAW: libc::Ioctl = nix::request_code_none!(PLOOPCTLTYPE, 33);
 
+// chunks[0].pctl_type: the I/O engine of a delta (vz7 `include/linux/ploop/ploop_if.h`).
+/// Let the kernel choose (what libploop sends).
+pub const PLOOP_IO_AUTO: u32 = 0;
+pub const PLOOP_IO_DIRECT: u32 = 1;
+pub const PLOOP_IO_NFS: u32 = 2;
+/// Kernel AIO, what libploop sends for images on a local filesystem with `kaio` support.
+pub const PLOOP_IO_KAIO: u32 = 4;
+
+/// `pstate/fmt_version`: the ploop1 subversion of a device's deltas (0: none, raw base).
+pub const PLOOP_FMT_UNDEFINED: i64 = 0;
+
 /// A `ploop_ctl` followed by its chunks, laid out in an 8-aligned buffer exactly as the kernel
 /// reads it. The number of chunks in the buffer is independent of `ctl.pctl_chunks`, so a
 /// malformed request can be built on purpose.

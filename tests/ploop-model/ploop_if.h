@@ -17,6 +17,17 @@
 #define PLOOP_FMT_RAW		1
 #define PLOOP_FMT_PLOOP1	2
 
+/* PLOOP_FMT_PLOOP1 subversions (pstate/fmt_version) */
+#define PLOOP_FMT_UNDEFINED	0
+#define PLOOP_FMT_V1		1		/* "WithoutFreeSpace": BAT in sectors */
+#define PLOOP_FMT_V2		2		/* "WithouFreSpacExt": BAT in clusters */
+
+/* ploop_ctl_chunk.pctl_type of chunk #0: the I/O engine */
+#define PLOOP_IO_AUTO		0
+#define PLOOP_IO_DIRECT		1
+#define PLOOP_IO_NFS		2
+#define PLOOP_IO_KAIO		4
+
 /* ploop_ctl.pctl_flags */
 #define PLOOP_FMT_RDONLY	1		/* delta is a read-only lower delta */
 #define PLOOP_FLAG_FS_SYNC	0x10000000	/* freeze the fs around the switch */

@@ -111,6 +111,33 @@
 #define PLOOP_MAX_HOLDERS	8
 #define PLOOP_NAME_LEN		32
 #define PLOOP_MAX_HOLD_MS	10000
+#define PLOOP_PART_SHIFT	4	/* vz7: 16 minors a device, p1..p15 */
+
+/* ploop1 (PVD) deltas, as include/ploop1_image.h of the ploop tools */
+#define PLOOP1_SIG_V1		"WithoutFreeSpace"
+#define PLOOP1_SIG_V2		"WithouFreSpacExt"
+#define PRL_IMAGE_COMPRESSED	2
+#define SIGNATURE_DISK_IN_USE	0x746F6E59
+#define CIF_Empty		1
+#define PLOOP_MAP_OFFSET	16	/* BAT slots the header takes */
+/* 4 KiB (the model's block) to 8 MiB (one cluster is buffered in memory) */
+#define PLOOP1_MIN_CLUSTER_LOG	3
+#define PLOOP1_MAX_CLUSTER_LOG	14
+
+struct ploop_pvd_header {
+	u8	m_Sig[16];
+	__le32	m_Type;
+	__le32	m_Heads;
+	__le32	m_Cylinders;
+	__le32	m_Sectors;		/* cluster size in sectors */
+	__le32	m_Size;			/* BAT entries */
+	__le64	m_SizeInSectors;	/* v1: low 32 bits, then unused */
+	__le32	m_DiskInUse;
+	__le32	m_FirstBlockOffset;	/* sectors */
+	__le32	m_Flags;
+	__le64	m_FormatExtensionOffset;
+} __packed;
+_Static_assert(sizeof(struct ploop_pvd_header) == 64, "PVD header is 64 bytes");
 
 /* Functions probes attach to: never inlined, never cloned or split. */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -174,6 +201,41 @@ static unsigned int snapshot_hold_ms;
 module_param(snapshot_hold_ms, uint, 0644);
 MODULE_PARM_DESC(snapshot_hold_ms, "test aid: keep the snapshot maintenance window (after the freeze, ctl_mutex dropped) open this long, at most 10000 ms, so that a concurrent snapshot gets -EBUSY; 0 = off");
 
+/*
+ * How get_bdev_from_fd resolves the sync fd.  seed: the super block of the
+ * fd's inode, exactly the seed patch (a device node on devtmpfs has no
+ * s_bdev: -ENODEV; on a disk filesystem it names that filesystem).  bdev: a
+ * block-device node names its own device (kernel-patch/0002), any other fd
+ * as the seed.
+ */
+enum { PLOOP_RESOLVE_SEED, PLOOP_RESOLVE_BDEV };
+static int sync_fd_resolve = PLOOP_RESOLVE_SEED;
+
+static int ploop_resolve_set(const char *val, const struct kernel_param *kp)
+{
+	if (sysfs_streq(val, "seed"))
+		WRITE_ONCE(sync_fd_resolve, PLOOP_RESOLVE_SEED);
+	else if (sysfs_streq(val, "bdev"))
+		WRITE_ONCE(sync_fd_resolve, PLOOP_RESOLVE_BDEV);
+	else
+		return -EINVAL;
+	return 0;
+}
+
+static int ploop_resolve_get(char *buf, const struct kernel_param *kp)
+{
+	return scnprintf(buf, PAGE_SIZE, "%s\n",
+			 READ_ONCE(sync_fd_resolve) == PLOOP_RESOLVE_BDEV ?
+			 "bdev" : "seed");
+}
+
+static const struct kernel_param_ops ploop_resolve_ops = {
+	.set = ploop_resolve_set,
+	.get = ploop_resolve_get,
+};
+module_param_cb(sync_fd_resolve, &ploop_resolve_ops, NULL, 0644);
+MODULE_PARM_DESC(sync_fd_resolve, "sync fd resolution: seed (the fd's super block, as the seed patch; a devtmpfs node gives -ENODEV) or bdev (a block-device node names its own device, as kernel-patch/0002)");
+
 static int ploop_bug = PLOOP_BUG_NONE;
 
 static int ploop_bug_set(const char *val, const struct kernel_param *kp)
@@ -216,9 +278,21 @@ MODULE_PARM_DESC(bug, "injected bug: none, leak_freeze, thaw_other, ignore_sync_
 
 struct ploop_delta {
 	struct file	*file;
-	unsigned long	*map;		/* 4 KiB blocks this delta holds */
+	int		format;		/* PLOOP_FMT_RAW or PLOOP_FMT_PLOOP1 */
+	unsigned long	*map;		/* raw: 4 KiB blocks this delta holds */
 	int		level;
 	bool		rdonly;
+	loff_t		size;		/* the device size it describes */
+
+	/* ploop1 */
+	int		version;	/* PLOOP_FMT_V1 or PLOOP_FMT_V2 */
+	unsigned int	cluster_shift;	/* bytes */
+	u32		*bat;		/* m_Size entries, 0 = not allocated */
+	u32		nr_bat;
+	u32		l1_off;		/* m_FirstBlockOffset, sectors */
+	u32		alloc_head;	/* next free cluster at the file's end */
+	bool		in_use;		/* we set m_DiskInUse in the file */
+	void		*cbuf;		/* one cluster, worker only, writable top */
 };
 
 struct ploop_device {
@@ -233,6 +307,8 @@ struct ploop_device {
 	struct ploop_delta	*deltas[PLOOP_MAX_DELTAS];
 	unsigned int		nr_deltas;
 	loff_t			size;		/* bytes */
+	unsigned int		cluster_log;	/* the base's pctl_cluster_log */
+	int			fmt_version;	/* PLOOP_FMT_V1/V2 of ploop1 deltas */
 
 	/* PLOOP_IOC_FREEZE state */
 	bool			user_frozen;
@@ -392,6 +468,36 @@ static int ploop_file_write(struct file *file, const void *buf, size_t len,
 	return 0;
 }
 
+/* The BAT entry of the cluster holding device byte @pos. */
+static u32 ploop1_bat_entry(struct ploop_delta *d, loff_t pos)
+{
+	u64 c = pos >> d->cluster_shift;
+
+	return c < d->nr_bat ? d->bat[c] : 0;
+}
+
+/* Where device byte @pos lives in a ploop1 delta (its cluster is allocated). */
+static loff_t ploop1_file_pos(struct ploop_delta *d, loff_t pos)
+{
+	u32 e = ploop1_bat_entry(d, pos);
+	loff_t base = d->version == PLOOP_FMT_V2 ?
+		(loff_t)e << d->cluster_shift : (loff_t)e << SECTOR_SHIFT;
+
+	return base + (pos & ((1LL << d->cluster_shift) - 1));
+}
+
+static bool ploop_delta_holds(struct ploop_delta *d, unsigned long blk)
+{
+	if (d->format == PLOOP_FMT_PLOOP1)
+		return ploop1_bat_entry(d, (loff_t)blk << PLOOP_BLK_SHIFT) != 0;
+	return test_bit(blk, d->map);
+}
+
+static loff_t ploop_delta_pos(struct ploop_delta *d, loff_t pos)
+{
+	return d->format == PLOOP_FMT_PLOOP1 ? ploop1_file_pos(d, pos) : pos;
+}
+
 /* Read @len bytes at @off of block @blk from the deltas below level @below. */
 static int ploop_read_blk(struct ploop_device *plo, unsigned int below,
 			  unsigned long blk, unsigned int off, void *buf,
@@ -402,11 +508,63 @@ static int ploop_read_blk(struct ploop_device *plo, unsigned int below,
 	for (i = (int)below - 1; i >= 0; i--) {
 		struct ploop_delta *d = plo->deltas[i];
 
-		if (test_bit(blk, d->map))
+		if (ploop_delta_holds(d, blk))
 			return ploop_file_read(d->file, buf, len,
-				((loff_t)blk << PLOOP_BLK_SHIFT) + off);
+				ploop_delta_pos(d,
+					((loff_t)blk << PLOOP_BLK_SHIFT) + off));
 	}
 	memset(buf, 0, len);
+	return 0;
+}
+
+/*
+ * A write to a cluster the ploop1 top lacks: the cluster is allocated at the
+ * file's end with the lower deltas' content and this write merged in, then
+ * its BAT entry is written (data before index, as ploop1_image.h demands).
+ */
+static int ploop1_write_new_cluster(struct ploop_device *plo,
+				    struct ploop_delta *top, loff_t pos,
+				    const void *buf, unsigned int len)
+{
+	unsigned int csize = 1U << top->cluster_shift;
+	loff_t cstart = pos & ~((loff_t)csize - 1);
+	u64 c = pos >> top->cluster_shift;
+	unsigned int k;
+	__le32 e;
+	u32 entry;
+	int err;
+
+	if (c >= top->nr_bat)
+		return -EIO;
+	for (k = 0; k < csize; k += PLOOP_BLK_SIZE) {
+		loff_t bpos = cstart + k;
+		unsigned int blen;
+
+		if (bpos >= plo->size) {
+			memset(top->cbuf + k, 0, csize - k);
+			break;
+		}
+		blen = min_t(loff_t, PLOOP_BLK_SIZE, plo->size - bpos);
+		err = ploop_read_blk(plo, plo->nr_deltas - 1,
+				     bpos >> PLOOP_BLK_SHIFT, 0, top->cbuf + k,
+				     blen);
+		if (err)
+			return err;
+	}
+	memcpy(top->cbuf + (pos - cstart), buf, len);
+	err = ploop_file_write(top->file, top->cbuf, csize,
+			       (loff_t)top->alloc_head << top->cluster_shift);
+	if (err)
+		return err;
+	entry = top->version == PLOOP_FMT_V2 ? top->alloc_head :
+		top->alloc_head << (top->cluster_shift - SECTOR_SHIFT);
+	e = cpu_to_le32(entry);
+	err = ploop_file_write(top->file, &e, sizeof(e),
+			       (PLOOP_MAP_OFFSET + c) * sizeof(u32));
+	if (err)
+		return err;
+	top->bat[c] = entry;
+	top->alloc_head++;
 	return 0;
 }
 
@@ -419,10 +577,18 @@ static int ploop_write_blk(struct ploop_device *plo, unsigned long blk,
 	unsigned int blen = min_t(loff_t, PLOOP_BLK_SIZE, plo->size - start);
 	int err, i;
 
+	if (top->format == PLOOP_FMT_PLOOP1) {
+		if (!ploop1_bat_entry(top, start + off))
+			return ploop1_write_new_cluster(plo, top, start + off,
+							buf, len);
+		return ploop_file_write(top->file, buf, len,
+					ploop1_file_pos(top, start + off));
+	}
+
 	if (!test_bit(blk, top->map) && len != blen) {
 		/* partial write of a block the top lacks: copy it up first */
 		for (i = (int)nr - 2; i >= 0; i--)
-			if (test_bit(blk, plo->deltas[i]->map))
+			if (ploop_delta_holds(plo->deltas[i], blk))
 				break;
 		if (i >= 0) {
 			err = ploop_read_blk(plo, nr - 1, blk, 0, plo->scratch,
@@ -595,10 +761,70 @@ static void __ploop_relax(struct ploop_device *plo)
 /* ---------------------------------------------------------------------- */
 /* deltas */
 
+static int ploop1_read_header(struct file *f, struct ploop_pvd_header *vh)
+{
+	return ploop_file_read(f, vh, sizeof(*vh), 0);
+}
+
+static int ploop1_write_header(struct file *f, struct ploop_pvd_header *vh)
+{
+	return ploop_file_write(f, vh, sizeof(*vh), 0);
+}
+
+/*
+ * A writable ploop1 delta becomes read-only (vz7: ploop1_complete_snapshot,
+ * ploop1_stop): data synced, CIF_Empty dropped once a cluster is allocated,
+ * m_DiskInUse cleared, header synced.  The header write goes to the
+ * filesystem holding the delta: if that filesystem is frozen (the sync fd
+ * named it) this write waits for the thaw, and the snapshot hangs there.
+ */
+static int ploop1_close(struct ploop_delta *d)
+{
+	struct ploop_pvd_header vh;
+	int err;
+
+	err = vfs_fsync(d->file, 0);
+	if (err)
+		return err;
+	err = ploop1_read_header(d->file, &vh);
+	if (err)
+		return err;
+	if (d->alloc_head > (d->l1_off >> (d->cluster_shift - SECTOR_SHIFT)))
+		vh.m_Flags &= ~cpu_to_le32(CIF_Empty);
+	vh.m_DiskInUse = 0;
+	err = ploop1_write_header(d->file, &vh);
+	if (!err)
+		err = vfs_fsync(d->file, 0);
+	if (!err)
+		d->in_use = false;
+	return err;
+}
+
+/* The delta stops taking writes: synced; a ploop1 header says it is closed. */
+static int ploop_delta_seal(struct ploop_delta *d)
+{
+	int err;
+
+	if (d->format == PLOOP_FMT_PLOOP1 && d->in_use)
+		err = ploop1_close(d);
+	else
+		err = vfs_fsync(d->file, 0);
+	if (!err) {
+		d->rdonly = true;
+		kvfree(d->cbuf);
+		d->cbuf = NULL;
+	}
+	return err;
+}
+
 static void ploop_delta_free(struct ploop_delta *d)
 {
 	if (!d)
 		return;
+	if (d->in_use)
+		ploop1_close(d);
+	kvfree(d->cbuf);
+	kvfree(d->bat);
 	kvfree(d->map);
 	fput(d->file);
 	kfree(d);
@@ -701,12 +927,108 @@ static int ploop_delta_scan(struct ploop_delta *d, loff_t size)
 }
 
 /*
- * Take the delta file @fd.  @need_write: the file must be open for writing
- * (checked here for ADD_DELTA; for a snapshot it is checked by
- * complete_snapshot() after the freeze).  ctl_mutex held.
+ * Open a ploop1 delta (vz7: ploop1_open).  @cluster_log is the request's
+ * pctl_cluster_log, which the header must agree with; a delta that is not
+ * @rdonly is marked in use in its header right away, as vz7 does at open
+ * (so before any freeze).  Sets *@bd_size to the device size it describes.
  */
-static int ploop_delta_open(struct ploop_device *plo, int fd, bool need_write,
-			    struct ploop_delta **out)
+static int ploop1_open(struct ploop_device *plo, struct ploop_delta *d,
+		       unsigned int cluster_log, bool rdonly, loff_t *bd_size)
+{
+	struct ploop_pvd_header vh;
+	loff_t i_size = i_size_read(file_inode(d->file));
+	unsigned int cshift = cluster_log + SECTOR_SHIFT;
+	u64 sectors, clusters;
+	u32 i, first_cluster;
+	int err;
+
+	if (cluster_log < PLOOP1_MIN_CLUSTER_LOG ||
+	    cluster_log > PLOOP1_MAX_CLUSTER_LOG)
+		return -EINVAL;
+	if (i_size < (loff_t)sizeof(vh))
+		return -EINVAL;
+	err = ploop1_read_header(d->file, &vh);
+	if (err)
+		return err;
+	if (!memcmp(vh.m_Sig, PLOOP1_SIG_V2, sizeof(vh.m_Sig)))
+		d->version = PLOOP_FMT_V2;
+	else if (!memcmp(vh.m_Sig, PLOOP1_SIG_V1, sizeof(vh.m_Sig)))
+		d->version = PLOOP_FMT_V1;
+	else
+		return -EINVAL;
+	if (le32_to_cpu(vh.m_Type) != PRL_IMAGE_COMPRESSED ||
+	    le32_to_cpu(vh.m_Sectors) != 1U << cluster_log)
+		return -EINVAL;
+	/* vz7: no mixed configuration of V1 and V2 images */
+	if (plo->nr_deltas && plo->fmt_version && plo->fmt_version != d->version)
+		return -EINVAL;
+	if (le32_to_cpu(vh.m_DiskInUse) == SIGNATURE_DISK_IN_USE)
+		return -EBUSY;
+	if (i_size & ((1LL << cshift) - 1))
+		return -EINVAL;
+
+	sectors = le64_to_cpu(vh.m_SizeInSectors);
+	if (d->version == PLOOP_FMT_V1)
+		sectors &= U32_MAX;
+	d->cluster_shift = cshift;
+	d->nr_bat = le32_to_cpu(vh.m_Size);
+	d->l1_off = le32_to_cpu(vh.m_FirstBlockOffset);
+	d->alloc_head = i_size >> cshift;
+	clusters = sectors >> cluster_log;
+	first_cluster = d->l1_off >> cluster_log;
+	if (!sectors || (sectors & ((1U << cluster_log) - 1)) ||
+	    (sectors << SECTOR_SHIFT) > PLOOP_MAX_SIZE ||
+	    d->nr_bat < clusters ||
+	    (d->l1_off & ((1U << cluster_log) - 1)) ||
+	    ((u64)PLOOP_MAP_OFFSET + d->nr_bat) * sizeof(u32) >
+	    ((u64)d->l1_off << SECTOR_SHIFT) ||
+	    d->alloc_head < first_cluster)
+		return -EINVAL;
+
+	d->bat = kvcalloc(d->nr_bat, sizeof(u32), GFP_KERNEL);
+	if (!d->bat)
+		return -ENOMEM;
+	err = ploop_file_read(d->file, d->bat, d->nr_bat * sizeof(u32),
+			      PLOOP_MAP_OFFSET * sizeof(u32));
+	if (err)
+		return err;
+	for (i = 0; i < d->nr_bat; i++) {
+		u32 e = le32_to_cpu(d->bat[i]);
+		u64 c = d->version == PLOOP_FMT_V2 ? e : e >> cluster_log;
+
+		/* an entry past the file or into the header+BAT: corrupt */
+		if (e && (c < first_cluster || c >= d->alloc_head ||
+			  (d->version == PLOOP_FMT_V1 &&
+			   (e & ((1U << cluster_log) - 1)))))
+			return -EINVAL;
+		d->bat[i] = e;
+	}
+
+	if (!rdonly) {
+		if (!(d->file->f_mode & FMODE_WRITE))
+			return -EBADF;
+		d->cbuf = kvmalloc(1U << cshift, GFP_KERNEL);
+		if (!d->cbuf)
+			return -ENOMEM;
+		vh.m_DiskInUse = cpu_to_le32(SIGNATURE_DISK_IN_USE);
+		err = ploop1_write_header(d->file, &vh);
+		if (err)
+			return err;
+		d->in_use = true;
+	}
+	*bd_size = sectors << SECTOR_SHIFT;
+	return 0;
+}
+
+/*
+ * Take the delta file @fd in @format.  @need_write: the file must be open
+ * for writing (checked here for ADD_DELTA; for a raw snapshot delta it is
+ * checked by complete_snapshot() after the freeze).  @rdonly: it goes in as
+ * a read-only delta (ploop1: not marked in use).  ctl_mutex held.
+ */
+static int ploop_delta_open(struct ploop_device *plo, int fd, int format,
+			    unsigned int cluster_log, bool need_write,
+			    bool rdonly, struct ploop_delta **out)
 {
 	struct ploop_delta *d;
 	struct inode *inode;
@@ -738,35 +1060,50 @@ static int ploop_delta_open(struct ploop_device *plo, int fd, bool need_write,
 	if (plo->nr_deltas >= PLOOP_MAX_DELTAS)
 		goto out_fput;
 
-	size = i_size_read(inode);
-	err = -EINVAL;
-	if (plo->nr_deltas) {
-		if (size != plo->size)
-			goto out_fput;
-	} else if (size <= 0 || (size & (SECTOR_SIZE - 1)) ||
-		   size > PLOOP_MAX_SIZE) {
-		goto out_fput;
-	}
-
 	err = -ENOMEM;
 	d = kzalloc(sizeof(*d), GFP_KERNEL);
 	if (!d)
 		goto out_fput;
+	d->file = file;
+	d->format = format;
+
+	if (format == PLOOP_FMT_PLOOP1) {
+		err = ploop1_open(plo, d, cluster_log, rdonly, &size);
+		if (err)
+			goto out_free;
+		err = -EINVAL;
+		if (plo->nr_deltas ? size != plo->size :
+		    (size & ((1LL << d->cluster_shift) - 1)))
+			goto out_free;
+		d->size = size;
+		*out = d;
+		return 0;
+	}
+
+	size = i_size_read(inode);
+	err = -EINVAL;
+	if (plo->nr_deltas) {
+		if (size != plo->size)
+			goto out_free;
+	} else if (size <= 0 || (size & (SECTOR_SIZE - 1)) ||
+		   size > PLOOP_MAX_SIZE) {
+		goto out_free;
+	}
+	err = -ENOMEM;
 	d->map = kvcalloc(BITS_TO_LONGS(DIV_ROUND_UP(size, PLOOP_BLK_SIZE)),
 			  sizeof(unsigned long), GFP_KERNEL);
-	if (!d->map) {
-		kfree(d);
-		goto out_fput;
-	}
-	d->file = file;
+	if (!d->map)
+		goto out_free;
 	err = ploop_delta_scan(d, size);
-	if (err) {
-		ploop_delta_free(d);
-		return err;
-	}
+	if (err)
+		goto out_free;
+	d->size = size;
 	*out = d;
 	return 0;
 
+out_free:
+	ploop_delta_free(d);
+	return err;
 out_fput:
 	fput(file);
 	return err;
@@ -796,7 +1133,12 @@ PLOOP_PROBED void ploop_relax(struct ploop_device *plo)
 	__ploop_relax(plo);
 }
 
-/* The block device of the fd's super block, with a reference. */
+/*
+ * The block device to freeze for the sync fd, with a reference.  seed: the
+ * fd's super block (what the seed patch does; for libploop's fd of
+ * /dev/ploopNp1 that is the filesystem holding /dev).  bdev: a block-device
+ * node names its own device, as kernel-patch/0002 does.
+ */
 PLOOP_ONE_CALLER int get_bdev_from_fd(int fd, struct block_device **bdev)
 {
 	struct file *file = fget(fd);
@@ -809,6 +1151,14 @@ PLOOP_ONE_CALLER int get_bdev_from_fd(int fd, struct block_device **bdev)
 	inode = file_inode(file);
 	if (!inode)
 		goto fput;
+
+	if (READ_ONCE(sync_fd_resolve) == PLOOP_RESOLVE_BDEV &&
+	    S_ISBLK(inode->i_mode)) {
+		*bdev = ploop_bdev_get_by_dev(inode->i_rdev);
+		if (*bdev)
+			ret = 0;
+		goto fput;
+	}
 
 	*bdev = inode->i_sb->s_bdev;
 	if (*bdev) {
@@ -858,23 +1208,33 @@ static int ploop_read_small_file(const char *path, char *buf, size_t size)
 	return 0;
 }
 
-/* A dm-crypt device stacked directly on @plo, with a reference, or NULL. */
+/*
+ * A dm-crypt device stacked directly on @plo's disk or on one of its
+ * partitions (encrypted containers put it on ploopNp1), with a reference,
+ * or NULL.
+ */
 static struct block_device *ploop_get_dm_crypt_bdev(struct ploop_device *plo)
 {
 	struct ploop_holders h = { .ctx.actor = ploop_holders_actor };
+	const char *name = plo->disk->disk_name;
 	struct block_device *bdev;
 	char path[96], buf[160];
 	unsigned int ma, mi;
 	struct file *dir;
-	int i;
+	int i, part;
 
-	snprintf(path, sizeof(path), "/sys/block/%s/holders",
-		 plo->disk->disk_name);
-	dir = filp_open(path, O_RDONLY | O_DIRECTORY, 0);
-	if (IS_ERR(dir))
-		return NULL;
-	iterate_dir(dir, &h.ctx);
-	filp_close(dir, NULL);
+	for (part = 0; part < (1 << PLOOP_PART_SHIFT); part++) {
+		if (part)
+			snprintf(path, sizeof(path), "/sys/block/%s/%sp%d/holders",
+				 name, name, part);
+		else
+			snprintf(path, sizeof(path), "/sys/block/%s/holders", name);
+		dir = filp_open(path, O_RDONLY | O_DIRECTORY, 0);
+		if (IS_ERR(dir))
+			continue;
+		iterate_dir(dir, &h.ctx);
+		filp_close(dir, NULL);
+	}
 
 	for (i = 0; i < h.nr; i++) {
 		snprintf(path, sizeof(path), "/sys/block/%s/dm/uuid",
@@ -894,8 +1254,9 @@ static struct block_device *ploop_get_dm_crypt_bdev(struct ploop_device *plo)
 }
 
 /*
- * Freeze the device to sync: the sync fd's, else a dm-crypt on top of
- * ploop, else the (whole-disk) ploop device if a file system is on it.
+ * Freeze the device to sync: the sync fd's, else a dm-crypt on ploop or on
+ * one of its partitions, else the first of the disk and its partitions that
+ * holds a file system.
  * *bdev_pp: in, the ioctl's bdev; out, the frozen bdev holding a
  * reference, or NULL if nothing stays frozen.
  */
@@ -903,7 +1264,7 @@ PLOOP_ONE_CALLER int find_and_freeze_bdev(struct ploop_device *plo, int sync_fd,
 				      struct block_device **bdev_pp)
 {
 	struct block_device *bdev = NULL;
-	int ret;
+	int ret, part;
 
 	if (sync_fd != -1) {
 		ret = get_bdev_from_fd(sync_fd, &bdev);
@@ -927,19 +1288,32 @@ PLOOP_ONE_CALLER int find_and_freeze_bdev(struct ploop_device *plo, int sync_fd,
 		goto out;
 	}
 
-	/* the partition walk; this disk has no partitions: just the disk */
-	bdev = plo->disk->part0;
-	ploop_bdev_grab(bdev);
-	ret = ploop_bdev_freeze(bdev);
-	if (ret) {
-		ploop_bdev_put(bdev);
-		return ret;
-	}
-	if (!ploop_bdev_has_fs(bdev)) {
+	/*
+	 * The partition walk (vz7: bdget_disk(disk, i) from i = 0, the whole
+	 * disk): each one frozen in turn; one without a filesystem is thawed
+	 * at once, the first with one stays frozen.  vz7 bounds i by
+	 * bd_part_count (how often partitions are open), the model walks every
+	 * partition that exists.
+	 */
+	for (part = 0; part < plo->disk->minors; part++) {
+		rcu_read_lock();
+		bdev = xa_load(&plo->disk->part_tbl, part);
+		if (bdev)
+			ploop_bdev_grab(bdev);
+		rcu_read_unlock();
+		if (!bdev)
+			continue;
+		ret = ploop_bdev_freeze(bdev);
+		if (ret) {
+			ploop_bdev_put(bdev);
+			return ret;
+		}
+		if (ploop_bdev_has_fs(bdev))
+			goto out;
 		ploop_bdev_thaw(bdev);
 		ploop_bdev_put(bdev);
-		bdev = NULL;
 	}
+	bdev = NULL;
 out:
 	*bdev_pp = bdev;
 	return 0;
@@ -961,16 +1335,22 @@ PLOOP_PROBED int complete_snapshot(struct ploop_device *plo,
 		return -EBADF;
 
 	top = plo->deltas[nr - 1];
-	err = vfs_fsync(top->file, 0);
+	err = ploop_delta_seal(top);
 	if (err)
 		return err;
-	top->rdonly = true;
 
 	delta->rdonly = false;
 	delta->level = nr;
 	plo->deltas[nr] = delta;
 	WRITE_ONCE(plo->nr_deltas, nr + 1);
 	return 0;
+}
+
+/* The I/O engines vz7 offers for a delta on a local file. */
+static bool ploop_io_type_ok(u32 type)
+{
+	return type == PLOOP_IO_AUTO || type == PLOOP_IO_DIRECT ||
+	       type == PLOOP_IO_KAIO;
 }
 
 /* Drop ctl_mutex around a thaw, as around the freeze. */
@@ -1006,7 +1386,7 @@ PLOOP_ONE_CALLER int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
 	int bug = READ_ONCE(ploop_bug);
 	bool is_patched = READ_ONCE(patched);
 	unsigned int hold;
-	int err, sync_fd = -1;
+	int err, format, sync_fd = -1;
 
 	if (!plo->nr_deltas)
 		return -ENOENT;
@@ -1037,10 +1417,17 @@ PLOOP_ONE_CALLER int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
 	}
 	if (copy_from_user(&chunk, uchunks, sizeof(struct ploop_ctl_chunk)))
 		return -EFAULT;
-	if (ctl.pctl_format && ctl.pctl_format != PLOOP_FMT_RAW)
+	format = ctl.pctl_format ? ctl.pctl_format : PLOOP_FMT_RAW;
+	if (format != PLOOP_FMT_RAW && format != PLOOP_FMT_PLOOP1)
+		return -EINVAL;
+	/* vz7 init_delta: a delta on top has the base's cluster size */
+	if (ctl.pctl_cluster_log != plo->cluster_log)
+		return -EINVAL;
+	if (!ploop_io_type_ok(chunk.pctl_type))
 		return -EINVAL;
 
-	err = ploop_delta_open(plo, chunk.pctl_fd, false, &delta);
+	err = ploop_delta_open(plo, chunk.pctl_fd, format, ctl.pctl_cluster_log,
+			       false, false, &delta);
 	if (err)
 		return err;
 
@@ -1071,13 +1458,19 @@ PLOOP_ONE_CALLER int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
 		err = complete_snapshot(plo, delta);
 	ploop_snapshot_relax(plo);
 
+	/*
+	 * A refused delta is freed after the thaw: closing a ploop1 delta
+	 * writes its header, which would wait on a frozen filesystem.
+	 */
 	if (err) {
-		ploop_delta_free(delta);
 		if (frozen && bug == PLOOP_BUG_LEAK_FREEZE) {
 			ploop_park_leak(plo, frozen);
+			ploop_delta_free(delta);
 			return err;
 		}
 	} else {
+		if (delta->format == PLOOP_FMT_PLOOP1)
+			plo->fmt_version = delta->version;
 		set_disk_ro(plo->disk, false);
 	}
 
@@ -1091,11 +1484,26 @@ PLOOP_ONE_CALLER int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
 			ploop_bdev_put(frozen);
 		}
 	}
+	if (err)
+		ploop_delta_free(delta);
 	return err;
 }
 
 /* ---------------------------------------------------------------------- */
 /* other ioctls */
+
+/* The disk is scanned for partitions like any disk (an image carries a GPT). */
+static void ploop_rescan_partitions(struct ploop_device *plo)
+{
+	int err;
+
+	mutex_lock(&plo->disk->open_mutex);
+	err = bdev_disk_changed(plo->disk, false);
+	mutex_unlock(&plo->disk->open_mutex);
+	if (err)
+		pr_warn("ploop_model: %s: partition scan: %d\n",
+			plo->disk->disk_name, err);
+}
 
 static int ploop_add_delta(struct ploop_device *plo, unsigned long arg)
 {
@@ -1111,30 +1519,40 @@ static int ploop_add_delta(struct ploop_device *plo, unsigned long arg)
 		return -EBUSY;
 	if (copy_from_user(&ctl, (void __user *)arg, sizeof(ctl)))
 		return -EFAULT;
-	if (ctl.pctl_chunks != 1 || ctl.pctl_format != PLOOP_FMT_RAW)
+	if (ctl.pctl_chunks != 1 || (ctl.pctl_format != PLOOP_FMT_RAW &&
+				     ctl.pctl_format != PLOOP_FMT_PLOOP1))
 		return -EINVAL;
 	if (copy_from_user(&chunk, (void __user *)(arg + sizeof(ctl)),
 			   sizeof(chunk)))
 		return -EFAULT;
 	rdonly = ctl.pctl_flags & PLOOP_FMT_RDONLY;
+	/* the base sets the cluster size (block_size), every later delta has it */
+	if (plo->nr_deltas ? ctl.pctl_cluster_log != plo->cluster_log :
+	    ctl.pctl_cluster_log > PLOOP1_MAX_CLUSTER_LOG + 10)
+		return -EINVAL;
+	if (!ploop_io_type_ok(chunk.pctl_type))
+		return -EINVAL;
 
-	err = ploop_delta_open(plo, chunk.pctl_fd, !rdonly, &delta);
+	err = ploop_delta_open(plo, chunk.pctl_fd, ctl.pctl_format,
+			       ctl.pctl_cluster_log, !rdonly, rdonly, &delta);
 	if (err)
 		return err;
 	delta->rdonly = rdonly;
-	size = i_size_read(file_inode(delta->file));
+	size = delta->size;
 
 	nr = plo->nr_deltas;
 	first = nr == 0;
 	err = __ploop_quiesce(plo);
-	if (!err && !first && !plo->deltas[nr - 1]->rdonly) {
-		err = vfs_fsync(plo->deltas[nr - 1]->file, 0);
-		if (!err)
-			plo->deltas[nr - 1]->rdonly = true;
-	}
+	if (!err && !first && !plo->deltas[nr - 1]->rdonly)
+		err = ploop_delta_seal(plo->deltas[nr - 1]);
 	if (!err) {
-		if (first)
+		if (first) {
 			plo->size = size;
+			plo->cluster_log = ctl.pctl_cluster_log;
+			plo->fmt_version = PLOOP_FMT_UNDEFINED;
+		}
+		if (delta->format == PLOOP_FMT_PLOOP1)
+			plo->fmt_version = delta->version;
 		delta->level = nr;
 		plo->deltas[nr] = delta;
 		WRITE_ONCE(plo->nr_deltas, nr + 1);
@@ -1149,6 +1567,7 @@ static int ploop_add_delta(struct ploop_device *plo, unsigned long arg)
 	if (first) {
 		invalidate_bdev(plo->disk->part0);
 		set_capacity_and_notify(plo->disk, size >> SECTOR_SHIFT);
+		ploop_rescan_partitions(plo);
 	}
 	return 0;
 }
@@ -1159,6 +1578,8 @@ static void ploop_drop_deltas(struct ploop_device *plo)
 
 	WRITE_ONCE(plo->nr_deltas, 0);
 	plo->size = 0;
+	plo->cluster_log = 0;
+	plo->fmt_version = PLOOP_FMT_UNDEFINED;
 	for (i = 0; i < nr; i++) {
 		ploop_delta_free(plo->deltas[i]);
 		plo->deltas[i] = NULL;
@@ -1170,7 +1591,7 @@ static int ploop_clear(struct ploop_device *plo)
 	int err;
 
 	if (plo->maintenance_type != PLOOP_MNTN_OFF || plo->user_frozen ||
-	    disk_openers(plo->disk) > 1)
+	    disk_openers(plo->disk) > 1 || plo->disk->open_partitions)
 		return -EBUSY;
 	if (!plo->nr_deltas)
 		return 0;
@@ -1181,7 +1602,7 @@ static int ploop_clear(struct ploop_device *plo)
 		struct ploop_delta *top = plo->deltas[plo->nr_deltas - 1];
 
 		if (!top->rdonly)
-			vfs_fsync(top->file, 0);
+			ploop_delta_seal(top);
 		ploop_drop_deltas(plo);
 	}
 	__ploop_relax(plo);
@@ -1190,6 +1611,7 @@ static int ploop_clear(struct ploop_device *plo)
 
 	set_capacity_and_notify(plo->disk, 0);
 	invalidate_bdev(plo->disk->part0);
+	ploop_rescan_partitions(plo);	/* capacity 0: drops them */
 	set_disk_ro(plo->disk, false);
 	return 0;
 }
@@ -1334,6 +1756,23 @@ static ssize_t maintenance_show(struct kobject *kobj,
 			  READ_ONCE(ploop_from_pstate(kobj)->maintenance_type));
 }
 
+/* libploop reads these two to build a snapshot delta (get_image_param_online) */
+static ssize_t block_size_show(struct kobject *kobj,
+			       struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n",
+			  1U << READ_ONCE(ploop_from_pstate(kobj)->cluster_log));
+}
+
+static ssize_t fmt_version_show(struct kobject *kobj,
+				struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%d\n",
+			  READ_ONCE(ploop_from_pstate(kobj)->fmt_version));
+}
+
+static struct kobj_attribute ploop_attr_block_size = __ATTR_RO(block_size);
+static struct kobj_attribute ploop_attr_fmt_version = __ATTR_RO(fmt_version);
 static struct kobj_attribute ploop_attr_nr_deltas = __ATTR_RO(nr_deltas);
 static struct kobj_attribute ploop_attr_maintenance = __ATTR_RO(maintenance);
 static struct kobj_attribute ploop_attr_top = __ATTR_RO(top);
@@ -1344,6 +1783,8 @@ static struct attribute *ploop_pstate_attrs[] = {
 	&ploop_attr_top.attr,
 	&ploop_attr_leaked.attr,
 	&ploop_attr_maintenance.attr,
+	&ploop_attr_block_size.attr,
+	&ploop_attr_fmt_version.attr,
 	NULL,
 };
 
@@ -1413,11 +1854,10 @@ static struct ploop_device *ploop_create_dev(int index)
 	blk_queue_write_cache(disk->queue, true, true);
 #endif
 	disk->major = ploop_major;
-	disk->first_minor = index;
-	disk->minors = 1;
+	disk->first_minor = index << PLOOP_PART_SHIFT;
+	disk->minors = 1 << PLOOP_PART_SHIFT;
 	disk->fops = &ploop_fops;
 	disk->private_data = plo;
-	disk->flags |= GENHD_FL_NO_PART;
 	snprintf(disk->disk_name, sizeof(disk->disk_name), "ploop%d", index);
 	set_capacity(disk, 0);
 	plo->disk = disk;

@@ -2,6 +2,7 @@
 //! stacks, freeze/thaw triggers, and the stress and fuzzing workloads the verifier watches.
 
 pub mod dm;
+pub mod gpt;
 pub mod ploop_stress;
 pub mod ploopctl;
 pub mod testkit;

@@ -402,8 +402,23 @@ fn random_case(rng: &mut Rng, pool: &Pool, patched: bool) -> Case {
         exact = Some(Err(if patched { Errno::ENOTSUPP } else { Errno::EINVAL }));
     } else if fault == Fault::Chunk0 {
         exact = Some(Err(Errno::EFAULT));
-    } else if format != 0 && format != PLOOP_FMT_RAW {
+    } else if format != 0 && format != PLOOP_FMT_RAW && format != abi::PLOOP_FMT_PLOOP1 {
         exact = Some(Err(Errno::EINVAL));
+    } else if req.ctl.pctl_cluster_log != 0
+        || ![abi::PLOOP_IO_AUTO, abi::PLOOP_IO_DIRECT, abi::PLOOP_IO_KAIO].contains(&c0.pctl_type)
+    {
+        // the device's cluster log is 0 (a raw base attached without one); chunk #0's I/O
+        // engine must be one vz7 has for a local file
+        exact = Some(Err(Errno::EINVAL));
+    } else if format == abi::PLOOP_FMT_PLOOP1 {
+        // every delta in the pool is raw: no ploop1 header (and cluster log 0 is no ploop1
+        // cluster size), refused at open, before anything is frozen
+        match kind0 {
+            FdKind::Closed | FdKind::MinusOne => exact = Some(Err(Errno::EBADF)),
+            FdKind::NotRegular | FdKind::Mountpoint => exact = Some(Err(Errno::EINVAL)),
+            // a regular file on a device full of deltas: E2BIG first
+            _ => allowed = vec![Err(Errno::EBADF), Err(Errno::EINVAL), Err(Errno::E2BIG)],
+        }
     } else {
         // Driver territory: the delta fd, then the freeze, then the switch.
         let sync = if patched && chunks == 2 { kind1 } else { FdKind::MinusOne };

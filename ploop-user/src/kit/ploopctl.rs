@@ -24,8 +24,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::{
     errno::Errno,
     ploop_abi::{
-        self as abi, PLOOP_FLAG_FS_SYNC, PLOOP_FMT_RAW, PLOOP_FMT_RDONLY, PloopCtlChunk, Request,
+        self as abi, PLOOP_FLAG_FS_SYNC, PLOOP_FMT_PLOOP1, PLOOP_FMT_RAW, PLOOP_FMT_RDONLY,
+        PLOOP_IO_AUTO, PloopCtlChunk, Request,
     },
+    ploop1,
 };
 
 // ------------------------------------------------------------------------------------------
@@ -33,16 +35,25 @@ use crate::{
 
 #[derive(Subcommand, Debug)]
 pub enum Device {
-    /// Make a raw delta file (sparse, SIZE bytes)
+    /// Make a delta file: raw (sparse, SIZE bytes) or an empty ploop1 delta
     ///
-    /// Nothing is written, so it takes no space. The first delta attached to a device fixes the device's size; every other
-    /// delta of the device must have the same size.
+    /// A raw delta takes no space. A ploop1 delta is a header and an empty BAT (as libploop
+    /// creates a snapshot delta); SIZE is rounded up to a cluster. The first delta attached to
+    /// a device fixes the device's size; every other delta of the device must have the same
+    /// size.
     ///
     /// Example: ploop-verify device create --size 64M /tmp/base.img
+    ///          ploop-verify device create --format ploop1 --size 64M /tmp/top.hds
     Create {
         /// Size in bytes, a multiple of 512; suffixes K, M, G, T (powers of 1024).
         #[arg(long, value_name = "SIZE")]
         size: String,
+        /// raw or ploop1.
+        #[arg(long, default_value = "raw", value_parser = parse_format)]
+        format: u32,
+        /// ploop1: log2 of the cluster size in sectors (11: 1 MiB, libploop's default).
+        #[arg(long, value_name = "N", default_value_t = ploop1::DEFAULT_CLUSTER_LOG)]
+        cluster_log: u32,
         /// Replace an existing file (default: refuse).
         #[arg(long)]
         force: bool,
@@ -64,6 +75,11 @@ pub enum Device {
         /// Add the top delta read-only too (the device becomes read-only).
         #[arg(long)]
         read_only: bool,
+        /// pctl_cluster_log of every delta (the device's cluster size, pstate/block_size)
+        /// [default: the first ploop1 delta's, else 0]. Each delta's format (raw or ploop1)
+        /// comes from its header.
+        #[arg(long, value_name = "N")]
+        cluster_log: Option<u32>,
         /// Delta files, the base first, the top last.
         #[arg(value_name = "DELTA", required = true)]
         deltas: Vec<PathBuf>,
@@ -155,9 +171,24 @@ pub struct SnapshotArgs {
     #[arg(long, value_name = "NEW_DELTA_FILE", required_unless_present = "raw")]
     pub delta: Option<PathBuf>,
     /// Freeze the filesystem mounted at MOUNTPOINT: its fd (O_RDONLY|O_DIRECTORY) goes into
-    /// chunk #1 (pctl_chunks=2).
+    /// chunk #1 (pctl_chunks=2). A block device node is opened O_RDONLY instead (as
+    /// --sync-fd-dev).
     #[arg(long, value_name = "MOUNTPOINT")]
     pub sync_fd_from: Option<PathBuf>,
+    /// An fd of the block device node DEVICE (opened O_RDONLY, libploop's way: the
+    /// partition the filesystem is on, e.g. /dev/ploop0p1) goes into chunk #1.
+    #[arg(long, value_name = "DEVICE", conflicts_with_all = ["sync_fd_from", "sync_fd"])]
+    pub sync_fd_dev: Option<PathBuf>,
+    /// pctl_format: raw or ploop1 (or a number, with --raw) [default: raw]. A missing
+    /// ploop1 delta is created empty, with the device's size and cluster size.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    pub format: Option<u32>,
+    /// chunks[0].pctl_type, the I/O engine: auto, direct, kaio (or a number) [default: auto].
+    #[arg(long, value_name = "TYPE", value_parser = parse_io_type)]
+    pub io_type: Option<u32>,
+    /// pctl_cluster_log [default: the device's, from pstate/block_size, else 0].
+    #[arg(long, value_name = "N", value_parser = parse_u32)]
+    pub cluster_log: Option<u32>,
     /// Leave PLOOP_FLAG_FS_SYNC out: nothing is frozen (the old top may hold a filesystem
     /// in the middle of a journal transaction).
     #[arg(long)]
@@ -169,9 +200,6 @@ pub struct SnapshotArgs {
     /// pctl_chunks [default: 2 with --sync-fd-from or --sync-fd, else 1].
     #[arg(long, requires = "raw", value_name = "N", value_parser = parse_u16, help_heading = "Raw mode")]
     pub chunks: Option<u16>,
-    /// pctl_format [default: 1, PLOOP_FMT_RAW].
-    #[arg(long, requires = "raw", value_name = "N", value_parser = parse_u32, help_heading = "Raw mode")]
-    pub format: Option<u32>,
     /// pctl_flags of ploop_ctl [default: 0x10000000 (PLOOP_FLAG_FS_SYNC), 0 with --no-fs-sync].
     #[arg(long, requires = "raw", value_name = "N", value_parser = parse_u32, help_heading = "Raw mode")]
     pub ctl_flags: Option<u32>,
@@ -246,6 +274,21 @@ fn parse_u64(s: &str) -> Result<u64, String> {
 fn parse_u32(s: &str) -> Result<u32, String> {
     u32::try_from(parse_num(s)?).map_err(|_| format!("{s} does not fit in 32 bits"))
 }
+fn parse_format(s: &str) -> Result<u32, String> {
+    match s {
+        "raw" => Ok(PLOOP_FMT_RAW),
+        "ploop1" => Ok(PLOOP_FMT_PLOOP1),
+        _ => parse_u32(s).map_err(|e| format!("{e} (or raw, ploop1)")),
+    }
+}
+fn parse_io_type(s: &str) -> Result<u32, String> {
+    match s {
+        "auto" => Ok(abi::PLOOP_IO_AUTO),
+        "direct" => Ok(abi::PLOOP_IO_DIRECT),
+        "kaio" => Ok(abi::PLOOP_IO_KAIO),
+        _ => parse_u32(s).map_err(|e| format!("{e} (or auto, direct, kaio)")),
+    }
+}
 fn parse_u16(s: &str) -> Result<u16, String> {
     u16::try_from(parse_num(s)?).map_err(|_| format!("{s} does not fit in 16 bits"))
 }
@@ -312,6 +355,17 @@ impl PloopDev {
         fs::read_to_string(self.sys.join("pstate").join(attr)).ok()?.trim().parse().ok()
     }
 
+    /// The device's cluster size as `pctl_cluster_log` (log2 of `pstate/block_size`, in
+    /// sectors, as libploop computes it: `ffs(blocksize) - 1`).
+    pub fn cluster_log(&self) -> Option<u32> {
+        self.pstate("block_size").filter(|&b| b > 0).map(|b| (b as u64).trailing_zeros())
+    }
+
+    /// The ploop1 version new deltas get: `pstate/fmt_version` (V1 only when it says 1).
+    pub fn ploop1_version(&self) -> ploop1::Version {
+        if self.pstate("fmt_version") == Some(1) { ploop1::Version::V1 } else { ploop1::Version::V2 }
+    }
+
     /// Size in bytes (BLKGETSIZE64).
     pub fn size(&self) -> Result<u64> {
         let mut size: u64 = 0;
@@ -375,12 +429,17 @@ fn snapshot_hint(errno: Errno) -> &'static str {
             "the kernel could not read the request (ploop_ctl or a chunk) from user memory"
         }
         Errno::EINVAL => {
-            "malformed request: a non-zero field in chunk #1, an unknown pctl_format, a delta of \
-             the wrong size or not a regular file; an unpatched kernel also answers EINVAL to \
-             every pctl_chunks but 1 (no sync fd support)"
+            "malformed request: a non-zero field in chunk #1, an unknown pctl_format or I/O \
+             type, a pctl_cluster_log other than the device's, a delta of the wrong size, not a \
+             regular file or with a bad ploop1 header; an unpatched kernel also answers EINVAL \
+             to every pctl_chunks but 1 (no sync fd support)"
         }
         Errno::ENOTSUPP => "pctl_chunks is neither 1 nor 2 (patched kernel)",
-        Errno::ENODEV => "the sync fd has no block device under it (tmpfs, proc, a closed fd)",
+        Errno::ENODEV => {
+            "the sync fd has no block device under it (tmpfs, proc, a closed fd); a block device \
+             node as sync fd is resolved through the filesystem holding the node (devtmpfs) by \
+             the seed patch: S4"
+        }
         Errno::EBADF => {
             "the new delta's fd is not open for reading and writing (or not open at all)"
         }
@@ -479,13 +538,50 @@ pub fn send_snapshot(
     dev.ioctl_ptr(abi::PLOOP_IOC_SNAPSHOT, ptr)
 }
 
-/// Opens `dir` as a sync fd: O_RDONLY|O_DIRECTORY.
+/// Opens `dir` as a sync fd: O_RDONLY|O_DIRECTORY; a block device node O_RDONLY, as
+/// [`open_sync_dev`].
 pub fn open_sync_fd(dir: &Path) -> Result<fs::File> {
+    if fs::metadata(dir).is_ok_and(|m| m.file_type().is_block_device()) {
+        return open_sync_dev(dir);
+    }
     fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY)
         .open(dir)
         .map_err(|e| anyhow!("opening mountpoint {} (O_RDONLY|O_DIRECTORY): {e}", dir.display()))
+}
+
+/// Opens the block device node `node` O_RDONLY as a sync fd, as libploop does with
+/// /dev/ploopNp1.
+pub fn open_sync_dev(node: &Path) -> Result<fs::File> {
+    let m = fs::metadata(node).map_err(|e| anyhow!("{}: {e}", node.display()))?;
+    if !m.file_type().is_block_device() {
+        bail!("{} is not a block device node", node.display());
+    }
+    fs::File::open(node).map_err(|e| anyhow!("opening {} (O_RDONLY): {e}", node.display()))
+}
+
+/// Opens (creating it empty if missing, removed again unless kept) a ploop1 delta for a
+/// device of `size` bytes with clusters of 2^`cluster_log` sectors, as libploop's
+/// create_snapshot_delta does.
+pub fn open_new_ploop1(
+    path: &Path,
+    size: u64,
+    cluster_log: u32,
+    version: ploop1::Version,
+    read_only: bool,
+) -> Result<(fs::File, NewFile)> {
+    let mut created = NewFile { path: None };
+    if !path.exists() {
+        ploop1::create(path, &ploop1::Header::new(size, cluster_log, version)?, false)?;
+        created.path = Some(path.to_path_buf());
+    }
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
+    Ok((f, created))
 }
 
 /// A delta file created by this command, removed again unless kept.
@@ -552,7 +648,21 @@ pub fn open_new_delta(
 
 pub fn device(cmd: Device) -> Result<ExitCode> {
     match cmd {
-        Device::Create { size, force, delta } => {
+        Device::Create { size, format, cluster_log, force, delta } if format == PLOOP_FMT_PLOOP1 => {
+            let h = ploop1::Header::new(parse_size(&size)?, cluster_log, ploop1::Version::V2)?;
+            ploop1::create(&delta, &h, force)?;
+            println!(
+                "{}: ploop1 delta (v2), {} bytes, cluster {} KiB, empty",
+                delta.display(),
+                h.device_bytes(),
+                h.cluster_bytes() / 1024
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Device::Create { format, .. } if format != PLOOP_FMT_RAW => {
+            bail!("--format: raw or ploop1")
+        }
+        Device::Create { size, force, delta, .. } => {
             let bytes = parse_size(&size)?;
             let mut o = fs::OpenOptions::new();
             o.write(true);
@@ -572,7 +682,9 @@ pub fn device(cmd: Device) -> Result<ExitCode> {
             println!("{}: raw delta, {bytes} bytes (sparse)", delta.display());
             Ok(ExitCode::SUCCESS)
         }
-        Device::Attach { device, read_only, deltas } => attach(&device, &deltas, read_only),
+        Device::Attach { device, read_only, cluster_log, deltas } => {
+            attach(&device, &deltas, read_only, cluster_log)
+        }
         Device::Detach { device } => {
             let dev = PloopDev::open(&device)?;
             match dev.clear() {
@@ -630,7 +742,12 @@ fn simple_ioctl(device: &Path, nr: libc::Ioctl, what: &str) -> Result<ExitCode> 
     }
 }
 
-fn attach(device: &Path, deltas: &[PathBuf], read_only: bool) -> Result<ExitCode> {
+fn attach(
+    device: &Path,
+    deltas: &[PathBuf],
+    read_only: bool,
+    cluster_log: Option<u32>,
+) -> Result<ExitCode> {
     let dev = PloopDev::open(device)?;
     if let Some(n) = dev.pstate("nr_deltas").filter(|&n| n > 0) {
         bail!("{} already has {n} delta(s): detach it first", device.display());
@@ -638,6 +755,22 @@ fn attach(device: &Path, deltas: &[PathBuf], read_only: bool) -> Result<ExitCode
     // Check everything before the first ioctl.
     let mut files = Vec::new();
     let mut size = None;
+    let mut formats = Vec::new();
+    let mut header_log = None;
+    for p in deltas {
+        if ploop1::Header::sniff(p) {
+            let mut b = [0u8; ploop1::HEADER_SIZE];
+            fs::File::open(p)
+                .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0))
+                .map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
+            let h = ploop1::Header::parse(&b).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            header_log.get_or_insert(h.cluster_log());
+            formats.push((PLOOP_FMT_PLOOP1, Some(h.device_bytes())));
+        } else {
+            formats.push((PLOOP_FMT_RAW, None));
+        }
+    }
+    let cluster_log = cluster_log.or(header_log).unwrap_or(0);
     for (i, p) in deltas.iter().enumerate() {
         let top = i + 1 == deltas.len();
         let rdonly = !top || read_only;
@@ -650,12 +783,12 @@ fn attach(device: &Path, deltas: &[PathBuf], read_only: bool) -> Result<ExitCode
         if !meta.is_file() {
             bail!("{} is not a regular file", p.display());
         }
+        let len = formats[i].1.unwrap_or(meta.len());
         match size {
-            None => size = Some(meta.len()),
-            Some(s) if s != meta.len() => bail!(
-                "{} has {} bytes but {} has {s}: all deltas of a device have the same size",
+            None => size = Some(len),
+            Some(s) if s != len => bail!(
+                "{} is for {len} bytes but {} for {s}: all deltas of a device have the same size",
                 p.display(),
-                meta.len(),
                 deltas[0].display()
             ),
             _ => {}
@@ -664,7 +797,8 @@ fn attach(device: &Path, deltas: &[PathBuf], read_only: bool) -> Result<ExitCode
     }
     for (i, (f, rdonly)) in files.iter().enumerate() {
         let flags = if *rdonly { PLOOP_FMT_RDONLY } else { 0 };
-        let mut req = Request::one(PLOOP_FMT_RAW, flags, f.as_raw_fd());
+        let mut req = Request::one(formats[i].0, flags, f.as_raw_fd());
+        req.ctl.pctl_cluster_log = cluster_log;
         req.chunks[0].pctl_len = size.unwrap_or(0);
         let mut buf = GuardedBuf::new()?;
         let ptr = buf.place(&req.to_bytes(), Fault::None);
@@ -674,8 +808,14 @@ fn attach(device: &Path, deltas: &[PathBuf], read_only: bool) -> Result<ExitCode
                 device,
                 e,
                 match e {
-                    Errno::EINVAL => "the delta is not a regular file, or its size is wrong",
-                    Errno::EBUSY => "the device is busy, or the file is already a delta of it",
+                    Errno::EINVAL => {
+                        "the delta is not a regular file, its size is wrong, its ploop1 header \
+                         is bad or disagrees with --cluster-log"
+                    }
+                    Errno::EBUSY => {
+                        "the device is busy, the file is already a delta of it, or its ploop1 \
+                         header says it is in use"
+                    }
                     Errno::EBADF => "the delta must be writable unless added read-only",
                     Errno::ENOTTY => "not a ploop device",
                     _ => "",
@@ -707,13 +847,24 @@ fn attach(device: &Path, deltas: &[PathBuf], read_only: bool) -> Result<ExitCode
 pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let dev = PloopDev::open(&a.device)?;
     let size = dev.size()?;
-    let sync = a.sync_fd_from.as_deref().map(open_sync_fd).transpose()?;
+    let sync = match (&a.sync_fd_from, &a.sync_fd_dev) {
+        (Some(p), _) => Some(open_sync_fd(p)?),
+        (None, Some(p)) => Some(open_sync_dev(p)?),
+        (None, None) => None,
+    };
+    let format = a.format.unwrap_or(PLOOP_FMT_RAW);
+    let cluster_log = a.cluster_log.or_else(|| dev.cluster_log()).unwrap_or(0);
     let delta = match &a.delta {
         Some(p) => {
             if size == 0 && !a.raw {
                 bail!("{} has size 0: it has no delta (attach one first)", a.device.display());
             }
-            Some(open_new_delta(p, size, a.delta_readonly, !a.raw)?)
+            if format == PLOOP_FMT_PLOOP1 {
+                let v = dev.ploop1_version();
+                Some(open_new_ploop1(p, size, cluster_log, v, a.delta_readonly)?)
+            } else {
+                Some(open_new_delta(p, size, a.delta_readonly, !a.raw)?)
+            }
         }
         None => None,
     };
@@ -723,12 +874,10 @@ pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let req = if a.raw {
         let chunks = a.chunks.unwrap_or(if sync_fd.is_some() { 2 } else { 1 });
         let flags = a.ctl_flags.unwrap_or(if a.no_fs_sync { 0 } else { PLOOP_FLAG_FS_SYNC });
-        let mut r = Request::one(
-            a.format.unwrap_or(PLOOP_FMT_RAW),
-            flags,
-            a.chunk0_fd.or(delta_fd).unwrap_or(-1),
-        );
+        let mut r = Request::one(format, flags, a.chunk0_fd.or(delta_fd).unwrap_or(-1));
         r.ctl.pctl_chunks = chunks;
+        r.ctl.pctl_cluster_log = cluster_log;
+        r.chunks[0].pctl_type = a.io_type.unwrap_or(PLOOP_IO_AUTO);
         r.chunks.push(PloopCtlChunk {
             pctl_fd: sync_fd.unwrap_or(-1),
             pctl_type: a.chunk1_type,
@@ -740,7 +889,9 @@ pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         r
     } else {
         let flags = if a.no_fs_sync { 0 } else { PLOOP_FLAG_FS_SYNC };
-        let mut r = Request::one(PLOOP_FMT_RAW, flags, delta_fd.expect("--delta is required"));
+        let mut r = Request::one(format, flags, delta_fd.expect("--delta is required"));
+        r.ctl.pctl_cluster_log = cluster_log;
+        r.chunks[0].pctl_type = a.io_type.unwrap_or(PLOOP_IO_AUTO);
         if let Some(fd) = sync_fd {
             r.ctl.pctl_chunks = 2;
             r.chunks.push(PloopCtlChunk { pctl_fd: fd, ..Default::default() });

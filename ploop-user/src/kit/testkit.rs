@@ -1,12 +1,20 @@
 //! Small triggers that make the kernel freeze and thaw a block device, for live tests and for
 //! checking a probe setup by hand. Each one is a single well-understood kernel path.
 
-use std::{fs, os::fd::AsRawFd, path::PathBuf};
+use std::{fs, os::fd::AsRawFd, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
-use crate::kit::dm;
+use crate::{
+    errno::Errno,
+    kit::{
+        dm, gpt,
+        ploopctl::{self, Fault, GuardedBuf, PloopDev},
+    },
+    ploop_abi::{PLOOP_FLAG_FS_SYNC, PLOOP_FMT_PLOOP1, PLOOP_IO_AUTO, PloopCtlChunk, Request},
+    ploop1,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum Testkit {
@@ -46,6 +54,35 @@ pub enum Testkit {
     FuzzSnapshot(crate::kit::ploop_stress::FuzzArgs),
     /// Time PLOOP_IOC_SNAPSHOT over a series of snapshots; prints min/p50/p90/max/mean.
     SnapshotBench(crate::kit::ploop_stress::BenchArgs),
+    /// Send exactly the request of libploop's online snapshot (create_image_snapshot)
+    ///
+    /// An empty ploop1 delta DELTA with the device's size, cluster size (pstate/block_size)
+    /// and version (pstate/fmt_version); PLOOP_IOC_SNAPSHOT with pctl_format=PLOOP_FMT_PLOOP1,
+    /// PLOOP_FLAG_FS_SYNC, pctl_cluster_log, pctl_size=0, two chunks: #0 the delta
+    /// (PLOOP_IO_AUTO), #1 an fd of the partition node DEVICEpN opened O_RDONLY. If the kernel
+    /// answers EINVAL, the same request once more with pctl_chunks=1 (an old kernel); any
+    /// other errno fails the snapshot (the delta is removed). Prints what happened.
+    ///
+    /// Exit status: 0 the snapshot was taken; 1 refused; 2 bad input.
+    LibploopSnapshot(LibploopArgs),
+    /// Write a GPT to DEVICE with partitions of the given sizes, have the kernel read it
+    /// (BLKRRPART) and print the partition nodes
+    ///
+    /// Partitions start on 1 MiB boundaries; "rest" takes what is left (last one only).
+    /// Example: ploop-verify testkit gpt /dev/ploop0 --part 8M --part rest
+    Gpt {
+        device: PathBuf,
+        /// A partition's size (K, M, G suffixes) or "rest"; repeat for each partition.
+        #[arg(long = "part", value_name = "SIZE", required = true)]
+        parts: Vec<String>,
+    },
+    /// Check a ploop1 delta's header and BAT; prints a summary, exit 1 on any problem
+    Ploop1Check {
+        file: PathBuf,
+        /// Also require m_DiskInUse set (yes: the open top) or clear (no: a closed delta).
+        #[arg(long, value_name = "yes|no")]
+        in_use: Option<String>,
+    },
     /// Write a synthetic trace of CALLS correct snapshot calls (for the replay benchmark:
     /// `ploop-verify report` on it measures the checker's throughput).
     SynthTrace {
@@ -59,6 +96,19 @@ pub enum Testkit {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct LibploopArgs {
+    /// The ploop disk, e.g. /dev/ploop0.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: PathBuf,
+    /// The new top delta (must not exist).
+    #[arg(long, value_name = "DELTA_FILE")]
+    pub delta: PathBuf,
+    /// The partition whose node goes into chunk #1 (DEVICEpN; 0: the disk itself).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub part: u32,
+}
+
 /// The fixed aes-xts-plain64 key of `testkit dm-crypt` (test data only, never a secret).
 pub const TEST_KEY: &str = "6d6f64656c2d6b65792d666f722d706c6f6f702d7665726966792d74657374a5";
 
@@ -67,8 +117,119 @@ const EXT4_IOC_SHUTDOWN: libc::Ioctl =
     nix::request_code_read!(b'X', 125, std::mem::size_of::<u32>());
 const EXT4_GOING_FLAGS_DEFAULT: u32 = 0;
 
+/// `testkit libploop-snapshot` and `ploop1-check` have exit statuses of their own.
+pub fn run_with_status(cmd: Testkit) -> Result<ExitCode> {
+    match cmd {
+        Testkit::LibploopSnapshot(a) => libploop_snapshot(a),
+        Testkit::Ploop1Check { file, in_use } => {
+            let want = match in_use.as_deref() {
+                None => None,
+                Some("yes") => Some(true),
+                Some("no") => Some(false),
+                Some(o) => bail!("--in-use {o}: yes or no"),
+            };
+            let r = ploop1::check(&file, want)?;
+            let h = &r.header;
+            println!(
+                "{}: ploop1 {:?}, {} bytes, cluster {} KiB, {}/{} clusters allocated, \
+                 m_DiskInUse {:#x}, m_Flags {:#x}, file {} bytes",
+                file.display(),
+                h.version,
+                h.device_bytes(),
+                h.cluster_bytes() / 1024,
+                r.allocated,
+                h.size,
+                h.disk_in_use,
+                h.flags,
+                r.file_bytes
+            );
+            for p in &r.problems {
+                println!("{}: {p}", file.display());
+            }
+            Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        other => run(other).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn libploop_snapshot(a: LibploopArgs) -> Result<ExitCode> {
+    let dev = PloopDev::open(&a.device)?;
+    let size = dev.size()?;
+    if size == 0 {
+        bail!("{} has no delta: attach one first", a.device.display());
+    }
+    if a.delta.exists() {
+        bail!("{} exists: libploop creates a new file", a.delta.display());
+    }
+    let Some(cluster_log) = dev.cluster_log() else {
+        bail!("{}: no pstate/block_size (not a ploop device?)", a.device.display());
+    };
+    let node = if a.part == 0 {
+        a.device.clone()
+    } else {
+        PathBuf::from(format!("{}p{}", a.device.display(), a.part))
+    };
+    let sync = ploopctl::open_sync_dev(&node)?;
+    let (delta, created) =
+        ploopctl::open_new_ploop1(&a.delta, size, cluster_log, dev.ploop1_version(), false)?;
+    let mut req = Request::one(PLOOP_FMT_PLOOP1, PLOOP_FLAG_FS_SYNC, delta.as_raw_fd());
+    req.ctl.pctl_cluster_log = cluster_log;
+    req.ctl.pctl_size = 0;
+    req.chunks[0].pctl_type = PLOOP_IO_AUTO;
+    req.ctl.pctl_chunks = 2;
+    req.chunks.push(PloopCtlChunk { pctl_fd: sync.as_raw_fd(), ..Default::default() });
+    let mut buf = GuardedBuf::new()?;
+    let t = Instant::now();
+    let mut res = ploopctl::send_snapshot(&dev, &mut buf, &req, Fault::None);
+    let mut what = format!(
+        "PLOOP_IOC_SNAPSHOT ploop1 cluster_log {cluster_log}, 2 chunks, sync fd {} (O_RDONLY): {}",
+        node.display(),
+        answer(res)
+    );
+    if res == Err(Errno::EINVAL) {
+        req.ctl.pctl_chunks = 1;
+        req.chunks.truncate(1);
+        res = ploopctl::send_snapshot(&dev, &mut buf, &req, Fault::None);
+        what += &format!("; retried with 1 chunk (an old kernel): {}", answer(res));
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    match res {
+        Ok(()) => {
+            created.keep();
+            println!("libploop-snapshot on {}: {what}; ok in {ms:.1} ms", a.device.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("libploop-snapshot on {}: {what}; failed: {}", a.device.display(), e.numbered());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn answer(r: Result<(), Errno>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => e.numbered(),
+    }
+}
+
 pub fn run(cmd: Testkit) -> Result<()> {
     match cmd {
+        Testkit::LibploopSnapshot(_) | Testkit::Ploop1Check { .. } => {
+            bail!("run through run_with_status")
+        }
+        Testkit::Gpt { device, parts } => {
+            let sizes = parts
+                .iter()
+                .map(|p| match p.as_str() {
+                    "rest" => Ok(None),
+                    s => ploopctl::parse_size(s).map(Some),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for n in gpt::write(&device, &sizes)? {
+                println!("{}", n.display());
+            }
+        }
         Testkit::Ext4Shutdown { mountpoint } => {
             let dir = fs::File::open(&mountpoint)
                 .with_context(|| format!("opening {}", mountpoint.display()))?;
