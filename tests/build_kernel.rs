@@ -25,6 +25,8 @@ use xtask::{
 };
 
 const PATCH: &str = "0001-ploop-Provide-interface-to-pass-freezing-fs-during-s.patch";
+/// Ours, on top of 0001: a block device node as sync fd names its own device.
+const PATCH2: &str = "0002-ploop-A-block-device-node-as-sync-fd-names-its-own-.patch";
 
 fn repo() -> PathBuf {
     xtask::root()
@@ -32,6 +34,10 @@ fn repo() -> PathBuf {
 
 fn shipped_patch() -> String {
     fs::read_to_string(repo().join("kernel-patch").join(PATCH)).expect("the shipped patch")
+}
+
+fn shipped_patch2() -> String {
+    fs::read_to_string(repo().join("kernel-patch").join(PATCH2)).expect("the shipped 0002")
 }
 
 // --- the pre-image of the patch's own hunks -----------------------------------------------
@@ -99,6 +105,18 @@ fn post_image(hunks: &[Hunk]) -> Vec<String> {
     let mut lines = pre_image(hunks);
     for h in hunks.iter().rev() {
         let at = h.old_start - 1;
+        lines.splice(at..at + h.old.len(), h.new.iter().cloned());
+    }
+    lines
+}
+
+/// dev.c after the whole series: 0001's post-image with 0002's hunks applied (0002 changes
+/// only lines 0001 added, so the fake tree has all of its context).
+fn series_post_image(hunks: &[Hunk]) -> Vec<String> {
+    let mut lines = post_image(hunks);
+    for h in self::hunks(&shipped_patch2()).iter().rev() {
+        let at = h.old_start - 1;
+        assert_eq!(lines[at..at + h.old.len()], h.old[..], "0002's context at {}", h.old_start);
         lines.splice(at..at + h.old.len(), h.new.iter().cloned());
     }
     lines
@@ -236,7 +254,16 @@ fn shipped_patch_is_git_format_with_consistent_hunks() {
     let removed: usize = h.iter().map(|h| h.old.len()).sum::<usize>();
     // The diffstat: 56 insertions, 8 deletions (context lines count on both sides).
     assert_eq!(added - removed, 56 - 8);
-    assert_eq!(fs::read_to_string(repo().join("kernel-patch/series")).unwrap().trim(), PATCH);
+    let series = fs::read_to_string(repo().join("kernel-patch/series")).unwrap();
+    assert_eq!(series.lines().collect::<Vec<_>>(), [PATCH, PATCH2]);
+    // 0002: a mail of our own, on top of 0001, the same file.
+    let p2 = shipped_patch2();
+    assert!(p2.starts_with("From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"));
+    assert!(p2.contains("\nSubject: [PATCH] ploop: A block device node as sync fd names its own device\n"));
+    assert!(p2.contains(" 1 file changed, 12 insertions(+)\n"));
+    let h2 = hunks(&p2);
+    assert_eq!(h2.len(), 1);
+    assert_eq!(h2[0].new.len() - h2[0].old.len(), 12);
 }
 
 #[test]
@@ -248,8 +275,10 @@ fn patch_applies_cleanly_then_is_recognised_as_applied() {
     let r = build_kernel(&["--src", s(&tree), "--patch-only"], None);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains(&format!("applied {PATCH}")), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("applied {PATCH2}")), "{}", r.stderr);
     let dev_c = fs::read_to_string(tree.join("drivers/block/ploop/dev.c")).unwrap();
-    assert!(dev_c == text(&post_image(&h)), "dev.c is not the post-image");
+    assert!(dev_c == text(&series_post_image(&h)), "dev.c is not the post-image");
+    assert!(dev_c.contains("*bdev = bdget(inode->i_rdev);"));
     let after = tree_state(&tree);
     assert_eq!(
         after.keys().collect::<Vec<_>>(),
