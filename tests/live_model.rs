@@ -1,10 +1,15 @@
 //! Live: the ploop model driver (`tests/ploop-model`) and `ploop-verify device|snapshot|support`
 //! in Debian 6.1 and 6.12 guests. Two boots per kernel:
 //! - stacks (`guest/model-stacks.sh`): ext4 on ploop, on dm-crypt on ploop, and on dm-linear on
-//!   dm-crypt on ploop; data across snapshots, lower deltas unchanged, fresh devices from the
-//!   lower deltas, which filesystem is frozen during the switch; the snapshot latency.
+//!   dm-crypt on ploop, on the whole disk with raw deltas and on ploop0p1 of a GPT with ploop1
+//!   deltas (and ext4 on ploop0p1 with libploop's node sync fd); data across snapshots, lower
+//!   deltas unchanged, fresh devices from the lower deltas, the ploop1 header/BAT check,
+//!   which filesystem is frozen during the switch (also the partition walk), the hang of a
+//!   ploop1 switch on a frozen filesystem and its release; the latency with raw and ploop1
+//!   tops.
 //! - errors (`guest/model-errors.sh`): the errno of every malformed request in the patched and
-//!   the unpatched mode (the contract's table, below), then the fuzzer.
+//!   the unpatched mode (the contract's table, below; a device-node sync fd in both
+//!   sync_fd_resolve modes), then the fuzzer.
 //!
 //! Every boot also fails on a kernel log line that means the kernel went wrong (BUG, WARNING,
 //! Oops, hung task). Both scripts write their results to `/share/results.jsonl` (see
@@ -46,7 +51,14 @@ const ERROR_TABLE: &[(&str, Reply, Reply)] = &[
     ("enodev-sync-fd-tmpfs", ENODEV, EINVAL), // S3
     ("enodev-sync-fd-closed", ENODEV, EINVAL),
     ("nofssync-sync-fd-closed", OK, EINVAL), // O3: without FS_SYNC the fd is not used
-    ("einval-format", EINVAL, EINVAL),       // driver: pctl_format must be 0 or RAW
+    ("einval-format", EINVAL, EINVAL),       // driver: PLOOP1 with a raw file: no header
+    ("einval-format-unknown", EINVAL, EINVAL), // neither RAW nor PLOOP1
+    ("einval-cluster-log", EINVAL, EINVAL),  // vz7 init_delta: not the device's cluster log
+    ("einval-io-type", EINVAL, EINVAL),      // chunk #0 pctl_type 3 (PLOOP_IO_RESERVED)
+    ("ok-io-type-kaio", OK, OK),             // PLOOP_IO_KAIO, as libploop may send
+    ("enodev-sync-fd-node-seed", ENODEV, EINVAL), // S4: the seed resolves devtmpfs
+    ("ok-sync-fd-node-bdev", OK, EINVAL),    // sync_fd_resolve=bdev (kernel-patch/0002)
+    ("enodev-sync-fd-tmpfs-bdev", ENODEV, EINVAL), // bdev: other fds as the seed (S3)
     ("ebadf-delta-fd", EBADF, EBADF),        // driver: chunk #0 fd not open
     ("ebadf-delta-readonly", EBADF, EBADF),  // driver: refused after freeze + quiesce
     ("ebadf-delta-readonly-sync-fd", EBADF, EINVAL),
@@ -84,21 +96,41 @@ fn assert_checks(results: &Results, series: &str) -> usize {
 fn stacks(series: &str) {
     let results = run_model_script(series, "model-stacks.sh", "");
     let n = assert_checks(&results, series);
-    // support, 2 x 3 raw I/O, 3 stacks x 14, 4 frozen-during-switch, 2 after the bench.
-    assert!(n >= 55, "{series}: only {n} checks ran");
+    // support, 2 x 3 raw I/O, 7 stacks x 14 (+ 5 ploop1 checks on 3 of them), 4
+    // frozen-during-switch, the partition walk, the hang, 2 after the bench.
+    assert!(n >= 130, "{series}: only {n} checks ran");
     for raw in ["tmpfs", "9p"] {
         let want = format!("rawio-{raw}-reattached");
         assert!(results.passed(&want), "{series}: missing check `{want}`");
     }
-    for stack in ["direct", "crypt", "linear"] {
+    let stacks = ["direct", "crypt", "linear", "direct-p1"];
+    let ploop1 = ["direct-p1-ploop1", "crypt-p1-ploop1", "linear-p1-ploop1"];
+    for stack in stacks.iter().chain(&ploop1) {
         for what in ["from-base-clean-journal", "from-s1-b", "s1-unchanged-at-end"] {
             let want = format!("{stack}-{what}");
             assert!(results.passed(&want), "{series}: missing check `{want}`");
         }
     }
+    for stack in ploop1 {
+        for what in ["s1-in-use", "s1-closed", "s2-in-use", "s2-closed-at-detach"] {
+            let want = format!("{stack}-{what}");
+            assert!(results.passed(&want), "{series}: missing check `{want}`");
+        }
+    }
+    for want in [
+        "frozen-during-switch-walk-p2-auto",
+        "frozen-during-switch-p2-node-bdev",
+        "p2-node-seed-enodev",
+        "hang-ploop1-old-top-blocks",
+        "hang-stack-in-header-write",
+        "hang-released",
+        "hang-vz-writable-after",
+    ] {
+        assert!(results.passed(want), "{series}: missing check `{want}`");
+    }
     let bench: Vec<&Kind> =
         results.0.iter().map(|r| &r.kind).filter(|k| matches!(k, Kind::Bench { .. })).collect();
-    assert_eq!(bench.len(), 2, "{series}: latency series: {bench:?}");
+    assert_eq!(bench.len(), 3, "{series}: latency series: {bench:?}");
     for b in bench {
         if let Kind::Bench { label, n, min_ms, p50_ms, p90_ms, max_ms, mean_ms } = b {
             println!(

@@ -71,6 +71,17 @@ cases() {
   snap enodev-sync-fd-closed --sync-fd 1000
   snap nofssync-sync-fd-closed --no-fs-sync --sync-fd 1000
   snap einval-format --format 2
+  snap einval-format-unknown --format 7
+  snap einval-cluster-log --cluster-log 9
+  snap einval-io-type --io-type 3
+  snap ok-io-type-kaio --io-type kaio
+  # libploop's sync fd: a block device node opened O_RDONLY, in both resolution modes. seed:
+  # the node's super block is devtmpfs's (S4's mismatch); bdev: the node names the device.
+  snap enodev-sync-fd-node-seed --sync-fd-dev /dev/ploop0
+  echo bdev > $P/sync_fd_resolve
+  snap ok-sync-fd-node-bdev --sync-fd-dev /dev/ploop0
+  snap enodev-sync-fd-tmpfs-bdev --sync-fd-from /tmp
+  echo seed > $P/sync_fd_resolve
   snap ebadf-delta-fd --chunk0-fd 999
   snap ebadf-delta-readonly --delta-readonly
   snap ebadf-delta-readonly-sync-fd --delta-readonly --sync-fd-from /mnt/e

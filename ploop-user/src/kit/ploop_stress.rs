@@ -99,6 +99,10 @@ pub struct BenchArgs {
     pub rate: Option<u32>,
     #[arg(long, default_value_t = 2.0, requires = "rate")]
     pub seconds: f64,
+    /// The new deltas' format: raw or ploop1 (created empty, as libploop does, with the
+    /// device's cluster size).
+    #[arg(long, default_value = "raw", value_parser = ["raw", "ploop1"])]
+    pub format: String,
 }
 
 /// `--rate`: refused snapshot calls at a fixed pace; prints the calls made and the rate.
@@ -668,9 +672,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             f.write_all(&data)?;
         }
         let path = a.workdir.join(format!("bench-{}-{i}.img", std::process::id()));
-        let (f, created) = open_new_delta(&path, size, false, true)?;
+        let cluster_log = dev.cluster_log().unwrap_or(0);
+        let (format, (f, created)) = if a.format == "ploop1" {
+            let v = dev.ploop1_version();
+            (abi::PLOOP_FMT_PLOOP1, ploopctl::open_new_ploop1(&path, size, cluster_log, v, false)?)
+        } else {
+            (PLOOP_FMT_RAW, open_new_delta(&path, size, false, true)?)
+        };
         let flags = if a.no_fs_sync { 0 } else { PLOOP_FLAG_FS_SYNC };
-        let mut req = Request::one(PLOOP_FMT_RAW, flags, f.as_raw_fd());
+        let mut req = Request::one(format, flags, f.as_raw_fd());
+        req.ctl.pctl_cluster_log = cluster_log;
         if let Some(s) = &sync {
             req.ctl.pctl_chunks = 2;
             req.chunks.push(PloopCtlChunk { pctl_fd: s.as_raw_fd(), ..Default::default() });

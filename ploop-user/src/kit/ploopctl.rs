@@ -180,7 +180,8 @@ pub struct SnapshotArgs {
     #[arg(long, value_name = "DEVICE", conflicts_with_all = ["sync_fd_from", "sync_fd"])]
     pub sync_fd_dev: Option<PathBuf>,
     /// pctl_format: raw or ploop1 (or a number, with --raw) [default: raw]. A missing
-    /// ploop1 delta is created empty, with the device's size and cluster size.
+    /// ploop1 delta is created empty, with the device's size and cluster size (with --raw
+    /// the delta file is always a raw one).
     #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
     pub format: Option<u32>,
     /// chunks[0].pctl_type, the I/O engine: auto, direct, kaio (or a number) [default: auto].
@@ -859,7 +860,8 @@ pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
             if size == 0 && !a.raw {
                 bail!("{} has size 0: it has no delta (attach one first)", a.device.display());
             }
-            if format == PLOOP_FMT_PLOOP1 {
+            // --raw sends whatever --format says with a raw file: the kernel judges it
+            if format == PLOOP_FMT_PLOOP1 && !a.raw {
                 let v = dev.ploop1_version();
                 Some(open_new_ploop1(p, size, cluster_log, v, a.delta_readonly)?)
             } else {
