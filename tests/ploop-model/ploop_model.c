@@ -4,17 +4,22 @@
  * probes and the ploop-verify checker on stock Debian 6.1 / 6.12 kernels.
  *
  * It is NOT the ploop driver.  It provides /dev/ploopN block devices whose
- * content is a stack of raw delta files, and PLOOP_IOC_SNAPSHOT with the
+ * content is a stack of raw or ploop1 delta files, and PLOOP_IOC_SNAPSHOT with the
  * semantics of the vz7 patch "ploop: Provide interface to pass freezing fs
  * during snapshot" (see CONTRACT.md).  Function names and shapes that probes
  * attach to are the vz7 ones: ploop_snapshot, find_and_freeze_bdev,
  * get_bdev_from_fd, ploop_quiesce, complete_snapshot, ploop_relax.
  *
  * Design decisions:
- *  - Devices: nr_devs gendisks "ploopN", dynamic major "ploop", one minor
- *    each, no partitions (GENHD_FL_NO_PART), bio based.  Capacity is 0 until
- *    the first delta is added.
- *  - PLOOP_IOC_ADD_DELTA: one chunk, pctl_format must be PLOOP_FMT_RAW.
+ *  - Devices: nr_devs gendisks "ploopN", dynamic major "ploop", 16 minors
+ *    each (vz7's PLOOP_PART_SHIFT), bio based, scanned for partitions when
+ *    the first delta sets the capacity (and on BLKRRPART).  Capacity is 0
+ *    until the first delta is added.
+ *  - ploop1 deltas (ploop1_image.h): header + BAT, clusters allocated at the
+ *    file's end on first write, m_DiskInUse while the writable top; see
+ *    ploop1_open() and ploop1_close().  The base's pctl_cluster_log is the
+ *    device's; every later delta must carry it (-EINVAL, vz7 init_delta).
+ *  - PLOOP_IOC_ADD_DELTA: one chunk, pctl_format RAW or PLOOP1.
  *    chunks[0].pctl_fd is a regular file (opened without O_APPEND/O_DIRECT).
  *    The device size is the i_size of the first (base) delta (non-zero,
  *    multiple of 512, at most 1 TiB); every later delta must have exactly
@@ -47,9 +52,10 @@
  *    caller's task (so sysfs must be mounted on /sys); a holder counts as
  *    dm-crypt when /sys/block/<holder>/dm/uuid starts with "CRYPT-" (what
  *    cryptsetup sets; a crypt table created by dmsetup without such a uuid
- *    is not detected).  It is frozen and kept frozen whether or not a file
- *    system sits on it.  Otherwise the "partition walk" runs, which on this
- *    partition-less disk is the whole disk: it is frozen, and if no file
+ *    is not detected); partitions' holders count too.  It is frozen and kept
+ *    frozen whether or not a file system sits on it.  Otherwise the
+ *    "partition walk" runs over the disk and then each partition: each is
+ *    frozen, and if no file
  *    system is found on it (6.1: freeze_bdev left bd_fsfreeze_sb NULL;
  *    6.8+: the bdev holder is not a super block, bd_holder_ops !=
  *    &fs_holder_ops), thawed at once and nothing counts as frozen.
