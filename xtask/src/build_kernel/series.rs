@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn series_parses_the_shipped_patch() {
         let p = read_series(&crate::root().join("kernel-patch")).unwrap();
-        assert_eq!(p.len(), 1);
+        assert_eq!(p.len(), 2, "0001 (the seed commit) and 0002 (ours)");
         assert_eq!(p[0].from.as_deref(), Some("56e1c4d968993c8985bb90d983cb563a43d32010"));
         assert_eq!(
             p[0].subject.as_deref(),
@@ -348,6 +348,16 @@ mod tests {
         assert_eq!(p[0].files[0].0, "drivers/block/ploop/dev.c");
         assert_eq!(p[0].files[0].1.len(), 4);
         assert!(p[0].files[0].1[1].starts_with("@@ -3683,12 +3715,12 @@"));
+        // 0002 has no commit yet (format-patch --zero-commit) and changes what 0001 added.
+        assert_eq!(p[1].from.as_deref(), Some("0000000000000000000000000000000000000000"));
+        assert_eq!(
+            p[1].subject.as_deref(),
+            Some("ploop: A block device node as sync fd names its own device")
+        );
+        assert_eq!(p[1].files.len(), 1);
+        assert_eq!(p[1].files[0].0, "drivers/block/ploop/dev.c");
+        assert_eq!(p[1].files[0].1.len(), 1);
+        assert!(p[1].files[0].1[0].starts_with("@@ -3656,6 +3656,18 @@ static int get_bdev_from_fd"));
     }
 
     #[test]
