@@ -269,6 +269,16 @@ pub fn apply_series(src: &Path, dir: &Path) -> Result<Vec<PatchResult>, Error> {
     }
     let snapshot = Snapshot::take(src, &patches)?;
     let mut results = Vec::new();
+    // A later patch may change lines an earlier one added (0002 edits what 0001 added): then
+    // the earlier patch alone no longer reverses on a tree with the whole series, and only
+    // undoing the series from its last patch back tells that it is applied.
+    if series_applied(src, &patches, &snapshot)? {
+        for p in &patches {
+            say(format!("{} is already applied: skipped", p.name));
+            results.push(result(p, PatchStatus::AlreadyApplied));
+        }
+        return Ok(results);
+    }
     for p in &patches {
         let (fwd_ok, fwd_out) = run_patch(src, p, false, true)?;
         let status = if fwd_ok {
@@ -312,16 +322,37 @@ pub fn apply_series(src: &Path, dir: &Path) -> Result<Vec<PatchResult>, Error> {
                 )));
             }
         };
-        results.push(PatchResult {
-            name: p.name.clone(),
-            path: p.path.clone(),
-            from: p.from.clone(),
-            subject: p.subject.clone(),
-            sha256: p.sha256.clone(),
-            status,
-        });
+        results.push(result(p, status));
     }
     Ok(results)
+}
+
+fn result(p: &Patch, status: PatchStatus) -> PatchResult {
+    PatchResult {
+        name: p.name.clone(),
+        path: p.path.clone(),
+        from: p.from.clone(),
+        subject: p.subject.clone(),
+        sha256: p.sha256.clone(),
+        status,
+    }
+}
+
+/// Is the whole series applied to `src`? Undoes it from the last patch back, for real (a dry
+/// run cannot chain), and puts the tree back exactly as it was (`snapshot`) either way.
+fn series_applied(src: &Path, patches: &[Patch], snapshot: &Snapshot) -> Result<bool, Error> {
+    let mut applied = true;
+    for p in patches.iter().rev() {
+        if !run_patch(src, p, true, true)?.0 || !run_patch(src, p, true, false)?.0 {
+            applied = false;
+            break;
+        }
+    }
+    snapshot
+        .restore()
+        .with_context(|| format!("restoring {} after the applied-series check", src.display()))
+        .map_err(bad)?;
+    Ok(applied)
 }
 
 fn undo_note(r: &anyhow::Result<()>) -> String {
