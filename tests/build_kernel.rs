@@ -258,8 +258,12 @@ fn shipped_patch_is_git_format_with_consistent_hunks() {
     assert_eq!(series.lines().collect::<Vec<_>>(), [PATCH, PATCH2]);
     // 0002: a mail of our own, on top of 0001, the same file.
     let p2 = shipped_patch2();
-    assert!(p2.starts_with("From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"));
-    assert!(p2.contains("\nSubject: [PATCH] ploop: A block device node as sync fd names its own device\n"));
+    assert!(
+        p2.starts_with("From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n")
+    );
+    assert!(p2.contains(
+        "\nSubject: [PATCH] ploop: A block device node as sync fd names its own device\n"
+    ));
     assert!(p2.contains(" 1 file changed, 12 insertions(+)\n"));
     let h2 = hunks(&p2);
     assert_eq!(h2.len(), 1);

@@ -169,10 +169,10 @@ fn chs(sectors: u64) -> (u32, u32) {
     if sectors > 1_032_192 && sectors < 16_777_216 {
         return (16, (sectors / (63 * 16)) as u32);
     }
-    let s = [63u64, 32, 16, 8].into_iter().find(|d| sectors % d == 0);
+    let s = [63u64, 32, 16, 8].into_iter().find(|&d| sectors.is_multiple_of(d));
     let Some(s) = s else { return (1, sectors as u32) };
     let rest = sectors / s;
-    match [16u64, 8, 4, 2].into_iter().find(|d| rest % d == 0) {
+    match [16u64, 8, 4, 2].into_iter().find(|&d| rest.is_multiple_of(d)) {
         Some(h) => (h as u32, (rest / h) as u32),
         None => (1, sectors as u32),
     }
@@ -241,15 +241,16 @@ pub fn check(path: &Path, in_use: Option<bool>) -> Result<Report> {
     if (MAP_OFFSET + u64::from(h.size)) * 4 > first {
         problems.push(format!("the BAT does not fit before m_FirstBlockOffset ({first} bytes)"));
     }
-    if first % cluster != 0 {
-        problems.push(format!("m_FirstBlockOffset {} is not cluster aligned", h.first_block_offset));
+    if !first.is_multiple_of(cluster) {
+        problems
+            .push(format!("m_FirstBlockOffset {} is not cluster aligned", h.first_block_offset));
     }
     let mut bat = vec![0u8; h.size as usize * 4];
     f.read_exact_at(&mut bat, MAP_OFFSET * 4).context("reading the BAT")?;
     let mut seen = std::collections::BTreeSet::new();
     let mut allocated = 0;
-    for (i, e) in bat.chunks_exact(4).enumerate() {
-        let e = u64::from(u32::from_le_bytes(e.try_into().unwrap()));
+    for (i, e) in bat.as_chunks::<4>().0.iter().enumerate() {
+        let e = u64::from(u32::from_le_bytes(*e));
         if e == 0 {
             continue;
         }

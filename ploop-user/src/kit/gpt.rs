@@ -52,13 +52,16 @@ fn guid(seed: u64, n: u64) -> [u8; 16] {
     g
 }
 
+/// What to write: (LBA, bytes).
+pub type Writes = Vec<(u64, Vec<u8>)>;
+
 /// The sectors of a disk of `disk_sectors` with partitions of `sizes` sectors each (`None`:
-/// the rest of the disk), as (LBA, bytes) writes; and each partition's (first, last) LBA.
+/// the rest of the disk), as writes; and each partition's (first, last) LBA.
 pub fn layout(
     disk_sectors: u64,
     sizes: &[Option<u64>],
     seed: u64,
-) -> Result<(Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>)> {
+) -> Result<(Writes, Vec<(u64, u64)>)> {
     if sizes.is_empty() || sizes.len() > 15 {
         bail!("want 1 to 15 partitions (a ploop device has 16 minors)");
     }

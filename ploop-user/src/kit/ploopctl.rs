@@ -364,7 +364,11 @@ impl PloopDev {
 
     /// The ploop1 version new deltas get: `pstate/fmt_version` (V1 only when it says 1).
     pub fn ploop1_version(&self) -> ploop1::Version {
-        if self.pstate("fmt_version") == Some(1) { ploop1::Version::V1 } else { ploop1::Version::V2 }
+        if self.pstate("fmt_version") == Some(1) {
+            ploop1::Version::V1
+        } else {
+            ploop1::Version::V2
+        }
     }
 
     /// Size in bytes (BLKGETSIZE64).
@@ -649,7 +653,9 @@ pub fn open_new_delta(
 
 pub fn device(cmd: Device) -> Result<ExitCode> {
     match cmd {
-        Device::Create { size, format, cluster_log, force, delta } if format == PLOOP_FMT_PLOOP1 => {
+        Device::Create { size, format, cluster_log, force, delta }
+            if format == PLOOP_FMT_PLOOP1 =>
+        {
             let h = ploop1::Header::new(parse_size(&size)?, cluster_log, ploop1::Version::V2)?;
             ploop1::create(&delta, &h, force)?;
             println!(

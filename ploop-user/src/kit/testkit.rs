@@ -200,7 +200,11 @@ fn libploop_snapshot(a: LibploopArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!("libploop-snapshot on {}: {what}; failed: {}", a.device.display(), e.numbered());
+            println!(
+                "libploop-snapshot on {}: {what}; failed: {}",
+                a.device.display(),
+                e.numbered()
+            );
             Ok(ExitCode::from(1))
         }
     }

@@ -388,7 +388,9 @@ mod tests {
         assert_eq!(p[1].files.len(), 1);
         assert_eq!(p[1].files[0].0, "drivers/block/ploop/dev.c");
         assert_eq!(p[1].files[0].1.len(), 1);
-        assert!(p[1].files[0].1[0].starts_with("@@ -3656,6 +3656,18 @@ static int get_bdev_from_fd"));
+        assert!(
+            p[1].files[0].1[0].starts_with("@@ -3656,6 +3656,18 @@ static int get_bdev_from_fd")
+        );
     }
 
     #[test]
