@@ -233,6 +233,34 @@ fn checker_verdicts(series: &str, build: ModelBuild, clean_snapshots: u64) {
         failures.push(format!("s4-seed: exit {}, {:?}", rc("s4-seed"), s4["violation_list"]));
     }
 
+    // libploop's request on a partitioned image, in the three kernels it meets.
+    let lp = summary(&share.join("lp-seed"));
+    if violated(&lp) != BTreeSet::from(["S4".to_string()]) || rc("lp-seed") != 1 {
+        failures.push(format!("lp-seed: exit {}, {:?}", rc("lp-seed"), lp["violation_list"]));
+    }
+    let lp = summary(&share.join("lp-bdev"));
+    if rc("lp-bdev") != 0 || tally(&lp, "S4") != (1, 0) || tally(&lp, "S2") != (1, 0) {
+        failures.push(format!(
+            "lp-bdev: exit {}, S4 {:?}, S2 {:?}, {:?}",
+            rc("lp-bdev"),
+            tally(&lp, "S4"),
+            tally(&lp, "S2"),
+            lp["violation_list"]
+        ));
+    }
+    let lp = summary(&share.join("lp-unpatched"));
+    if rc("lp-unpatched") != 0
+        || lp["fallbacks"]["count"] != 1
+        || lp["kernel_patch"]["state"] != "unpatched"
+    {
+        failures.push(format!(
+            "lp-unpatched: exit {}, fallbacks {}, kernel {}",
+            rc("lp-unpatched"),
+            lp["fallbacks"],
+            lp["kernel_patch"]
+        ));
+    }
+
     // Each known bug: its own invariant, plus only what it really breaks besides (a thaw before
     // the switch, or the wrong device frozen, also leaves the filesystem unfrozen: S2).
     for (bug, want) in bug_table(build) {
@@ -348,7 +376,7 @@ fn hung_snapshot(series: &str) {
     // Reported while it hung: before the emergency thaw, not when the call returned.
     let lines: Vec<&str> = out.stdout.lines().collect();
     let at = |p: &str| lines.iter().position(|l| l.contains(p));
-    let (t2, sysrq) = (at("VIOLATION T2"), at("sysrq j (emergency thaw)"));
+    let (t2, sysrq) = (at("VIOLATION T2"), at("release: "));
     assert!(t2.is_some() && sysrq.is_some() && t2 < sysrq, "T2 at {t2:?}, sysrq at {sysrq:?}");
     let stack =
         at("kernel stack of tid").map(|i| lines[i..].iter().take(12).copied().collect::<Vec<_>>());

@@ -83,6 +83,21 @@ wl_node() {
   echo "node sync fd: exit $?"
   exec 7<&-
 }
+# libploop's own request (testkit libploop-snapshot: ploop1, FS_SYNC, the device's cluster
+# log, chunk #1 = the node /dev/ploop0p1 O_RDONLY, one retry with one chunk on EINVAL).
+wl_libploop() {
+  ploop-verify testkit libploop-snapshot --device /dev/ploop0 --delta /tmp/p0-lp$1.hds
+  echo "libploop-snapshot: exit $?"
+}
+# A partitioned image as a container's: a GPT, ext4 on ploop0p1 at /mnt/p0.
+up_part() {
+  rm -f /tmp/p0-*.img /tmp/p0-*.hds; mkdir -p /mnt/p0
+  ploop-verify device create --size 64M /tmp/p0-0.img >/dev/null &&
+    ploop-verify device attach --device /dev/ploop0 /tmp/p0-0.img >/dev/null &&
+    ploop-verify testkit gpt /dev/ploop0 --part rest >/dev/null &&
+    mkfs.ext4 -q /dev/ploop0p1 && mount -t ext4 /dev/ploop0p1 /mnt/p0
+}
+down_part() { umount /mnt/p0; ploop-verify device detach --device /dev/ploop0 >/dev/null; }
 wl_einval() { wl_sync_one; ploop-verify support --device /dev/ploop0; }
 wl_unpatched() {
   snaps 3 auto
@@ -116,6 +131,15 @@ RUNARGS="--hang-after 1.5 --max-freeze-ms 60000" check hung-held wl_held
 echo 0 > $P/snapshot_hold_ms
 down direct
 up direct; check s4-seed wl_node; down direct
+# The real client on a partitioned image: the seed refuses its node (S4), 0002's reading
+# freezes ploop0p1 (clean), an unpatched kernel takes the one-chunk retry (a fallback).
+up_part; check lp-seed "wl_libploop 1"; down_part
+echo bdev > $P/sync_fd_resolve
+up_part; check lp-bdev "wl_libploop 2"; down_part
+echo seed > $P/sync_fd_resolve
+echo N > $P/patched
+up_part; check lp-unpatched "wl_libploop 3"; down_part
+echo Y > $P/patched
 
 for bug in leak_freeze thaw_other ignore_sync_fd thaw_early einval; do
   kind=linear; [ $bug = einval ] && kind=direct

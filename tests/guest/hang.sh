@@ -3,7 +3,8 @@
 # delta files gets that filesystem frozen. The ploop device's own filesystem stays writable;
 # its writes reach the delta files on the frozen filesystem and block there, and the switch
 # (ploop_quiesce, which waits for in-flight writes) hangs with the filesystem frozen.
-# `ploop-verify run` must report it while it hangs; the emergency thaw (sysrq j) then lets
+# `ploop-verify run` must report it while it hangs; the emergency thaw (sysrq j; FITHAW on
+# 6.12, whose emergency thaw worker blocks on the frozen filesystem itself) then lets
 # the snapshot finish, and no filesystem may be left frozen.
 set -u
 P=/sys/module/ploop_model/parameters
@@ -24,8 +25,14 @@ if [ "${1:-}" = workload ]; then
   ploop-verify snapshot --device /dev/ploop0 --delta /mnt/p1/p0-1.img --sync-fd-from /mnt/p1 &
   snap=$!
   sleep $SYSRQ_AFTER
-  echo "sysrq j (emergency thaw) at $(cut -d' ' -f1 /proc/uptime) s"
-  echo j > /proc/sysrq-trigger
+  # 6.12's emergency thaw worker blocks on this very filesystem (hung task, nothing
+  # released): there, FITHAW on the frozen filesystem is the way out.
+  case $(uname -r) in
+    6.1.*) echo "release: sysrq j (emergency thaw) at $(cut -d' ' -f1 /proc/uptime) s"
+      echo j > /proc/sysrq-trigger ;;
+    *) echo "release: fsfreeze --unfreeze (FITHAW) at $(cut -d' ' -f1 /proc/uptime) s"
+      fsfreeze --unfreeze /mnt/p1 ;;
+  esac
   wait $snap
   rc=$?
   echo "snapshot: exit $rc after $(echo "$(cut -d' ' -f1 /proc/uptime) $t0" | awk '{print $1 - $2}') s"
