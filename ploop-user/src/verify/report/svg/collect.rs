@@ -161,13 +161,23 @@ pub struct Rows {
     /// Earliest start and latest time seen in any call.
     pub first_ns: Option<u64>,
     pub last_ns: u64,
+    /// The lane of the last call's ploop device: nearly every call is on a device seen just
+    /// before, and naming it costs an allocation per call (replay throughput).
+    last_lane: Option<(Option<KDev>, usize)>,
 }
 
 impl Rows {
     pub fn push(&mut self, r: CallReport) {
         let c = &r.call;
         let failed = r.failures().next().is_some();
-        let lane = self.lane(c);
+        let lane = match self.last_lane {
+            Some((dev, lane)) if dev == c.ploop_dev && dev.is_some() => lane,
+            _ => {
+                let lane = self.lane(c);
+                self.last_lane = Some((c.ploop_dev, lane));
+                lane
+            }
+        };
         let freezes: Vec<(usize, u64, Option<u64>)> = c
             .freezes
             .iter()
@@ -193,7 +203,13 @@ impl Rows {
             switch: c.quiesce_ns.zip(c.relax_ns),
             failed,
             error: c.result().is_some_and(|r| r != 0),
-            tip: explain(&r),
+            // The tooltip only for a span that is drawn one by one (most of a long run's
+            // calls go into the density strips): the text is most of a call's cost here.
+            tip: if self.spans.len() < MAX_SPANS || (failed && self.marks.len() < MAX_MARKS) {
+                explain(&r)
+            } else {
+                String::new()
+            },
         };
         self.first_ns = Some(self.first_ns.map_or(c.start_ns, |f| f.min(c.start_ns)));
         self.last_ns = self.last_ns.max(last);
