@@ -578,7 +578,7 @@ pub fn open_new_ploop1(
 ) -> Result<(fs::File, NewFile)> {
     let mut created = NewFile { path: None };
     if !path.exists() {
-        ploop1::create(path, &ploop1::Header::new(size, cluster_log, version)?, false)?;
+        ploop1::create(path, &ploop1::empty_header(size, cluster_log, version)?, false)?;
         created.path = Some(path.to_path_buf());
     }
     let f = fs::OpenOptions::new()
@@ -656,7 +656,7 @@ pub fn device(cmd: Device) -> Result<ExitCode> {
         Device::Create { size, format, cluster_log, force, delta }
             if format == PLOOP_FMT_PLOOP1 =>
         {
-            let h = ploop1::Header::new(parse_size(&size)?, cluster_log, ploop1::Version::V2)?;
+            let h = ploop1::empty_header(parse_size(&size)?, cluster_log, ploop1::Version::V2)?;
             ploop1::create(&delta, &h, force)?;
             println!(
                 "{}: ploop1 delta (v2), {} bytes, cluster {} KiB, empty",
@@ -765,13 +765,8 @@ fn attach(
     let mut formats = Vec::new();
     let mut header_log = None;
     for p in deltas {
-        if ploop1::Header::sniff(p) {
-            let mut b = [0u8; ploop1::HEADER_SIZE];
-            fs::File::open(p)
-                .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0))
-                .map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
-            let h = ploop1::Header::parse(&b).map_err(|e| anyhow!("{}: {e}", p.display()))?;
-            header_log.get_or_insert(h.cluster_log());
+        if let Some(h) = ploop1::read_header(p)? {
+            header_log.get_or_insert(ploop1::cluster_log(&h));
             formats.push((PLOOP_FMT_PLOOP1, Some(h.device_bytes())));
         } else {
             formats.push((PLOOP_FMT_RAW, None));

@@ -138,9 +138,9 @@ pub fn run_with_status(cmd: Testkit) -> Result<ExitCode> {
                 h.device_bytes(),
                 h.cluster_bytes() / 1024,
                 r.allocated,
-                h.size,
-                h.disk_in_use,
-                h.flags,
+                h.m_Size,
+                h.m_DiskInUse,
+                h.m_Flags,
                 r.file_bytes
             );
             for p in &r.problems {
