@@ -89,11 +89,12 @@ wl_libploop() {
   ploop-verify testkit libploop-snapshot --device /dev/ploop0 --delta /tmp/p0-lp$1.hds
   echo "libploop-snapshot: exit $?"
 }
-# A partitioned image as a container's: a GPT, ext4 on ploop0p1 at /mnt/p0.
+# A partitioned image as a container's: a GPT, ext4 on ploop0p1 at /mnt/p0, libploop's
+# default cluster (1 MiB, log 11; libploop sends the device's, read from pstate/block_size).
 up_part() {
   rm -f /tmp/p0-*.img /tmp/p0-*.hds; mkdir -p /mnt/p0
   ploop-verify device create --size 64M /tmp/p0-0.img >/dev/null &&
-    ploop-verify device attach --device /dev/ploop0 /tmp/p0-0.img >/dev/null &&
+    ploop-verify device attach --device /dev/ploop0 --cluster-log 11 /tmp/p0-0.img >/dev/null &&
     ploop-verify testkit gpt /dev/ploop0 --part rest >/dev/null &&
     mkfs.ext4 -q /dev/ploop0p1 && mount -t ext4 /dev/ploop0p1 /mnt/p0
 }
