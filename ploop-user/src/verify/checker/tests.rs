@@ -637,3 +637,15 @@ fn a_retry_from_another_thread_or_with_another_delta_is_no_fallback() {
         assert_eq!(c.c.outcome().fallback_count, 0, "tid {tid} fd {fd}");
     }
 }
+
+/// The retry's chunk #0 unread (its request ends where its page does): still the fallback.
+#[test]
+fn a_retry_whose_chunk0_was_unread_is_still_the_fallback() {
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::NoBdev, "0:5")).end(10, -22);
+    let mut one = request(PLOOP_FLAG_FS_SYNC, 1, None, None);
+    one.chunk.clear();
+    s.start(10, one).freeze(10, PLOOP).switch(10).thaw(10, PLOOP).end(10, 0);
+    let (c, _) = run(partitioned_stack(), &s);
+    assert_eq!(c.c.outcome().fallback_count, 1);
+}
