@@ -177,6 +177,11 @@ fn golden_expectations_say_what_each_case_is_for() {
     }
     // libploop's device-node sync fd read the seed's way (devtmpfs: -ENODEV): S4 alone.
     assert_eq!(ids("6.1-ioctl-s4-seed"), ["S4"]);
+    // libploop's own request on a partitioned image (ext4 on ploop0p1): the seed refuses its
+    // node (S4); 0002's reading is clean; an unpatched kernel takes the one-chunk retry.
+    assert_eq!(ids("6.1-ioctl-lp-seed"), ["S4"]);
+    assert_eq!(ids("6.1-ioctl-lp-bdev"), [] as [&str; 0]);
+    assert_eq!(ids("6.1-ioctl-lp-unpatched"), [] as [&str; 0]);
     // A second snapshot refused at the ioctl dispatch while the first holds maintenance.
     assert_eq!(ids("6.1-ioctl-ebusy"), [] as [&str; 0]);
     // Runs with --hang-after 1.5 and 3 s recorded in the header: a replay judges with them.
