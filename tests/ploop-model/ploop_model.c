@@ -47,6 +47,8 @@
  *    maintenance}; top is the level of the top delta (0 = base), -1 without
  *    deltas; maintenance is maintenance_type (3 = PLOOP_MNTN_SNAPSHOT while
  *    a snapshot has ctl_mutex dropped around freeze or thaw).
+ *    /sys/block/ploopN/pdelta/<level>/{image,format} per delta, as vz7:
+ *    one kobject per level with its own file reference (no lock in show).
  *  - Autodetection in find_and_freeze_bdev (no sync fd): the holders of the
  *    ploop disk are listed by reading /sys/block/ploopN/holders in the
  *    caller's task (so sysfs must be mounted on /sys); a holder counts as
@@ -299,12 +301,15 @@ struct ploop_delta {
 	u32		alloc_head;	/* next free cluster at the file's end */
 	bool		in_use;		/* we set m_DiskInUse in the file */
 	void		*cbuf;		/* one cluster, worker only, writable top */
+
+	struct kobject	*kobj;		/* pdelta/<level>, NULL until added */
 };
 
 struct ploop_device {
 	int			index;
 	struct gendisk		*disk;
 	struct kobject		*pstate;
+	struct kobject		*pdelta;	/* pdelta/<level>/ per delta */
 
 	struct mutex		ctl_mutex;
 	int			maintenance_type;
@@ -823,10 +828,13 @@ static int ploop_delta_seal(struct ploop_delta *d)
 	return err;
 }
 
+static void ploop_delta_sysfs_del(struct ploop_delta *d);
+
 static void ploop_delta_free(struct ploop_delta *d)
 {
 	if (!d)
 		return;
+	ploop_delta_sysfs_del(d);
 	if (d->in_use)
 		ploop1_close(d);
 	kvfree(d->cbuf);
@@ -1117,6 +1125,9 @@ out_fput:
 
 /* ---------------------------------------------------------------------- */
 /* the vz7 snapshot path */
+
+static void ploop_delta_sysfs_add(struct ploop_device *plo,
+				  struct ploop_delta *d);
 
 int ploop_quiesce(struct ploop_device *plo);
 void ploop_relax(struct ploop_device *plo);
@@ -1492,6 +1503,8 @@ PLOOP_ONE_CALLER int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
 	}
 	if (err)
 		ploop_delta_free(delta);
+	else	/* after the thaw: it allocates, and the device is live again */
+		ploop_delta_sysfs_add(plo, delta);
 	return err;
 }
 
@@ -1568,6 +1581,7 @@ static int ploop_add_delta(struct ploop_device *plo, unsigned long arg)
 		ploop_delta_free(delta);
 		return err;
 	}
+	ploop_delta_sysfs_add(plo, delta);
 
 	set_disk_ro(plo->disk, rdonly);
 	if (first) {
@@ -1798,6 +1812,112 @@ static const struct attribute_group ploop_pstate_group = {
 	.attrs = ploop_pstate_attrs,
 };
 
+
+/*
+ * sysfs: /sys/block/ploopN/pdelta/<level>/{image,format}, as vz7 has them:
+ * the delta file's path (d_path of its struct file) and "raw" or "ploop1",
+ * so that a tool finds the deltas a snapshot has just made read-only.  One
+ * kobject per level, like vz7's delta->kobj.  Each holds its own reference
+ * to the file and its format, so show() never touches the ploop_delta and
+ * takes no lock: a level removed under ctl_mutex (PLOOP_IOC_CLEAR) waits
+ * for readers in kernfs, and a reader taking ctl_mutex would deadlock there.
+ */
+struct ploop_delta_kobj {
+	struct kobject	kobj;
+	struct file	*file;
+	int		format;
+};
+
+static struct ploop_delta_kobj *to_delta_kobj(struct kobject *kobj)
+{
+	return container_of(kobj, struct ploop_delta_kobj, kobj);
+}
+
+static ssize_t image_show(struct kobject *kobj, struct kobj_attribute *attr,
+			  char *buf)
+{
+	char *p = d_path(&to_delta_kobj(kobj)->file->f_path, buf, PAGE_SIZE - 1);
+	size_t len;
+
+	if (IS_ERR(p))
+		return PTR_ERR(p);
+	len = strlen(p);	/* d_path builds the name at the buffer's end */
+	memmove(buf, p, len);
+	buf[len] = '\n';
+	return len + 1;
+}
+
+static ssize_t format_show(struct kobject *kobj, struct kobj_attribute *attr,
+			   char *buf)
+{
+	return sysfs_emit(buf, "%s\n", to_delta_kobj(kobj)->format ==
+			  PLOOP_FMT_PLOOP1 ? "ploop1" : "raw");
+}
+
+static struct kobj_attribute ploop_attr_image = __ATTR_RO(image);
+static struct kobj_attribute ploop_attr_format = __ATTR_RO(format);
+
+static struct attribute *ploop_delta_attrs[] = {
+	&ploop_attr_image.attr,
+	&ploop_attr_format.attr,
+	NULL,
+};
+ATTRIBUTE_GROUPS(ploop_delta);
+
+static void ploop_delta_kobj_release(struct kobject *kobj)
+{
+	struct ploop_delta_kobj *dk = to_delta_kobj(kobj);
+
+	if (dk->file)
+		fput(dk->file);
+	kfree(dk);
+}
+
+static struct kobj_type ploop_delta_ktype = {
+	.release	= ploop_delta_kobj_release,
+	.sysfs_ops	= &kobj_sysfs_ops,
+	.default_groups	= ploop_delta_groups,
+};
+
+/*
+ * A delta that made it onto the device shows up at its level.  Failing here
+ * costs a tool its view, not the device its delta: warned, not refused.
+ */
+static void ploop_delta_sysfs_add(struct ploop_device *plo,
+				  struct ploop_delta *d)
+{
+	struct ploop_delta_kobj *dk;
+	int err;
+
+	dk = kzalloc(sizeof(*dk), GFP_KERNEL);
+	if (!dk) {
+		err = -ENOMEM;
+		goto warn;
+	}
+	dk->file = get_file(d->file);
+	dk->format = d->format;
+	err = kobject_init_and_add(&dk->kobj, &ploop_delta_ktype, plo->pdelta,
+				   "%d", d->level);
+	if (err) {
+		kobject_put(&dk->kobj);
+		goto warn;
+	}
+	d->kobj = &dk->kobj;
+	return;
+warn:
+	pr_warn("ploop_model: %s: pdelta/%d: %d\n", plo->disk->disk_name,
+		d->level, err);
+}
+
+static void ploop_delta_sysfs_del(struct ploop_delta *d)
+{
+	if (!d->kobj)
+		return;
+	kobject_del(d->kobj);
+	kobject_put(d->kobj);
+	d->kobj = NULL;
+}
+
 /* ---------------------------------------------------------------------- */
 /* setup / teardown */
 
@@ -1880,6 +2000,11 @@ static struct ploop_device *ploop_create_dev(int index)
 	err = sysfs_create_group(plo->pstate, &ploop_pstate_group);
 	if (err)
 		goto out_kobj;
+	plo->pdelta = kobject_create_and_add("pdelta", &disk_to_dev(disk)->kobj);
+	if (!plo->pdelta) {
+		err = -ENOMEM;
+		goto out_kobj;
+	}
 	return plo;
 
 out_kobj:
@@ -1895,6 +2020,12 @@ out_free:
 
 static void ploop_destroy_dev(struct ploop_device *plo)
 {
+	unsigned int i;
+
+	/* the levels go before the disk's directory does (no ioctl runs now) */
+	for (i = 0; i < plo->nr_deltas; i++)
+		ploop_delta_sysfs_del(plo->deltas[i]);
+	kobject_put(plo->pdelta);
 	kobject_put(plo->pstate);
 	del_gendisk(plo->disk);
 	flush_workqueue(plo->wq);	/* no new bios after del_gendisk */
