@@ -16,9 +16,16 @@ const DM_DEV_REMOVE: u8 = 4;
 const DM_DEV_SUSPEND: u8 = 6;
 const DM_DEV_STATUS: u8 = 7;
 const DM_TABLE_LOAD: u8 = 9;
+const DM_TABLE_STATUS: u8 = 12;
 
 /// Suspend (set) or resume (clear) in `DM_DEV_SUSPEND`.
 const DM_SUSPEND_FLAG: u32 = 1 << 1;
+/// `DM_TABLE_LOAD`: a read-only table (dm opens the devices under it for reading only).
+const DM_READONLY_FLAG: u32 = 1 << 0;
+/// `DM_TABLE_STATUS`: the table, not the status.
+const DM_STATUS_TABLE_FLAG: u32 = 1 << 4;
+/// Set by the kernel when the answer did not fit.
+const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
 /// Not set by us: without it, suspend freezes the filesystem on the device.
 #[allow(dead_code)]
 const DM_SKIP_LOCKFS_FLAG: u32 = 1 << 10;
@@ -108,11 +115,74 @@ pub struct Target {
     pub params: String,
 }
 
+/// The live table of `name`, as `dmsetup table --showkeys` shows it: the kernel's
+/// `DM_TABLE_STATUS` with `DM_STATUS_TABLE_FLAG` (dm-crypt prints its key there in hex; only
+/// dmsetup hides it without `--showkeys`). Devices are named `major:minor` in the params.
+pub fn table(name: &str) -> Result<Vec<Target>> {
+    // Tables here are a line or two; a crypt line with a 512-bit key is under 300 bytes.
+    let size = std::mem::size_of::<DmIoctl>() + 16 * 1024;
+    let mut h = header(name, size)?;
+    h.flags = DM_STATUS_TABLE_FLAG;
+    let mut buf = bytes_of(&h).to_vec();
+    buf.resize(size, 0);
+    let out = call(DM_TABLE_STATUS, &mut buf, &format!("reading the table of {name}"))?;
+    if out.flags & DM_BUFFER_FULL_FLAG != 0 {
+        bail!("the table of {name} does not fit in {size} bytes");
+    }
+    parse_status(&buf, out.data_start as usize, out.target_count as usize)
+        .with_context(|| format!("the table of {name}"))
+}
+
+/// The targets the kernel wrote after `data_start`: each a `dm_target_spec`, its params as a
+/// C string, and `next` the offset of the next spec from `data_start` (dm-ioctl.c
+/// `retrieve_status`).
+fn parse_status(buf: &[u8], data_start: usize, count: usize) -> Result<Vec<Target>> {
+    let spec_len = std::mem::size_of::<DmTargetSpec>();
+    let data = buf.get(data_start..).ok_or_else(|| anyhow!("data_start {data_start} past the end"))?;
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let raw = data
+            .get(at..at + spec_len)
+            .ok_or_else(|| anyhow!("target {i} at {at} lies past the end"))?;
+        // SAFETY: `raw` is `spec_len` bytes; `DmTargetSpec` is plain old data.
+        let spec = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast::<DmTargetSpec>()) };
+        let rest = &data[at + spec_len..];
+        let end = memchr::memchr(0, rest).ok_or_else(|| anyhow!("target {i}: unterminated"))?;
+        let kind_end = spec.target_type.iter().position(|&b| b == 0).unwrap_or(DM_MAX_TYPE_NAME);
+        out.push(Target {
+            start: spec.sector_start,
+            length: spec.length,
+            kind: String::from_utf8_lossy(&spec.target_type[..kind_end]).into_owned(),
+            params: String::from_utf8_lossy(&rest[..end]).into_owned(),
+        });
+        if (spec.next as usize) <= at && i + 1 < count {
+            bail!("target {i}: next {} does not move forward", spec.next);
+        }
+        at = spec.next as usize;
+    }
+    Ok(out)
+}
+
+impl std::fmt::Display for Target {
+    /// One line as `dmsetup table` prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {} {}", self.start, self.length, self.kind, self.params)
+    }
+}
+
 /// Creates device `name` with `table` and resumes it (makes the table live).
 /// Returns the new block device node.
 pub fn create(name: &str, table: &[Target]) -> Result<PathBuf> {
+    create_with(name, table, false)
+}
+
+/// [`create`], read-only when `read_only` (a device over a read-only disk, such as an old
+/// snapshot's deltas attached read-only).
+pub fn create_with(name: &str, table: &[Target], read_only: bool) -> Result<PathBuf> {
     simple(DM_DEV_CREATE, name, 0, &format!("creating dm device {name}"))?;
-    let loaded = load_table(name, table).and_then(|_| resume(name));
+    let flags = if read_only { DM_READONLY_FLAG } else { 0 };
+    let loaded = load_table(name, table, flags).and_then(|_| resume(name));
     if let Err(e) = loaded {
         // Nothing half-done: a device without a live table is removed again.
         let _ = remove(name);
@@ -132,7 +202,7 @@ pub fn create_with_uuid(name: &str, uuid: &str, table: &[Target]) -> Result<Path
     h.uuid[..uuid.len()].copy_from_slice(uuid.as_bytes());
     let mut buf = bytes_of(&h).to_vec();
     call(DM_DEV_CREATE, &mut buf, &format!("creating dm device {name} (uuid {uuid})"))?;
-    let loaded = load_table(name, table).and_then(|_| resume(name));
+    let loaded = load_table(name, table, 0).and_then(|_| resume(name));
     if let Err(e) = loaded {
         let _ = remove(name);
         return Err(e);
@@ -156,7 +226,7 @@ pub fn crypt_table(device: &std::path::Path, sectors: u64, key_hex: &str) -> Res
     })
 }
 
-fn load_table(name: &str, table: &[Target]) -> Result<()> {
+fn load_table(name: &str, table: &[Target], flags: u32) -> Result<()> {
     let mut body = Vec::new();
     for t in table {
         if t.kind.is_empty() || t.kind.len() >= DM_MAX_TYPE_NAME {
@@ -180,6 +250,7 @@ fn load_table(name: &str, table: &[Target]) -> Result<()> {
     }
     let mut h = header(name, std::mem::size_of::<DmIoctl>() + body.len())?;
     h.target_count = table.len() as u32;
+    h.flags = flags;
     let mut buf = bytes_of(&h).to_vec();
     buf.extend_from_slice(&body);
     call(DM_TABLE_LOAD, &mut buf, &format!("loading the table of {name}")).map(|_| ())
@@ -226,6 +297,39 @@ pub fn sectors(dev: &std::path::Path) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two targets laid out as dm-ioctl.c's retrieve_status writes them (`next` from the
+    /// data start, 8-byte aligned), and a damaged one.
+    #[test]
+    fn table_status_is_parsed_as_the_kernel_lays_it_out() {
+        let mut data = Vec::new();
+        for (start, len, kind, params) in
+            [(0u64, 100u64, "linear", "253:1 8"), (100, 28, "crypt", "aes-xts-plain64 00 0 7:0 0")]
+        {
+            let at = data.len();
+            let mut spec = DmTargetSpec {
+                sector_start: start,
+                length: len,
+                status: 0,
+                next: 0,
+                target_type: [0; DM_MAX_TYPE_NAME],
+            };
+            spec.target_type[..kind.len()].copy_from_slice(kind.as_bytes());
+            data.extend_from_slice(bytes_of(&spec));
+            data.extend_from_slice(params.as_bytes());
+            data.push(0);
+            data.resize(data.len().div_ceil(8) * 8, 0);
+            let next = data.len() as u32;
+            data[at + 20..at + 24].copy_from_slice(&next.to_ne_bytes());
+        }
+        let mut buf = vec![0u8; 312];
+        buf.extend_from_slice(&data);
+        let t = parse_status(&buf, 312, 2).unwrap();
+        assert_eq!(t[0].to_string(), "0 100 linear 253:1 8");
+        assert_eq!((t[1].start, t[1].kind.as_str()), (100, "crypt"));
+        assert!(parse_status(&buf, 312, 3).is_err(), "a third target past the end");
+        assert!(parse_status(&buf[..330], 312, 1).is_err(), "a truncated spec");
+    }
 
     #[test]
     fn ioctl_numbers_match_the_kernel_header() {

@@ -23,7 +23,13 @@ pub enum Testkit {
     /// (unmount and mount it again to reuse it).
     Ext4Shutdown { mountpoint: PathBuf },
     /// Create a dm-linear device NAME over DEVICE (its whole size); prints the new node.
-    DmLinear { name: String, device: PathBuf },
+    DmLinear {
+        name: String,
+        device: PathBuf,
+        /// A read-only table (over a read-only device).
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Suspend a dm device (freezes the filesystem on it), then resume it (thaws).
     DmSuspendResume { name: String },
     /// Remove a dm device.
@@ -48,7 +54,13 @@ pub enum Testkit {
         /// The key, 64 or 128 hex digits.
         #[arg(long, default_value = TEST_KEY)]
         key: String,
+        /// A read-only table (over a read-only device); needs --no-uuid.
+        #[arg(long, requires = "no_uuid")]
+        read_only: bool,
     },
+    /// Print the live table of the dm device NAME as `dmsetup table --showkeys NAME` does
+    /// (keys included): what `run --oracle-key` reads, for a guest without dmsetup.
+    DmTable { name: String },
     /// Random PLOOP_IOC_SNAPSHOT requests from several threads, each answer checked against
     /// the contract (see --help).
     FuzzSnapshot(crate::kit::ploop_stress::FuzzArgs),
@@ -246,7 +258,7 @@ pub fn run(cmd: Testkit) -> Result<()> {
                 });
             }
         }
-        Testkit::DmLinear { name, device } => {
+        Testkit::DmLinear { name, device, read_only } => {
             if !device.exists() {
                 bail!("{}: no such device", device.display());
             }
@@ -254,7 +266,7 @@ pub fn run(cmd: Testkit) -> Result<()> {
             if sectors == 0 {
                 bail!("{} has size 0", device.display());
             }
-            let node = dm::create(
+            let node = dm::create_with(
                 &name,
                 &[dm::Target {
                     start: 0,
@@ -262,6 +274,7 @@ pub fn run(cmd: Testkit) -> Result<()> {
                     kind: "linear".into(),
                     params: format!("{} 0", device.display()),
                 }],
+                read_only,
             )?;
             println!("{}", node.display());
         }
@@ -270,7 +283,12 @@ pub fn run(cmd: Testkit) -> Result<()> {
             dm::resume(&name)?;
         }
         Testkit::DmRemove { name } => dm::remove(&name)?,
-        Testkit::DmCrypt { name, device, uuid, no_uuid, key } => {
+        Testkit::DmTable { name } => {
+            for t in dm::table(&name)? {
+                println!("{t}");
+            }
+        }
+        Testkit::DmCrypt { name, device, uuid, no_uuid, key, read_only } => {
             if !device.exists() {
                 bail!("{}: no such device", device.display());
             }
@@ -280,7 +298,7 @@ pub fn run(cmd: Testkit) -> Result<()> {
             }
             let table = [dm::crypt_table(&device, sectors, &key)?];
             let node = if no_uuid {
-                dm::create(&name, &table)?
+                dm::create_with(&name, &table, read_only)?
             } else {
                 let uuid = uuid.unwrap_or_else(|| format!("CRYPT-PLAIN-{name}"));
                 dm::create_with_uuid(&name, &uuid, &table)?
