@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod drive;
 pub mod events;
 mod fastparse;
+pub mod oracle;
 pub mod probe;
 pub mod profile;
 pub mod report;

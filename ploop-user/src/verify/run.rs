@@ -19,6 +19,7 @@ use crate::{
     kernel::{KDev, KernelInfo},
     verify::checker::{Checker, Options, Violation},
     verify::drive::{self, Drive, Driven, Sink},
+    verify::oracle::{self, Oracle},
     verify::events::{Phase, SyncState, TraceEvent, Via},
     verify::probe::{self, ProbeArgs, Session},
     verify::profile::{self, Stage},
@@ -97,6 +98,15 @@ pub struct RunArgs {
     /// wake-ups per snapshot call, time per stage (drain, context, trace, check).
     #[arg(long)]
     pub profile: bool,
+    /// X1: after each successful snapshot with PLOOP_FLAG_FS_SYNC, read the lower deltas
+    /// (read-only, from /sys/block/ploopN/pdelta) through the call's device stack and check
+    /// that ext4 there needs no journal replay. The finding goes into the trace.
+    #[arg(long)]
+    pub oracle: bool,
+    /// The dm-crypt table with its key, as `dmsetup table --showkeys NAME` prints it, for a
+    /// stack with dm-crypt (without it X1 is n/a there).
+    #[arg(long, value_name = "FILE", requires = "oracle")]
+    pub oracle_key: Option<PathBuf>,
     /// Workload to run while checking; the run ends when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -160,6 +170,8 @@ struct Pipeline {
     /// Live: print how long after its completing event each violation was found.
     live: bool,
     stacks: StackWatch,
+    /// Live with `--oracle`: X1's judge.
+    oracle: Option<Oracle>,
 }
 
 impl Pipeline {
@@ -188,6 +200,7 @@ impl Pipeline {
             last_ts: 0,
             live: writer.is_some(),
             stacks: StackWatch::new(),
+            oracle: None,
         };
         p.writer = writer;
         if let Some(w) = &mut p.writer {
@@ -203,6 +216,7 @@ impl Pipeline {
         profile::time(Stage::Check, || {
             match line {
                 TraceLine::Stack(s) => self.checker.stack(s),
+                TraceLine::Oracle(f) => self.checker.oracle(f),
                 TraceLine::Event(e) => {
                     self.last_ts = self.last_ts.max(e.ts_ns);
                     let hung = self.checker.hung(e.ts_ns);
@@ -317,6 +331,14 @@ impl Sink for Pipeline {
         if let Some(s) = profile::time(Stage::Context, || context_for(&mut e, stacks)) {
             self.push(&TraceLine::Stack(s))?;
         }
+        if let Some(o) = &mut self.oracle {
+            o.entry(&e);
+            // Recorded before the event that judges the call, so X1 (live or replayed)
+            // finds it on the call.
+            if let Some(f) = self.checker.completing(&e).and_then(|call| o.judge(call, &e)) {
+                self.push(&TraceLine::Oracle(f))?;
+            }
+        }
         self.push(&TraceLine::Event(e))
     }
 
@@ -409,6 +431,9 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     header.policy = Some(args.policy.clone());
     let writer = tracefile::Writer::create(&args.out.join("trace.jsonl"))?;
     let mut p = Pipeline::new(&header, &args.policy, &args.kcidb, Some(writer))?;
+    if args.oracle {
+        p.oracle = Some(Oracle::new(args.oracle_key.as_deref())?);
+    }
 
     let drive = Drive {
         command: &args.command,
@@ -433,6 +458,9 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
         for l in profile::report(&base, p.checker.snapshots(), p.checker.events) {
             say!("ploop-verify: {l}");
         }
+    }
+    if let Some(l) = p.oracle.as_ref().and_then(|o| oracle::cost_line(&o.costs)) {
+        say!("ploop-verify: {l}");
     }
     p.finish(&header, end, &args.policy, &args.out)
 }

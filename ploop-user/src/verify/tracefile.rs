@@ -22,6 +22,8 @@ pub enum TraceLine {
     Header(Box<Header>),
     Stack(Stack),
     Event(TraceEvent),
+    /// X1's finding on a call, recorded before the event that completes the call.
+    Oracle(crate::verify::oracle::Finding),
     End(End),
 }
 

@@ -63,6 +63,11 @@ pub const INVARIANTS: &[Invariant] = &[
         title: "no call stays in the kernel with a device frozen past the hang limit",
         check: t2,
     },
+    Invariant {
+        id: "X1",
+        title: "the old snapshot's ext4 needs no journal replay (oracle)",
+        check: x1,
+    },
 ];
 
 /// The errno `ploop_snapshot` returned, if it failed.
@@ -525,4 +530,24 @@ fn over_limit(
         .map(|&(dev, d)| text(&call.dev_name(dev), d))
         .collect();
     if over.is_empty() { Verdict::Pass } else { Verdict::Fail(over.join("; ")) }
+}
+
+/// X1 from the oracle's recorded finding only: the trace holds it, so a replay agrees, and
+/// nothing here reads an image.
+fn x1(call: &Call, _: &Context) -> Verdict {
+    use crate::verify::oracle::OracleVerdict;
+    let Some(f) = &call.oracle else {
+        return na("no oracle finding: the oracle judges successful PLOOP_FLAG_FS_SYNC \
+                   snapshots under `run --oracle`");
+    };
+    match f.verdict {
+        OracleVerdict::Clean => Verdict::Pass,
+        OracleVerdict::NeedsRecovery => Verdict::Fail(format!(
+            "the old snapshot cannot be mounted read-only without a journal replay: ext4 at \
+             {} in {} has needs_recovery",
+            f.at,
+            f.deltas.join(", ")
+        )),
+        OracleVerdict::NotApplicable => na(format!("the oracle could not judge: {}", f.why)),
+    }
 }

@@ -95,6 +95,8 @@ pub struct Call {
     /// two-chunk request answered -EINVAL: libploop's fallback for a kernel without the
     /// sync-fd interface. One snapshot for the client, not two.
     pub retry_of: Option<u64>,
+    /// The oracle's finding on the snapshot this call left (X1), as the trace records it.
+    pub oracle: Option<crate::verify::oracle::Finding>,
 }
 
 impl Call {
@@ -478,8 +480,28 @@ impl Checker {
                 stack,
                 hang_reported: false,
                 retry_of: None,
+                oracle: None,
             },
         );
+    }
+
+    /// The open call that `e` will complete (and judge), if any: the oracle judges the
+    /// snapshot just before.
+    pub fn completing(&self, e: &TraceEvent) -> Option<&Call> {
+        let completes = match (e.func, e.phase) {
+            (Probe::SysExitIoctl, Phase::Return) => true,
+            (Probe::PloopSnapshot, Phase::Return) => !self.probed.contains(&Probe::SysExitIoctl),
+            _ => false,
+        };
+        if completes { self.open.get(&e.tid) } else { None }
+    }
+
+    /// The oracle's finding on the open call it names (X1 reads it when the call is judged).
+    /// A finding for no open call (a damaged trace) is dropped: X1 is then n/a.
+    pub fn oracle(&mut self, f: &crate::verify::oracle::Finding) {
+        if let Some(call) = self.open.get_mut(&f.tid).filter(|c| c.seq == f.seq) {
+            call.oracle = Some(f.clone());
+        }
     }
 
     /// Feeds one event; returns the violations it completes.

@@ -24,6 +24,11 @@ pub fn render(s: &Summary) -> String {
     if let Some(r) = &s.reason {
         let _ = writeln!(out, "> {r}\n");
     }
+    // The cause and its consequence together: the commit's symptom, shown.
+    let failed = |id: &str| s.invariants.iter().any(|i| i.id == id && i.fail > 0);
+    if failed("S2") && failed("X1") {
+        out.push_str("S2 failed, and the snapshot it left needs a journal replay (X1).\n\n");
+    }
     let release = s.kernel.get("release").and_then(|r| r.as_str()).unwrap_or("?");
     let _ = writeln!(out, "- Kernel `{release}`: {}", patch_text(&s.kernel_patch));
     if let Some(f) = &s.fallbacks {
