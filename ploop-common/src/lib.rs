@@ -171,6 +171,9 @@ pub mod flags {
     pub const CTL_UNREAD: u8 = 1 << 2;
     /// `ploop_snapshot` entry: chunks #0 and #1 could not be read from user memory.
     pub const CHUNKS_UNREAD: u8 = 1 << 3;
+    /// `ploop_snapshot` entry: chunk #0 was read, chunk #1 could not be (a one-chunk request
+    /// ending at the last bytes of a mapping, such as the top of the caller's stack).
+    pub const CHUNK1_UNREAD: u8 = 1 << 4;
 }
 
 /// One probe hit. Fixed size, 8-byte aligned, no padding holes: the same bytes go through a
@@ -210,6 +213,12 @@ pub struct Event {
     pub sync_mode: u32,
     /// `inode.i_rdev` of chunk #1's fd when it is a block-device node, else 0.
     pub sync_rdev: u32,
+    /// `inode.i_ino` and its superblock's `s_dev` of chunk #0's fd (the new top delta),
+    /// resolved in the caller's fd table (0, 0: not read). The oracle (X1) finds the new top
+    /// among the device's deltas by it: the caller may be gone before user space looks.
+    pub delta_ino: u64,
+    pub delta_dev: u32,
+    pub _pad2: u32,
 }
 
 impl Event {
@@ -232,11 +241,14 @@ impl Event {
         sync_state: 0,
         sync_mode: 0,
         sync_rdev: 0,
+        delta_ino: 0,
+        delta_dev: 0,
+        _pad2: 0,
     };
 }
 
 pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
-const _: () = assert!(EVENT_SIZE == 184);
+const _: () = assert!(EVENT_SIZE == 200);
 
 pub use ploop_if::{CHUNK_SIZE as PLOOP_CTL_CHUNK_SIZE, CTL_SIZE as PLOOP_CTL_SIZE};
 
@@ -262,6 +274,8 @@ pub mod config {
     pub const INODE_I_MODE: u32 = 9;
     pub const INODE_I_RDEV: u32 = 10;
     pub const PLOOP_MAJOR: u32 = 11;
+    /// `inode.i_ino`: the identity of chunk #0's file (the new top delta, for X1).
+    pub const INODE_I_INO: u32 = 12;
     /// Number of slots.
     pub const LEN: u32 = 16;
     pub const UNKNOWN: u64 = u64::MAX;

@@ -118,6 +118,9 @@ fn event<F: Flavor>(probe: Probe, ph: u8, args: [u64; 3], ret: i64) -> Option<&'
     ev.sync_state = sync_state::NONE;
     ev.sync_mode = 0;
     ev.sync_rdev = 0;
+    ev.delta_ino = 0;
+    ev.delta_dev = 0;
+    ev._pad2 = 0;
     Some(ev)
 }
 
@@ -175,6 +178,22 @@ fn resolve_fd<F: Flavor>(ev: &mut Event, fd: i32) {
     }
 }
 
+/// Chunk #0's fd (the new top delta): its inode number and filesystem, into `ev.delta_*`.
+#[inline(always)]
+fn resolve_delta<F: Flavor>(ev: &mut Event) {
+    if ev.flags & flags::CHUNKS_UNREAD != 0 {
+        return;
+    }
+    let fd = i32::from_le_bytes([ev.chunks[0], ev.chunks[1], ev.chunks[2], ev.chunks[3]]);
+    let Ok(inode) = fd_inode::<F>(fd) else { return };
+    let Some(at) = field(inode, config::INODE_I_INO) else { return };
+    let (Ok(ino), Some((dev, _))) = (F::read_kernel_u64(at), inode_sb::<F>(inode)) else {
+        return;
+    };
+    ev.delta_ino = ino;
+    ev.delta_dev = dev;
+}
+
 const S_IFMT: u32 = 0o170000;
 const S_IFBLK: u32 = 0o060000;
 
@@ -220,9 +239,18 @@ fn fill_snapshot<F: Flavor>(ev: &mut Event, arg: u64) {
         return;
     }
     if F::read_user(arg + PLOOP_CTL_SIZE as u64, &mut ev.chunks).is_err() {
-        ev.flags |= flags::CHUNKS_UNREAD;
+        // A one-chunk request may end where its mapping does (the top of the caller's stack):
+        // chunk #0 alone is all the kernel reads then, and names the new delta (X1).
+        let c0 = &mut ev.chunks[..PLOOP_CTL_CHUNK_SIZE];
+        ev.flags |= if F::read_user(arg + PLOOP_CTL_SIZE as u64, c0).is_err() {
+            flags::CHUNKS_UNREAD
+        } else {
+            flags::CHUNK1_UNREAD
+        };
+        resolve_delta::<F>(ev);
         return;
     }
+    resolve_delta::<F>(ev);
     let n = offset_of!(PloopCtl, pctl_chunks);
     let nr = u16::from_le_bytes([ev.ctl[n], ev.ctl[n + 1]]);
     if nr == 2 {

@@ -138,7 +138,8 @@ pub fn table(name: &str) -> Result<Vec<Target>> {
 /// `retrieve_status`).
 fn parse_status(buf: &[u8], data_start: usize, count: usize) -> Result<Vec<Target>> {
     let spec_len = std::mem::size_of::<DmTargetSpec>();
-    let data = buf.get(data_start..).ok_or_else(|| anyhow!("data_start {data_start} past the end"))?;
+    let data =
+        buf.get(data_start..).ok_or_else(|| anyhow!("data_start {data_start} past the end"))?;
     let mut at = 0usize;
     let mut out = Vec::with_capacity(count);
     for i in 0..count {

@@ -145,6 +145,17 @@ pub struct Request {
     /// Chunk #1's fd resolved to a filesystem (two-chunk requests with a fd other than -1).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sync: Option<SyncFd>,
+    /// Chunk #0's file (the new top delta) as the kernel walk found it in the caller's fd
+    /// table: what the oracle (X1) looks for among the device's deltas.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delta: Option<FileId>,
+}
+
+/// A file by identity: its filesystem's `s_dev` and its inode number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub dev: KDev,
+    pub ino: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,7 +236,15 @@ pub enum Via {
 impl Request {
     /// A request whose `ploop_ctl` could not be read from user memory.
     pub fn unreadable() -> Self {
-        Request { readable: false, format: 0, flags: 0, chunks: 0, chunk: vec![], sync: None }
+        Request {
+            readable: false,
+            format: 0,
+            flags: 0,
+            chunks: 0,
+            chunk: vec![],
+            sync: None,
+            delta: None,
+        }
     }
 
     pub fn fs_sync(&self) -> bool {
@@ -245,11 +264,14 @@ impl Request {
         if e.flags & flags::CTL_UNREAD != 0 {
             return Request::unreadable();
         }
+        // Chunk #1 unread: only chunk #0 is known (and a one-chunk request has no other).
+        let known = if e.flags & flags::CHUNK1_UNREAD != 0 { 1 } else { 2 };
         let chunk = if e.flags & flags::CHUNKS_UNREAD != 0 {
             Vec::new()
         } else {
             e.chunks
                 .chunks(PLOOP_CTL_CHUNK_SIZE)
+                .take(known)
                 .map(|c| {
                     let c: PloopCtlChunk = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
                     Chunk {
@@ -270,6 +292,9 @@ impl Request {
             chunks: ctl.pctl_chunks,
             chunk,
             sync: None,
+            // Inode 0 is never a file's: the walk did not get there.
+            delta: (e.delta_ino != 0)
+                .then_some(FileId { dev: KDev(e.delta_dev), ino: e.delta_ino }),
         };
         let fd = req.sync_fd();
         if fd != -1 {
@@ -424,6 +449,11 @@ mod tests {
         let ev = snapshot_entry(1, [7, 0, 0, 0], (0, 0));
         let r = TraceEvent::from_raw(&ev, Generation::FreezeBdev).unwrap().request.unwrap();
         assert_eq!((r.sync_fd(), r.sync), (-1, None));
+        // A one-chunk request at the end of its mapping: chunk #0 alone, which names the new
+        // delta (the oracle's new top).
+        let ev = Event { flags: flags::CHUNK1_UNREAD, ..snapshot_entry(1, [7, 0, 0, 0], (0, 0)) };
+        let r = TraceEvent::from_raw(&ev, Generation::FreezeBdev).unwrap().request.unwrap();
+        assert_eq!((r.chunk.len(), r.chunk[0].fd, r.sync_fd()), (1, 5, -1));
         let ev = Event { flags: flags::CTL_UNREAD, ..snapshot_entry(2, [7, 0, 0, 0], (0, 0)) };
         assert!(
             !TraceEvent::from_raw(&ev, Generation::FreezeBdev).unwrap().request.unwrap().readable

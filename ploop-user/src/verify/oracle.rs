@@ -10,11 +10,16 @@
 //!
 //! Finding the lower deltas: the ploop device lists its deltas in sysfs
 //! (`/sys/block/ploopN/pdelta/<level>/image`, vz7 and the model driver). The new top is the
-//! file of chunk #0's fd, read through `/proc/PID/fd` when the call's entry is handled (the
-//! caller is then inside the ioctl, its fd open). The levels below it are the old snapshot;
+//! file of chunk #0's fd, identified (filesystem and inode number) by the probe in the
+//! caller's fd table at the call's entry: by the time user space handles the call, a short
+//! snapshot's caller may have exited (measured: `/proc/PID/fd` was gone for every
+//! autodetection call of the live test). The levels below the new top are the old snapshot;
 //! sealed deltas never change again, so a later snapshot on the device does not disturb them.
 
-use std::{collections::HashMap, fs, path::Path, path::PathBuf, time::Instant};
+use std::{
+    collections::HashMap, fs, os::unix::fs::MetadataExt as _, path::Path, path::PathBuf,
+    time::Instant,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +27,7 @@ use crate::{
     image::{self, Locate, crypt::CryptTable, ext4},
     kernel::KDev,
     verify::checker::Call,
-    verify::events::{Phase, TraceEvent},
+    verify::events::{FileId, TraceEvent},
     verify::stack::Stack,
 };
 
@@ -62,12 +67,10 @@ pub struct Finding {
     pub cost_us: u64,
 }
 
-/// The live oracle: the key, the new top of each call in flight, and its costs.
+/// The live oracle: the key and its costs.
 pub struct Oracle {
     key: Option<CryptTable>,
     sys: PathBuf,
-    /// Per thread, the new top delta of its snapshot call in flight (or why it is unknown).
-    new_top: HashMap<u32, Result<String, String>>,
     /// Cost of each finding, microseconds.
     pub costs: Vec<u64>,
 }
@@ -91,35 +94,15 @@ impl Oracle {
                             p.display()
                         )
                     })?;
-                Some(
-                    CryptTable::parse(line)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-                )
+                Some(CryptTable::parse(line).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
             }
         };
-        Ok(Oracle { key, sys: PathBuf::from("/sys"), new_top: HashMap::new(), costs: Vec::new() })
-    }
-
-    /// At a snapshot call's entry (the event carrying the request): remember which file its
-    /// chunk #0 names, while the caller sits in the ioctl with the fd open.
-    pub fn entry(&mut self, e: &TraceEvent) {
-        if e.phase != Phase::Entry {
-            return;
-        }
-        let Some(fd) = e.request.as_ref().and_then(|r| r.chunk.first()).map(|c| c.fd) else {
-            return;
-        };
-        let link = format!("/proc/{}/fd/{fd}", e.pid);
-        let top = fs::read_link(&link)
-            .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|err| format!("the new delta (fd {fd}) was not readable at {link}: {err}"));
-        self.new_top.insert(e.tid, top);
+        Ok(Oracle { key, sys: PathBuf::from("/sys"), costs: Vec::new() })
     }
 
     /// `call` is about to be judged at `e` (its completing event): the finding if it applies
     /// (a successful snapshot with `PLOOP_FLAG_FS_SYNC`).
     pub fn judge(&mut self, call: &Call, e: &TraceEvent) -> Option<Finding> {
-        let top = self.new_top.remove(&call.tid);
         let ret = call.ret.or(e.ret);
         if !call.request.fs_sync() || ret != Some(0) {
             return None;
@@ -135,7 +118,7 @@ impl Oracle {
             at: String::new(),
             cost_us: 0,
         };
-        if let Err(why) = self.look(call, top, &mut f) {
+        if let Err(why) = self.look(call, &mut f) {
             f.verdict = OracleVerdict::NotApplicable;
             f.why = why;
         }
@@ -145,30 +128,30 @@ impl Oracle {
     }
 
     /// Fills `f`'s deltas, place and verdict; `Err` is the n/a reason.
-    fn look(
-        &self,
-        call: &Call,
-        top: Option<Result<String, String>>,
-        f: &mut Finding,
-    ) -> Result<(), String> {
-        let top = top.ok_or("the call's entry carried no request to name the new delta")??;
-        f.top = top.clone();
+    fn look(&self, call: &Call, f: &mut Finding) -> Result<(), String> {
+        let top = call.request.delta.ok_or(
+            "the new delta (chunk #0's file) was not identified by the probe at the call's entry",
+        )?;
         let dev = call.ploop_dev.ok_or("the ploop device number was not read")?;
         let stack = call.stack.as_deref().ok_or("no device stack was recorded")?;
         let levels = self.levels(dev)?;
-        let at = levels.iter().position(|p| *p == top).ok_or_else(|| {
+        let at = levels.iter().position(|p| same_file(p, top)).ok_or_else(|| {
             format!(
-                "the new delta {top} is not among the device's deltas ({})",
+                "the new delta (inode {} on {}) is not among the device's deltas ({})",
+                top.ino,
+                top.dev,
                 if levels.is_empty() { "none listed".to_string() } else { levels.join(", ") }
             )
         })?;
+        f.top = levels[at].clone();
         if at == 0 {
-            return Err(format!("the new delta {top} is the base: no delta below it"));
+            return Err(format!("the new delta {} is the base: no delta below it", f.top));
         }
         f.deltas = levels[..at].to_vec();
         let (locate, place) = self.locate(stack)?;
         f.at = place;
-        let image = image::Stack::open(&f.deltas).map_err(|e| format!("reading the deltas: {e}"))?;
+        let image =
+            image::Stack::open(&f.deltas).map_err(|e| format!("reading the deltas: {e}"))?;
         let fs = locate.open(&image).map_err(|e| format!("locating the filesystem: {e}"))?;
         let report =
             ext4::superblock_verdict(&*fs).map_err(|e| format!("reading the superblock: {e}"))?;
@@ -266,13 +249,17 @@ impl Oracle {
     }
 }
 
+/// Whether `path` is the file `id` (a path the driver printed, the file it holds).
+fn same_file(path: &str, id: FileId) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.ino() == id.ino && KDev::from_user(m.dev()) == id.dev)
+}
+
 /// The chain of devices from the ploop disk up to the nearest mounted filesystem.
 fn path_to_filesystem(stack: &Stack) -> Result<Vec<KDev>, String> {
-    let fs = stack
-        .filesystems_on(stack.ploop_dev)
-        .first()
-        .map(|d| d.dev)
-        .ok_or_else(|| format!("no filesystem mounted above {}", stack.name(stack.ploop_dev)))?;
+    let fs =
+        stack.filesystems_on(stack.ploop_dev).first().map(|d| d.dev).ok_or_else(|| {
+            format!("no filesystem mounted above {}", stack.name(stack.ploop_dev))
+        })?;
     // Breadth first with parents: the stack is a small tree.
     let mut parent: HashMap<KDev, KDev> = HashMap::new();
     let mut todo = std::collections::VecDeque::from([stack.ploop_dev]);
@@ -379,7 +366,10 @@ mod tests {
         };
         let line = crate::verify::tracefile::TraceLine::Oracle(f.clone());
         let text = serde_json::to_string(&line).unwrap();
-        assert!(text.starts_with(r#"{"record":"oracle","seq":3,"tid":9,"verdict":"n/a""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"record":"oracle","seq":3,"tid":9,"verdict":"n/a""#),
+            "{text}"
+        );
         match serde_json::from_str(&text).unwrap() {
             crate::verify::tracefile::TraceLine::Oracle(g) => assert_eq!(g, f),
             other => panic!("{other:?}"),

@@ -164,6 +164,7 @@ const FD_WALK: &[(u32, &str, &str)] = &[
     (config::SB_S_BDEV, "super_block", "s_bdev"),
     (config::INODE_I_MODE, "inode", "i_mode"),
     (config::INODE_I_RDEV, "inode", "i_rdev"),
+    (config::INODE_I_INO, "inode", "i_ino"),
 ];
 
 /// ploop's block major from /proc/devices ("182 ploop" on vz7; dynamic for the model

@@ -19,8 +19,8 @@ use crate::{
     kernel::{KDev, KernelInfo},
     verify::checker::{Checker, Options, Violation},
     verify::drive::{self, Drive, Driven, Sink},
-    verify::oracle::{self, Oracle},
     verify::events::{Phase, SyncState, TraceEvent, Via},
+    verify::oracle::{self, Oracle},
     verify::probe::{self, ProbeArgs, Session},
     verify::profile::{self, Stage},
     verify::report::svg::axis::plural,
@@ -332,7 +332,6 @@ impl Sink for Pipeline {
             self.push(&TraceLine::Stack(s))?;
         }
         if let Some(o) = &mut self.oracle {
-            o.entry(&e);
             // Recorded before the event that judges the call, so X1 (live or replayed)
             // finds it on the call.
             if let Some(f) = self.checker.completing(&e).and_then(|call| o.judge(call, &e)) {

@@ -69,6 +69,8 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64) -> Result<u64> {
                 dev: Some(linear),
                 via: Via::Kernel,
             }),
+            // Synthetic calls have no delta files for an oracle to read.
+            delta: None,
         };
         let wrong = wrong_freeze_every > 0 && (i + 1) % wrong_freeze_every == 0;
         let frozen = if wrong { crypt } else { linear };

@@ -66,6 +66,7 @@ fn request(
             via: Via::Kernel,
         }),
         chunk: vec![c0, c1],
+        delta: None,
     }
 }
 
