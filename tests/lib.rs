@@ -117,6 +117,10 @@ pub enum Kind {
         max_ms: f64,
         mean_ms: f64,
     },
+    /// X1's independent judge (checker.sh `rebuilt`): the old snapshot of the call whose new
+    /// top was `top`, rebuilt in the guest from the lower deltas alone (read-only, the same
+    /// dm stack), and whether `dumpe2fs -h` lists `needs_recovery` among its `features`.
+    Rebuilt { top: String, needs_recovery: bool, features: String },
     /// The script got to its end (`finish`).
     Done,
 }
@@ -237,8 +241,9 @@ impl Trace {
             match rec {
                 TraceLine::Event(e) => events.push(e.clone()),
                 TraceLine::Stack(s) => stacks.push(s.clone()),
-                // The reader keeps these: one header, one end record.
-                TraceLine::Header(_) | TraceLine::End(_) => {}
+                // The reader keeps these: one header, one end record. `trace` writes no
+                // oracle findings (only `run --oracle` does).
+                TraceLine::Header(_) | TraceLine::End(_) | TraceLine::Oracle(_) => {}
             }
         }
         let end = r.end().cloned().ok_or_else(|| anyhow!("{}: no end record", path.display()))?;

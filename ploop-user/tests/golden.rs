@@ -187,4 +187,15 @@ fn golden_expectations_say_what_each_case_is_for() {
     // Runs with --hang-after 1.5 and 3 s recorded in the header: a replay judges with them.
     assert_eq!(ids("6.1-ioctl-hung-held"), ["T2"]);
     assert_eq!(ids("6.1-hang-deltas-on-frozen-fs"), ["S2", "T2"]);
+    // `run --oracle` on the commit's stack (ext4 on dm-linear on dm-crypt on ploop), X1 from
+    // the oracle records in the trace: the autodetection leaves every old snapshot needing a
+    // journal replay (S2 and X1 together), the sync fd leaves them clean (X1 passes on all 3).
+    for kernel in ["6.1"] {
+        assert_eq!(ids(&format!("{kernel}-oracle-s2-auto")), ["S2", "X1"]);
+        assert_eq!(ids(&format!("{kernel}-oracle-s2-sync")), [] as [&str; 0]);
+        let p = traces_dir().join(format!("{kernel}-oracle-s2-sync.expected.json"));
+        let v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        let x1 = v["invariants"].as_array().unwrap().iter().find(|i| i["id"] == "X1").unwrap();
+        assert_eq!((&x1["pass"], &x1["fail"]), (&Value::from(3), &Value::from(0)), "{p:?}");
+    }
 }

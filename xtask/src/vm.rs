@@ -156,7 +156,8 @@ impl Vm {
         vm.contents = Contents {
             modules: modules.iter().map(|m| m.to_string()).collect(),
             extra_modules: Vec::new(),
-            host_bins: vec![PathBuf::from("/sbin/mke2fs")],
+            // dumpe2fs: the independent judge of X1 (tests/guest/checker.sh).
+            host_bins: vec![PathBuf::from("/sbin/mke2fs"), PathBuf::from("/sbin/dumpe2fs")],
             files: vec![(bin, "/usr/bin/ploop-verify".into())],
             // busybox sh runs its own applets before PATH, and its mke2fs makes only ext2:
             // the real one is reached under a name busybox does not have.
