@@ -190,7 +190,7 @@ fn golden_expectations_say_what_each_case_is_for() {
     // `run --oracle` on the commit's stack (ext4 on dm-linear on dm-crypt on ploop), X1 from
     // the oracle records in the trace: the autodetection leaves every old snapshot needing a
     // journal replay (S2 and X1 together), the sync fd leaves them clean (X1 passes on all 3).
-    for kernel in ["6.1"] {
+    for kernel in ["6.1", "6.12"] {
         assert_eq!(ids(&format!("{kernel}-oracle-s2-auto")), ["S2", "X1"]);
         assert_eq!(ids(&format!("{kernel}-oracle-s2-sync")), [] as [&str; 0]);
         let p = traces_dir().join(format!("{kernel}-oracle-s2-sync.expected.json"));
