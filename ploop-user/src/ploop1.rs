@@ -17,7 +17,7 @@
 //! header's fields and the BAT checks, lives in one place: [`crate::image::ploop1`], which
 //! the image reader uses too.
 
-use std::{fs, io::ErrorKind, io::Write as _, path::Path};
+use std::{fs, io::Write as _, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
@@ -96,23 +96,9 @@ fn chs(sectors: u64) -> (u32, u32) {
     }
 }
 
-/// Writes an empty delta (header and a zeroed BAT up to the first data cluster) to `path`,
-/// which must not exist unless `force`.
-pub fn create(path: &Path, header: &Header, force: bool) -> Result<()> {
-    let mut o = fs::OpenOptions::new();
-    o.write(true);
-    if force {
-        o.create(true).truncate(true);
-    } else {
-        o.create_new(true);
-    }
-    let mut f = o.open(path).map_err(|e| {
-        if e.kind() == ErrorKind::AlreadyExists {
-            anyhow!("{} exists (use --force to replace it)", path.display())
-        } else {
-            anyhow!("creating {}: {e}", path.display())
-        }
-    })?;
+/// Writes an empty delta (header and a zeroed BAT up to the first data cluster) into `f`, a
+/// new file at `path` (named in errors).
+pub fn write_empty(mut f: fs::File, path: &Path, header: &Header) -> Result<()> {
     f.write_all(&header.to_bytes()).with_context(|| format!("writing {}", path.display()))?;
     f.set_len(u64::from(header.m_FirstBlockOffset) * SECTOR)
         .with_context(|| format!("sizing {}", path.display()))?;
@@ -203,11 +189,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.hds");
         let h = empty_header(8 << 20, 3, Version::V2).unwrap();
-        create(&p, &h, false).unwrap();
+        write_empty(fs::File::create_new(&p).unwrap(), &p, &h).unwrap();
         let r = check(&p, Some(false)).unwrap();
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert_eq!(r.allocated, 0);
-        assert!(create(&p, &h, false).is_err());
         assert_eq!(read_header(&p).unwrap(), Some(h.clone()));
         // one cluster allocated at the end of the file, BAT[5] pointing at it (v2: clusters)
         let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
@@ -229,7 +214,7 @@ mod tests {
         let mut open = h.clone();
         open.m_DiskInUse = SIGNATURE_DISK_IN_USE;
         let q = dir.path().join("open.hds");
-        create(&q, &open, false).unwrap();
+        write_empty(fs::File::create_new(&q).unwrap(), &q, &open).unwrap();
         assert!(check(&q, Some(true)).unwrap().problems.is_empty());
         assert_eq!(check(&q, Some(false)).unwrap().problems.len(), 1);
     }

@@ -578,7 +578,8 @@ pub fn open_new_ploop1(
 ) -> Result<(fs::File, NewFile)> {
     let mut created = NewFile { path: None };
     if !path.exists() {
-        ploop1::create(path, &ploop1::empty_header(size, cluster_log, version)?, false)?;
+        let header = ploop1::empty_header(size, cluster_log, version)?;
+        ploop1::write_empty(create_delta_file(path, false)?, path, &header)?;
         created.path = Some(path.to_path_buf());
     }
     let f = fs::OpenOptions::new()
@@ -587,6 +588,25 @@ pub fn open_new_ploop1(
         .open(path)
         .map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
     Ok((f, created))
+}
+
+/// A new delta file at `path` for `device create` and new snapshot tops: it must not exist
+/// unless `force` (then it is emptied).
+fn create_delta_file(path: &Path, force: bool) -> Result<fs::File> {
+    let mut o = fs::OpenOptions::new();
+    o.write(true);
+    if force {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    o.open(path).map_err(|e| {
+        if e.kind() == ErrorKind::AlreadyExists {
+            anyhow!("{} exists (use --force to replace it)", path.display())
+        } else {
+            anyhow!("creating {}: {e}", path.display())
+        }
+    })
 }
 
 /// A delta file created by this command, removed again unless kept.
@@ -657,7 +677,7 @@ pub fn device(cmd: Device) -> Result<ExitCode> {
             if format == PLOOP_FMT_PLOOP1 =>
         {
             let h = ploop1::empty_header(parse_size(&size)?, cluster_log, ploop1::Version::V2)?;
-            ploop1::create(&delta, &h, force)?;
+            ploop1::write_empty(create_delta_file(&delta, force)?, &delta, &h)?;
             println!(
                 "{}: ploop1 delta (v2), {} bytes, cluster {} KiB, empty",
                 delta.display(),
@@ -671,20 +691,7 @@ pub fn device(cmd: Device) -> Result<ExitCode> {
         }
         Device::Create { size, force, delta, .. } => {
             let bytes = parse_size(&size)?;
-            let mut o = fs::OpenOptions::new();
-            o.write(true);
-            if force {
-                o.create(true).truncate(true);
-            } else {
-                o.create_new(true);
-            }
-            let f = o.open(&delta).map_err(|e| {
-                if e.kind() == ErrorKind::AlreadyExists {
-                    anyhow!("{} exists (use --force to replace it)", delta.display())
-                } else {
-                    anyhow!("creating {}: {e}", delta.display())
-                }
-            })?;
+            let f = create_delta_file(&delta, force)?;
             f.set_len(bytes).map_err(|e| anyhow!("sizing {}: {e}", delta.display()))?;
             println!("{}: raw delta, {bytes} bytes (sparse)", delta.display());
             Ok(ExitCode::SUCCESS)
@@ -990,6 +997,17 @@ pub fn support(a: SupportArgs) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A new delta never replaces a file unless --force says so.
+    #[test]
+    fn a_delta_file_is_replaced_only_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.img");
+        create_delta_file(&p, false).unwrap();
+        let err = create_delta_file(&p, false).unwrap_err().to_string();
+        assert!(err.contains("exists (use --force to replace it)"), "{err}");
+        create_delta_file(&p, true).unwrap();
+    }
     use super::*;
 
     #[test]
