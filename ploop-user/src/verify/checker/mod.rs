@@ -308,7 +308,7 @@ pub struct Checker {
 }
 
 /// What identifies "the same request" for libploop's one-chunk retry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 struct Refused {
     seq: u64,
     device: DeviceKey,
@@ -318,6 +318,20 @@ struct Refused {
 }
 
 impl Refused {
+    /// `now` is the same request: device, format and flags alike, and chunk #0's fd too
+    /// where both were read (a request that ends where its memory does leaves the probe's
+    /// two-chunk read unread).
+    fn repeated_by(&self, now: &Refused) -> bool {
+        let fd_alike = match (self.chunk0_fd, now.chunk0_fd) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        self.device == now.device
+            && self.format == now.format
+            && self.flags == now.flags
+            && fd_alike
+    }
+
     fn of(call: &Call) -> Refused {
         Refused {
             seq: call.seq,
@@ -653,13 +667,7 @@ impl Checker {
             return None;
         }
         let prev = prev?;
-        let now = Refused { seq: prev.seq, ..Refused::of(call) };
-        // Chunk #0 may be unread in either request (a request that ends where its memory
-        // does: the probe reads two chunks): then the rest must match.
-        let fd_known = now.chunk0_fd.is_some() && prev.chunk0_fd.is_some();
-        let same = Refused { chunk0_fd: prev.chunk0_fd, ..now } == prev
-            && (!fd_known || now.chunk0_fd == prev.chunk0_fd);
-        if r.chunks != 1 || !same {
+        if r.chunks != 1 || !prev.repeated_by(&Refused::of(call)) {
             return None;
         }
         call.retry_of = Some(prev.seq);
