@@ -169,7 +169,8 @@ struct Pipeline {
     last_ts: u64,
     /// Live: print how long after its completing event each violation was found.
     live: bool,
-    stacks: StackWatch,
+    /// Live only: a replay reads its stacks from the trace.
+    stacks: Option<StackWatch>,
     /// Live with `--oracle`: X1's judge.
     oracle: Option<Oracle>,
 }
@@ -199,7 +200,7 @@ impl Pipeline {
             violations: Vec::new(),
             last_ts: 0,
             live: writer.is_some(),
-            stacks: StackWatch::new(),
+            stacks: writer.is_some().then(StackWatch::new),
             oracle: None,
         };
         p.writer = writer;
@@ -327,7 +328,7 @@ pub fn replay(args: ReportArgs) -> Result<ExitCode> {
 /// The live side: each event after the context only it can read for it.
 impl Sink for Pipeline {
     fn event(&mut self, mut e: TraceEvent) -> Result<()> {
-        let stacks = &mut self.stacks;
+        let stacks = self.stacks.get_or_insert_with(StackWatch::new);
         if let Some(s) = profile::time(Stage::Context, || context_for(&mut e, stacks)) {
             self.push(&TraceLine::Stack(s))?;
         }
