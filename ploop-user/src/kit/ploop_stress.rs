@@ -97,7 +97,8 @@ pub struct BenchArgs {
     /// events), so the achieved rate and what the tool lost show where it stops keeping up.
     #[arg(long, value_name = "CALLS")]
     pub rate: Option<u32>,
-    #[arg(long, default_value_t = 2.0, requires = "rate")]
+    /// How long rate mode runs, in seconds.
+    #[arg(long, default_value_t = 2.0, requires = "rate", value_parser = crate::workload::positive)]
     pub seconds: f64,
     /// The new deltas' format: raw or ploop1 (created empty, as libploop does, with the
     /// device's cluster size).
