@@ -47,12 +47,21 @@ pub fn run_model_build_script(
 
 fn run_logged(series: &str, vm: Vm) -> Result<Output> {
     let out = vm.run()?;
+    // Failed checks and kernel complaints first: CI views of a long guest log keep its head
+    // and tail, and the middle is where a failing check would otherwise be cut away.
+    let failed: Vec<&str> =
+        out.stdout.lines().filter(|l| l.starts_with("check ") && l.contains(" FAIL")).collect();
+    let problems = out.kernel_problems();
     eprintln!(
-        "guest {series}: {:.1}s, initramfs {} KiB, output:\n{}",
+        "guest {series}: {:.1}s, initramfs {} KiB, {} failed check(s){}{}, kernel problems: {:?}",
         out.elapsed.as_secs_f64(),
         out.initramfs_bytes / 1024,
-        out.stdout
+        failed.len(),
+        if failed.is_empty() { "" } else { ":\n  " },
+        failed.join("\n  "),
+        problems,
     );
+    eprintln!("guest {series} output:\n{}", out.stdout);
     Ok(out)
 }
 
