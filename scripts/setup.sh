@@ -139,7 +139,7 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$bpf_linker_version" || ! ldd "
     --locked --force --no-default-features --features "llvm-$llvm_major"
 fi
 
-# --- Packagers for `cargo xtask dist` -------------------------------------------------------
+# --- Packagers for `cargo xtask dist`, and cargo-fuzz --------------------------------------
 # Pinned, built with the host toolchain from their lock files. Checked by version, so a second
 # run builds nothing.
 cargo_tool() { # $1 crate, $2 version, $3 the binary's --version output to expect
@@ -150,6 +150,8 @@ cargo_tool() { # $1 crate, $2 version, $3 the binary's --version output to expec
 }
 cargo_tool cargo-deb 3.8.0 "3.8.0"
 cargo_tool cargo-generate-rpm 0.21.1 "0.21.1"
+# The image reader's coverage-guided fuzzing (tests/fuzz.rs) runs with the pinned nightly.
+cargo_tool cargo-fuzz 0.13.2 "0.13.2"
 
 # --- The reports' consumers: KCIDB's validator and junitparser ------------------------------
 # A venv of pinned packages from PyPI (scripts/requirements-ci.txt); reinstalled only when that

@@ -104,3 +104,58 @@ impl Ploop1Builder {
         file.write_all_at(&self.head(), 0)
     }
 }
+
+/// Everything the reader does with `bytes` as one delta file in `dir`: alone as the whole
+/// stack, on top of a good raw base, as a device (GPT, ext4, dm-crypt under a key), and as a
+/// dm-crypt table line. Errors are the expected outcome for most inputs; a panic is a bug.
+/// Shared by the property test (`ploop-user/tests/image.rs`) and the coverage-guided fuzz
+/// target (`fuzz/`), so both drive the same entry points.
+pub fn exercise(dir: &std::path::Path, bytes: &[u8]) {
+    use super::{Locate, Stack, cli::copy_device, crypt::CryptTable, ext4, gpt::Gpt, ploop1};
+    let p = dir.join("fuzz.delta");
+    if std::fs::write(&p, bytes).is_err() {
+        return;
+    }
+    let base = dir.join("base.img");
+    if !base.exists() {
+        let _ = std::fs::write(&base, vec![0u8; 128 * 512]);
+    }
+    let crypt = CryptTable::parse(FUZZ_CRYPT_LINE).ok();
+    for stack in [vec![p.clone()], vec![base, p.clone()]] {
+        if let Ok(s) = Stack::open(&stack) {
+            let _ = copy_device(&s, &mut io::sink());
+            let _ = Gpt::read(&s);
+            for crypt in [crypt.clone(), None] {
+                let l = Locate { partition: Some(1), crypt, linear_offset: Some(8) };
+                let _ = l.open(&s).map(|fs| ext4::superblock_verdict(&fs));
+            }
+        }
+    }
+    if let Ok(f) = File::open(&p) {
+        let _ = ploop1::check(&f);
+    }
+    let dev = bytes.to_vec();
+    let _ = Gpt::read(&dev);
+    let _ = ext4::superblock_verdict(&dev);
+    let _ = CryptTable::parse(&String::from_utf8_lossy(bytes));
+}
+
+/// A dm-crypt table on partition 1 (what `dmsetup table --showkeys` prints) for [`exercise`].
+const FUZZ_CRYPT_LINE: &str = "p1-crypt: 0 58 crypt aes-xts-plain64 \
+    000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f \
+    0 /dev/ploop0p1 2\n";
+
+/// Valid inputs to start mutating from: ploop1 v1 and v2 deltas holding a GPT disk (64 KiB
+/// device, 4 KiB clusters, every third cluster a hole), and the raw disk itself.
+pub fn seed_images() -> Vec<Vec<u8>> {
+    let mut d = vec![0u8; 128 * SECTOR as usize];
+    super::gpt::write_gpt(&mut d, &[(34, 93, "p")]);
+    let blocks: Vec<(u64, &[u8])> =
+        (0..16u64).filter(|i| i % 3 != 1).map(|i| (i, &d[i as usize * 4096..][..4096])).collect();
+    let mut seeds: Vec<Vec<u8>> = [Version::V1, Version::V2]
+        .into_iter()
+        .map(|v| Ploop1Builder::new(v, 8, d.len() as u64).build(&blocks))
+        .collect();
+    seeds.push(d);
+    seeds
+}
