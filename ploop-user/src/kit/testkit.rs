@@ -103,6 +103,11 @@ pub enum Testkit {
         /// Every Nth call freezes the wrong device (S1 and S2 fail); 0: every call is correct.
         #[arg(long, value_name = "N", default_value_t = 0)]
         wrong_freeze_every: u64,
+        /// Record an oracle finding for every call, as `run --oracle` does: the calls that
+        /// freeze the wrong device leave a snapshot that needs a journal replay (X1 fails),
+        /// the others a clean one.
+        #[arg(long)]
+        oracle: bool,
         #[arg(long)]
         out: PathBuf,
     },
@@ -307,8 +312,8 @@ pub fn run(cmd: Testkit) -> Result<()> {
         }
         Testkit::FuzzSnapshot(a) => crate::kit::ploop_stress::fuzz(a)?,
         Testkit::SnapshotBench(a) => crate::kit::ploop_stress::bench(a)?,
-        Testkit::SynthTrace { calls, wrong_freeze_every, out } => {
-            let events = crate::verify::synth::write(&out, calls, wrong_freeze_every)?;
+        Testkit::SynthTrace { calls, wrong_freeze_every, oracle, out } => {
+            let events = crate::verify::synth::write(&out, calls, wrong_freeze_every, oracle)?;
             println!("{events} events in {calls} snapshot calls: {}", out.display());
         }
     }

@@ -11,6 +11,7 @@ use ploop_common::{Probe, ploop_if::PLOOP_FLAG_FS_SYNC};
 use crate::{
     kernel::{Generation, KDev},
     verify::events::{Args, Chunk, Phase, Request, SyncFd, SyncState, TraceEvent, Via},
+    verify::oracle::{Finding, OracleVerdict},
     verify::stack::{Stack, StackDev},
     verify::tracefile::{End, Header, TOOL, TraceLine, Writer},
 };
@@ -19,8 +20,9 @@ use crate::{
 /// ext4, spread over 4 threads and 2 devices; returns the number of events. Every
 /// `wrong_freeze_every`th call (0: none) freezes dm-crypt instead of the sync fd's dm-linear,
 /// the autodetection bug (S1 and S2 fail), so that reports are exercised with failing calls
-/// among many.
-pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64) -> Result<u64> {
+/// among many. `oracle`: each call also gets the finding `run --oracle` would record, X1
+/// failing exactly on those calls (the filesystem was not frozen).
+pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> Result<u64> {
     let mut w = Writer::create(path)?;
     let probed = Probe::ALL.to_vec();
     w.line(&TraceLine::Header(Box::new(Header {
@@ -94,6 +96,23 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64) -> Result<u64> {
         ];
         for (func, phase, d, ret) in steps {
             ts += 50_000;
+            // As live: the finding comes just before the event that completes the call.
+            if oracle && func == SysExitIoctl {
+                w.line(&TraceLine::Oracle(Finding {
+                    seq: i + 1,
+                    tid,
+                    verdict: if wrong {
+                        OracleVerdict::NeedsRecovery
+                    } else {
+                        OracleVerdict::Clean
+                    },
+                    why: String::new(),
+                    top: format!("/tmp/p{n}-{}.img", i + 1),
+                    deltas: vec![format!("/tmp/p{n}-0.img")],
+                    at: "dm-crypt, dm-linear offset 0".into(),
+                    cost_us: 0,
+                }))?;
+            }
             w.line(&TraceLine::Event(TraceEvent {
                 ts_ns: ts,
                 pid: tid,
