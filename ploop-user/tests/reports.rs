@@ -157,8 +157,8 @@ fn report_of(trace: &Path, dir: &Path) -> (String, serde_json::Value) {
 
 /// What every timeline has: it renders at its declared size, the verdict line is counted
 /// right, the shared time axis has ticks with units, a lane per ploop device, every failing
-/// call marked with each of its violations in the mark's tooltip, and the histogram holds
-/// every freeze window.
+/// call marked with each of its violations in the mark's tooltip, every X1 failure with an
+/// X1 mark of its own (and no call without one), and the histogram holds every freeze window.
 fn check_timeline(svg_path: &Path, svg: &str, s: &serde_json::Value) {
     let doc = roxmltree::Document::parse(svg).expect("timeline.svg is XML");
     let root = doc.root_element();
@@ -214,12 +214,52 @@ fn check_timeline(svg_path: &Path, svg: &str, s: &serde_json::Value) {
             "no mark for snapshot #{seq} with {why:?}"
         );
     }
+    // X1 failures: the needs-recovery mark on exactly those calls, with the why.
+    let x1_failed: Vec<&serde_json::Value> =
+        s["violation_list"].as_array().unwrap().iter().filter(|v| v["id"] == "X1").collect();
+    // (The legend's swatches name no call.)
+    let x1_marks: Vec<_> = with_class(&doc, "needs-recovery")
+        .into_iter()
+        .filter(|m| m.has_attribute("data-seq"))
+        .collect();
+    for v in &x1_failed {
+        let seq = v["seq"].as_u64().unwrap().to_string();
+        let why = v["why"].as_str().unwrap();
+        assert!(
+            x1_marks.iter().any(|m| m.attribute("data-seq") == Some(seq.as_str())
+                && m.attribute("class").unwrap().contains("x1-mark")
+                && tip(m).contains(why)),
+            "no X1 mark for snapshot #{seq} with {why:?}"
+        );
+    }
+    for m in &x1_marks {
+        let seq = m.attribute("data-seq").unwrap().parse::<u64>().unwrap();
+        assert!(
+            x1_failed.iter().any(|v| v["seq"] == seq),
+            "snapshot #{seq} marked as needing a journal replay, and X1 did not fail on it"
+        );
+    }
+    let legend: String = with_class(&doc, "legend").iter().map(text_of).collect();
+    assert_eq!(
+        legend.contains("X1: old snapshot needs a journal replay"),
+        !x1_seqs(&doc, "needs-recovery").is_empty() || !x1_seqs(&doc, "clean").is_empty(),
+        "the X1 legend entry exactly where the oracle judged: {legend}"
+    );
     // The histogram holds every freeze window, with ticks on its axes.
     let in_bars: u64 = with_class(&doc, "bar").iter().map(|b| bar_count(b)).sum();
     assert_eq!(in_bars, s["freeze_window"]["count"].as_u64().unwrap());
     if in_bars > 0 {
         assert!(with_class(&doc, "xtick").len() >= 2 && with_class(&doc, "ytick").len() >= 2);
     }
+}
+
+/// The calls with an X1 mark of `kind` ("needs-recovery", "clean") anywhere, each once.
+fn x1_seqs(doc: &roxmltree::Document, kind: &str) -> std::collections::BTreeSet<u64> {
+    with_class(doc, kind)
+        .iter()
+        .filter(|m| m.attribute("class").unwrap().contains("x1-mark"))
+        .filter_map(|m| m.attribute("data-seq").map(|s| s.parse().unwrap()))
+        .collect()
 }
 
 fn lanes(svg: &str) -> Vec<String> {
@@ -260,6 +300,53 @@ fn timeline_of_failing_calls() {
     }
     assert_eq!(with_class(&doc, "call").len(), 3, "a span per call");
     assert!(svg.contains("3 failing calls, zoomed"));
+    assert!(with_class(&doc, "x1-mark").is_empty(), "no oracle ran: X1 is n/a, never marked");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The demo's two cases under `run --oracle`: with the autodetection every call is marked
+/// X1 beside its S2 marker, on the timeline and in its inset; with the sync fd every call
+/// carries the faint pass mark and none the failure.
+#[test]
+fn timeline_marks_x1_beside_s2() {
+    let dir = scratch("svg-x1-auto");
+    let (svg, s) = report_of(&golden("6.1-oracle-s2-auto.jsonl"), &dir);
+    check_timeline(&dir.join("timeline.svg"), &svg, &s);
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    for call in with_class(&doc, "call") {
+        let seq = call.attribute("data-seq").unwrap();
+        let marks: Vec<_> = call
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("x1-mark needs-recovery"))
+            .collect();
+        assert_eq!(marks.len(), 1, "snapshot #{seq}: one X1 mark on its span");
+        assert!(tip(&marks[0]).contains("needs_recovery"), "{}", tip(&marks[0]));
+    }
+    assert_eq!(insets(&svg), [1, 2, 3]);
+    for inset in with_class(&doc, "inset") {
+        assert!(
+            inset.descendants().any(|n| n.attribute("class") == Some("x1-mark needs-recovery")),
+            "inset #{} without its X1 mark",
+            inset.attribute("data-seq").unwrap()
+        );
+    }
+    assert!(x1_seqs(&doc, "clean").is_empty(), "no call passed X1");
+
+    let dir = scratch("svg-x1-sync");
+    let (svg, s) = report_of(&golden("6.1-oracle-s2-sync.jsonl"), &dir);
+    check_timeline(&dir.join("timeline.svg"), &svg, &s);
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    assert_eq!(x1_seqs(&doc, "clean"), [1, 2, 3].into(), "each call's pass, faintly");
+    for call in with_class(&doc, "call") {
+        assert!(
+            call.descendants().any(|n| n.attribute("class") == Some("x1-mark clean")),
+            "snapshot #{}: no pass mark on its span",
+            call.attribute("data-seq").unwrap()
+        );
+    }
+    assert!(x1_seqs(&doc, "needs-recovery").is_empty());
+    let legend: String = with_class(&doc, "legend").iter().map(text_of).collect();
+    assert!(legend.contains("X1: old snapshot clean"), "{legend}");
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -279,14 +366,16 @@ fn timeline_counts_in_the_singular_and_zooms_a_clean_run() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-/// 10,000 calls, one in 97 failing: lanes drawn as density, every failing call still marked
-/// with its explanation, insets capped (and the cap said), and a file a browser opens at once.
+/// 10,000 calls, one in 97 failing (S2 and X1): lanes drawn as density, every failing call
+/// still marked with its explanation and its X1 mark, the X1 passes counted rather than
+/// marked, insets capped (and the cap said), and a file a browser opens at once.
 #[test]
 fn timeline_at_ten_thousand_calls() {
     let dir = scratch("svg-10k");
     let trace = dir.join("trace.jsonl");
     let st = bin()
-        .args(["testkit", "synth-trace", "--calls", "10000", "--wrong-freeze-every", "97", "--out"])
+        .args(["testkit", "synth-trace", "--calls", "10000", "--wrong-freeze-every", "97"])
+        .args(["--oracle", "--out"])
         .arg(&trace)
         .output()
         .unwrap();
@@ -302,6 +391,9 @@ fn timeline_at_ten_thousand_calls() {
         "only the failing calls are drawn one by one"
     );
     assert!(with_class(&doc, "bin").len() > 100, "the rest as density");
+    assert_eq!(x1_seqs(&doc, "needs-recovery").len(), failing, "each X1 failure marked");
+    assert!(x1_seqs(&doc, "clean").is_empty(), "passes are not marked in density");
+    assert!(svg.contains("X1 passed (old snapshot clean) in 9,897 calls"), "but counted");
     assert_eq!(insets(&svg), [97, 194, 291, 388, 485, 582], "the first 6 failing calls");
     assert!(svg.contains(&format!("the first 6 of {failing}")), "the cap is said");
     assert!(svg.len() < 1 << 20, "{} bytes", svg.len());

@@ -4,7 +4,7 @@ use crate::{
     errno::ret_name,
     kernel::KDev,
     verify::{
-        checker::{Call, CallReport},
+        checker::{Call, CallReport, Verdict},
         events::SyncState,
     },
 };
@@ -40,17 +40,41 @@ pub struct Span {
     pub failed: bool,
     /// The call returned an error (a refusal may be correct; it is drawn apart all the same).
     pub error: bool,
+    /// X1 where the oracle judged the call; `None` where X1 is n/a (no `--oracle`, no key,
+    /// not ext4, not a successful sync snapshot): n/a is no finding, so it gets no mark.
+    pub x1: Option<X1>,
     /// The tooltip: what happened, and for a failing call why it fails.
     pub tip: String,
 }
 
-/// Per lane and bin: time spent in calls, time frozen, calls started, failing calls started.
+/// The oracle's finding on a call, as the timeline marks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum X1 {
+    /// The old snapshot's ext4 is clean: X1 passed.
+    Clean,
+    /// The old snapshot needs a journal replay: X1 failed.
+    NeedsRecovery,
+}
+
+impl X1 {
+    pub fn of(r: &CallReport) -> Option<X1> {
+        match r.verdicts.iter().find(|(id, _)| *id == "X1").map(|(_, v)| v) {
+            Some(Verdict::Pass) => Some(X1::Clean),
+            Some(Verdict::Fail(_)) => Some(X1::NeedsRecovery),
+            _ => None,
+        }
+    }
+}
+
+/// Per lane and bin: time spent in calls, time frozen, calls started, failing calls started,
+/// calls started whose old snapshot needs a journal replay (X1 failed).
 #[derive(Clone)]
 pub struct Bins {
     pub busy: Vec<u64>,
     pub frozen: Vec<u64>,
     pub calls: Vec<u32>,
     pub failing: Vec<u32>,
+    pub x1_failing: Vec<u32>,
 }
 
 impl Bins {
@@ -60,6 +84,7 @@ impl Bins {
             frozen: vec![0; BINS],
             calls: vec![0; BINS],
             failing: vec![0; BINS],
+            x1_failing: vec![0; BINS],
         }
     }
 }
@@ -88,6 +113,7 @@ impl Density {
                 merge(&mut b.frozen);
                 merge(&mut b.calls);
                 merge(&mut b.failing);
+                merge(&mut b.x1_failing);
             }
             self.width *= 2;
         }
@@ -128,6 +154,9 @@ impl Density {
         if span.failed {
             b.failing[i] += 1;
         }
+        if span.x1 == Some(X1::NeedsRecovery) {
+            b.x1_failing[i] += 1;
+        }
     }
 }
 
@@ -153,6 +182,9 @@ pub struct Rows {
     /// The first [`MAX_MARKS`] failing calls.
     pub marks: Vec<Span>,
     pub failing: usize,
+    /// Calls the oracle judged: X1 passed, X1 failed.
+    pub x1_clean: usize,
+    pub x1_failing: usize,
     /// The first [`MAX_INSETS`] failing calls, whole.
     pub insets: Vec<CallReport>,
     /// The call with the longest freeze window: a clean run's inset shows what a call is like.
@@ -203,6 +235,7 @@ impl Rows {
             switch: c.quiesce_ns.zip(c.relax_ns),
             failed,
             error: c.result().is_some_and(|r| r != 0),
+            x1: X1::of(&r),
             // The tooltip only for a span that is drawn one by one (most of a long run's
             // calls go into the density strips): the text is most of a call's cost here.
             tip: if self.spans.len() < MAX_SPANS || (failed && self.marks.len() < MAX_MARKS) {
@@ -214,6 +247,11 @@ impl Rows {
         self.first_ns = Some(self.first_ns.map_or(c.start_ns, |f| f.min(c.start_ns)));
         self.last_ns = self.last_ns.max(last);
         self.lane_calls[lane] += 1;
+        match span.x1 {
+            Some(X1::Clean) => self.x1_clean += 1,
+            Some(X1::NeedsRecovery) => self.x1_failing += 1,
+            None => {}
+        }
         let density = self.density.get_or_insert_with(|| Density::new(c.start_ns));
         density.add(lane, &span, last);
         if failed {

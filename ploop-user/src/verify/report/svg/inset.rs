@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::collect::{explain, latest, should_freeze};
+use super::collect::{X1, explain, latest, should_freeze};
 use super::{
     COLOURS, MAX_INSETS, PLOT_W, PLOT_X, RED, Reported, Rows, axis, heading, timeline::time_axis,
-    title, wrap, xml,
+    title, wrap, x1_mark, x1_tip, xml,
 };
 use crate::{errno::ret_name, kernel::KDev, verify::checker::CallReport};
 
@@ -150,6 +150,20 @@ fn inset(
             label_x(x(q)),
             top + 12.0,
             anchor(x(q))
+        );
+    }
+    // X1 just past the call's end, where the oracle reads the old snapshot (after the return).
+    if let Some(k) = X1::of(r) {
+        let _ = writeln!(
+            o,
+            "{}",
+            x1_mark(
+                k,
+                Some(c.seq),
+                x(end) + 8.0,
+                top + ROW_H / 2.0,
+                &x1_tip(k, c.seq, &explain(r))
+            )
         );
     }
     for (i, row) in rows.iter().enumerate() {

@@ -11,8 +11,14 @@
 //! spans is drawn as density per lane (share of time in a call, share of time frozen) with
 //! the failing calls drawn over it.
 //!
-//! Elements carry `class` names (`lane`, `tick`, `call`, `violation-mark`, `inset`, `bar`)
-//! so tests and scripts find them without reading coordinates.
+//! Elements carry `class` names (`lane`, `tick`, `call`, `violation-mark`, `x1-mark`, `inset`,
+//! `bar`) so tests and scripts find them without reading coordinates.
+//!
+//! X1 (the oracle, `run --oracle`) is the consequence of S2 rather than another fault in the
+//! call, so it gets a mark of its own beside the violation marker: a dark diamond where the
+//! old snapshot needs a journal replay, a small hollow green circle where the oracle read it
+//! clean (a pass is drawn, faintly, because "checked and clean" and "not checked" otherwise
+//! look alike; the circle is too small to compete with a fault). X1 n/a gets no mark.
 
 pub(crate) mod axis;
 mod collect;
@@ -27,6 +33,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::{RunVerdict, Summary, xml};
 use crate::{stats::Distribution, verify::checker::Violation};
 pub use collect::Rows;
+use collect::X1;
 use collect::{MAX_INSETS, MAX_MARKS, MAX_SPANS};
 
 /// Width of the drawing; the plots run from [`PLOT_X`] to `WIDTH - 30`.
@@ -36,6 +43,9 @@ const PLOT_X: f64 = 200.0;
 const PLOT_W: f64 = WIDTH - PLOT_X - 30.0;
 
 const RED: &str = "#d62728";
+/// X1 failed: dark, apart from the red of the violation marker it sits beside.
+const X1_FAIL: &str = "#5c0012";
+const X1_PASS: &str = "#2ca02c";
 /// Colours of the frozen devices, in order of first appearance (red is kept for faults).
 const COLOURS: [&str; 6] = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
@@ -186,6 +196,43 @@ fn legend(o: &mut String, x: f64, y: f64, swatch: impl Fn(f64, f64) -> String, t
         xml(text)
     );
     x + 16.0 + text.chars().count() as f64 * 6.7 + 18.0
+}
+
+/// The X1 mark centred at (`x`, `y`) with its tooltip (`tip`: a `<title>`, or empty for a
+/// legend swatch).
+fn x1_mark(x1: X1, seq: Option<u64>, x: f64, y: f64, tip: &str) -> String {
+    let seq = seq.map(|s| format!(" data-seq=\"{s}\"")).unwrap_or_default();
+    match x1 {
+        X1::NeedsRecovery => format!(
+            "<g class=\"x1-mark needs-recovery\"{seq}>{tip}<path d=\"M{x:.1},{:.1} L{:.1},{y:.1} \
+             L{x:.1},{:.1} L{:.1},{y:.1} Z\" fill=\"{X1_FAIL}\" stroke=\"white\" stroke-width=\"0.8\"/></g>",
+            y - 5.5,
+            x + 5.5,
+            y + 5.5,
+            x - 5.5
+        ),
+        X1::Clean => format!(
+            "<g class=\"x1-mark clean\"{seq}>{tip}<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"2.5\" \
+             fill=\"white\" stroke=\"{X1_PASS}\" stroke-width=\"1.2\"/></g>"
+        ),
+    }
+}
+
+/// The tooltip of an X1 mark: the failure in full (from the call's tooltip), or the pass.
+fn x1_tip(x1: X1, seq: u64, call_tip: &str) -> String {
+    match x1 {
+        X1::NeedsRecovery => {
+            let why = call_tip
+                .lines()
+                .find_map(|l| l.strip_prefix("X1 violated: "))
+                .unwrap_or("the old snapshot needs a journal replay");
+            title(&format!("X1 snapshot #{seq}: {why}"))
+        }
+        X1::Clean => title(&format!(
+            "X1 snapshot #{seq}: the old snapshot's ext4 is clean (mountable read-only without \
+             a journal replay)"
+        )),
+    }
 }
 
 /// A filled 12x12 square swatch.

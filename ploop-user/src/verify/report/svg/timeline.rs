@@ -2,10 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::collect::Span;
+use super::collect::{Span, X1};
 use super::{
     COLOURS, MAX_MARKS, MAX_SPANS, PLOT_W, PLOT_X, RED, Reported, Rows, axis, heading, legend,
-    note, square, title, xml,
+    note, square, title, x1_mark, x1_tip, xml,
 };
 
 const ROW_H: f64 = 14.0;
@@ -13,6 +13,8 @@ const ROW_H: f64 = 14.0;
 /// once than that is drawn on the last one).
 const MAX_SUBROWS: usize = 6;
 const DENSITY_H: f64 = 34.0;
+/// The X1 mark's centre, right of the violation marker's (which is 10 pixels wide).
+const X1_DX: f64 = 11.0;
 
 /// Draws the overview from `y`; returns the y below it.
 pub fn render(rows: &Rows, rep: &Reported, total: usize, y: f64, o: &mut String) -> f64 {
@@ -105,6 +107,17 @@ pub fn render(rows: &Rows, rep: &Reported, total: usize, y: f64, o: &mut String)
         let _ = writeln!(
             o,
             "<line x1=\"{gx:.1}\" y1=\"{top:.1}\" x2=\"{gx:.1}\" y2=\"{y:.1}\" stroke=\"black\" stroke-opacity=\"0.12\"/>"
+        );
+    }
+    if dense && rows.x1_clean > 0 {
+        // Thousands of pass marks would bury the failing calls; the count says the oracle ran.
+        y = note(
+            o,
+            y,
+            &format!(
+                "X1 passed (old snapshot clean) in {}: not marked one by one in the density view.",
+                axis::plural(rows.x1_clean as u64, "call", "calls")
+            ),
         );
     }
     if dense && rows.failing > rows.marks.len() {
@@ -201,7 +214,27 @@ fn legends(rows: &Rows, dense: bool, y: f64, o: &mut String) -> f64 {
             "switch",
         );
     }
-    legend(o, lx, y, |x, y| triangle(x + 6.0, y + 11.0, ""), "violation (hover for why)");
+    lx = legend(o, lx, y, |x, y| triangle(x + 6.0, y + 11.0, ""), "violation (hover for why)");
+    // Only a run with the oracle has X1 marks to explain; the failure's entry stays even when
+    // none failed, so that a clean picture says what a failure would have looked like.
+    if rows.x1_failing + rows.x1_clean > 0 {
+        lx = legend(
+            o,
+            lx,
+            y,
+            |x, y| x1_mark(X1::NeedsRecovery, None, x + 6.0, y + 6.0, ""),
+            "X1: old snapshot needs a journal replay",
+        );
+        if !dense && rows.x1_clean > 0 {
+            legend(
+                o,
+                lx,
+                y,
+                |x, y| x1_mark(X1::Clean, None, x + 6.0, y + 6.0, ""),
+                "X1: old snapshot clean",
+            );
+        }
+    }
     let mut y = y + 18.0;
     if !dense && !rows.frozen.is_empty() {
         let mut lx = 10.0;
@@ -311,8 +344,12 @@ fn span_lane(
                 (x(r) - x(q)).max(1.0)
             );
         }
+        let mid = (x0 + x1) / 2.0;
         if s.failed {
-            o.push_str(&triangle((x0 + x1) / 2.0, ry + 1.0, ""));
+            o.push_str(&triangle(mid, ry + 1.0, ""));
+        }
+        if let Some(k) = s.x1 {
+            o.push_str(&x1_mark(k, Some(s.seq), mid + X1_DX, ry - 3.0, &x1_tip(k, s.seq, &s.tip)));
         }
         o.push_str("</g>\n");
     }
@@ -353,10 +390,12 @@ fn density_lane(
                 axis::plural(b.calls[i], "call", "calls"),
                 b.busy[i] as f64 / w * 100.0,
                 b.frozen[i] as f64 / w * 100.0,
-                if b.failing[i] > 0 {
-                    format!(", {} failing", b.failing[i])
-                } else {
-                    String::new()
+                match (b.failing[i], b.x1_failing[i]) {
+                    (0, _) => String::new(),
+                    (f, 0) => format!(", {f} failing"),
+                    (f, x) => format!(
+                        ", {f} failing ({x} leaving a snapshot that needs a journal replay, X1)"
+                    ),
                 }
             )),
             y + DENSITY_H * (1.0 - busy),
@@ -378,6 +417,15 @@ fn density_lane(
                 y + DENSITY_H - 4.0
             );
         }
+        // Past the marks, X1 failures still show: a dark strip above the red one.
+        if capped && b.x1_failing[i] > 0 {
+            let _ = write!(
+                o,
+                "<rect class=\"x1-strip\" x=\"{x0:.2}\" y=\"{:.1}\" width=\"{bw:.2}\" height=\"3\" fill=\"{}\"/>",
+                y + DENSITY_H - 7.0,
+                super::X1_FAIL
+            );
+        }
         o.push_str("</g>\n");
     }
     for s in rows.marks.iter().filter(|s| s.lane == lane) {
@@ -390,6 +438,20 @@ fn density_lane(
             y + DENSITY_H,
             triangle(mx, y + 1.0, "")
         );
+        // In the density view only failing calls are marked: an X1 pass is in the count below.
+        if s.x1 == Some(X1::NeedsRecovery) {
+            let _ = writeln!(
+                o,
+                "{}",
+                x1_mark(
+                    X1::NeedsRecovery,
+                    Some(s.seq),
+                    mx + X1_DX,
+                    y - 3.0,
+                    &x1_tip(X1::NeedsRecovery, s.seq, &s.tip)
+                )
+            );
+        }
     }
 }
 
