@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: the main job on a fresh machine, without a vz7 kernel: a guest with
-//! the ploop model driver, snapshots checked live by `ploop-verify run`, reports copied out.
+//! the ploop model driver, snapshots checked live by `ploop-verify run --oracle` (S2 the
+//! cause, X1 the old snapshot it leaves), reports copied out.
 
 use std::{fs, path::Path, time::Duration};
 

@@ -24,7 +24,8 @@ enum Cmd {
     Setup,
     /// The main job without a vz7 kernel: boot a 6.1 guest with the ploop model driver,
     /// build ext4 on dm-linear on dm-crypt on ploop, and check snapshots live with
-    /// `ploop-verify run` (with the sync fd: clean; with the old autodetection: S2 fires).
+    /// `ploop-verify run --oracle` (with the sync fd: clean; with the old autodetection: S2
+    /// fires, and X1 with it: the old snapshots need a journal replay).
     /// Reports (Markdown, SVG timeline, JUnit, KTAP, JSON, trace) go to --out.
     Demo {
         #[arg(long, default_value = "6.1")]
