@@ -13,10 +13,15 @@ pub fn path(user: Option<&Path>) -> PathBuf {
     user.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(SYS_BTF))
 }
 
+/// Read whole, then parsed: btf-rs parsing straight from the file seeks once per string
+/// (about 100k lseeks for vmlinux), which cost seconds of start-up in a TCG guest.
 pub fn load(path: &Path) -> Result<Btf> {
-    Btf::from_file(path).map_err(|e| anyhow!("{e}")).with_context(|| {
-        format!("reading BTF from {} (name another with --btf FILE)", path.display())
-    })
+    std::fs::read(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| Btf::from_bytes(&bytes).map_err(|e| anyhow!("{e}")))
+        .with_context(|| {
+            format!("reading BTF from {} (name another with --btf FILE)", path.display())
+        })
 }
 
 /// Byte offset of `member` in `struct name`, looking through anonymous struct/union members.
