@@ -85,6 +85,129 @@ fn findings(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The independent judge: dumpe2fs on each old snapshot `CASE-rebuilt-1..=n` rebuilt in the
+/// guest from its lower deltas, against the oracle's finding on the call whose new top it was.
+/// Returns (agreeing, judged by both).
+fn against_dumpe2fs(
+    share: &Path,
+    results: &Results,
+    cases: &[&str],
+    n: usize,
+    failures: &mut Vec<String>,
+) -> (usize, usize) {
+    let (mut agree, mut judged) = (0, 0);
+    for case in cases {
+        let found = findings(&share.join(case));
+        for i in 1..=n {
+            let name = format!("{case}-rebuilt-{i}");
+            let Some(Kind::Rebuilt { top, needs_recovery, features }) = results.get(&name) else {
+                failures.push(format!("{name}: not rebuilt: {:?}", results.get(&name)));
+                continue;
+            };
+            let Some(f) = found.iter().find(|f| f["top"] == top.as_str()) else {
+                failures.push(format!("{name}: no oracle finding for the call with top {top}"));
+                continue;
+            };
+            judged += 1;
+            let oracle = f["verdict"] == "needs-recovery";
+            if oracle == *needs_recovery && f["verdict"] != "n/a" {
+                agree += 1;
+            } else {
+                failures.push(format!(
+                    "{name}: the oracle says {} ({}) on {} at {}, dumpe2fs lists features \
+                     [{features}]",
+                    f["verdict"], f["why"], f["deltas"], f["at"]
+                ));
+            }
+        }
+    }
+    (agree, judged)
+}
+
+/// Every successful PLOOP_FLAG_FS_SYNC call of `case` (all its calls: the workloads make no
+/// other) has exactly one finding, and X1 tallies them all.
+fn a_finding_per_call(share: &Path, case: &str, failures: &mut Vec<String>) -> Vec<Value> {
+    let dir = share.join(case);
+    let s = summary(&dir);
+    let found = findings(&dir);
+    let calls = s["snapshots"].as_u64().unwrap_or(0) as usize;
+    let seqs: BTreeSet<u64> = found.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    if calls == 0 || found.len() != calls || seqs.len() != calls {
+        failures.push(format!(
+            "{case}: {calls} snapshot calls, {} findings on {} calls",
+            found.len(),
+            seqs.len()
+        ));
+    }
+    let x1 = s["invariants"].as_array().unwrap().iter().find(|i| i["id"] == "X1").unwrap();
+    let tallied = ["pass", "fail", "not_applicable"].map(|k| x1[k].as_u64().unwrap() as usize);
+    if tallied.iter().sum::<usize>() != calls {
+        failures.push(format!("{case}: X1 tallies {tallied:?} over {calls} calls"));
+    }
+    found
+}
+
+/// checker.sh `oracle_p1_cases`: X1 beyond the commit's stack, on a container's layout (a GPT,
+/// ploop1 tops over a raw base with 1 MiB clusters), each case with the sync fd then the
+/// autodetection: ext4 on ploop0p1 (clean both ways), dm-crypt on it with the key (clean both
+/// ways) and without (n/a with the reason, never judged), dm-linear on dm-crypt on it (the
+/// autodetection misses ext4: X1 fails with S2). dumpe2fs on each rebuilt old snapshot agrees.
+fn oracle_p1_verdicts(series: &str, out: &xtask::vm::Output, results: &Results) -> Vec<String> {
+    let share = &out.share;
+    let mut failures = Vec::new();
+    let keyed = ["x1-p1", "x1-p1-crypt", "x1-p1-linear"];
+    for case in keyed.iter().chain(&["x1-p1-nokey"]) {
+        let found = a_finding_per_call(share, case, &mut failures);
+        if *case == "x1-p1-nokey" {
+            for f in &found {
+                let why = f["why"].as_str().unwrap_or("");
+                if f["verdict"] != "n/a" || !why.contains("no --oracle-key") {
+                    failures.push(format!("{case}: a finding without the key: {f}"));
+                }
+            }
+        } else if let Some(f) = found.iter().find(|f| f["verdict"] == "n/a") {
+            failures.push(format!("{case}: the oracle could not judge: {f}"));
+        }
+    }
+    let expect = |case: &str, x1: (u64, u64), violated: &[&str], rc: i32, failures: &mut Vec<_>| {
+        let s = summary(&share.join(case));
+        let want: BTreeSet<String> = violated.iter().map(|s| s.to_string()).collect();
+        let status = match results.get(case) {
+            Some(Kind::Exit { status, .. }) => *status,
+            _ => -1,
+        };
+        if tally(&s, "X1") != x1 || self::violated(&s) != want || status != rc {
+            failures.push(format!(
+                "{case}: exit {status}, violated {:?}, X1 {:?}, want exit {rc}, {want:?}, {x1:?}",
+                self::violated(&s),
+                tally(&s, "X1")
+            ));
+        }
+    };
+    expect("x1-p1", (2, 0), &[], 0, &mut failures);
+    expect("x1-p1-crypt", (2, 0), &[], 0, &mut failures);
+    expect("x1-p1-nokey", (0, 0), &[], 0, &mut failures);
+    expect("x1-p1-linear", (1, 1), &["S2", "X1"], 1, &mut failures);
+    // The reason in the per-call report too, on every call: n/a is said, never silent.
+    let ktap = fs::read_to_string(share.join("x1-p1-nokey/results.ktap")).unwrap_or_default();
+    let said = ktap.lines().filter(|l| l.contains("X1 # SKIP the oracle could not judge")).count();
+    if said != 2 || !ktap.contains("no --oracle-key") {
+        failures.push(format!("x1-p1-nokey: results.ktap gives X1's reason on {said} of 2 calls"));
+    }
+    let (agree, judged) = against_dumpe2fs(share, results, &keyed, 2, &mut failures);
+    eprintln!("X1 vs dumpe2fs {series}, beyond the commit's stack: {agree}/{judged} agree");
+    if judged != 6 {
+        failures.push(format!("only {judged} of 6 old snapshots judged by both"));
+    }
+    let bin = xtask::build::ploop_verify_static().expect("static ploop-verify");
+    for case in keyed.iter().chain(&["x1-p1-nokey"]) {
+        if let Err(e) = replay_matches(&bin, &share.join(case)) {
+            failures.push(format!("replay {case}: {e}"));
+        }
+    }
+    failures
+}
+
 /// checker.sh `oracle_cases`: ext4 on dm-linear on dm-crypt on ploop, three snapshots with the
 /// sync fd (S2 and X1 pass) and three with the autodetection (S2 and X1 fail together), each
 /// old snapshot rebuilt in the guest from its lower deltas and judged by dumpe2fs, which must
@@ -120,32 +243,8 @@ fn oracle_verdicts(series: &str, out: &xtask::vm::Output, results: &Results) -> 
             sync["violation_list"]
         ));
     }
-    // The independent judge: dumpe2fs on each old snapshot rebuilt from its lower deltas.
-    let (mut agree, mut judged) = (0, 0);
-    for case in ["s2-auto", "s2-sync"] {
-        let found = findings(&share.join(case));
-        for i in 1..=3 {
-            let name = format!("{case}-rebuilt-{i}");
-            let Some(Kind::Rebuilt { top, needs_recovery, features }) = results.get(&name) else {
-                failures.push(format!("{name}: not rebuilt: {:?}", results.get(&name)));
-                continue;
-            };
-            let Some(f) = found.iter().find(|f| f["top"] == top.as_str()) else {
-                failures.push(format!("{name}: no oracle finding for the call with top {top}"));
-                continue;
-            };
-            judged += 1;
-            let oracle = f["verdict"] == "needs-recovery";
-            if oracle == *needs_recovery && f["verdict"] != "n/a" {
-                agree += 1;
-            } else {
-                failures.push(format!(
-                    "{name}: the oracle says {} on {}, dumpe2fs lists features [{features}]",
-                    f["verdict"], f["deltas"]
-                ));
-            }
-        }
-    }
+    let (agree, judged) =
+        against_dumpe2fs(share, results, &["s2-auto", "s2-sync"], 3, &mut failures);
     eprintln!("X1 vs dumpe2fs {series}: {agree}/{judged} snapshots agree");
     if judged != 6 {
         failures.push(format!("only {judged} of 6 old snapshots judged by both"));
@@ -163,8 +262,9 @@ fn oracle_verdicts(series: &str, out: &xtask::vm::Output, results: &Results) -> 
     failures
 }
 
-/// X1 live, alone (checker.sh ONLY=oracle): the oracle on the commit's stack, and its
-/// agreement with dumpe2fs on the same old snapshots rebuilt in the guest.
+/// X1 live, alone (checker.sh ONLY=oracle): the oracle on the commit's stack and on a
+/// container's layout (partition, ploop1, with and without the key), and its agreement with
+/// dumpe2fs on the same old snapshots rebuilt in the guest.
 fn oracle_on_the_commits_stack(series: &str) {
     let out = run_model_build_script(series, ModelBuild::Probed, "checker.sh", "ONLY=oracle")
         .expect("guest run");
@@ -175,6 +275,10 @@ fn oracle_on_the_commits_stack(series: &str) {
     let mut failures: Vec<String> =
         results.checks().filter(|c| !c.1).map(|(n, _, why)| format!("{n}: {why:?}")).collect();
     failures.extend(oracle_verdicts(series, &out, &results));
+    failures.extend(oracle_p1_verdicts(series, &out, &results));
+    for l in out.stdout.lines().filter(|l| l.contains("ploop-verify: oracle: ")) {
+        eprintln!("{series}: {l}");
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -44,24 +44,35 @@ wl_clean() {
   down direct /dev/ploop0
   return 0
 }
-# X1's independent judge: the old snapshot of snapshot I (new top /tmp/p0-I.img) rebuilt from
-# the lower deltas alone on /dev/ploop1, read-only, under the same dm-crypt and dm-linear;
-# dumpe2fs -h on it says whether ext4 there needs a journal replay. The host compares it with
-# the oracle's finding in NAME's trace.
-rebuilt() { # NAME I
+# A delta of snapshot J: the raw base and raw tops are .img, ploop1 tops .hds.
+delta() { for f in /tmp/p0-$1.img /tmp/p0-$1.hds; do [ -e $f ] && echo $f && return; done; }
+# X1's independent judge: the old snapshot of snapshot I (new top: delta I) rebuilt from the
+# lower deltas alone on /dev/ploop1, read-only, under the same layers (KIND: the stack_up
+# stack, default linear; part: on ploop1p1 of the same GPT); dumpe2fs -h on it says whether
+# ext4 there needs a journal replay. The host compares it with the oracle's finding in NAME's
+# trace.
+rebuilt() { # NAME I [KIND [part]]
+  kind=${3:-linear} fdev=/dev/ploop1 cl=
+  [ "${4:-}" = part ] && fdev=/dev/ploop1p1 cl="--cluster-log 11"
   deltas= j=0
-  while [ $j -lt $2 ]; do deltas="$deltas /tmp/p0-$j.img"; j=$((j + 1)); done
-  ploop-verify device attach --read-only --device /dev/ploop1 $deltas >/dev/null || {
+  while [ $j -lt $2 ]; do deltas="$deltas $(delta $j)"; j=$((j + 1)); done
+  ploop-verify device attach --read-only --device /dev/ploop1 $cl $deltas >/dev/null || {
     bad $1-rebuilt-$2 "attach $deltas"; return; }
-  if C=$(ploop-verify testkit dm-crypt ocrypt /dev/ploop1 --no-uuid --read-only) &&
-     L=$(ploop-verify testkit dm-linear olin "$C" --read-only); then
+  L=
+  case $kind in
+    direct) L=$fdev ;;
+    crypt) L=$(ploop-verify testkit dm-crypt ocrypt $fdev --no-uuid --read-only) ;;
+    linear) C=$(ploop-verify testkit dm-crypt ocrypt $fdev --no-uuid --read-only) &&
+      L=$(ploop-verify testkit dm-linear olin "$C" --read-only) ;;
+  esac
+  if [ -n "$L" ]; then
     feat=$(/sbin/dumpe2fs -h "$L" 2>/dev/null | sed -n 's/^Filesystem features: *//p')
     case " $feat " in *" needs_recovery "*) nr=true ;; *) nr=false ;; esac
     [ -n "$feat" ] || bad $1-rebuilt-$2 "dumpe2fs found no ext4 on $L"
-    result $1-rebuilt-$2 rebuilt top=/tmp/p0-$2.img needs_recovery:=$nr features="$feat"
+    result $1-rebuilt-$2 rebuilt top="$(delta $2)" needs_recovery:=$nr features="$feat"
     echo "rebuilt $1 snapshot $2: needs_recovery=$nr"
   else
-    bad $1-rebuilt-$2 "dm stack on /dev/ploop1"
+    bad $1-rebuilt-$2 "$kind stack on $fdev"
   fi
   ploop-verify testkit dm-remove olin 2>/dev/null; ploop-verify testkit dm-remove ocrypt 2>/dev/null
   ploop-verify device detach --device /dev/ploop1 >/dev/null
@@ -75,6 +86,54 @@ oracle_cases() {
     for i in 1 2 3; do rebuilt s2-$mode $i; done
     down linear
   done
+}
+# KIND on ploop0p1 of a GPT, a raw base with 1 MiB clusters (libploop's), ploop1 tops.
+up_p1() {
+  rm -f /tmp/p0-*.img /tmp/p0-*.hds; mkdir -p /mnt/p0
+  ploop-verify device create --size 64M /tmp/p0-0.img >/dev/null &&
+    ploop-verify device attach --device /dev/ploop0 --cluster-log 11 /tmp/p0-0.img >/dev/null &&
+    ploop-verify testkit gpt /dev/ploop0 --part rest >/dev/null &&
+    stack_up "$1" /dev/ploop0p1 0 && mkfs.ext4 -q "$TOP" && mount -t ext4 "$TOP" /mnt/p0
+}
+down_p1() {
+  umount /mnt/p0; stack_down "$1" 0; ploop-verify device detach --device /dev/ploop0 >/dev/null
+  rm -f /tmp/p0-*.img /tmp/p0-*.hds
+}
+# wl_p1snaps FIRST MODE...: a ploop1 snapshot per MODE (sync: the mountpoint's fd; auto:
+# none), deltas /tmp/p0-FIRST.hds on, while two writers do fsync-heavy I/O.
+wl_p1snaps() {
+  i=$1; shift
+  rm -f /tmp/stop0
+  for w in 1 2; do
+    ( while [ ! -e /tmp/stop0 ]; do
+        dd if=/dev/urandom of=/mnt/p0/w$w bs=4k count=16 conv=fsync 2>/dev/null
+      done ) &
+  done
+  for mode; do
+    if [ $mode = sync ]; then sync_fd="--sync-fd-from /mnt/p0"; else sync_fd=; fi
+    ploop-verify snapshot --device /dev/ploop0 --format ploop1 --delta /tmp/p0-$i.hds \
+      $sync_fd >/dev/null || echo "snapshot $i ($mode) failed"
+    i=$((i + 1))
+  done
+  touch /tmp/stop0; wait
+}
+# X1 beyond the commit's stack, on a container's layout (up_p1): ext4 on ploop0p1; dm-crypt
+# on it with the key and, the same stack, without (X1 n/a, never judged); dm-linear on
+# dm-crypt on it, whose autodetection misses ext4 (X1 fails).
+oracle_p1_cases() {
+  up_p1 direct || bad x1-p1-up "direct on ploop0p1"
+  RUNARGS=--oracle check x1-p1 "wl_p1snaps 1 sync auto"
+  for i in 1 2; do rebuilt x1-p1 $i direct part; done
+  down_p1 direct
+  up_p1 crypt && ploop-verify testkit dm-table crypt0 > /tmp/oracle.key || bad x1-p1-crypt-up
+  RUNARGS="--oracle --oracle-key /tmp/oracle.key" check x1-p1-crypt "wl_p1snaps 1 sync auto"
+  for i in 1 2; do rebuilt x1-p1-crypt $i crypt part; done
+  RUNARGS=--oracle check x1-p1-nokey "wl_p1snaps 3 sync auto"
+  down_p1 crypt
+  up_p1 linear && ploop-verify testkit dm-table crypt0 > /tmp/oracle.key || bad x1-p1-linear-up
+  RUNARGS="--oracle --oracle-key /tmp/oracle.key" check x1-p1-linear "wl_p1snaps 1 sync auto"
+  for i in 1 2; do rebuilt x1-p1-linear $i linear part; done
+  down_p1 linear
 }
 wl_s2_auto() { snaps 3 auto; }
 wl_s2_sync() { snaps 3 sync; }
@@ -152,8 +211,9 @@ check() {
   rc=$?; result $1 exit status:=$rc out=$1
   echo "run $1: exit $rc, $(cut -d' ' -f1 /proc/uptime) - $t0 s"
 }
-# ONLY=oracle: the oracle's cases alone (live_checker's X1 test).
-if [ "${ONLY:-}" = oracle ]; then oracle_cases; finish; exit 0; fi
+# ONLY=oracle: the oracle's cases alone, on the commit's stack and beyond (live_checker's X1
+# test).
+if [ "${ONLY:-}" = oracle ]; then oracle_cases; oracle_p1_cases; finish; exit 0; fi
 QUIET= check clean wl_clean
 
 oracle_cases
