@@ -4,9 +4,13 @@
 //! the ioctl returned, through the layers the call's device stack records (partition,
 //! dm-crypt with the user's key, dm-linear), and asks ext4's superblock there.
 //!
-//! Its finding is recorded in the trace (`{"record":"oracle",...}`) just before the event
-//! that completes the call, so the checker's X1 and a replay read the same finding and never
-//! the files.
+//! It judges on its own thread ([`Worker`]): a judgement costs milliseconds to hundreds of
+//! them (reading deltas, deciphering), and the event loop must not wait for it (T2 is reported
+//! from that loop while a call hangs). The checker holds the call until its finding arrives
+//! (X1 is [`Verdict::Deferred`](crate::verify::checker::Verdict) meanwhile); the finding is
+//! recorded in the trace (`{"record":"oracle",...}`) when it arrives, after the event that
+//! completed the call, so the checker's X1 and a replay read the same finding and never the
+//! files. (Older traces hold it just before that event; the checker takes either.)
 //!
 //! Finding the lower deltas: the ploop device lists its deltas in sysfs
 //! (`/sys/block/ploopN/pdelta/<level>/image`, vz7 and the model driver). The new top is the
@@ -17,8 +21,12 @@
 //! sealed deltas never change again, so a later snapshot on the device does not disturb them.
 
 use std::{
-    collections::HashMap, fs, os::unix::fs::MetadataExt as _, path::Path, path::PathBuf,
-    time::Instant,
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -27,9 +35,17 @@ use crate::{
     image::{self, Locate, crypt::CryptTable, ext4},
     kernel::KDev,
     verify::checker::Call,
-    verify::events::{FileId, TraceEvent},
+    verify::events::FileId,
     verify::stack::Stack,
 };
+
+/// Whether the oracle judges `call`, a completed call, and so whether X1 waits for a finding
+/// on it: a successful snapshot with `PLOOP_FLAG_FS_SYNC` (the lower deltas have just become
+/// the old snapshot, and the filesystem should have been frozen while they did). The one
+/// place this rule lives.
+pub fn awaits_finding(call: &Call) -> bool {
+    call.request.fs_sync() && call.result() == Some(0)
+}
 
 /// What the oracle concluded about one call's old snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,12 +83,10 @@ pub struct Finding {
     pub cost_us: u64,
 }
 
-/// The live oracle: the key and its costs.
+/// The live oracle: where it reads, and the key.
 pub struct Oracle {
     key: Option<CryptTable>,
     sys: PathBuf,
-    /// Cost of each finding, microseconds.
-    pub costs: Vec<u64>,
 }
 
 impl Oracle {
@@ -97,16 +111,11 @@ impl Oracle {
                 Some(CryptTable::parse(line).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
             }
         };
-        Ok(Oracle { key, sys: PathBuf::from("/sys"), costs: Vec::new() })
+        Ok(Oracle { key, sys: PathBuf::from("/sys") })
     }
 
-    /// `call` is about to be judged at `e` (its completing event): the finding if it applies
-    /// (a successful snapshot with `PLOOP_FLAG_FS_SYNC`).
-    pub fn judge(&mut self, call: &Call, e: &TraceEvent) -> Option<Finding> {
-        let ret = call.ret.or(e.ret);
-        if !call.request.fs_sync() || ret != Some(0) {
-            return None;
-        }
+    /// The finding on `call`, a completed call that [`awaits_finding`].
+    pub fn judge(&self, call: &Call) -> Finding {
         let t0 = Instant::now();
         let mut f = Finding {
             seq: call.seq,
@@ -123,8 +132,7 @@ impl Oracle {
             f.why = why;
         }
         f.cost_us = t0.elapsed().as_micros() as u64;
-        self.costs.push(f.cost_us);
-        Some(f)
+        f
     }
 
     /// Fills `f`'s deltas, place and verdict; `Err` is the n/a reason.
@@ -246,6 +254,63 @@ impl Oracle {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| format!("{}: no partition number", p.display()))
+    }
+}
+
+/// The oracle on a thread of its own: calls go in, findings come out in the same order.
+pub struct Worker {
+    calls: Option<mpsc::Sender<Call>>,
+    findings: mpsc::Receiver<Finding>,
+    /// Calls sent whose finding has not come back.
+    pending: usize,
+}
+
+impl Worker {
+    pub fn start(oracle: Oracle) -> anyhow::Result<Worker> {
+        let (calls, todo) = mpsc::channel::<Call>();
+        let (done, findings) = mpsc::channel();
+        std::thread::Builder::new().name("oracle".into()).spawn(move || {
+            for call in todo {
+                if done.send(oracle.judge(&call)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(Worker { calls: Some(calls), findings, pending: 0 })
+    }
+
+    /// Queues `call` for judgement; never waits.
+    pub fn judge(&mut self, call: Call) {
+        // A send fails only if the thread died (a panic): its calls then stay n/a.
+        if self.calls.as_ref().is_some_and(|c| c.send(call).is_ok()) {
+            self.pending += 1;
+        }
+    }
+
+    /// The findings ready now; never waits.
+    pub fn ready(&mut self) -> Vec<Finding> {
+        let out: Vec<Finding> = self.findings.try_iter().collect();
+        self.pending -= out.len();
+        out
+    }
+
+    /// At the end of the run: the findings still to come, waited for at most `wait` in all
+    /// (a judgement stuck in I/O must not keep the run from ending; its call's X1 is n/a).
+    pub fn finish(mut self, wait: Duration) -> Vec<Finding> {
+        self.calls = None;
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        while self.pending > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.findings.recv_timeout(left) {
+                Ok(f) => {
+                    self.pending -= 1;
+                    out.push(f);
+                }
+                Err(_) => break,
+            }
+        }
+        out
     }
 }
 

@@ -171,8 +171,10 @@ struct Pipeline {
     live: bool,
     /// Live only: a replay reads its stacks from the trace.
     stacks: Option<StackWatch>,
-    /// Live with `--oracle`: X1's judge.
-    oracle: Option<Oracle>,
+    /// Live with `--oracle`: X1's judge, on its own thread.
+    oracle: Option<oracle::Worker>,
+    /// What each finding cost, in microseconds, for the run's closing lines.
+    oracle_costs: Vec<u64>,
 }
 
 impl Pipeline {
@@ -202,7 +204,11 @@ impl Pipeline {
             live: writer.is_some(),
             stacks: writer.is_some().then(StackWatch::new),
             oracle: None,
+            oracle_costs: Vec::new(),
         };
+        if header.oracle {
+            p.checker.expect_oracle();
+        }
         p.writer = writer;
         if let Some(w) = &mut p.writer {
             w.line(&TraceLine::Header(Box::new(header.clone())))?;
@@ -217,19 +223,43 @@ impl Pipeline {
         profile::time(Stage::Check, || {
             match line {
                 TraceLine::Stack(s) => self.checker.stack(s),
-                TraceLine::Oracle(f) => self.checker.oracle(f),
+                TraceLine::Oracle(f) => {
+                    let found = self.checker.oracle(f);
+                    self.announce(found);
+                    self.hand_over()?;
+                }
                 TraceLine::Event(e) => {
                     self.last_ts = self.last_ts.max(e.ts_ns);
                     let hung = self.checker.hung(e.ts_ns);
                     self.announce(hung);
                     let found = self.checker.event(e);
                     self.announce(found);
+                    // Live, the oracle judges them; a replay has their findings in the trace.
+                    for call in self.checker.take_for_oracle() {
+                        if let Some(o) = &mut self.oracle {
+                            o.judge(call);
+                        }
+                    }
                     self.hand_over()?;
                 }
                 TraceLine::Header(_) | TraceLine::End(_) => {}
             }
             Ok(())
         })
+    }
+
+    /// The oracle's findings that have arrived, recorded and handed to the checker. At the
+    /// end (`wait`), the ones still coming too, for a while.
+    fn findings(&mut self, wait: Option<std::time::Duration>) -> Result<()> {
+        let found = match wait {
+            None => self.oracle.as_mut().map(oracle::Worker::ready),
+            Some(wait) => self.oracle.take().map(|o| o.finish(wait)),
+        };
+        for f in found.unwrap_or_default() {
+            self.oracle_costs.push(f.cost_us);
+            self.push(&TraceLine::Oracle(f))?;
+        }
+        Ok(())
     }
 
     /// Judged calls go on to the reports; nothing here keeps them.
@@ -332,18 +362,13 @@ impl Sink for Pipeline {
         if let Some(s) = profile::time(Stage::Context, || context_for(&mut e, stacks)) {
             self.push(&TraceLine::Stack(s))?;
         }
-        if let Some(o) = &mut self.oracle {
-            // Recorded before the event that judges the call, so X1 (live or replayed)
-            // finds it on the call.
-            if let Some(f) = self.checker.completing(&e).and_then(|call| o.judge(call, &e)) {
-                self.push(&TraceLine::Oracle(f))?;
-            }
-        }
-        self.push(&TraceLine::Event(e))
+        self.push(&TraceLine::Event(e))?;
+        self.findings(None)
     }
 
     /// Live, as time passes: a hung call is reported now, with where its thread sleeps.
     fn tick(&mut self, now: u64) -> Result<()> {
+        self.findings(None)?;
         let hung = self.checker.hung(now);
         // Read while the thread still hangs; printed after the violation it explains.
         let stacks: Vec<(u32, String)> = hung
@@ -400,6 +425,9 @@ fn context_for(e: &mut TraceEvent, stacks: &mut StackWatch) -> Option<Stack> {
     e.dev.and_then(|d| stacks.changed(d))
 }
 
+/// How long the end of a run waits for the oracle's last findings.
+const ORACLE_FINISH: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     // A wrong manifest is bad input: said now, not after the workload.
     if let Some(m) = &args.kcidb.kcidb_manifest {
@@ -429,10 +457,11 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut header = tracefile::header(&kernel, &session)?;
     header.policy = Some(args.policy.clone());
+    header.oracle = args.oracle;
     let writer = tracefile::Writer::create(&args.out.join("trace.jsonl"))?;
     let mut p = Pipeline::new(&header, &args.policy, &args.kcidb, Some(writer))?;
     if args.oracle {
-        p.oracle = Some(Oracle::new(args.oracle_key.as_deref())?);
+        p.oracle = Some(oracle::Worker::start(Oracle::new(args.oracle_key.as_deref())?)?);
     }
 
     let drive = Drive {
@@ -443,6 +472,9 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
         quiet: args.quiet,
     };
     let Driven { status, lost } = drive::drive(drive, &mut source, &mut p).await?;
+    // The last snapshots' findings are still coming: a judgement takes milliseconds, rarely
+    // a fraction of a second; one stuck in I/O leaves its X1 n/a after this.
+    p.findings(Some(ORACLE_FINISH))?;
     let lost = lost + session.dropped_in_kernel()?;
     drop(session);
     let end = End {
@@ -459,7 +491,7 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
             say!("ploop-verify: {l}");
         }
     }
-    if let Some(l) = p.oracle.as_ref().and_then(|o| oracle::cost_line(&o.costs)) {
+    if let Some(l) = oracle::cost_line(&p.oracle_costs) {
         say!("ploop-verify: {l}");
     }
     p.finish(&header, end, &args.policy, &args.out)

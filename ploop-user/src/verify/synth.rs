@@ -33,6 +33,7 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> 
         probed,
         narrowed: vec![],
         policy: None,
+        oracle: false,
     })))?;
     let mut ts = 1_000_000_000u64;
     let mut events = 0u64;

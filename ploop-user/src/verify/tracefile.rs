@@ -42,6 +42,11 @@ pub struct Header {
     /// otherwise (absent for `trace`, and in older traces).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub policy: Option<crate::verify::run::Policy>,
+    /// `run --oracle`: each finding follows the event that completed its call, and X1 waits
+    /// for it. Absent (false) otherwise, and in traces that recorded findings before that
+    /// event.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub oracle: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +75,7 @@ pub fn header(
         probed: session.probed.clone(),
         narrowed: session.narrowed.clone(),
         policy: None,
+        oracle: false,
     })
 }
 
@@ -167,6 +173,7 @@ impl Reader {
                 probed: Vec::new(),
                 narrowed: Vec::new(),
                 policy: None,
+                oracle: false,
             },
             end: None,
         };
@@ -250,6 +257,7 @@ mod tests {
             probed: vec![Probe::FreezeBdev],
             narrowed: vec![],
             policy: None,
+            oracle: false,
         }))
     }
 

@@ -22,7 +22,8 @@ pub enum Verdict {
     /// The invariant does not apply to this call (or cannot be judged here), and why.
     /// Mostly fixed texts: a `Cow` keeps a long run from holding a copy per call.
     NotApplicable(Cow<'static, str>),
-    /// Waits for the kernel's patch status to be known (E1 on an ambiguous -EINVAL).
+    /// Waits for what a later record brings: the kernel's patch status (E1 on an ambiguous
+    /// -EINVAL), the oracle's finding (X1 under `run --oracle`).
     Deferred,
 }
 
@@ -534,9 +535,12 @@ fn over_limit(
 
 /// X1 from the oracle's recorded finding only: the trace holds it, so a replay agrees, and
 /// nothing here reads an image.
-fn x1(call: &Call, _: &Context) -> Verdict {
-    use crate::verify::oracle::OracleVerdict;
+fn x1(call: &Call, ctx: &Context) -> Verdict {
+    use crate::verify::oracle::{OracleVerdict, awaits_finding};
     let Some(f) = &call.oracle else {
+        if ctx.oracle && awaits_finding(call) {
+            return Verdict::Deferred;
+        }
         return na("no oracle finding: the oracle judges successful PLOOP_FLAG_FS_SYNC \
                    snapshots under `run --oracle`");
     };

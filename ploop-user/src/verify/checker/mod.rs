@@ -206,6 +206,8 @@ pub struct Context<'a> {
     pub max_freeze_ns: u64,
     pub max_hang_ns: u64,
     pub probed: &'a [Probe],
+    /// The run judged with the oracle: X1 waits for its findings.
+    pub oracle: bool,
     recent: &'a HashMap<DeviceKey, VecDeque<Recent>>,
 }
 
@@ -235,6 +237,8 @@ pub struct CallReport {
     pub call: Call,
     /// Invariant id -> verdict, in the order of [`INVARIANTS`].
     pub verdicts: Vec<(&'static str, Verdict)>,
+    /// When the call was judged: the time of the event that completed it.
+    pub judged_ns: u64,
 }
 
 impl CallReport {
@@ -284,8 +288,13 @@ pub struct Checker {
     stacks: HashMap<KDev, Arc<Stack>>,
     /// Judged calls on their way to the reports (see [`Checker::take_judged`]).
     judged: VecDeque<CallReport>,
-    /// Judged calls whose E1 verdict waits for the kernel's patch status.
+    /// Judged calls with a verdict deferred: E1 waiting for the kernel's patch status, X1
+    /// for the oracle's finding.
     held: Vec<CallReport>,
+    /// The run judged with the oracle (its header says so): X1 waits for findings.
+    oracle: bool,
+    /// Calls judged since [`Checker::take_for_oracle`] whose X1 waits for a finding.
+    for_oracle: Vec<Call>,
     /// What the outcome counts; kept as counts, so a long run holds no call it has judged.
     tally: [Tally; INVARIANTS.len()],
     snapshots: usize,
@@ -399,6 +408,8 @@ impl Checker {
             stacks: HashMap::default(),
             judged: VecDeque::new(),
             held: Vec::new(),
+            oracle: false,
+            for_oracle: Vec::new(),
             tally: [Tally::default(); INVARIANTS.len()],
             snapshots: 0,
             violations: 0,
@@ -412,6 +423,17 @@ impl Checker {
             fallbacks: Vec::new(),
             fallback_count: 0,
         }
+    }
+
+    /// The run judged with the oracle: a call X1 needs a finding on is held until it arrives
+    /// (see [`Checker::oracle`]), and offered to the oracle by [`Checker::take_for_oracle`].
+    pub fn expect_oracle(&mut self) {
+        self.oracle = true;
+    }
+
+    /// Calls whose X1 now waits for the oracle's finding: the live run judges them.
+    pub fn take_for_oracle(&mut self) -> impl Iterator<Item = Call> + '_ {
+        self.for_oracle.drain(..)
     }
 
     pub fn stack(&mut self, stack: &Stack) {
@@ -437,6 +459,7 @@ impl Checker {
             max_freeze_ns: self.opts.max_freeze_ns,
             max_hang_ns: self.opts.max_hang_ns,
             probed: &self.probed,
+            oracle: self.oracle,
             recent: &self.recent,
         }
     }
@@ -499,23 +522,27 @@ impl Checker {
         );
     }
 
-    /// The open call that `e` will complete (and judge), if any: the oracle judges the
-    /// snapshot just before.
-    pub fn completing(&self, e: &TraceEvent) -> Option<&Call> {
-        let completes = match (e.func, e.phase) {
-            (Probe::SysExitIoctl, Phase::Return) => true,
-            (Probe::PloopSnapshot, Phase::Return) => !self.probed.contains(&Probe::SysExitIoctl),
-            _ => false,
-        };
-        if completes { self.open.get(&e.tid) } else { None }
-    }
-
-    /// The oracle's finding on the open call it names (X1 reads it when the call is judged).
-    /// A finding for no open call (a damaged trace) is dropped: X1 is then n/a.
-    pub fn oracle(&mut self, f: &crate::verify::oracle::Finding) {
+    /// The oracle's finding on the call it names: a judged call held for it (X1 is judged now,
+    /// and the call released), or, in traces that recorded findings before the completing
+    /// event, the open call. A finding for neither (a damaged trace) is dropped: X1 stays
+    /// n/a. Returns the violation it completes.
+    pub fn oracle(&mut self, f: &crate::verify::oracle::Finding) -> Vec<Violation> {
         if let Some(call) = self.open.get_mut(&f.tid).filter(|c| c.seq == f.seq) {
             call.oracle = Some(f.clone());
+            return Vec::new();
         }
+        let Some(i) = self.held.iter().position(|r| r.call.seq == f.seq && r.call.oracle.is_none())
+        else {
+            return Vec::new();
+        };
+        let mut r = self.held.remove(i);
+        r.call.oracle = Some(f.clone());
+        // Stamped with the moment the call was judged, as if the finding had been there:
+        // live and replayed runs agree, and with traces that held the finding before.
+        let at = r.judged_ns;
+        let out = self.redo_deferred(&mut r, at);
+        self.hold_or_release(r);
+        out
     }
 
     /// Feeds one event; returns the violations it completes.
@@ -699,7 +726,7 @@ impl Checker {
         let ctx = self.context();
         let verdicts: Vec<(&'static str, Verdict)> =
             INVARIANTS.iter().map(|inv| (inv.id, (inv.check)(&call, &ctx))).collect();
-        let report = CallReport { call, verdicts };
+        let report = CallReport { call, verdicts, judged_ns: now };
         if let Some(window) = report.call.maintenance_window() {
             let q = self.recent.entry(report.call.device_key()).or_default();
             q.push_back(Recent { seq: report.call.seq, tid: report.call.tid, window });
@@ -718,11 +745,11 @@ impl Checker {
         let new: Vec<_> = report.failures().filter(|(id, _)| !(told && *id == "T2")).collect();
         self.violations += new.len();
         out.extend(new.into_iter().map(|(id, why)| violation(&report.call, id, why, now)));
-        if report.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred) {
-            self.held.push(report);
-        } else {
-            self.release(report);
+        // X1 waits exactly where the oracle has a finding to give (oracle::awaits_finding).
+        if x1_of(&report) == &Verdict::Deferred {
+            self.for_oracle.push(report.call.clone());
         }
+        self.hold_or_release(report);
         out
     }
 
@@ -734,21 +761,37 @@ impl Checker {
         }
         let mut out = Vec::new();
         for mut r in std::mem::take(&mut self.held) {
-            let deferred: Vec<usize> =
-                (0..r.verdicts.len()).filter(|&i| r.verdicts[i].1 == Verdict::Deferred).collect();
-            let ctx = self.context();
-            for &i in &deferred {
-                r.verdicts[i].1 = (INVARIANTS[i].check)(&r.call, &ctx);
-            }
-            for &i in &deferred {
-                if let (id, Verdict::Fail(why)) = &r.verdicts[i] {
-                    self.violations += 1;
-                    out.push(violation(&r.call, id, why, now));
-                }
-            }
-            self.release(r);
+            out.extend(self.redo_deferred(&mut r, now));
+            self.hold_or_release(r);
         }
         out
+    }
+
+    /// Judges `r`'s deferred verdicts again; returns the violations they now are.
+    fn redo_deferred(&mut self, r: &mut CallReport, now: u64) -> Vec<Violation> {
+        let deferred: Vec<usize> =
+            (0..r.verdicts.len()).filter(|&i| r.verdicts[i].1 == Verdict::Deferred).collect();
+        let ctx = self.context();
+        for &i in &deferred {
+            r.verdicts[i].1 = (INVARIANTS[i].check)(&r.call, &ctx);
+        }
+        let mut out = Vec::new();
+        for &i in &deferred {
+            if let (id, Verdict::Fail(why)) = &r.verdicts[i] {
+                self.violations += 1;
+                out.push(violation(&r.call, id, why, now));
+            }
+        }
+        out
+    }
+
+    /// A call still waiting for a verdict stays held; else it leaves for the reports.
+    fn hold_or_release(&mut self, r: CallReport) {
+        if r.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred) {
+            self.held.push(r);
+        } else {
+            self.release(r);
+        }
     }
 
     /// T2 while it happens: every open call that has held a device frozen longer than the
@@ -826,7 +869,23 @@ impl Checker {
                     (inv.id, v)
                 })
                 .collect();
-            self.release(CallReport { call, verdicts });
+            self.release(CallReport { call, verdicts, judged_ns: now });
+        }
+        // A finding that never came: X1 is n/a, said so (the oracle was slower than the run,
+        // or its thread died). Before the patch status below, which reads E1's waits alone.
+        for r in &mut self.held {
+            if let Some((_, v)) = r.verdicts.iter_mut().find(|(id, _)| *id == "X1")
+                && *v == Verdict::Deferred
+            {
+                *v = Verdict::NotApplicable(
+                    "the oracle did not finish: no finding on this snapshot by the end of the \
+                     run"
+                    .into(),
+                );
+            }
+        }
+        for r in std::mem::take(&mut self.held) {
+            self.hold_or_release(r);
         }
         if self.patched == PatchState::Unknown && !self.held.is_empty() {
             self.patched = PatchState::Unpatched(
@@ -853,6 +912,11 @@ impl Checker {
             fallback_count: self.fallback_count,
         }
     }
+}
+
+/// X1's verdict in `r`.
+fn x1_of(r: &CallReport) -> &Verdict {
+    &r.verdicts.iter().find(|(id, _)| *id == "X1").expect("X1 is an invariant").1
 }
 
 fn violation(call: &Call, id: &str, why: &str, now: u64) -> Violation {

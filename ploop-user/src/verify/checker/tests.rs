@@ -650,3 +650,139 @@ fn a_retry_whose_chunk0_was_unread_is_still_the_fallback() {
     let (c, _) = run(partitioned_stack(), &s);
     assert_eq!(c.c.outcome().fallback_count, 1);
 }
+
+fn finding(
+    call: &Call,
+    verdict: crate::verify::oracle::OracleVerdict,
+) -> crate::verify::oracle::Finding {
+    crate::verify::oracle::Finding {
+        seq: call.seq,
+        tid: call.tid,
+        verdict,
+        why: String::new(),
+        top: "/d/1.hds".into(),
+        deltas: vec!["/d/0.img".into()],
+        at: "partition 1".into(),
+        cost_us: 10,
+    }
+}
+
+fn oracle_checker() -> Checker {
+    let mut c = Checker::new(
+        Generation::FreezeBdev,
+        all_probed(),
+        Options { max_freeze_ns: 5_000_000_000, max_hang_ns: 10_000_000_000 },
+    );
+    c.expect_oracle();
+    c.stack(&linear_stack());
+    c
+}
+
+/// Under `run --oracle` the finding comes after the call's last event (the oracle judges on
+/// its own thread): the call's other verdicts are known at once, and the call reaches the
+/// reports only with X1, from the finding.
+#[test]
+fn x1_waits_for_a_finding_that_follows_the_call() {
+    use crate::verify::oracle::OracleVerdict;
+    let mut s = Seq::new();
+    // Autodetection: dm-crypt frozen, ext4 on dm-linear not (S2), then a clean sync-fd call.
+    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
+        .freeze(10, CRYPT)
+        .switch(10)
+        .thaw(10, CRYPT)
+        .end(10, 0);
+    s.good_sync(11, LINEAR);
+    // And one with FS_SYNC off: nothing for the oracle, judged at once.
+    s.start(12, request(0, 1, None, None)).switch(12).end(12, 0);
+    let mut c = oracle_checker();
+    let mut ids = Vec::new();
+    for e in &s.events {
+        ids.extend(c.event(e).into_iter().map(|v| v.id));
+    }
+    assert_eq!(ids, ["S2"], "S2 said at once, without waiting for the oracle");
+    let judged: Vec<CallReport> = c.take_judged().collect();
+    assert_eq!(judged.iter().map(|r| r.call.seq).collect::<Vec<_>>(), [3], "only #3 is free");
+    let waiting: Vec<Call> = c.take_for_oracle().collect();
+    assert_eq!(waiting.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(c.take_for_oracle().count(), 0, "each call is offered once");
+    // Out of order, as a slow judgement may make them.
+    let found = c.oracle(&finding(&waiting[1], OracleVerdict::Clean));
+    assert!(found.is_empty());
+    let found = c.oracle(&finding(&waiting[0], OracleVerdict::NeedsRecovery));
+    assert_eq!(found.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["X1"]);
+    let exit = s.events.iter().find(|e| e.tid == 10 && e.func == Probe::SysExitIoctl).unwrap();
+    assert_eq!(found[0].ts_ns, exit.ts_ns, "stamped with the call's completing event");
+    let judged: Vec<CallReport> = c.take_judged().collect();
+    assert_eq!(judged.iter().map(|r| r.call.seq).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(verdict(&judged[0], "X1"), &Verdict::Pass);
+    assert!(matches!(verdict(&judged[1], "X1"), Verdict::Fail(_)));
+    assert!(c.finish(s.ts).is_empty());
+    let t = c.outcome().tally[INVARIANTS.iter().position(|i| i.id == "X1").unwrap()];
+    assert_eq!((t.pass, t.fail, t.not_applicable), (1, 1, 1));
+}
+
+/// A finding that never comes (the run ended first): X1 is n/a and says so; the call is
+/// counted, and the wait is not mistaken for E1's (an unpatched kernel).
+#[test]
+fn x1_without_its_finding_by_the_end_is_na_the_oracle_did_not_finish() {
+    let mut s = Seq::new();
+    s.good_sync(10, LINEAR);
+    let mut c = oracle_checker();
+    for e in &s.events {
+        assert!(c.event(e).is_empty());
+    }
+    assert_eq!(c.take_judged().count(), 0);
+    assert!(c.finish(s.ts).is_empty());
+    let judged: Vec<CallReport> = c.take_judged().collect();
+    assert_eq!(judged.len(), 1);
+    match verdict(&judged[0], "X1") {
+        Verdict::NotApplicable(why) => assert!(why.contains("the oracle did not finish"), "{why}"),
+        v => panic!("{v:?}"),
+    }
+    assert!(matches!(c.outcome().patched, PatchState::Patched(_)));
+}
+
+/// Traces written before the oracle had its thread hold the finding before the completing
+/// event, and their header says nothing of the oracle: the call is judged at once, from it.
+#[test]
+fn x1_from_a_finding_recorded_before_the_completing_event() {
+    use crate::verify::oracle::OracleVerdict;
+    let mut s = Seq::new();
+    s.good_sync(10, LINEAR);
+    let mut c = Checker::new(
+        Generation::FreezeBdev,
+        all_probed(),
+        Options { max_freeze_ns: 5_000_000_000, max_hang_ns: 10_000_000_000 },
+    );
+    c.stack(&linear_stack());
+    let (last, before) = s.events.split_last().unwrap();
+    for e in before {
+        c.event(e);
+    }
+    let open = c.open.get(&10).unwrap().clone();
+    assert!(c.oracle(&finding(&open, OracleVerdict::NeedsRecovery)).is_empty());
+    let ids: Vec<String> = c.event(last).into_iter().map(|v| v.id).collect();
+    assert_eq!(ids, ["X1"]);
+    assert_eq!(c.take_for_oracle().count(), 0);
+    assert_eq!(c.take_judged().count(), 1);
+}
+
+/// An E1 wait and an X1 wait on the same run: the patch status resolves E1 and leaves X1
+/// waiting for its finding.
+#[test]
+fn a_patch_status_resolving_e1_leaves_x1_waiting() {
+    use crate::verify::oracle::OracleVerdict;
+    let mut s = Seq::new();
+    s.start(11, request(0, 0, None, None)).end(11, -22);
+    s.good_sync(10, LINEAR);
+    let mut c = oracle_checker();
+    let mut ids = Vec::new();
+    for e in &s.events {
+        ids.extend(c.event(e).into_iter().map(|v| v.id));
+    }
+    assert_eq!(ids, ["E1"]);
+    assert_eq!(c.take_judged().map(|r| r.call.seq).collect::<Vec<_>>(), [1]);
+    let waiting: Vec<Call> = c.take_for_oracle().collect();
+    assert!(c.oracle(&finding(&waiting[0], OracleVerdict::Clean)).is_empty());
+    assert_eq!(c.take_judged().map(|r| r.call.seq).collect::<Vec<_>>(), [2]);
+}
