@@ -198,4 +198,13 @@ fn golden_expectations_say_what_each_case_is_for() {
         let x1 = v["invariants"].as_array().unwrap().iter().find(|i| i["id"] == "X1").unwrap();
         assert_eq!((&x1["pass"], &x1["fail"]), (&Value::from(3), &Value::from(0)), "{p:?}");
     }
+    // The oracle on its own thread: each finding recorded when it arrived, after the event
+    // that completed its call (the first one after the next call began). The checker holds
+    // the call until then: the same verdicts as the trace that held them before the event.
+    assert_eq!(ids("6.1-oracle-late-s2-auto"), ["S2", "X1"]);
+    let read = |name: &str| -> Value {
+        let p = traces_dir().join(format!("{name}.expected.json"));
+        serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap()
+    };
+    assert_eq!(read("6.1-oracle-late-s2-auto"), read("6.1-oracle-s2-auto"));
 }
