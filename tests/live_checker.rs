@@ -243,6 +243,9 @@ fn oracle_verdicts(series: &str, out: &xtask::vm::Output, results: &Results) -> 
             sync["violation_list"]
         ));
     }
+    for case in ["s2-auto", "s2-sync"] {
+        a_finding_per_call(share, case, &mut failures);
+    }
     let (agree, judged) =
         against_dumpe2fs(share, results, &["s2-auto", "s2-sync"], 3, &mut failures);
     eprintln!("X1 vs dumpe2fs {series}: {agree}/{judged} snapshots agree");
