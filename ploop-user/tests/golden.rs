@@ -207,4 +207,20 @@ fn golden_expectations_say_what_each_case_is_for() {
         serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap()
     };
     assert_eq!(read("6.1-oracle-late-s2-auto"), read("6.1-oracle-s2-auto"));
+    // Live since then, beyond the commit's stack: dm-linear on dm-crypt on ploop0p1 with ploop1
+    // tops (the sync fd passes X1, the autodetection fails it with S2), and dm-crypt on
+    // ploop0p1 without the key: X1 n/a on both calls, never judged.
+    for kernel in ["6.1", "6.12"] {
+        assert_eq!(ids(&format!("{kernel}-oracle-p1-linear")), ["S2", "X1"]);
+    }
+    assert_eq!(ids("6.1-oracle-p1-nokey"), [] as [&str; 0]);
+    let x1 = |name: &str| {
+        let v = read(name);
+        v["invariants"].as_array().unwrap().iter().find(|i| i["id"] == "X1").unwrap().clone()
+    };
+    let na = x1("6.1-oracle-p1-nokey");
+    assert_eq!(
+        (&na["pass"], &na["fail"], &na["not_applicable"]),
+        (&0.into(), &0.into(), &2.into())
+    );
 }
