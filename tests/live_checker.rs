@@ -188,7 +188,17 @@ fn oracle_p1_verdicts(series: &str, out: &xtask::vm::Output, results: &Results) 
     expect("x1-p1-crypt", (2, 0), &[], 0, &mut failures);
     expect("x1-p1-nokey", (0, 0), &[], 0, &mut failures);
     expect("x1-p1-linear", (1, 1), &["S2", "X1"], 1, &mut failures);
-    // The reason in the per-call report too, on every call: n/a is said, never silent.
+    // The reason in the summary, and in the per-call report on every call: n/a is said, never
+    // silent.
+    let nokey = summary(&share.join("x1-p1-nokey"));
+    let u = &nokey["oracle_unjudged"];
+    if u["calls"] != 2 || !u["why"].as_str().unwrap_or("").contains("no --oracle-key") {
+        failures.push(format!("x1-p1-nokey: summary.json oracle_unjudged {u}"));
+    }
+    let md = fs::read_to_string(share.join("x1-p1-nokey/summary.md")).unwrap_or_default();
+    if !md.contains("X1 n/a on 2 snapshot calls the oracle was to judge: ") {
+        failures.push("x1-p1-nokey: summary.md does not say why X1 is n/a".into());
+    }
     let ktap = fs::read_to_string(share.join("x1-p1-nokey/results.ktap")).unwrap_or_default();
     let said = ktap.lines().filter(|l| l.contains("X1 # SKIP the oracle could not judge")).count();
     if said != 2 || !ktap.contains("no --oracle-key") {

@@ -223,4 +223,9 @@ fn golden_expectations_say_what_each_case_is_for() {
         (&na["pass"], &na["fail"], &na["not_applicable"]),
         (&0.into(), &0.into(), &2.into())
     );
+    // The summary says why, once for the run.
+    let unjudged = &read("6.1-oracle-p1-nokey")["oracle_unjudged"];
+    assert_eq!(unjudged["calls"], 2);
+    assert!(unjudged["why"].as_str().unwrap().contains("no --oracle-key"), "{unjudged}");
+    assert!(read("6.1-oracle-p1-linear").get("oracle_unjudged").is_none());
 }

@@ -325,6 +325,13 @@ fn print_summary(s: &report::Summary, dir: &Path) {
     if let Some(r) = &s.reason {
         say!("ploop-verify: {r}");
     }
+    if let Some(u) = &s.oracle_unjudged {
+        say!(
+            "ploop-verify: X1 n/a on {} the oracle was to judge: {}",
+            plural(u.calls as u64, "snapshot call", "snapshot calls"),
+            u.why
+        );
+    }
     for i in &s.invariants {
         say!(
             "  {:<3} {:<4} pass {:>4}  fail {:>4}  n/a {:>4}  {}",

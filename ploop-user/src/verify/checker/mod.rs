@@ -295,6 +295,7 @@ pub struct Checker {
     oracle: bool,
     /// Calls judged since [`Checker::take_for_oracle`] whose X1 waits for a finding.
     for_oracle: Vec<Call>,
+    unjudged: Option<Unjudged>,
     /// What the outcome counts; kept as counts, so a long run holds no call it has judged.
     tally: [Tally; INVARIANTS.len()],
     snapshots: usize,
@@ -355,6 +356,14 @@ impl Refused {
 /// How many fallbacks a report lists by call number (the count is always exact).
 pub const FALLBACKS_LISTED: usize = 100;
 
+/// Snapshot calls the oracle was to judge and could not (X1 n/a there), and why the first
+/// could not: a run that asked for the oracle is told, not left to count n/a's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unjudged {
+    pub calls: usize,
+    pub why: String,
+}
+
 /// How often one invariant passed, failed, or did not apply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Tally {
@@ -383,6 +392,7 @@ pub struct Outcome {
     /// [`FALLBACKS_LISTED`]; and how many there were.
     pub fallbacks: Vec<(u64, u64)>,
     pub fallback_count: usize,
+    pub oracle_unjudged: Option<Unjudged>,
 }
 
 /// Probe ids are small and dense (1..=8 today); one slot each, 0 unused.
@@ -410,6 +420,7 @@ impl Checker {
             held: Vec::new(),
             oracle: false,
             for_oracle: Vec::new(),
+            unjudged: None,
             tally: [Tally::default(); INVARIANTS.len()],
             snapshots: 0,
             violations: 0,
@@ -472,6 +483,17 @@ impl Checker {
 
     /// A call whose verdicts are final leaves for the reports, counted.
     fn release(&mut self, r: CallReport) {
+        // The oracle was on (this run's header, or a finding in an older trace) and this call
+        // was one for it: its n/a is the oracle's failure to judge.
+        let for_oracle = self.oracle || r.call.oracle.is_some();
+        if let Verdict::NotApplicable(why) = x1_of(&r)
+            && for_oracle
+            && crate::verify::oracle::awaits_finding(&r.call)
+        {
+            let u =
+                self.unjudged.get_or_insert_with(|| Unjudged { calls: 0, why: why.to_string() });
+            u.calls += 1;
+        }
         for (t, (_, v)) in self.tally.iter_mut().zip(&r.verdicts) {
             match v {
                 Verdict::Pass => t.pass += 1,
@@ -910,6 +932,7 @@ impl Checker {
             fired: self.fired,
             fallbacks: self.fallbacks.clone(),
             fallback_count: self.fallback_count,
+            oracle_unjudged: self.unjudged.clone(),
         }
     }
 }

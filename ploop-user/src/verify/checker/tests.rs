@@ -719,6 +719,7 @@ fn x1_waits_for_a_finding_that_follows_the_call() {
     assert!(c.finish(s.ts).is_empty());
     let t = c.outcome().tally[INVARIANTS.iter().position(|i| i.id == "X1").unwrap()];
     assert_eq!((t.pass, t.fail, t.not_applicable), (1, 1, 1));
+    assert_eq!(c.outcome().oracle_unjudged, None, "the n/a call (no FS_SYNC) was none of its");
 }
 
 /// A finding that never comes (the run ended first): X1 is n/a and says so; the call is
@@ -739,6 +740,9 @@ fn x1_without_its_finding_by_the_end_is_na_the_oracle_did_not_finish() {
         Verdict::NotApplicable(why) => assert!(why.contains("the oracle did not finish"), "{why}"),
         v => panic!("{v:?}"),
     }
+    let u = c.outcome().oracle_unjudged.expect("said in the outcome");
+    assert_eq!(u.calls, 1);
+    assert!(u.why.contains("the oracle did not finish"), "{u:?}");
     assert!(matches!(c.outcome().patched, PatchState::Patched(_)));
 }
 

@@ -42,6 +42,14 @@ pub fn render(s: &Summary) -> String {
             pairs.join(", ")
         );
     }
+    if let Some(u) = &s.oracle_unjudged {
+        let _ = writeln!(
+            out,
+            "- X1 n/a on {} the oracle was to judge: {}",
+            plural(u.calls as u64, "snapshot call", "snapshot calls"),
+            u.why
+        );
+    }
     let probed: Vec<&str> = s.probed.iter().map(|p| p.name()).collect();
     let _ = writeln!(out, "- Probed: {}", probed.join(", "));
     let _ = writeln!(out, "- Probes: {}", probes_text(s));

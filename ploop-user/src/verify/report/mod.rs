@@ -136,6 +136,10 @@ pub struct Summary {
     /// pair of calls is one snapshot for the client (absent when there were none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallbacks: Option<Fallbacks>,
+    /// Under `run --oracle`: the snapshot calls X1 could not be judged on, and why (absent
+    /// when the oracle judged every one, or was off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oracle_unjudged: Option<crate::verify::checker::Unjudged>,
     pub incomplete: usize,
     pub violations: usize,
     pub events: u64,
@@ -217,6 +221,7 @@ pub fn summarise(
         snapshots: n,
         fallbacks: (outcome.fallback_count > 0)
             .then(|| Fallbacks { count: outcome.fallback_count, calls: outcome.fallbacks.clone() }),
+        oracle_unjudged: outcome.oracle_unjudged.clone(),
         incomplete: outcome.incomplete,
         violations: outcome.violations,
         events: outcome.events,
