@@ -2,7 +2,9 @@
 //! contract runs everything in the caller's task). Freeze and thaw events of a thread with no
 //! snapshot call open (PLOOP_IOC_FREEZE/THAW, dm suspend, fsfreeze, ...) are counted and
 //! never mixed into a call. A call is judged when it completes: at the exit of its ioctl
-//! when that is probed, else at `ploop_snapshot`'s return.
+//! when that is probed, else at `ploop_snapshot`'s return. A verdict that needs a later record
+//! is deferred, and the call held until it comes: E1 on an ambiguous -EINVAL (the kernel's
+//! patch status), X1 under `run --oracle` (the oracle's finding, which follows the call).
 
 pub mod invariants;
 
