@@ -145,6 +145,15 @@ impl Seq {
             .thaw(tid, d)
             .end(tid, 0)
     }
+    /// No sync fd on the commit's stack: the old autodetection freezes dm-crypt (no
+    /// filesystem there) around the switch and never the ext4 on dm-linear (S2).
+    fn autodetect_crypt(&mut self, tid: u32) -> &mut Self {
+        self.start(tid, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
+            .freeze(tid, CRYPT)
+            .switch(tid)
+            .thaw(tid, CRYPT)
+            .end(tid, 0)
+    }
 }
 
 fn all_probed() -> Vec<Probe> {
@@ -208,11 +217,7 @@ fn correct_sync_fd_snapshot_on_the_linear_stack_is_clean() {
 fn autodetection_on_the_linear_stack_trips_s2() {
     // No sync fd: the old autodetection freezes dm-crypt (no filesystem there) and keeps it.
     let mut s = Seq::new();
-    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
-        .freeze(10, CRYPT)
-        .switch(10)
-        .thaw(10, CRYPT)
-        .end(10, 0);
+    s.autodetect_crypt(10);
     let (c, ids) = run(linear_stack(), &s);
     assert_eq!(ids, ["S2"]);
     let why = c.judged[0].failures().next().unwrap().1.to_string();
@@ -686,11 +691,7 @@ fn x1_waits_for_a_finding_that_follows_the_call() {
     use crate::verify::oracle::OracleVerdict;
     let mut s = Seq::new();
     // Autodetection: dm-crypt frozen, ext4 on dm-linear not (S2), then a clean sync-fd call.
-    s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
-        .freeze(10, CRYPT)
-        .switch(10)
-        .thaw(10, CRYPT)
-        .end(10, 0);
+    s.autodetect_crypt(10);
     s.good_sync(11, LINEAR);
     // And one with FS_SYNC off: nothing for the oracle, judged at once.
     s.start(12, request(0, 1, None, None)).switch(12).end(12, 0);
