@@ -1,18 +1,19 @@
 # Guest side of `cargo xtask bench`: PLOOP_IOC_SNAPSHOT latency on the model driver without
 # the tool, with its probes and a consumer that only counts (`trace`), and with
-# `ploop-verify run` for each transport and attach method; rounds alternate the modes so
+# `ploop-verify run` for each transport and attach method (at its default nice 19, and once
+# at nice 0 for comparison); rounds alternate the modes so
 # that drift hits all alike. Then the detection delay (every call made to fail T1) and the
 # event-loss rate (refused snapshot calls at rising rates).
 # COUNT, ROUNDS (and MODES, RATES: optional) come from the environment.
 set -u
 mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
-MODES=${MODES:-without count run-ringbuf-fentry run-ringbuf-kprobe run-perf-fentry run-perf-kprobe}
+MODES=${MODES:-without count run-ringbuf-fentry run-ringbuf-kprobe run-perf-fentry run-perf-kprobe nice0-ringbuf-fentry}
 RATES=${RATES:-1000 2000 5000 10000 20000 0}
 ploop-verify doctor | grep -i -E "plan|fentry|ring" | head -5
 
 bench_cmd() { # LABEL
   echo "ploop-verify testkit snapshot-bench --device /dev/ploop0 --count $COUNT \
-    --sync-fd-from /mnt/p0 --write-to /mnt/p0 --label $1"
+    --sync-fd-from /mnt/p0 --write-to /mnt/p0 --warmup 1 --samples --label $1"
 }
 
 r=0
@@ -23,10 +24,12 @@ while [ $r -lt $ROUNDS ]; do
     case $mode in
       without) $(bench_cmd without-probes) ;;
       count) ploop-verify trace -- $(bench_cmd count-probes) | grep -v '^ploop-verify: trace' ;;
-      run-*)
+      run-*|nice0-*)
         set -- $(echo $mode | tr - ' ')
-        ploop-verify run --quiet --profile --transport $2 --method $3 --out /share/run-$mode-$r \
-          -- $(bench_cmd $mode) 2>&1 | grep -E "snapshot-bench|profile:|VIOLATION|lost"
+        nice=19; [ $1 = nice0 ] && nice=0
+        ploop-verify run --quiet --profile --nice $nice --transport $2 --method $3 \
+          --out /share/run-$mode-$r -- $(bench_cmd $mode) 2>&1 |
+          grep -E "snapshot-bench|profile:|VIOLATION|lost"
         ;;
     esac
     down direct

@@ -111,6 +111,101 @@ fn parse(line: &str) -> Option<(String, f64, f64, f64)> {
     Some((label.to_string(), get("n=")?, get("p50=")?, get("mean=")?))
 }
 
+/// One `snapshot-bench-samples LABEL: us us ...` line: (label, latencies in ms).
+fn parse_samples(line: &str) -> Option<(String, Vec<f64>)> {
+    let (label, v) = line.strip_prefix("snapshot-bench-samples ")?.split_once(": ")?;
+    let v: Option<Vec<f64>> =
+        v.split_whitespace().map(|x| x.parse::<f64>().ok().map(|us| us / 1e3)).collect();
+    Some((label.to_string(), v?))
+}
+
+/// Nearest-rank percentile of sorted values (the tool's own definition).
+fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank - 1).copied().unwrap_or(f64::NAN)
+}
+
+fn p50(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    nearest_rank(&s, 50.0)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// A ratio of a statistic of `with` to that of `without`, and its 95 % bootstrap interval
+/// (both samples resampled with replacement, 2000 times; a fixed seed, so a rerun on the
+/// same numbers prints the same interval). The interval is what says whether a ratio is a
+/// result or the guest's noise: a 1.05x goal is met only when the whole interval is under it.
+fn ratio_ci(with: &[f64], without: &[f64], stat: fn(&[f64]) -> f64) -> (f64, f64, f64) {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        // splitmix64
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    };
+    let mut ratios: Vec<f64> = (0..2000)
+        .map(|_| {
+            let a: Vec<f64> = (0..with.len()).map(|_| with[next(with.len())]).collect();
+            let b: Vec<f64> = (0..without.len()).map(|_| without[next(without.len())]).collect();
+            stat(&a) / stat(&b)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    (stat(with) / stat(without), nearest_rank(&ratios, 2.5), nearest_rank(&ratios, 97.5))
+}
+
+/// The ratio table from every latency (pooled over the rounds), with 95 % intervals, and an
+/// A/A line: the mode without probes against itself (odd rounds against even ones), the
+/// size of ratio the guest's noise alone produces.
+fn ratio_table(samples: &[(String, Vec<f64>)], modes: &[&str]) {
+    let pooled = |label: &str| -> Vec<f64> {
+        samples.iter().filter(|s| s.0 == label).flat_map(|s| s.1.iter().copied()).collect()
+    };
+    let base = pooled("without-probes");
+    if base.is_empty() {
+        return;
+    }
+    println!(
+        "pooled over the rounds, with 95 % bootstrap intervals (ratio to without-probes):"
+    );
+    println!(
+        "  {:<22} {:>5} {:>8} {:>8}  {:<22} {:<22}",
+        "mode", "n", "p50 ms", "mean ms", "p50 x [95 % CI]", "mean x [95 % CI]"
+    );
+    let row = |label: &str, with: &[f64], without: &[f64]| {
+        let (pr, plo, phi) = ratio_ci(with, without, p50);
+        let (mr, mlo, mhi) = ratio_ci(with, without, mean);
+        println!(
+            "  {label:<22} {:>5} {:>8.2} {:>8.2}  {:<22} {:<22}",
+            with.len(),
+            p50(with),
+            mean(with),
+            format!("{pr:.3} [{plo:.3}, {phi:.3}]"),
+            format!("{mr:.3} [{mlo:.3}, {mhi:.3}]"),
+        );
+    };
+    for label in modes {
+        let with = pooled(label);
+        if !with.is_empty() {
+            row(label, &with, &base);
+        }
+    }
+    let rounds: Vec<&Vec<f64>> =
+        samples.iter().filter(|s| s.0 == "without-probes").map(|s| &s.1).collect();
+    if rounds.len() >= 2 {
+        let odd: Vec<f64> = rounds.iter().step_by(2).flat_map(|r| r.iter().copied()).collect();
+        let even: Vec<f64> =
+            rounds.iter().skip(1).step_by(2).flat_map(|r| r.iter().copied()).collect();
+        row("A/A: without vs itself", &even, &odd);
+    }
+}
+
 fn latency(a: &BenchArgs) -> Result<()> {
     let env = format!("COUNT={}\nROUNDS={}", a.count, a.rounds);
     let mut vm = Vm::with_model(Kernel::resolve(&a.kernel)?, guest_script("bench.sh", &env)?)?;
@@ -136,8 +231,8 @@ fn latency(a: &BenchArgs) -> Result<()> {
         println!("  {line}");
     }
     println!(
-        "snapshot latency on {} (TCG), {} rounds of {} snapshots per mode, alternating \
-         (p50 of the rounds' p50s; mean over all calls):",
+        "snapshot latency on {} (TCG), {} rounds of {} snapshots per mode after one warm-up \
+         snapshot each, alternating (p50 of the rounds' p50s; mean over all calls):",
         out_kernel(&a.kernel),
         a.rounds,
         a.count
@@ -146,20 +241,24 @@ fn latency(a: &BenchArgs) -> Result<()> {
         "  {:<22} {:>5} {:>9} {:>9} {:>9} {:>10}",
         "mode", "n", "p50 ms", "mean ms", "p50 x", "mean x"
     );
-    for label in [
+    let modes = [
         "without-probes",
         "count-probes",
         "run-ringbuf-fentry",
         "run-ringbuf-kprobe",
         "run-perf-fentry",
         "run-perf-kprobe",
-    ] {
+        "nice0-ringbuf-fentry",
+    ];
+    for label in modes {
         let (n, p, m) = agg(label);
         if n == 0.0 {
             continue;
         }
         println!("  {label:<22} {n:>5} {p:>9.2} {m:>9.2} {:>9.3} {:>10.3}", p / p0, m / m0);
     }
+    let samples: Vec<_> = out.stdout.lines().filter_map(parse_samples).collect();
+    ratio_table(&samples, &modes[1..]);
     // Detection delay: how long after the event that completed a violation it was printed.
     for t in ["ringbuf", "perf"] {
         let mut d: Vec<f64> = out
@@ -227,5 +326,19 @@ mod tests {
         let l = "snapshot-bench with-probes: n=25 min=3.10ms p50=4.25ms p90=6.00ms max=9.10ms mean=4.80ms";
         assert_eq!(super::parse(l), Some(("with-probes".into(), 25.0, 4.25, 4.80)));
         assert_eq!(super::parse("other"), None);
+        let (label, v) = super::parse_samples("snapshot-bench-samples run-x: 1500 2250").unwrap();
+        assert_eq!((label.as_str(), v), ("run-x", vec![1.5, 2.25]));
+    }
+
+    #[test]
+    fn the_interval_holds_the_ratio_and_narrows_with_the_noise() {
+        let without: Vec<f64> = (0..200).map(|i| 3.0 + (i % 10) as f64 * 0.1).collect();
+        let with: Vec<f64> = without.iter().map(|x| x * 1.2).collect();
+        let (r, lo, hi) = super::ratio_ci(&with, &without, super::mean);
+        assert!((r - 1.2).abs() < 1e-9 && lo <= r && r <= hi, "{r} [{lo}, {hi}]");
+        assert!(hi - lo < 0.05, "a steady sample gives a narrow interval: [{lo}, {hi}]");
+        let noisy: Vec<f64> = (0..200).map(|i| if i % 5 == 0 { 60.0 } else { 3.0 }).collect();
+        let (_, lo2, hi2) = super::ratio_ci(&noisy, &without, super::mean);
+        assert!(hi2 - lo2 > hi - lo, "outliers widen it: [{lo2}, {hi2}]");
     }
 }

@@ -104,6 +104,14 @@ pub struct BenchArgs {
     /// device's cluster size).
     #[arg(long, default_value = "raw", value_parser = ["raw", "ploop1"])]
     pub format: String,
+    /// Snapshots made first and left out of the numbers: the first after a mount pays for
+    /// the filesystem's first journal commit (60-90 ms in a TCG guest, against 3 ms after).
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "rate")]
+    pub warmup: u32,
+    /// Also print every latency (µs, in call order) on a `snapshot-bench-samples LABEL:`
+    /// line: `cargo xtask bench` pools them across rounds for its confidence intervals.
+    #[arg(long, conflicts_with = "rate")]
+    pub samples: bool,
 }
 
 /// `--rate`: refused snapshot calls at a fixed pace; prints the calls made and the rate.
@@ -666,7 +674,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     // Latencies in ns: the tool's one percentile definition (nearest rank, within 0.1 %).
     let mut took_ns = Distribution::default();
     let (mut min, mut sum) = (u64::MAX, 0u64);
-    for i in 0..a.count {
+    let mut samples_us = Vec::new();
+    for i in 0..a.warmup + a.count {
         if let Some(d) = &a.write_to {
             let p = d.join(format!(".bench-{}", i % 4));
             let mut f = fs::File::create(&p).with_context(|| format!("writing {}", p.display()))?;
@@ -694,8 +703,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             bail!("snapshot {i} of {}: {}", a.count, e.numbered());
         }
         created.keep();
+        if i < a.warmup {
+            continue;
+        }
         let ns = took.as_nanos() as u64;
         took_ns.record(ns);
+        samples_us.push(ns / 1000);
         (min, sum) = (min.min(ns), sum + ns);
     }
     let ms = |ns: u64| ns as f64 / 1e6;
@@ -709,6 +722,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         ms(took_ns.max()),
         ms(sum) / took_ns.count() as f64
     );
+    if a.samples {
+        let v: Vec<String> = samples_us.iter().map(u64::to_string).collect();
+        println!("snapshot-bench-samples {}: {}", a.label, v.join(" "));
+    }
     Ok(())
 }
 
