@@ -41,6 +41,8 @@ pub struct Drive<'a> {
     pub generation: Generation,
     /// No progress line (also when events go to stdout).
     pub quiet: bool,
+    /// The drain loop's nice value, set after the workload started (so it keeps its own).
+    pub nice: i32,
 }
 
 /// The workload's exit status and the events lost on the way (transport losses and
@@ -91,6 +93,15 @@ const TICK: Duration = Duration::from_millis(10);
 pub async fn drive(d: Drive<'_>, source: &mut EventSource, sink: &mut impl Sink) -> Result<Driven> {
     let window = reorder_window(d.transport);
     let mut workload = Workload::start(d.command, d.duration)?;
+    if d.nice != 0 {
+        // PRIO_PROCESS with who 0 is the calling thread on Linux: the one that drains
+        // (a current-thread runtime); the oracle's thread and the workload keep theirs.
+        // SAFETY: setpriority takes plain integers and touches no memory of ours.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, d.nice) } != 0 {
+            let e = std::io::Error::last_os_error();
+            say!("ploop-verify: --nice {}: {e}; going on at the current priority", d.nice);
+        }
+    }
     let every = console::status_every();
     let mut reorder = Reorder { pending: BTreeMap::new(), seq: 0 };
     let mut tick = tokio::time::interval(TICK);

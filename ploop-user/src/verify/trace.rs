@@ -32,6 +32,10 @@ pub struct TraceArgs {
     /// Print each event to stdout as it arrives.
     #[arg(long)]
     pub print: bool,
+    /// The consumer's nice value once the workload has started (as `run --nice`).
+    #[arg(long, value_name = "N", default_value_t = 19, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
     /// Workload to run while attached; tracing stops when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -108,6 +112,7 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
         generation: kernel.generation,
         // --print writes events to stdout, often the same terminal as the status line.
         quiet: args.print,
+        nice: args.nice,
     };
     let Driven { status, lost } = drive::drive(drive, &mut source, &mut traced).await?;
     let lost = lost + session.dropped_in_kernel()?;
