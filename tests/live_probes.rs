@@ -113,6 +113,9 @@ fn live(series: &str, freeze_sym: &str, bd_dev_offset: u64) {
     let err = read(&err.expect("no-ploop stderr named"));
     assert!(err.contains("no verdict on ploop at all"), "{err}");
     assert_eq!(exit("failing-workload").0, 1, "a failing workload is status 1");
+    for check in ["nice-tool", "nice-workload"] {
+        assert!(results.passed(check), "{series}: {check}: {:?}", results.get(check));
+    }
 }
 
 #[test]

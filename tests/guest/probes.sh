@@ -52,4 +52,13 @@ mount -t ext4 /dev/loop0 /mnt/a
 ploop-verify trace -- sh -c 'ploop-verify testkit ext4-shutdown /mnt/a; exit 3'
 rc=$?; echo "failing-workload: exit $rc"; result failing-workload exit status:=$rc
 umount /mnt/a
+# The tool's threads drain at nice 19 (the default), its workload keeps the nice it had (0).
+mount -t ext4 /dev/loop0 /mnt/a
+ploop-verify trace -- sh -c 'sleep 1
+  for t in /proc/$PPID/task/*/stat; do cut -d" " -f19 $t; done | sort -u | tr "\n" " " > /tmp/tool-nice
+  cut -d" " -f19 /proc/self/stat > /tmp/workload-nice
+  ploop-verify testkit ext4-shutdown /mnt/a'
+umount /mnt/a
+expect nice-tool "$(cat /tmp/tool-nice)" "19 "
+expect nice-workload "$(cat /tmp/workload-nice)" 0
 finish

@@ -85,6 +85,23 @@ impl Reorder {
     }
 }
 
+/// Every thread of the tool (the drain loop's, the oracle's) at `nice`; the workload, a
+/// process of its own already started, keeps its priority. On Linux the nice value is a
+/// thread's, and PRIO_PROCESS with a thread id sets that thread's.
+fn renice_own_threads(nice: i32) {
+    let tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for tid in tids {
+        // SAFETY: setpriority takes plain integers and touches no memory of ours.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            let e = std::io::Error::last_os_error();
+            say!("ploop-verify: --nice {nice}: {e}; going on at the current priority");
+            return;
+        }
+    }
+}
+
 /// How often the buffers are drained, hung calls looked for and events released: the bound
 /// on how late a violation is printed (plus the perf reorder window), and the tool's only
 /// wake-up while snapshots run.
@@ -94,13 +111,7 @@ pub async fn drive(d: Drive<'_>, source: &mut EventSource, sink: &mut impl Sink)
     let window = reorder_window(d.transport);
     let mut workload = Workload::start(d.command, d.duration)?;
     if d.nice != 0 {
-        // PRIO_PROCESS with who 0 is the calling thread on Linux: the one that drains
-        // (a current-thread runtime); the oracle's thread and the workload keep theirs.
-        // SAFETY: setpriority takes plain integers and touches no memory of ours.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, d.nice) } != 0 {
-            let e = std::io::Error::last_os_error();
-            say!("ploop-verify: --nice {}: {e}; going on at the current priority", d.nice);
-        }
+        renice_own_threads(d.nice);
     }
     let every = console::status_every();
     let mut reorder = Reorder { pending: BTreeMap::new(), seq: 0 };

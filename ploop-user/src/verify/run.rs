@@ -94,8 +94,8 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
-    /// The consumer's nice value once the workload has started (the workload keeps its
-    /// own). At 19 the snapshots have the CPUs first and the tool drains what they leave:
+    /// The tool's nice value (all its threads, the oracle's too) once the workload has
+    /// started (the workload keeps its own). At 19 the snapshots have the CPUs first and the tool drains what they leave:
     /// in a 2-vCPU guest, p50 snapshot latency 1.56x without probes at nice 0, 0.99x at 19
     /// (`cargo xtask bench`). Events wait in the buffers meanwhile; any loss is counted
     /// and reported. 0 when the tool must keep up with a CPU-bound workload.
