@@ -7,6 +7,7 @@ pub mod drive;
 pub mod events;
 mod fastparse;
 pub mod oracle;
+mod perf_ring;
 pub mod probe;
 pub mod profile;
 pub mod report;

@@ -15,7 +15,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
         Array, MapData, PerCpuArray, RingBuf,
-        perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer},
+        perf::PerfEventArray,
     },
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
@@ -31,6 +31,7 @@ use crate::{
         KernelInfo,
         minimums::{self, Minimum},
     },
+    verify::perf_ring::{PerfRecord, PerfRing},
 };
 
 static OBJ_RINGBUF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
@@ -506,7 +507,7 @@ pub enum Record {
 /// The probes' buffers, drained by the consumer when it chooses (see [`Session::stream`]).
 pub enum EventSource {
     Ring(RingBuf<MapData>),
-    Perf(Vec<PerfEventArrayBuffer>),
+    Perf(Vec<PerfRing>),
 }
 
 impl EventSource {
@@ -524,24 +525,13 @@ impl EventSource {
             }
             EventSource::Perf(bufs) => {
                 for buf in bufs {
-                    buf.for_each(|e| {
-                        n += 1;
-                        match e {
-                            PerfEvent::Sample { head, tail } => {
-                                // A sample wraps around the buffer's end at most once.
-                                let ev = if tail.is_empty() {
-                                    decode(head)
-                                } else {
-                                    let mut bytes = head.to_vec();
-                                    bytes.extend_from_slice(tail);
-                                    decode(&bytes)
-                                };
-                                if let Some(ev) = ev {
-                                    f(Record::Event(ev));
-                                }
+                    n += buf.drain(|r| match r {
+                        PerfRecord::Sample(bytes) => {
+                            if let Some(ev) = decode(bytes) {
+                                f(Record::Event(ev));
                             }
-                            PerfEvent::Lost { count } => f(Record::Lost(count)),
                         }
+                        PerfRecord::Lost(count) => f(Record::Lost(count)),
                     });
                 }
             }
@@ -605,7 +595,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf, probe: Probe) -> Result<()> {
 enum Readers {
     Ring(RingBuf<MapData>),
     /// The array is kept so that its fd lives as long as the session.
-    Perf(PerfEventArray<MapData>, Vec<PerfEventArrayBuffer>),
+    Perf(PerfEventArray<MapData>, Vec<PerfRing>),
 }
 
 fn watch<T: AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
@@ -655,7 +645,7 @@ impl Session {
                 let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
                 let mut bufs = Vec::new();
                 for cpu in cpus {
-                    let buf = PerfEventArrayBuffer::open(cpu, 64)
+                    let buf = PerfRing::open(cpu, 64)
                         .with_context(|| format!("opening the perf buffer of CPU {cpu}"))?;
                     array.set(cpu, &buf)?;
                     bufs.push(buf);
