@@ -103,12 +103,7 @@ down_p1() {
 # none), deltas /tmp/p0-FIRST.hds on, while two writers do fsync-heavy I/O.
 wl_p1snaps() {
   i=$1; shift
-  rm -f /tmp/stop0
-  for w in 1 2; do
-    ( while [ ! -e /tmp/stop0 ]; do
-        dd if=/dev/urandom of=/mnt/p0/w$w bs=4k count=16 conv=fsync 2>/dev/null
-      done ) &
-  done
+  writers /mnt/p0 /tmp/stop0
   for mode; do
     if [ $mode = sync ]; then sync_fd="--sync-fd-from /mnt/p0"; else sync_fd=; fi
     ploop-verify snapshot --device /dev/ploop0 --format ploop1 --delta /tmp/p0-$i.hds \

@@ -14,12 +14,7 @@ SYSRQ_AFTER=${SYSRQ_AFTER:-8}
 if [ "${1:-}" = workload ]; then
   # Two writers keep ploop0's filesystem busy; the snapshot's maintenance window is held
   # open 1 s so that their writes are in flight when the switch begins.
-  rm -f /tmp/stop
-  for w in 1 2; do
-    ( while [ ! -e /tmp/stop ]; do
-        dd if=/dev/urandom of=/mnt/p0/w$w bs=4k count=16 conv=fsync 2>/dev/null
-      done ) &
-  done
+  writers /mnt/p0 /tmp/stop
   sleep 1
   t0=$(cut -d' ' -f1 /proc/uptime)
   ploop-verify snapshot --device /dev/ploop0 --delta /mnt/p1/p0-1.img --sync-fd-from /mnt/p1 &

@@ -37,16 +37,21 @@ down() { # KIND [DEV]
   ploop-verify device detach --device $dev >/dev/null
   rm -f /tmp/p$n-*.img
 }
+# writers DIR STOP: two background writers doing fsync-heavy I/O in DIR until the file STOP
+# exists (touch STOP; wait).
+writers() {
+  rm -f $2
+  for w in 1 2; do
+    ( while [ ! -e $2 ]; do
+        dd if=/dev/urandom of=$1/w$w bs=4k count=16 conv=fsync 2>/dev/null
+      done ) &
+  done
+}
 # snaps N MODE [DEV]: N snapshots (MODE sync: the fd of the mountpoint; auto: none) while
 # two writers do fsync-heavy I/O on the filesystem.
 snaps() {
   dev=${3:-/dev/ploop0}; n=${dev#/dev/ploop}; mnt=/mnt/p$n
-  rm -f /tmp/stop$n
-  for w in 1 2; do
-    ( while [ ! -e /tmp/stop$n ]; do
-        dd if=/dev/urandom of=$mnt/w$w bs=4k count=16 conv=fsync 2>/dev/null
-      done ) &
-  done
+  writers $mnt /tmp/stop$n
   i=0
   while [ $i -lt $1 ]; do
     i=$((i + 1))
