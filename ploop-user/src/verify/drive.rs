@@ -85,6 +85,20 @@ impl Reorder {
     }
 }
 
+/// How the tool shares the CPUs with its workload (`run` and `trace`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct PriorityArgs {
+    /// The tool's nice value (all its threads, the oracle's too) once the workload has
+    /// started (the workload keeps its own). At 19 the snapshots have the CPUs first and the
+    /// tool drains what they leave: in a 2-vCPU guest, `run`'s p50 snapshot latency was
+    /// 1.58x that without probes at nice 0, 0.96x at 19 (`cargo xtask bench`). Events wait
+    /// in the buffers meanwhile; any loss is counted and reported. 0 when the tool must keep
+    /// up with a CPU-bound workload.
+    #[arg(long, value_name = "N", default_value_t = 19, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
+}
+
 /// Every thread of the tool (the drain loop's, the oracle's) at `nice`; the workload, a
 /// process of its own already started, keeps its priority. On Linux the nice value is a
 /// thread's, and PRIO_PROCESS with a thread id sets that thread's.

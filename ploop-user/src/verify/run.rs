@@ -18,7 +18,7 @@ use crate::{
     console::say,
     kernel::{KDev, KernelInfo},
     verify::checker::{Checker, Options, Violation},
-    verify::drive::{self, Drive, Driven, Sink},
+    verify::drive::{self, Drive, Driven, PriorityArgs, Sink},
     verify::events::{Phase, SyncState, TraceEvent, Via},
     verify::oracle::{self, Oracle},
     verify::probe::{self, ProbeArgs, Session},
@@ -94,14 +94,8 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
-    /// The tool's nice value (all its threads, the oracle's too) once the workload has
-    /// started (the workload keeps its own). At 19 the snapshots have the CPUs first and the tool drains what they leave:
-    /// in a 2-vCPU guest, p50 snapshot latency 1.56x without probes at nice 0, 0.99x at 19
-    /// (`cargo xtask bench`). Events wait in the buffers meanwhile; any loss is counted
-    /// and reported. 0 when the tool must keep up with a CPU-bound workload.
-    #[arg(long, value_name = "N", default_value_t = 19, allow_negative_numbers = true,
-          value_parser = clap::value_parser!(i32).range(-20..=19))]
-    pub nice: i32,
+    #[command(flatten)]
+    pub priority: PriorityArgs,
     /// At the end, print where the tool's own time went while it watched: CPU time and
     /// wake-ups per snapshot call, time per stage (drain, context, trace, check).
     #[arg(long)]
@@ -485,7 +479,7 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
         transport: plan.transport,
         generation: kernel.generation,
         quiet: args.quiet,
-        nice: args.nice,
+        nice: args.priority.nice,
     };
     let Driven { status, lost } = drive::drive(drive, &mut source, &mut p).await?;
     // The last snapshots' findings are still coming: a judgement takes milliseconds, rarely

@@ -12,7 +12,7 @@ use ploop_common::Probe;
 use crate::{
     console::say,
     kernel::{Generation, KernelInfo},
-    verify::drive::{self, Drive, Driven, Sink},
+    verify::drive::{self, Drive, Driven, PriorityArgs, Sink},
     verify::events::{Phase, TraceEvent},
     verify::probe::{self, ProbeArgs, Session},
     verify::tracefile::{self, TraceLine},
@@ -32,10 +32,8 @@ pub struct TraceArgs {
     /// Print each event to stdout as it arrives.
     #[arg(long)]
     pub print: bool,
-    /// The consumer's nice value once the workload has started (as `run --nice`).
-    #[arg(long, value_name = "N", default_value_t = 19, allow_negative_numbers = true,
-          value_parser = clap::value_parser!(i32).range(-20..=19))]
-    pub nice: i32,
+    #[command(flatten)]
+    pub priority: PriorityArgs,
     /// Workload to run while attached; tracing stops when it exits.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -112,7 +110,7 @@ pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
         generation: kernel.generation,
         // --print writes events to stdout, often the same terminal as the status line.
         quiet: args.print,
-        nice: args.nice,
+        nice: args.priority.nice,
     };
     let Driven { status, lost } = drive::drive(drive, &mut source, &mut traced).await?;
     let lost = lost + session.dropped_in_kernel()?;
