@@ -23,6 +23,14 @@ fn violated(s: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// The exit status of `ploop-verify run --out NAME`, as checker.sh recorded it.
+fn run_status(results: &Results, name: &str) -> i32 {
+    match results.get(name) {
+        Some(Kind::Exit { status, out: Some(out) }) if out == name => *status,
+        r => panic!("{name}: no exit status of `ploop-verify run`, got {r:?}"),
+    }
+}
+
 fn tally(s: &Value, id: &str) -> (u64, u64) {
     let i = s["invariants"].as_array().unwrap().iter().find(|i| i["id"] == id).unwrap();
     (i["pass"].as_u64().unwrap(), i["fail"].as_u64().unwrap())
@@ -225,10 +233,7 @@ fn oracle_p1_verdicts(series: &str, out: &xtask::vm::Output, results: &Results) 
 fn oracle_verdicts(series: &str, out: &xtask::vm::Output, results: &Results) -> Vec<String> {
     let share = &out.share;
     let mut failures = Vec::new();
-    let rc = |name: &str| match results.get(name) {
-        Some(Kind::Exit { status, out: Some(out) }) if out == name => *status,
-        r => panic!("{name}: no exit status of `ploop-verify run`, got {r:?}"),
-    };
+    let rc = |name: &str| run_status(results, name);
     let both: BTreeSet<String> = ["S2", "X1"].iter().map(|s| s.to_string()).collect();
     let auto = summary(&share.join("s2-auto"));
     if violated(&auto) != both || rc("s2-auto") != 1 || tally(&auto, "X1") != (0, 3) {
@@ -319,11 +324,7 @@ fn checker_verdicts(series: &str, build: ModelBuild, clean_snapshots: u64) {
     let share = &out.share;
     let results = Results::read(share).expect("results.jsonl");
     assert!(results.finished(), "checker.sh did not finish: {:?}", results.0);
-    // The exit status of `ploop-verify run --out NAME`.
-    let rc = |name: &str| match results.get(name) {
-        Some(Kind::Exit { status, out: Some(out) }) if out == name => *status,
-        r => panic!("{name}: no exit status of `ploop-verify run`, got {r:?}"),
-    };
+    let rc = |name: &str| run_status(&results, name);
     let mut failures = Vec::new();
 
     // Correct configurations: clean, every invariant exercised.
