@@ -119,7 +119,8 @@ fn parse_samples(line: &str) -> Option<(String, Vec<f64>)> {
     Some((label.to_string(), v?))
 }
 
-/// Nearest-rank percentile of sorted values (the tool's own definition).
+/// Nearest-rank percentile of sorted values: the definition of ploop-user's `stats`, repeated
+/// because xtask does not depend on ploop-user.
 fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
     sorted.get(rank - 1).copied().unwrap_or(f64::NAN)
@@ -171,9 +172,7 @@ fn ratio_table(samples: &[(String, Vec<f64>)], modes: &[&str]) {
     if base.is_empty() {
         return;
     }
-    println!(
-        "pooled over the rounds, with 95 % bootstrap intervals (ratio to without-probes):"
-    );
+    println!("pooled over the rounds, with 95 % bootstrap intervals (ratio to without-probes):");
     println!(
         "  {:<22} {:>5} {:>8} {:>8}  {:<22} {:<22}",
         "mode", "n", "p50 ms", "mean ms", "p50 x [95 % CI]", "mean x [95 % CI]"
@@ -267,11 +266,7 @@ fn latency(a: &BenchArgs) -> Result<()> {
             .filter_map(|l| l.strip_prefix(&format!("delay-ms {t} "))?.trim().parse().ok())
             .collect();
         d.sort_by(f64::total_cmp);
-        // Nearest rank, as the tool's own percentiles.
-        let pct = |p: f64| {
-            let rank = ((p / 100.0) * d.len() as f64).ceil().max(1.0) as usize;
-            d.get(rank - 1).copied().unwrap_or(f64::NAN)
-        };
+        let pct = |p: f64| nearest_rank(&d, p);
         println!(
             "detection delay ({t}): n={} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             d.len(),
