@@ -13,10 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{
-        Array, MapData, PerCpuArray, RingBuf,
-        perf::PerfEventArray,
-    },
+    maps::{Array, MapData, PerCpuArray, RingBuf, perf::PerfEventArray},
     programs::{FEntry, FExit, KProbe, TracePoint},
 };
 use clap::{Args, ValueEnum};
