@@ -997,6 +997,7 @@ pub fn support(a: SupportArgs) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// A new delta never replaces a file unless --force says so.
     #[test]
@@ -1008,7 +1009,6 @@ mod tests {
         assert!(err.contains("exists (use --force to replace it)"), "{err}");
         create_delta_file(&p, true).unwrap();
     }
-    use super::*;
 
     #[test]
     fn sizes() {
