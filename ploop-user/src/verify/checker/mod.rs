@@ -244,6 +244,15 @@ pub struct CallReport {
 }
 
 impl CallReport {
+    /// The verdict of invariant `id` on this call.
+    pub fn verdict(&self, id: &str) -> Option<&Verdict> {
+        self.verdicts.iter().find(|(i, _)| *i == id).map(|(_, v)| v)
+    }
+
+    fn verdict_mut(&mut self, id: &str) -> Option<&mut Verdict> {
+        self.verdicts.iter_mut().find(|(i, _)| *i == id).map(|(_, v)| v)
+    }
+
     pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
         self.verdicts.iter().filter_map(|(id, v)| match v {
             Verdict::Fail(why) => Some((*id, why.as_str())),
@@ -898,7 +907,7 @@ impl Checker {
         // A finding that never came: X1 is n/a, said so (the oracle was slower than the run,
         // or its thread died). Before the patch status below, which reads E1's waits alone.
         for r in &mut self.held {
-            if let Some((_, v)) = r.verdicts.iter_mut().find(|(id, _)| *id == "X1")
+            if let Some(v) = r.verdict_mut("X1")
                 && *v == Verdict::Deferred
             {
                 *v = Verdict::NotApplicable(
@@ -941,7 +950,7 @@ impl Checker {
 
 /// X1's verdict in `r`.
 fn x1_of(r: &CallReport) -> &Verdict {
-    &r.verdicts.iter().find(|(id, _)| *id == "X1").expect("X1 is an invariant").1
+    r.verdict("X1").expect("X1 is an invariant")
 }
 
 fn violation(call: &Call, id: &str, why: &str, now: u64) -> Violation {

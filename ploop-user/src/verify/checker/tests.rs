@@ -433,9 +433,10 @@ fn a_call_refused_at_dispatch_is_a_call_and_c1_judges_it() {
     assert!(ids.is_empty(), "{ids:?}");
     assert_eq!(c.c.snapshots(), 2, "the refused call counts");
     let refused = c.judged.iter().find(|r| r.call.tid == 11).unwrap();
-    let verdict = |id: &str| &refused.verdicts.iter().find(|(i, _)| *i == id).unwrap().1;
-    assert_eq!(*verdict("C1"), Verdict::Pass);
-    assert!(matches!(verdict("E3"), Verdict::NotApplicable(why) if why.contains("did not run")));
+    assert_eq!(*verdict(refused, "C1"), Verdict::Pass);
+    assert!(
+        matches!(verdict(refused, "E3"), Verdict::NotApplicable(why) if why.contains("did not run"))
+    );
     assert_eq!(c.tally()["C1"].0, 2);
 }
 
@@ -459,7 +460,7 @@ fn an_inlined_ploop_snapshot_leaves_the_call_judged_from_the_ioctl() {
     assert_eq!(c.c.snapshots(), 2);
     let first = &c.judged[0];
     assert_eq!(first.failures().count(), 0, "{:?}", first.verdicts);
-    let o2 = &first.verdicts.iter().find(|(i, _)| *i == "O2").unwrap().1;
+    let o2 = verdict(first, "O2");
     assert!(matches!(o2, Verdict::NotApplicable(why) if why.contains("inlined")), "{o2:?}");
 }
 
@@ -536,7 +537,7 @@ fn node_req(node: &str, state: SyncState, holder: &str) -> Request {
 }
 
 fn verdict<'a>(r: &'a CallReport, id: &str) -> &'a Verdict {
-    &r.verdicts.iter().find(|(i, _)| *i == id).unwrap().1
+    r.verdict(id).unwrap()
 }
 
 #[test]

@@ -58,7 +58,7 @@ pub enum X1 {
 
 impl X1 {
     pub fn of(r: &CallReport) -> Option<X1> {
-        match r.verdicts.iter().find(|(id, _)| *id == "X1").map(|(_, v)| v) {
+        match r.verdict("X1") {
             Some(Verdict::Pass) => Some(X1::Clean),
             Some(Verdict::Fail(_)) => Some(X1::NeedsRecovery),
             _ => None,
