@@ -10,15 +10,11 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
     process::{Command, Output},
 };
 
 use ploop_user::image::testimg::seed_images;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+use xtask::root;
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
