@@ -33,7 +33,7 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> 
         probed,
         narrowed: vec![],
         policy: None,
-        oracle: false,
+        oracle,
     })))?;
     let mut ts = 1_000_000_000u64;
     let mut events = 0u64;
@@ -97,23 +97,6 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> 
         ];
         for (func, phase, d, ret) in steps {
             ts += 50_000;
-            // As live: the finding comes just before the event that completes the call.
-            if oracle && func == SysExitIoctl {
-                w.line(&TraceLine::Oracle(Finding {
-                    seq: i + 1,
-                    tid,
-                    verdict: if wrong {
-                        OracleVerdict::NeedsRecovery
-                    } else {
-                        OracleVerdict::Clean
-                    },
-                    why: String::new(),
-                    top: format!("/tmp/p{n}-{}.img", i + 1),
-                    deltas: vec![format!("/tmp/p{n}-0.img")],
-                    at: "dm-crypt, dm-linear offset 0".into(),
-                    cost_us: 0,
-                }))?;
-            }
             w.line(&TraceLine::Event(TraceEvent {
                 ts_ns: ts,
                 pid: tid,
@@ -130,6 +113,23 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> 
                     .then(|| Box::new(request.clone())),
             }))?;
             events += 1;
+            // As live (header `oracle`): the finding follows the event that completes the call.
+            if oracle && func == SysExitIoctl {
+                w.line(&TraceLine::Oracle(Finding {
+                    seq: i + 1,
+                    tid,
+                    verdict: if wrong {
+                        OracleVerdict::NeedsRecovery
+                    } else {
+                        OracleVerdict::Clean
+                    },
+                    why: String::new(),
+                    top: format!("/tmp/p{n}-{}.img", i + 1),
+                    deltas: vec![format!("/tmp/p{n}-0.img")],
+                    at: "dm-crypt, dm-linear offset 0".into(),
+                    cost_us: 0,
+                }))?;
+            }
         }
     }
     w.line(&TraceLine::End(End { events, lost: 0, command_status: Some(0), end_ns: None }))?;
