@@ -107,10 +107,17 @@ fn golden_traces_replay_to_their_recorded_verdicts() {
 /// an update cannot quietly bless a wrong verdict.
 #[test]
 fn golden_expectations_say_what_each_case_is_for() {
-    let ids = |name: &str| -> Vec<String> {
+    let read = |name: &str| -> Value {
         let p = traces_dir().join(format!("{name}.expected.json"));
-        let v: Value =
-            serde_json::from_str(&fs::read_to_string(&p).expect("expected.json")).expect("JSON");
+        serde_json::from_str(&fs::read_to_string(&p).expect("expected.json")).expect("JSON")
+    };
+    // X1's tally in a case's expectation.
+    let x1 = |name: &str| {
+        let v = read(name);
+        v["invariants"].as_array().unwrap().iter().find(|i| i["id"] == "X1").unwrap().clone()
+    };
+    let ids = |name: &str| -> Vec<String> {
+        let v = read(name);
         let mut ids: Vec<String> = v["violation_list"]
             .as_array()
             .unwrap()
@@ -193,19 +200,14 @@ fn golden_expectations_say_what_each_case_is_for() {
     for kernel in ["6.1", "6.12"] {
         assert_eq!(ids(&format!("{kernel}-oracle-s2-auto")), ["S2", "X1"]);
         assert_eq!(ids(&format!("{kernel}-oracle-s2-sync")), [] as [&str; 0]);
-        let p = traces_dir().join(format!("{kernel}-oracle-s2-sync.expected.json"));
-        let v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-        let x1 = v["invariants"].as_array().unwrap().iter().find(|i| i["id"] == "X1").unwrap();
-        assert_eq!((&x1["pass"], &x1["fail"]), (&Value::from(3), &Value::from(0)), "{p:?}");
+        let name = format!("{kernel}-oracle-s2-sync");
+        let x1 = x1(&name);
+        assert_eq!((&x1["pass"], &x1["fail"]), (&Value::from(3), &Value::from(0)), "{name}");
     }
     // The oracle on its own thread: each finding recorded when it arrived, after the event
     // that completed its call (the first one after the next call began). The checker holds
     // the call until then: the same verdicts as the trace that held them before the event.
     assert_eq!(ids("6.1-oracle-late-s2-auto"), ["S2", "X1"]);
-    let read = |name: &str| -> Value {
-        let p = traces_dir().join(format!("{name}.expected.json"));
-        serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap()
-    };
     assert_eq!(read("6.1-oracle-late-s2-auto"), read("6.1-oracle-s2-auto"));
     // Live since then, beyond the commit's stack: dm-linear on dm-crypt on ploop0p1 with ploop1
     // tops (the sync fd passes X1, the autodetection fails it with S2), and dm-crypt on
@@ -214,10 +216,6 @@ fn golden_expectations_say_what_each_case_is_for() {
         assert_eq!(ids(&format!("{kernel}-oracle-p1-linear")), ["S2", "X1"]);
     }
     assert_eq!(ids("6.1-oracle-p1-nokey"), [] as [&str; 0]);
-    let x1 = |name: &str| {
-        let v = read(name);
-        v["invariants"].as_array().unwrap().iter().find(|i| i["id"] == "X1").unwrap().clone()
-    };
     let na = x1("6.1-oracle-p1-nokey");
     assert_eq!(
         (&na["pass"], &na["fail"], &na["not_applicable"]),
