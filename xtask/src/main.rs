@@ -183,6 +183,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::BuildKernel(args) => Ok(xtask::build_kernel::main(&args)),
         Cmd::Test { args } => {
+            // A filtered run builds and boots a fraction of the whole; only the whole is measured.
+            if args.is_empty() {
+                room_for_full_test_run()?;
+            }
             let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(xtask::root())
                 .arg("test")
@@ -196,4 +200,58 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if st.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+/// What a whole `cargo xtask test` left under `target/` on a fresh clone (9.3 GiB measured,
+/// the kernel build trees of the build_kernel tests being 3.6 GiB of it), with room to spare.
+const FULL_TEST_RUN_BYTES: u64 = 10 << 30;
+
+/// Refuses a whole test run that cannot fit, before anything is built: a full disk otherwise
+/// shows up minutes later as a linker crash ("LLVM ERROR: IO failure on output stream").
+fn room_for_full_test_run() -> Result<()> {
+    let target = xtask::root().join("target");
+    std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    let used = du_bytes(&target)?;
+    let free = df_avail_bytes(&target)?;
+    let need = FULL_TEST_RUN_BYTES.saturating_sub(used);
+    if free < need {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        bail!(
+            "not enough disk for a whole test run: {:.1} GiB free on the filesystem of {}, \
+             which holds {:.1} GiB now and grows to about {:.0} GiB from empty; free {:.1} GiB more \
+             (old clones and worktrees' target/ directories are the usual cause)",
+            gib(free),
+            target.display(),
+            gib(used),
+            gib(FULL_TEST_RUN_BYTES),
+            gib(need - free)
+        );
+    }
+    Ok(())
+}
+
+fn du_bytes(dir: &std::path::Path) -> Result<u64> {
+    let out = Command::new("du").arg("-sbx").arg(dir).output().context("running du")?;
+    // du exits 1 over a file that vanished under it (a test's scratch); the total still stands.
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("du -sbx {} printed {text:?}", dir.display()))
+}
+
+fn df_avail_bytes(dir: &std::path::Path) -> Result<u64> {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .context("running df")?;
+    if !out.status.success() {
+        bail!("df {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("df {} printed {text:?}", dir.display()))
 }
