@@ -4,7 +4,8 @@
 # at nice 0 for comparison); rounds alternate the modes so
 # that drift hits all alike. Then the detection delay (every call made to fail T1) and the
 # event-loss rate (refused snapshot calls at rising rates).
-# COUNT, ROUNDS (and MODES, RATES: optional) come from the environment.
+# COUNT, ROUNDS, STACK (a stack kind of lib.sh: direct, crypt, linear) and, optionally, MODES
+# and RATES come from the environment.
 set -u
 mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
 MODES=${MODES:-without count run-ringbuf-fentry run-ringbuf-kprobe run-perf-fentry run-perf-kprobe nice0-ringbuf-fentry}
@@ -20,7 +21,7 @@ r=0
 while [ $r -lt $ROUNDS ]; do
   r=$((r + 1))
   for mode in $MODES; do
-    up direct || exit 11
+    up $STACK || exit 11
     case $mode in
       without) $(bench_cmd without-probes) ;;
       count) ploop-verify trace -- $(bench_cmd count-probes) | grep -v '^ploop-verify: trace' ;;
@@ -32,22 +33,22 @@ while [ $r -lt $ROUNDS ]; do
           grep -E "snapshot-bench|profile:|VIOLATION|lost"
         ;;
     esac
-    down direct
+    down $STACK
   done
 done
 
 # Detection delay: T1 set so that every call fails it when it completes; each violation says
 # how long after its completing event it was printed.
 for t in ringbuf perf; do
-  up direct || exit 11
+  up $STACK || exit 11
   ploop-verify run --transport $t --max-freeze-ms 0.001 --out /share/delay-$t \
     -- $(bench_cmd delay-$t) 2>&1 | sed -n "s/.*\[found \([0-9.]*\) ms after the event\]/delay-ms $t \1/p"
-  down direct
+  down $STACK
 done
 
 # Event loss: refused snapshot calls (about four events each) at rising rates, 2 s each.
 for t in ringbuf perf; do
-  up direct || exit 11
+  up $STACK || exit 11
   for rate in $RATES; do
     ploop-verify run --quiet --transport $t --out /share/rate-$t-$rate -- \
       ploop-verify testkit snapshot-bench --device /dev/ploop0 --rate $rate --seconds 2 \
@@ -56,5 +57,5 @@ for t in ringbuf perf; do
     calls=$(sed -n 's/^  "snapshots": *\([0-9]*\).*/\1/p' /share/rate-$t-$rate/summary.json | head -1)
     echo "rate-result $t target=$rate judged=${calls:-?} lost=${lost:-?}"
   done
-  down direct
+  down $STACK
 done
