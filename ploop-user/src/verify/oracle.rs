@@ -364,16 +364,17 @@ pub fn cost_line(costs: &[u64]) -> Option<String> {
     if costs.is_empty() {
         return None;
     }
-    let mut c = costs.to_vec();
-    c.sort_unstable();
+    // The tool's one percentile definition, so this median agrees with every other figure.
+    let mut d = crate::stats::Distribution::default();
+    costs.iter().for_each(|&c| d.record(c));
     let ms = |us: u64| us as f64 / 1e3;
     Some(format!(
         "oracle: {} snapshot(s) judged, cost per snapshot: min {:.2} ms, median {:.2} ms, max \
          {:.2} ms",
-        c.len(),
-        ms(c[0]),
-        ms(c[c.len() / 2]),
-        ms(c[c.len() - 1])
+        d.count(),
+        ms(d.percentile(0.0)),
+        ms(d.percentile(50.0)),
+        ms(d.max())
     ))
 }
 
@@ -441,5 +442,8 @@ mod tests {
         }
         assert_eq!(cost_line(&[]), None);
         assert!(cost_line(&[3000, 1000, 2000]).unwrap().contains("median 2.00 ms"));
+        // Nearest rank: of four, the median is the second.
+        let four = cost_line(&[4000, 1000, 3000, 2000]).unwrap();
+        assert!(four.contains("min 1.00 ms, median 2.00 ms, max 4.00 ms"), "{four}");
     }
 }
