@@ -449,6 +449,13 @@ fn an_aggregated_100k_call_replay_is_read_alike_and_stays_small() {
     let doc = kcidb_valid(&report.join("kcidb.json"));
     assert_eq!(kcidb_counts(&doc), want, "aggregated KCIDB");
     assert_eq!(doc["tests"][0]["misc"]["aggregated"], true);
+    // synth-trace's header puts the boot at 2026-01-01 00:00 UTC: the run's test starts then,
+    // and each call's test when its call did, in the same order.
+    let tests = doc["tests"].as_array().unwrap();
+    assert_eq!(tests[0]["start_time"], "2026-01-01T00:00:00.000000+00:00");
+    let times: Vec<&str> = tests.iter().map(|t| t["start_time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "start times in call order");
+    assert!(times.last().unwrap() > &times[0], "calls start after the run");
     for (file, says) in [("results.ktap", "# aggregated: "), ("junit.xml", "<!-- aggregated: ")] {
         let text = fs::read_to_string(report.join(file)).unwrap();
         assert!(text.contains(says), "{file} says it is aggregated");

@@ -13,7 +13,7 @@ use crate::{
     verify::events::{Args, Chunk, Phase, Request, SyncFd, SyncState, TraceEvent, Via},
     verify::oracle::{Finding, OracleVerdict},
     verify::stack::{Stack, StackDev},
-    verify::tracefile::{End, Header, TOOL, TraceLine, Writer},
+    verify::tracefile::{End, Header, TOOL, TraceLine, WallClock, Writer},
 };
 
 /// Writes a trace of `calls` snapshot calls on the stack ploop -> dm-crypt -> dm-linear ->
@@ -34,6 +34,8 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> 
         narrowed: vec![],
         policy: None,
         oracle,
+        // Fixed, so that a synthetic trace is the same file every time: 2026-01-01 at boot.
+        clock: Some(WallClock { realtime_ns: 1_767_225_600 * 1_000_000_000, monotonic_ns: 0 }),
     })))?;
     let mut ts = 1_000_000_000u64;
     let mut events = 0u64;

@@ -47,6 +47,35 @@ pub struct Header {
     /// event.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub oracle: bool,
+    /// The wall clock beside the monotonic clock of the events, read together when the trace
+    /// began, so reports can say when a call ran (KCIDB's start_time). Absent in older traces.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub clock: Option<WallClock>,
+}
+
+/// One reading of CLOCK_REALTIME and CLOCK_MONOTONIC (the clock of `bpf_ktime_get_ns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WallClock {
+    pub realtime_ns: u64,
+    pub monotonic_ns: u64,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        let mono = crate::verify::drive::mono_ns();
+        let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+            .expect("CLOCK_REALTIME");
+        WallClock {
+            realtime_ns: real.tv_sec() as u64 * 1_000_000_000 + real.tv_nsec() as u64,
+            monotonic_ns: mono,
+        }
+    }
+
+    /// Wall-clock ns since the epoch of the monotonic instant `mono_ns`. The wall clock may
+    /// be stepped during a run; this is the time as the clock read at the trace's start.
+    pub fn realtime_of(&self, mono_ns: u64) -> u64 {
+        (self.realtime_ns as i128 + mono_ns as i128 - self.monotonic_ns as i128).max(0) as u64
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +105,7 @@ pub fn header(
         narrowed: session.narrowed.clone(),
         policy: None,
         oracle: false,
+        clock: Some(WallClock::now()),
     })
 }
 
@@ -173,6 +203,7 @@ impl Reader {
                 probed: Vec::new(),
                 narrowed: Vec::new(),
                 policy: None,
+                clock: None,
                 oracle: false,
             },
             end: None,
@@ -258,7 +289,18 @@ mod tests {
             narrowed: vec![],
             policy: None,
             oracle: false,
+            clock: Some(WallClock { realtime_ns: 1_700_000_000_000_000_000, monotonic_ns: 5_000 }),
         }))
+    }
+
+    #[test]
+    fn the_wall_clock_of_a_monotonic_instant() {
+        let c = WallClock { realtime_ns: 1_700_000_000_000_000_000, monotonic_ns: 5_000 };
+        assert_eq!(c.realtime_of(5_000), 1_700_000_000_000_000_000);
+        assert_eq!(c.realtime_of(1_005_000), 1_700_000_000_001_000_000);
+        assert_eq!(c.realtime_of(0), 1_699_999_999_999_995_000, "an event before the header");
+        let now = WallClock::now();
+        assert!(now.realtime_ns > 1_700_000_000_000_000_000 && now.monotonic_ns > 0);
     }
 
     #[test]
@@ -272,6 +314,7 @@ mod tests {
         w.finish().unwrap();
         let mut t = Reader::open(&p).unwrap();
         assert_eq!(t.header.probed, [Probe::FreezeBdev]);
+        assert_eq!(t.header.clock.map(|c| c.realtime_of(6_000)), Some(1_700_000_000_000_001_000));
         assert!(t.next_record().unwrap().is_none());
         assert_eq!(t.end().unwrap().command_status, Some(0));
         fs::remove_file(p).unwrap();

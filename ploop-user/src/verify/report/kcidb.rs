@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 use super::{RunVerdict, Summary, call_label};
 use crate::verify::{
     checker::{CallReport, INVARIANTS, Verdict},
-    tracefile::Header,
+    tracefile::{Header, WallClock},
 };
 
 mod series {
@@ -143,6 +143,13 @@ fn rfc3339(unix: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
+/// RFC 3339 in UTC with microseconds, from ns since the epoch.
+fn rfc3339_us(unix_ns: u64) -> String {
+    let secs = rfc3339(unix_ns / 1_000_000_000);
+    let (date_time, zone) = secs.split_at(secs.len() - "+00:00".len());
+    format!("{date_time}.{:06}{zone}", unix_ns % 1_000_000_000 / 1000)
+}
+
 fn excerpt(s: &str) -> String {
     if s.len() <= EXCERPT_MAX {
         return s.to_string();
@@ -161,6 +168,8 @@ pub struct Kcidb {
     header: String,
     release: String,
     run: Option<String>,
+    /// From the trace's header: when each test started (absent in traces without it).
+    clock: Option<WallClock>,
 }
 
 impl Kcidb {
@@ -178,7 +187,14 @@ impl Kcidb {
                 m.kernelrelease
             );
         }
-        Ok(Kcidb { opts, manifest, header: serde_json::to_string(header)?, release, run: None })
+        Ok(Kcidb {
+            opts,
+            manifest,
+            header: serde_json::to_string(header)?,
+            release,
+            run: None,
+            clock: header.clock,
+        })
     }
 
     /// The run's id: fixed by the first judged call (or, without one, at the end).
@@ -193,6 +209,16 @@ impl Kcidb {
         let id = sha256_hex(seed.as_bytes())[..16].to_string();
         self.run = Some(id.clone());
         id
+    }
+
+    /// KCIDB's start_time of something that began at the monotonic instant `mono_ns`.
+    fn start_time(&self, mono_ns: u64) -> Option<Value> {
+        self.clock.map(|c| json!(rfc3339_us(c.realtime_of(mono_ns))))
+    }
+
+    /// The run's start: when its trace began.
+    fn run_start_time(&self) -> Option<Value> {
+        self.clock.map(|c| json!(rfc3339_us(c.realtime_ns)))
     }
 
     fn id(&self, what: &str) -> String {
@@ -253,6 +279,9 @@ impl Kcidb {
             }
             if let Some(d) = duration {
                 t["duration"] = json!(d);
+            }
+            if let Some(st) = self.start_time(c.start_ns) {
+                t["start_time"] = st;
             }
             let _ = write!(out, ",\n{t}");
         }
@@ -359,16 +388,23 @@ impl Kcidb {
         if let Some(r) = &s.reason {
             root["log_excerpt"] = json!(excerpt(r));
         }
+        let run_start = self.run_start_time();
+        if let Some(st) = &run_start {
+            root["start_time"] = st.clone();
+        }
         let mut out = format!(
             "{{\"version\": {{\"major\": {}, \"minor\": {}}},\n\"checkouts\": [{checkout}],\n\"builds\": [{build}],\n\"tests\": [\n{root}",
             SCHEMA.0, SCHEMA.1
         );
         let mut test = |id: String, path: String, status: &str, comment: String, misc: Value| {
-            let t = json!({
+            let mut t = json!({
                 "build_id": self.build_id(), "id": self.id(&id), "origin": self.opts.origin,
                 "path": path, "status": status, "comment": comment,
                 "environment": self.environment(), "misc": misc,
             });
+            if let Some(st) = &run_start {
+                t["start_time"] = st.clone();
+            }
             let _ = write!(out, ",\n{t}");
         };
         if aggregated.is_some() {
@@ -445,6 +481,8 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00+00:00");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20+00:00");
         assert_eq!(rfc3339(951_825_600), "2000-02-29T12:00:00+00:00");
+        assert_eq!(rfc3339_us(1_700_000_000_123_456_789), "2023-11-14T22:13:20.123456+00:00");
+        assert_eq!(rfc3339_us(5_000), "1970-01-01T00:00:00.000005+00:00");
     }
 
     #[test]
