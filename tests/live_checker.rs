@@ -597,6 +597,14 @@ fn hung_snapshot(series: &str) {
         "{:?}",
         s["violation_list"]
     );
+    // The frozen filesystem is outside ploop0's stack, and still named: ploop1 (a dynamic
+    // major; its minors start at 16, 16 per device as vz7).
+    let t2 = s["violation_list"].as_array().unwrap().iter().find(|v| v["id"] == "T2").unwrap();
+    let why = t2["why"].as_str().unwrap();
+    assert!(
+        why.starts_with("ploop1 (") && why.contains(":16) has been frozen"),
+        "T2 names the device outside the stack: {t2}"
+    );
     // Reported while it hung: before the emergency thaw, not when the call returned.
     let lines: Vec<&str> = out.stdout.lines().collect();
     let at = |p: &str| lines.iter().position(|l| l.contains(p));

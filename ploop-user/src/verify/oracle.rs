@@ -411,10 +411,12 @@ mod tests {
                 sd("254:0", "dm-0", &["254:1"], &[], false),
                 sd("254:1", "dm-1", &[], &[], true),
             ],
+            others: vec![],
         };
         let p = path_to_filesystem(&s).unwrap();
         assert_eq!(p, [dev("253:0"), dev("253:1"), dev("254:0"), dev("254:1")]);
-        let none = Stack { ploop_dev: dev("253:0"), devices: vec![s.devices[0].clone()] };
+        let none =
+            Stack { ploop_dev: dev("253:0"), devices: vec![s.devices[0].clone()], others: vec![] };
         assert!(path_to_filesystem(&none).unwrap_err().contains("no filesystem mounted"));
     }
 

@@ -15,6 +15,11 @@ pub struct Stack {
     pub ploop_dev: KDev,
     /// The ploop device and every device above it, bottom first.
     pub devices: Vec<StackDev>,
+    /// Block devices with a mounted filesystem outside this stack: what a sync fd elsewhere
+    /// gets frozen (the filesystem holding the delta files, in a hang), named in reports by
+    /// their name, not a bare major:minor. Absent in older traces.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub others: Vec<StackDev>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,10 +55,7 @@ impl Stack {
             if !seen.insert(dev) {
                 continue;
             }
-            let name = fs::read_link(sys.join("dev/block").join(dev.to_string()))
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into()))
-                .unwrap_or_else(|| dev.to_string().into());
+            let name = sysfs_name(sys, dev);
             let holders: Vec<KDev> =
                 fs::read_dir(sys.join("class/block").join(&name).join("holders"))
                     .map(|rd| {
@@ -78,7 +80,20 @@ impl Stack {
             todo.extend(holders.iter().chain(&partitions).copied());
             devices.push(StackDev { dev, name, holders, partitions, mounts, fstype });
         }
-        Stack { ploop_dev, devices }
+        // Major 0 is the kernel's anonymous devices (tmpfs, proc, overlay): no block device.
+        let others = mountinfo
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2)?.parse::<KDev>().ok())
+            .filter(|d| d.major() != 0 && !seen.contains(d))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|dev| {
+                let (mounts, fstype) = mounts_of(mountinfo, dev);
+                let name = sysfs_name(sys, dev);
+                StackDev { dev, name, holders: vec![], partitions: vec![], mounts, fstype }
+            })
+            .collect();
+        Stack { ploop_dev, devices, others }
     }
 
     pub fn device(&self, dev: KDev) -> Option<&StackDev> {
@@ -107,7 +122,7 @@ impl Stack {
     }
 
     pub fn name(&self, dev: KDev) -> String {
-        match self.device(dev) {
+        match self.device(dev).or_else(|| self.others.iter().find(|d| d.dev == dev)) {
             Some(d) => format!("{} ({dev})", d.name),
             None => dev.to_string(),
         }
@@ -211,6 +226,14 @@ fn uevent_socket() -> Option<std::os::fd::OwnedFd> {
 }
 
 /// Mountpoints and filesystem type of the filesystem whose `st_dev` is `dev`.
+/// The kernel's name of a block device (`ploop1`, `dm-0`), else its major:minor.
+fn sysfs_name(sys: &Path, dev: KDev) -> CompactString {
+    fs::read_link(sys.join("dev/block").join(dev.to_string()))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into()))
+        .unwrap_or_else(|| dev.to_string().into())
+}
+
 fn mounts_of(mountinfo: &str, dev: KDev) -> (Vec<CompactString>, Option<CompactString>) {
     let mut mounts = Vec::new();
     let mut fstype = None;
@@ -257,6 +280,7 @@ mod tests {
             ("253:0", "ploop0", vec!["dm-0"]),
             ("254:0", "dm-0", vec!["dm-1"]),
             ("254:1", "dm-1", vec![]),
+            ("253:16", "ploop1", vec![]),
         ] {
             fs::create_dir_all(tmp.join("dev/block")).unwrap();
             let class = tmp.join("class/block").join(name);
@@ -268,7 +292,8 @@ mod tests {
             }
         }
         let mountinfo = "22 1 0:21 / /proc rw - proc proc rw\n\
-                         40 1 254:1 / /mnt/data rw,relatime - ext4 /dev/dm-1 rw\n";
+                         40 1 254:1 / /mnt/data rw,relatime - ext4 /dev/dm-1 rw\n\
+                         41 1 253:16 / /vz rw,relatime - ext4 /dev/ploop1 rw\n";
         let d = |t: &str| t.parse::<KDev>().unwrap();
         let s = Stack::capture_from(&tmp, mountinfo, d("253:0"));
         let names: Vec<&str> = s.devices.iter().map(|d| d.name.as_str()).collect();
@@ -277,6 +302,13 @@ mod tests {
         assert_eq!(fss, [d("254:1")]);
         assert_eq!(s.device(d("254:1")).unwrap().fstype.as_deref(), Some("ext4"));
         assert_eq!(s.name(d("254:0")), "dm-0 (254:0)");
+        // ploop1 holds a filesystem but is not in ploop0's stack: named, not a member.
+        assert!(s.device(d("253:16")).is_none());
+        assert_eq!(s.name(d("253:16")), "ploop1 (253:16)");
+        let others: Vec<(&str, &str)> =
+            s.others.iter().map(|o| (o.name.as_str(), o.mounts[0].as_str())).collect();
+        assert_eq!(others, [("ploop1", "/vz")], "proc (major 0) and the stack's dm-1 are not others");
+        assert_eq!(s.name(d("8:1")), "8:1", "unknown: the bare number");
         fs::remove_dir_all(&tmp).unwrap();
     }
 }

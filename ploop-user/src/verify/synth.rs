@@ -59,6 +59,7 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> 
                 dev(crypt, format!("dm-{}", 2 * n), vec![linear], &[]),
                 dev(linear, format!("dm-{}", 2 * n + 1), vec![], &["/mnt"]),
             ],
+            others: vec![],
         }))?;
         let chunk = |fd| Chunk { fd, kind: 0, flags: 0, offset: 0, start: 0, len: 0 };
         let request = Request {

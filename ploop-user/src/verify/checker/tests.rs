@@ -38,11 +38,12 @@ fn linear_stack() -> Stack {
             dev(CRYPT, "dm-0", &[LINEAR], &[]),
             dev(LINEAR, "dm-1", &[], &["/mnt"]),
         ],
+        others: vec![],
     }
 }
 
 fn plain_stack() -> Stack {
-    Stack { ploop_dev: k(PLOOP), devices: vec![dev(PLOOP, "ploop0", &[], &["/mnt"])] }
+    Stack { ploop_dev: k(PLOOP), devices: vec![dev(PLOOP, "ploop0", &[], &["/mnt"])], others: vec![] }
 }
 
 fn request(
@@ -235,7 +236,8 @@ fn autodetection_walk_pairs_on_a_plain_device_are_normal() {
         .end(10, 0);
     assert!(run(plain_stack(), &s).1.is_empty());
     // No filesystem anywhere: the walk freezes and thaws ploop at once; nothing to flag.
-    let bare = Stack { ploop_dev: k(PLOOP), devices: vec![dev(PLOOP, "ploop0", &[], &[])] };
+    let bare =
+        Stack { ploop_dev: k(PLOOP), devices: vec![dev(PLOOP, "ploop0", &[], &[])], others: vec![] };
     let mut s = Seq::new();
     s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
         .freeze(10, PLOOP)
@@ -525,7 +527,11 @@ const P1: &str = "253:1";
 fn partitioned_stack() -> Stack {
     let mut disk = dev(PLOOP, "ploop0", &[], &[]);
     disk.partitions = vec![k(P1)];
-    Stack { ploop_dev: k(PLOOP), devices: vec![disk, dev(P1, "ploop0p1", &[], &["/mnt"])] }
+    Stack {
+        ploop_dev: k(PLOOP),
+        devices: vec![disk, dev(P1, "ploop0p1", &[], &["/mnt"])],
+        others: vec![],
+    }
 }
 
 /// libploop's request: chunk #1 an fd of the node of `node`, whose own inode sits on the
