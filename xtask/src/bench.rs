@@ -36,9 +36,32 @@ pub struct BenchArgs {
     /// `direct` (ext4 on ploop itself) make fewer and cheaper calls per snapshot.
     #[arg(long, default_value = "linear", value_parser = ["direct", "crypt", "linear"])]
     pub stack: String,
+    /// The latency modes, in the order each round runs them (`without` always runs first: it
+    /// is the baseline). Reordering them shows whether a mode's cost is its place in the round.
+    #[arg(long, value_delimiter = ',', value_parser = MODES, default_values = &MODES[1..])]
+    pub modes: Vec<String>,
     /// Only the replay benchmark (no guest).
     #[arg(long)]
     pub replay_only: bool,
+}
+
+/// The guest's mode names (bench.sh), each with the label of its snapshot-bench lines.
+const MODES: [&str; 7] = [
+    "without",
+    "count",
+    "run-ringbuf-fentry",
+    "run-ringbuf-kprobe",
+    "run-perf-fentry",
+    "run-perf-kprobe",
+    "nice0-ringbuf-fentry",
+];
+
+fn label(mode: &str) -> &str {
+    match mode {
+        "without" => "without-probes",
+        "count" => "count-probes",
+        m => m,
+    }
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -199,7 +222,16 @@ fn ratio_table(samples: &[(String, Vec<f64>)], modes: &[&str]) {
 }
 
 fn latency(a: &BenchArgs) -> Result<()> {
-    let env = format!("COUNT={}\nROUNDS={}\nSTACK={}", a.count, a.rounds, a.stack);
+    let modes: Vec<&str> = std::iter::once("without")
+        .chain(a.modes.iter().map(String::as_str).filter(|m| *m != "without"))
+        .collect();
+    let env = format!(
+        "COUNT={}\nROUNDS={}\nSTACK={}\nMODES='{}'",
+        a.count,
+        a.rounds,
+        a.stack,
+        modes.join(" ")
+    );
     let mut vm = Vm::with_model(Kernel::resolve(&a.kernel)?, guest_script("bench.sh", &env)?)?;
     vm.timeout = Duration::from_secs(2400);
     let out = vm.run()?;
@@ -211,25 +243,19 @@ fn latency(a: &BenchArgs) -> Result<()> {
     }
     println!(
         "snapshot latency on {} (TCG), ext4 on the {} stack with the sync fd, {} rounds of {} \
-         snapshots per mode after one warm-up snapshot each, alternating",
+         snapshots per mode after one warm-up snapshot each, each round in the order {}",
         out_kernel(&a.kernel),
         a.stack,
         a.rounds,
-        a.count
+        a.count,
+        modes.join(", ")
     );
-    let modes = [
-        "count-probes",
-        "run-ringbuf-fentry",
-        "run-ringbuf-kprobe",
-        "run-perf-fentry",
-        "run-perf-kprobe",
-        "nice0-ringbuf-fentry",
-    ];
+    let labels: Vec<&str> = modes[1..].iter().map(|m| label(m)).collect();
     let samples: Vec<_> = out.stdout.lines().filter_map(parse_samples).collect();
     if !samples.iter().any(|s| s.0 == "without-probes") {
         bail!("no snapshot-bench samples in the guest output:\n{}", out.stdout);
     }
-    ratio_table(&samples, &modes);
+    ratio_table(&samples, &labels);
     // Detection delay: how long after the event that completed a violation it was printed.
     for t in ["ringbuf", "perf"] {
         let mut d: Vec<f64> = out
