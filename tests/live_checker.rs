@@ -473,6 +473,35 @@ fn checker_verdicts(series: &str, build: ModelBuild, clean_snapshots: u64) {
             lp["violation_list"]
         ));
     }
+    // S4 where /dev is on a disk filesystem: the seed freezes the filesystem holding the node
+    // (ext4 on ploop1) and ploop0p1's stays unfrozen; 0002's reading freezes ploop0p1.
+    let dd = summary(&share.join("s4-devdisk-seed"));
+    let s4_why = dd["violation_list"]
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["id"] == "S4"))
+        .and_then(|v| v["why"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    if violated(&dd) != BTreeSet::from(["S2".to_string(), "S4".to_string()])
+        || rc("s4-devdisk-seed") != 1
+        || !s4_why.contains("ploop1 (")
+    {
+        failures.push(format!(
+            "s4-devdisk-seed: exit {}, {:?}",
+            rc("s4-devdisk-seed"),
+            dd["violation_list"]
+        ));
+    }
+    let dd = summary(&share.join("s4-devdisk-bdev"));
+    if rc("s4-devdisk-bdev") != 0 || tally(&dd, "S4") != (1, 0) || tally(&dd, "S2") != (1, 0) {
+        failures.push(format!(
+            "s4-devdisk-bdev: exit {}, S4 {:?}, S2 {:?}, {:?}",
+            rc("s4-devdisk-bdev"),
+            tally(&dd, "S4"),
+            tally(&dd, "S2"),
+            dd["violation_list"]
+        ));
+    }
     let lp = summary(&share.join("lp-unpatched"));
     if rc("lp-unpatched") != 0
         || lp["fallbacks"]["count"] != 1

@@ -189,6 +189,11 @@ fn golden_expectations_say_what_each_case_is_for() {
     assert_eq!(ids("6.1-ioctl-lp-seed"), ["S4"]);
     assert_eq!(ids("6.1-ioctl-lp-bdev"), [] as [&str; 0]);
     assert_eq!(ids("6.1-ioctl-lp-unpatched"), [] as [&str; 0]);
+    // The node of ploop0p1 on a disk filesystem (ext4 on ploop1), as where /dev is not
+    // devtmpfs: the seed freezes the filesystem holding the node (S4, and S2 with it: ploop0p1's
+    // stays unfrozen); 0002's reading freezes ploop0p1.
+    assert_eq!(ids("6.1-ioctl-s4-devdisk-seed"), ["S2", "S4"]);
+    assert_eq!(ids("6.1-ioctl-s4-devdisk-bdev"), [] as [&str; 0]);
     // A second snapshot refused at the ioctl dispatch while the first holds maintenance.
     assert_eq!(ids("6.1-ioctl-ebusy"), [] as [&str; 0]);
     // Runs with --hang-after 1.5 and 3 s recorded in the header: a replay judges with them.

@@ -185,6 +185,19 @@ up_part() {
     mkfs.ext4 -q /dev/ploop0p1 && mount -t ext4 /dev/ploop0p1 /mnt/p0
 }
 down_part() { umount /mnt/p0; ploop-verify device detach --device /dev/ploop0 >/dev/null; }
+# S4 where /dev sits on a disk filesystem (CONTRACT.md, "The mismatch"): libploop's node of
+# ploop0p1, made on ext4 on ploop1 (at /mnt/p1). The seed resolves the node through the
+# filesystem holding it and freezes ploop1's instead of ploop0p1's.
+up_devdisk() {
+  up direct /dev/ploop1 && up_part &&
+    mknod /mnt/p1/ploop0p1 b $(tr : ' ' < /sys/class/block/ploop0p1/dev)
+}
+down_devdisk() { down_part; down direct /dev/ploop1; }
+wl_devdisk() {
+  ploop-verify snapshot --device /dev/ploop0 --format ploop1 --delta /tmp/p0-dd$1.hds \
+    --sync-fd-dev /mnt/p1/ploop0p1
+  echo "node on a disk filesystem: exit $?"
+}
 wl_einval() { wl_sync_one; ploop-verify support --device /dev/ploop0; }
 wl_unpatched() {
   snaps 3 auto
@@ -225,6 +238,10 @@ up direct; check s4-seed wl_node; down direct
 up_part; check lp-seed "wl_libploop 1"; down_part
 echo bdev > $P/sync_fd_resolve
 up_part; check lp-bdev "wl_libploop 2"; down_part
+echo seed > $P/sync_fd_resolve
+up_devdisk; check s4-devdisk-seed "wl_devdisk 1"; down_devdisk
+echo bdev > $P/sync_fd_resolve
+up_devdisk; check s4-devdisk-bdev "wl_devdisk 2"; down_devdisk
 echo seed > $P/sync_fd_resolve
 echo N > $P/patched
 up_part; check lp-unpatched "wl_libploop 3"; down_part
