@@ -134,6 +134,23 @@ fn against_dumpe2fs(
 
 /// Every successful PLOOP_FLAG_FS_SYNC call of `case` (all its calls: the workloads make no
 /// other) has exactly one finding, and X1 tallies them all.
+/// A case that must exit 0 with each of `ids` passing on `n` calls and failing on none.
+fn expect_passing(
+    share: &Path,
+    case: &str,
+    rc: i32,
+    ids: &[&str],
+    n: u64,
+    failures: &mut Vec<String>,
+) {
+    let s = summary(&share.join(case));
+    let got: Vec<(&str, (u64, u64))> = ids.iter().map(|id| (*id, tally(&s, id))).collect();
+    if rc != 0 || got.iter().any(|(_, t)| *t != (n, 0)) {
+        failures
+            .push(format!("{case}: exit {rc}, (pass, fail) {got:?}, {:?}", s["violation_list"]));
+    }
+}
+
 fn a_finding_per_call(share: &Path, case: &str, failures: &mut Vec<String>) -> Vec<Value> {
     let dir = share.join(case);
     let s = summary(&dir);
@@ -248,16 +265,7 @@ fn oracle_verdicts(series: &str, out: &xtask::vm::Output, results: &Results) -> 
     if !md.contains("S2 failed, and the snapshot it left needs a journal replay (X1)") {
         failures.push("s2-auto: summary.md does not tie X1 to S2".into());
     }
-    let sync = summary(&share.join("s2-sync"));
-    if rc("s2-sync") != 0 || tally(&sync, "S2") != (3, 0) || tally(&sync, "X1") != (3, 0) {
-        failures.push(format!(
-            "s2-sync: exit {}, S2 {:?}, X1 {:?}, {:?}",
-            rc("s2-sync"),
-            tally(&sync, "S2"),
-            tally(&sync, "X1"),
-            sync["violation_list"]
-        ));
-    }
+    expect_passing(share, "s2-sync", rc("s2-sync"), &["S2", "X1"], 3, &mut failures);
     for case in ["s2-auto", "s2-sync"] {
         a_finding_per_call(share, case, &mut failures);
     }
@@ -463,16 +471,7 @@ fn checker_verdicts(series: &str, build: ModelBuild, clean_snapshots: u64) {
     if violated(&lp) != BTreeSet::from(["S4".to_string()]) || rc("lp-seed") != 1 {
         failures.push(format!("lp-seed: exit {}, {:?}", rc("lp-seed"), lp["violation_list"]));
     }
-    let lp = summary(&share.join("lp-bdev"));
-    if rc("lp-bdev") != 0 || tally(&lp, "S4") != (1, 0) || tally(&lp, "S2") != (1, 0) {
-        failures.push(format!(
-            "lp-bdev: exit {}, S4 {:?}, S2 {:?}, {:?}",
-            rc("lp-bdev"),
-            tally(&lp, "S4"),
-            tally(&lp, "S2"),
-            lp["violation_list"]
-        ));
-    }
+    expect_passing(share, "lp-bdev", rc("lp-bdev"), &["S4", "S2"], 1, &mut failures);
     // S4 where /dev is on a disk filesystem: the seed freezes the filesystem holding the node
     // (ext4 on ploop1) and ploop0p1's stays unfrozen; 0002's reading freezes ploop0p1.
     let dd = summary(&share.join("s4-devdisk-seed"));
@@ -492,16 +491,8 @@ fn checker_verdicts(series: &str, build: ModelBuild, clean_snapshots: u64) {
             dd["violation_list"]
         ));
     }
-    let dd = summary(&share.join("s4-devdisk-bdev"));
-    if rc("s4-devdisk-bdev") != 0 || tally(&dd, "S4") != (1, 0) || tally(&dd, "S2") != (1, 0) {
-        failures.push(format!(
-            "s4-devdisk-bdev: exit {}, S4 {:?}, S2 {:?}, {:?}",
-            rc("s4-devdisk-bdev"),
-            tally(&dd, "S4"),
-            tally(&dd, "S2"),
-            dd["violation_list"]
-        ));
-    }
+    let bdev = "s4-devdisk-bdev";
+    expect_passing(share, bdev, rc(bdev), &["S4", "S2"], 1, &mut failures);
     let lp = summary(&share.join("lp-unpatched"));
     if rc("lp-unpatched") != 0
         || lp["fallbacks"]["count"] != 1

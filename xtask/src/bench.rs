@@ -205,7 +205,13 @@ fn ratio_table(samples: &[(String, Vec<f64>)], modes: &[&str]) {
             format!("{mr:.3} [{mlo:.3}, {mhi:.3}]"),
         );
     };
-    println!("  {:<22} {:>5} {:>8.2} {:>8.2}", "without-probes", base.len(), p50(&base), mean(&base));
+    println!(
+        "  {:<22} {:>5} {:>8.2} {:>8.2}",
+        "without-probes",
+        base.len(),
+        p50(&base),
+        mean(&base)
+    );
     for label in modes {
         let with = pooled(label);
         if !with.is_empty() {

@@ -307,7 +307,11 @@ mod tests {
         assert_eq!(s.name(d("253:16")), "ploop1 (253:16)");
         let others: Vec<(&str, &str)> =
             s.others.iter().map(|o| (o.name.as_str(), o.mounts[0].as_str())).collect();
-        assert_eq!(others, [("ploop1", "/vz")], "proc (major 0) and the stack's dm-1 are not others");
+        assert_eq!(
+            others,
+            [("ploop1", "/vz")],
+            "proc (major 0) and the stack's dm-1 are not others"
+        );
         assert_eq!(s.name(d("8:1")), "8:1", "unknown: the bare number");
         fs::remove_dir_all(&tmp).unwrap();
     }

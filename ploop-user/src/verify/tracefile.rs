@@ -63,8 +63,8 @@ pub struct WallClock {
 impl WallClock {
     pub fn now() -> Self {
         let mono = crate::verify::drive::mono_ns();
-        let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
-            .expect("CLOCK_REALTIME");
+        let real =
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).expect("CLOCK_REALTIME");
         WallClock {
             realtime_ns: real.tv_sec() as u64 * 1_000_000_000 + real.tv_nsec() as u64,
             monotonic_ns: mono,

@@ -43,7 +43,11 @@ fn linear_stack() -> Stack {
 }
 
 fn plain_stack() -> Stack {
-    Stack { ploop_dev: k(PLOOP), devices: vec![dev(PLOOP, "ploop0", &[], &["/mnt"])], others: vec![] }
+    Stack {
+        ploop_dev: k(PLOOP),
+        devices: vec![dev(PLOOP, "ploop0", &[], &["/mnt"])],
+        others: vec![],
+    }
 }
 
 fn request(
@@ -236,8 +240,11 @@ fn autodetection_walk_pairs_on_a_plain_device_are_normal() {
         .end(10, 0);
     assert!(run(plain_stack(), &s).1.is_empty());
     // No filesystem anywhere: the walk freezes and thaws ploop at once; nothing to flag.
-    let bare =
-        Stack { ploop_dev: k(PLOOP), devices: vec![dev(PLOOP, "ploop0", &[], &[])], others: vec![] };
+    let bare = Stack {
+        ploop_dev: k(PLOOP),
+        devices: vec![dev(PLOOP, "ploop0", &[], &[])],
+        others: vec![],
+    };
     let mut s = Seq::new();
     s.start(10, request(PLOOP_FLAG_FS_SYNC, 1, None, None))
         .freeze(10, PLOOP)
