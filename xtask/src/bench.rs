@@ -287,12 +287,7 @@ fn latency(a: &BenchArgs) -> Result<()> {
             let field =
                 |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string);
             let target = field("target=").unwrap_or_default();
-            let achieved = out
-                .stdout
-                .lines()
-                .find(|b| b.starts_with(&format!("snapshot-bench rate-{t}-{target}:")))
-                .and_then(|b| b.split_whitespace().find_map(|w| w.strip_prefix("achieved=")))
-                .and_then(|v| v.trim_end_matches("/s").parse::<f64>().ok());
+            let achieved = achieved_rate(&out.stdout, t, &target);
             let lost = field("lost=").and_then(|v| v.parse::<u64>().ok());
             println!(
                 "rate ({t}): target {}/s, achieved {}/s, calls judged {}, events lost {}",
@@ -315,12 +310,32 @@ fn latency(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The rate `snapshot-bench rate-T-TARGET` reached, from the guest's output. Searched for
+/// inside lines: above the zero-loss rate the eBPF log's "ring buffer full" warnings share
+/// the console and may come first on the same line.
+fn achieved_rate(stdout: &str, transport: &str, target: &str) -> Option<f64> {
+    stdout
+        .lines()
+        .find_map(|l| l.split_once(&format!("snapshot-bench rate-{transport}-{target}:")))
+        .and_then(|(_, l)| l.split_whitespace().find_map(|w| w.strip_prefix("achieved=")))
+        .and_then(|v| v.trim_end_matches("/s").parse().ok())
+}
+
 fn out_kernel(spec: &str) -> String {
     Kernel::resolve(spec).map(|k| k.release).unwrap_or_else(|_| spec.to_string())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn finds_the_achieved_rate_behind_an_ebpf_warning() {
+        let out = "ebpf WARNsnapshot-bench rate-ringbuf-10000: calls=19795 seconds=2.00 \
+                   achieved=9897/s target=10000/s\nsnapshot-bench rate-perf-10000: achieved=9999/s";
+        assert_eq!(super::achieved_rate(out, "ringbuf", "10000"), Some(9897.0));
+        assert_eq!(super::achieved_rate(out, "perf", "10000"), Some(9999.0));
+        assert_eq!(super::achieved_rate(out, "ringbuf", "1000"), None);
+    }
+
     #[test]
     fn parses_a_samples_line() {
         assert_eq!(super::parse_samples("other"), None);
