@@ -4,31 +4,19 @@
 
 pub use ploop_common::ploop_if::*;
 
-// The request numbers, as `include/ploop_if.h` defines them, in the type libc's `ioctl()` takes
-// on this target (`c_ulong` on glibc, `c_int` on musl). They shadow ploop-common's `u64`
-// copies of the glob above.
-
-/// `_IOW(PLOOPCTLTYPE, 0, struct ploop_ctl)`: add a delta.
-pub const PLOOP_IOC_ADD_DELTA: libc::Ioctl = nix::request_code_write!(PLOOPCTLTYPE, 0, CTL_SIZE);
-/// `_IOW(PLOOPCTLTYPE, 4, struct ploop_ctl)`: a snapshot (new top delta).
-pub const PLOOP_IOC_SNAPSHOT: libc::Ioctl = nix::request_code_write!(PLOOPCTLTYPE, 4, CTL_SIZE);
-/// `_IO(PLOOPCTLTYPE, 6)`: drop every delta (the device goes back to size 0).
-pub const PLOOP_IOC_CLEAR: libc::Ioctl = nix::request_code_none!(PLOOPCTLTYPE, 6);
-/// `_IO(PLOOPCTLTYPE, 32)`: freeze the ploop device itself.
-pub const PLOOP_IOC_FREEZE: libc::Ioctl = nix::request_code_none!(PLOOPCTLTYPE, 32);
-/// `_IO(PLOOPCTLTYPE, 33)`: thaw it.
-pub const PLOOP_IOC_THAW: libc::Ioctl = nix::request_code_none!(PLOOPCTLTYPE, 33);
-
-// chunks[0].pctl_type: the I/O engine of a delta (vz7 `include/linux/ploop/ploop_if.h`).
-/// Let the kernel choose (what libploop sends).
-pub const PLOOP_IO_AUTO: u32 = 0;
-pub const PLOOP_IO_DIRECT: u32 = 1;
-pub const PLOOP_IO_NFS: u32 = 2;
-/// Kernel AIO, what libploop sends for images on a local filesystem with `kaio` support.
-pub const PLOOP_IO_KAIO: u32 = 4;
-
-/// `pstate/fmt_version`: the ploop1 subversion of a device's deltas (0: none, raw base).
-pub const PLOOP_FMT_UNDEFINED: i64 = 0;
+// The request numbers in the type libc's `ioctl()` takes on this target (`c_ulong` on glibc,
+// `c_int` on musl), from ploop-common's one encoding; they shadow its `u64`s of the glob above.
+use ploop_common::ploop_if as common;
+/// Add a delta.
+pub const PLOOP_IOC_ADD_DELTA: libc::Ioctl = common::PLOOP_IOC_ADD_DELTA as libc::Ioctl;
+/// A snapshot (new top delta).
+pub const PLOOP_IOC_SNAPSHOT: libc::Ioctl = common::PLOOP_IOC_SNAPSHOT as libc::Ioctl;
+/// Drop every delta (the device goes back to size 0).
+pub const PLOOP_IOC_CLEAR: libc::Ioctl = common::PLOOP_IOC_CLEAR as libc::Ioctl;
+/// Freeze the filesystem on the ploop device itself.
+pub const PLOOP_IOC_FREEZE: libc::Ioctl = common::PLOOP_IOC_FREEZE as libc::Ioctl;
+/// Thaw it.
+pub const PLOOP_IOC_THAW: libc::Ioctl = common::PLOOP_IOC_THAW as libc::Ioctl;
 
 /// A `ploop_ctl` followed by its chunks, laid out in an 8-aligned buffer exactly as the kernel
 /// reads it. The number of chunks in the buffer is independent of `ctl.pctl_chunks`, so a
@@ -79,16 +67,18 @@ mod tests {
     fn request_numbers_match_ploop_if_h() {
         assert_eq!(PLOOP_IOC_ADD_DELTA as u64, 0x4018_5000);
         assert_eq!(PLOOP_IOC_SNAPSHOT as u64, 0x4018_5004);
-        assert_eq!(PLOOP_IOC_CLEAR as u64, 0x5006);
+        assert_eq!(PLOOP_IOC_CLEAR as u64, 0x5001);
         assert_eq!(PLOOP_IOC_FREEZE as u64, 0x5020);
         assert_eq!(PLOOP_IOC_THAW as u64, 0x5021);
-        // ploop-common's hand-encoded copies say the same.
-        use ploop_common::ploop_if as common;
-        assert_eq!(PLOOP_IOC_ADD_DELTA as u64, common::PLOOP_IOC_ADD_DELTA);
-        assert_eq!(PLOOP_IOC_SNAPSHOT as u64, common::PLOOP_IOC_SNAPSHOT);
-        assert_eq!(PLOOP_IOC_CLEAR as u64, common::PLOOP_IOC_CLEAR);
-        assert_eq!(PLOOP_IOC_FREEZE as u64, common::PLOOP_IOC_FREEZE);
-        assert_eq!(PLOOP_IOC_THAW as u64, common::PLOOP_IOC_THAW);
+        // nix's encoding of the same requests (the one libc users write) agrees.
+        assert_eq!(PLOOP_IOC_SNAPSHOT, nix::request_code_write!(PLOOPCTLTYPE, 4, CTL_SIZE));
+        assert_eq!(PLOOP_IOC_CLEAR, nix::request_code_none!(PLOOPCTLTYPE, 1));
+        assert_eq!(
+            common::PLOOP_IOC_BALLOON as libc::Ioctl,
+            nix::request_code_write!(PLOOPCTLTYPE, 19, std::mem::size_of::<PloopBalloonCtl>())
+        );
+        assert_eq!(common::PLOOP_IOC_GETDEVICE, 0x4008_5016);
+        assert_eq!(common::PLOOP_IOC_TRACK_INIT, 0x8010_5006);
     }
 
     #[test]

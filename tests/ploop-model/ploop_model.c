@@ -40,7 +40,7 @@
  *    file I/O runs in an ordered workqueue (kernel_read/kernel_write).
  *    Flushes (REQ_PREFLUSH, empty flush bios, REQ_OP_FLUSH) vfs_fsync the
  *    top delta, FUA writes are followed by a datasync.
- *  - PLOOP_IOC_CLEAR (_IO('P', 6)): drops all deltas, capacity back to 0.
+ *  - PLOOP_IOC_CLEAR (_IO('P', 1)): drops all deltas, capacity back to 0.
  *    -EBUSY while anybody but the caller has the device open, while a
  *    PLOOP_IOC_FREEZE is active or during a snapshot.
  *  - sysfs: /sys/block/ploopN/pstate/{nr_deltas,top,leaked_freezes,

@@ -10,6 +10,7 @@ pub mod initramfs;
 pub mod kernels;
 pub mod linux_source;
 pub mod module;
+pub mod ploop_if;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -39,6 +39,9 @@ enum Cmd {
     Bench(xtask::bench::BenchArgs),
     /// Build the static (musl) ploop-verify that guests run; prints its path.
     BuildStatic,
+    /// Write tests/ploop-model/ploop_if.h from the one ploop ABI (ploop-common's ploop_if.rs);
+    /// a test fails when the committed header is not what this writes.
+    GenPloopIf,
     /// Release packages in --out: a versioned tarball (static ploop-verify, README,
     /// kernel-patch/, SHA256SUMS), an RPM for RHEL 7 / vz7, a .deb, and their SHA256SUMS.
     Dist {
@@ -129,6 +132,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Bench(a) => {
             xtask::bench::run(&a)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::GenPloopIf => {
+            let changed = xtask::ploop_if::write()?;
+            let path = xtask::ploop_if::header_path();
+            println!("{} {}", path.display(), if changed { "written" } else { "unchanged" });
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BuildStatic => {
