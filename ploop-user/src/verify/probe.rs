@@ -32,7 +32,9 @@ use crate::{
 };
 
 static OBJ_RINGBUF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
-static OBJ_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
+/// The legacy object (perf buffer, no ring buffer): `kernel::verifier` holds it to old
+/// verifiers.
+pub static OBJ_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
