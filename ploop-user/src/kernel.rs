@@ -4,6 +4,7 @@
 //! and the kernels that have them are in [`minimums`].
 
 pub mod minimums;
+pub mod tracefs;
 pub mod verifier;
 
 use std::{collections::BTreeMap, fs};

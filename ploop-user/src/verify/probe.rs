@@ -27,6 +27,7 @@ use crate::{
     kernel::{
         KernelInfo,
         minimums::{self, Minimum},
+        tracefs,
     },
     verify::perf_ring::{PerfRecord, PerfRing},
 };
@@ -441,8 +442,7 @@ impl Capabilities {
 
 fn kprobe_interface_present() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
-        || Path::new("/sys/kernel/tracing/kprobe_events").exists()
-        || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists()
+        || tracefs::ensure().is_some_and(|t| t.join("kprobe_events").exists())
 }
 
 impl Plan {
@@ -611,6 +611,8 @@ fn decode(bytes: &[u8]) -> Option<Event> {
 
 impl Session {
     pub fn attach(plan: &Plan) -> Result<Self> {
+        // Before aya looks for tracefs (once per process): on 3.10 it takes mounting debugfs.
+        tracefs::ensure();
         let obj = match plan.transport {
             Transport::Ringbuf => OBJ_RINGBUF,
             Transport::Perf => OBJ_PERF,
