@@ -456,6 +456,29 @@ pub fn check(profile: &Profile, image: &Image) -> Verdict {
     Verdict { profile: profile.name, programs, skipped, problems }
 }
 
+/// `kern_version` as aya 0.16 sets it for a kprobe: the object's version section, else the
+/// running kernel's version (`running`: aya's reading of uname, which on RHEL 7 is the
+/// release's first three numbers), and whether that is the profile's `LINUX_VERSION_CODE`.
+pub fn kern_version(
+    profile: &Profile,
+    image: &Image,
+    running: Option<u32>,
+) -> Result<String, String> {
+    let (v, from) = match (image.version, running) {
+        (Some(v), _) => (v, "the object's version section"),
+        (None, Some(v)) => (v, "aya, from the running kernel's release"),
+        (None, None) => {
+            return Err("aya cannot read the running kernel's version: it passes 0".into());
+        }
+    };
+    let text = format!("kern_version {v:#x} ({from})");
+    if v == profile.kern_version {
+        Ok(format!("{text} = LINUX_VERSION_CODE"))
+    } else {
+        Err(format!("{text}, but kprobes need {:#x}", profile.kern_version))
+    }
+}
+
 /// The facts of one function: what the verifier asks of each function on its own.
 struct Facts {
     /// Deepest r10-relative byte the function touches or hands out a pointer to.
@@ -903,6 +926,16 @@ mod tests {
         let v = check(&VZ7, &image);
         assert!(v.programs.is_empty() && v.skipped.len() == 1, "{v}");
         assert!(v.failures()[0].contains("kern_version 0x30a00"), "{v}");
+    }
+
+    #[test]
+    fn kern_version_is_the_sections_else_the_running_kernels() {
+        let none = Image::default();
+        assert!(kern_version(&VZ7, &none, Some(0x030a00)).unwrap().contains("from the running"));
+        assert!(kern_version(&VZ7, &none, Some(0x060100)).is_err());
+        assert!(kern_version(&VZ7, &none, None).is_err());
+        let pinned = Image { version: Some(0x030a00), ..Image::default() };
+        assert!(kern_version(&VZ7, &pinned, Some(0x060100)).unwrap().contains("section"));
     }
 
     /// The legacy object as built: every program the vz7 host loads is held to its verifier.
