@@ -835,10 +835,10 @@ mod tests {
         }
     }
 
-    /// The legacy object must stay loadable on old kernels (vz7's 3.10 tech preview): none of
-    /// the features `kernel::minimums` lists as avoided (bpf-to-bpf calls, global data,
+    /// The legacy object must stay loadable on old mainline kernels (4.8+): none of the
+    /// features `kernel::minimums` lists as avoided (bpf-to-bpf calls, global data,
     /// bpf_probe_read_kernel/_user), no ring buffer, and no helper newer than
-    /// bpf_get_current_task.
+    /// bpf_get_current_task. vz7's 3.10 verifier has its own profile: `kernel::verifier`.
     #[test]
     fn perf_object_is_fit_for_old_kernels() {
         use crate::kernel::minimums::GET_CURRENT_TASK;
