@@ -938,6 +938,41 @@ mod tests {
         assert!(kern_version(&VZ7, &pinned, Some(0x060100)).unwrap().contains("section"));
     }
 
+    /// The ring-buffer object has what the legacy one must not: bpf-to-bpf calls into
+    /// `.text` (aya-log's), relocated against the section. They resolve to a function's entry,
+    /// and the callee counts into its caller. It also fails the vz7 profile, as it should.
+    #[test]
+    fn calls_into_text_resolve_in_the_ring_buffer_object() {
+        let image = read_object(crate::verify::probe::OBJ_RINGBUF).unwrap();
+        assert!(image.problems.is_empty(), "{:?}", image.problems);
+        let (caller, callee) = image
+            .functions
+            .iter()
+            .filter(|f| f.program)
+            .find_map(|f| f.calls.values().next().map(|&c| (f, &image.functions[c])))
+            .expect("a program with a bpf-to-bpf call");
+        assert_eq!(callee.section, ".text");
+        let v = check(&VZ7, &image);
+        let p = v.programs.iter().find(|p| p.name == caller.name).unwrap();
+        assert!(p.insns >= caller.insns.len() + callee.insns.len(), "{} {}", p.name, p.insns);
+        let why = v.failures().join("\n");
+        assert!(why.contains("object: map PLOOP_EVENTS is RINGBUF"), "{why}");
+    }
+
+    /// A change to the built object that breaks a rule fails, naming the program.
+    #[test]
+    fn a_broken_program_in_the_built_object_is_named() {
+        let mut image = read_object(crate::verify::probe::OBJ_PERF).unwrap();
+        let f = image.functions.iter_mut().find(|f| f.name == "sys_exit_ioctl").unwrap();
+        let at = f.insns.iter().position(|i| i.is_call() && i.src == 0).unwrap();
+        f.insns[at].imm = 113;
+        f.insns.push(exit());
+        let why = check(&VZ7, &image).failures().join("\n");
+        assert!(why.contains("sys_exit_ioctl: helper 113 is not in the kernel's list"), "{why}");
+        assert!(why.contains("sys_exit_ioctl: 1 unreachable instruction(s)"), "{why}");
+        assert!(!why.contains("sys_enter_ioctl"), "{why}");
+    }
+
     /// The legacy object as built: every program the vz7 host loads is held to its verifier.
     /// The figures go to the test's output (`--nocapture`).
     #[test]

@@ -32,7 +32,8 @@ use crate::{
     verify::perf_ring::{PerfRecord, PerfRing},
 };
 
-static OBJ_RINGBUF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
+pub(crate) static OBJ_RINGBUF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
 /// The legacy object (perf buffer, no ring buffer): `kernel::verifier` holds it to old
 /// verifiers.
 pub static OBJ_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
