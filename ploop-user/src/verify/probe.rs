@@ -36,7 +36,8 @@ pub(crate) static OBJ_RINGBUF: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
 /// The legacy object (perf buffer, no ring buffer): `kernel::verifier` holds it to old
 /// verifiers.
-pub static OBJ_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
+pub(crate) static OBJ_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
