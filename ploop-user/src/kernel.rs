@@ -4,6 +4,8 @@
 //! and the kernels that have them are in [`minimums`].
 
 pub mod minimums;
+pub mod tracefs;
+pub mod verifier;
 
 use std::{collections::BTreeMap, fs};
 
@@ -108,6 +110,25 @@ fn resolve<'a>(
         .map(|(&n, &m)| (n, m))
 }
 
+/// The taint bit RHEL 7 sets at the first `bpf()` call (`TAINT_TECH_PREVIEW`), logging "TECH
+/// PREVIEW: eBPF syscall may not be fully supported".
+pub const TAINT_TECH_PREVIEW: u32 = 29;
+
+/// Whether `release` is a RHEL 7-family kernel (RHEL, CentOS, vz7 on its RHEL base), whose
+/// BPF is a tech preview that taints the kernel: `3.10.0-1127.el7.x86_64`,
+/// `3.10.0-1127.18.2.vz7.163.22`. Oracle's UEK (`4.14.35-...el7uek`) is no RHEL kernel.
+pub fn bpf_taints(release: &str) -> bool {
+    let mut parts = release.split(['.', '-', '_', '+']);
+    let rhel = release.starts_with("3.10.0-");
+    parts.any(|p| p == "vz7" || (rhel && p == "el7"))
+}
+
+/// Whether `/proc/sys/kernel/tainted` (a decimal mask) has the tech-preview bit.
+pub fn tech_preview_tainted(tainted: &str) -> Option<bool> {
+    let mask: u64 = tainted.trim().parse().ok()?;
+    Some(mask & (1 << TAINT_TECH_PREVIEW) != 0)
+}
+
 impl std::fmt::Display for Generation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -145,6 +166,12 @@ impl Generation {
             Probe::SysExitIoctl => false,
             _ => true,
         }
+    }
+
+    /// The verifier the legacy object is held to on this generation ([`verifier`]): 3.10's.
+    /// Later kernels accept all the older ones did.
+    pub fn verifier_profile(self) -> Option<&'static verifier::Profile> {
+        matches!(self, Generation::Vz7).then_some(&verifier::VZ7)
     }
 
     /// Number of arguments of a probed function (3.10's `thaw_bdev` also takes the
@@ -324,6 +351,35 @@ ffffffff8132a2c0 D freeze_bdev_data
         assert!(!Generation::Vz7.returns_int(Probe::FreezeBdev));
         assert!(Generation::Vz7.returns_int(Probe::ThawBdev));
         assert!(!Generation::FreezeBdev.returns_int(Probe::SysExitIoctl));
+    }
+
+    #[test]
+    fn rhel7_family_kernels_are_told_by_their_release() {
+        for taints in [
+            "3.10.0-1127.18.2.vz7.163.22",
+            "3.10.0-1160.80.1.vz7.191.4",
+            "3.10.0-1127.el7.x86_64",
+            "3.10.0-1160.119.1.el7.x86_64",
+            "3.10.0-1062.el7_7.x86_64",
+        ] {
+            assert!(bpf_taints(taints), "{taints}");
+        }
+        for clean in [
+            "6.1.0-57-amd64",
+            "4.14.35-2047.518.4.el7uek.x86_64",
+            "4.18.0-553.el8_10.x86_64",
+            "3.10.0-custom",
+            "5.10.0-el7-like",
+            "3.10.0-1127.el7uek",
+        ] {
+            assert!(!bpf_taints(clean), "{clean}");
+        }
+        assert_eq!(tech_preview_tainted("536870912\n"), Some(true));
+        assert_eq!(tech_preview_tainted("536875008"), Some(true), "with O and E too");
+        assert_eq!(tech_preview_tainted("4096"), Some(false));
+        assert_eq!(tech_preview_tainted("x"), None);
+        assert!(Generation::Vz7.verifier_profile().is_some());
+        assert!(Generation::FreezeBdev.verifier_profile().is_none());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use ploop_user::{
     image,
     kit::{ploopctl, testkit},
-    verify::{doctor, probe, run, trace},
+    verify::{doctor, probe, run, tech_preview, trace},
 };
 
 /// `--version`: the version, the commit it was built from ("unknown" outside a git checkout)
@@ -38,6 +38,11 @@ struct Cli {
     /// (e.g. from `cargo xtask build-kernel`, or `pahole -J vmlinux`).
     #[arg(long, global = true, value_name = "FILE")]
     btf: Option<PathBuf>,
+    /// Agree that on a RHEL 7-family kernel (vz7 included) the first bpf() call taints the
+    /// kernel ("TECH PREVIEW", taint bit 29): `run` and `trace` refuse there without it (exit
+    /// status 2), `doctor` does not try the probes. Harmless on any other kernel.
+    #[arg(long, global = true)]
+    allow_tech_preview_taint: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,6 +98,9 @@ fn main() -> ExitCode {
         }
     };
     let btf = cli.btf.as_deref();
+    if cli.allow_tech_preview_taint {
+        tech_preview::allow();
+    }
     let result = probe::check_btf_arg(btf).and_then(|()| match cli.command {
         Command::Doctor(a) => doctor::run(a, btf),
         Command::Trace(a) => tokio::runtime::Builder::new_current_thread()

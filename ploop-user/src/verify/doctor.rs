@@ -2,16 +2,16 @@
 
 use std::{path::Path, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use clap::Args;
 use serde_json::json;
 
 use ploop_common::{Attach, Probe};
 
 use crate::{
-    kernel::KernelInfo,
-    verify::probe::ProbeArgs,
-    verify::probe::{Capabilities, Check, missing_means},
+    kernel::{self, KernelInfo, verifier},
+    verify::probe::{self, Capabilities, Check, ProbeArgs, missing_means},
+    verify::tech_preview::{self, Consent},
 };
 
 #[derive(Args, Debug)]
@@ -40,16 +40,76 @@ fn functions() -> impl Iterator<Item = Probe> {
     Probe::ALL.into_iter().filter(|p| matches!(p.attach(), Attach::Function { .. }))
 }
 
+/// The legacy object against this kernel's verifier, where the kernel-generation seam names
+/// one: the verdict and kern_version, both read without a bpf() call.
+struct ProfileResult {
+    verdict: verifier::Verdict,
+    kern_version: Result<String, String>,
+}
+
+impl ProfileResult {
+    fn of(kernel: &KernelInfo) -> Result<Option<Self>> {
+        let Some(profile) = kernel.generation.verifier_profile() else { return Ok(None) };
+        let image = verifier::read_object(probe::OBJ_PERF)?;
+        let running = aya::util::KernelVersion::current().ok().map(|v| v.code());
+        Ok(Some(ProfileResult {
+            verdict: verifier::check(profile, &image),
+            kern_version: verifier::kern_version(profile, &image, running),
+        }))
+    }
+
+    fn passed(&self) -> bool {
+        self.verdict.passed() && self.kern_version.is_ok()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let programs: Vec<_> = self
+            .verdict
+            .programs
+            .iter()
+            .map(|p| json!({"name": p.name, "insns": p.insns, "stack": p.stack}))
+            .collect();
+        json!({
+            "profile": self.verdict.profile,
+            "passed": self.passed(),
+            "failures": self.verdict.failures(),
+            "kern_version": match &self.kern_version { Ok(t) | Err(t) => t },
+            "programs": programs,
+        })
+    }
+}
+
 pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let kernel = KernelInfo::detect()?;
-    let caps = Capabilities::probe(&kernel, btf);
-    let plan = caps.plan(&kernel, btf, args.probe.method, args.probe.transport);
+    let profile = ProfileResult::of(&kernel)?;
+    let tech_preview = kernel::bpf_taints(&kernel.release);
+    let tainted = tech_preview.then(tech_preview::already_tainted).flatten();
+    // Every capability is found by trying it: a bpf() call.
+    let caps = match tech_preview::before_first_bpf_call(&kernel) {
+        Consent::Refused => None,
+        Consent::Given | Consent::NotNeeded => Some(Capabilities::probe(&kernel, btf)),
+    };
+    let plan = match &caps {
+        Some(caps) => caps.plan(&kernel, btf, args.probe.method, args.probe.transport),
+        None => Err(anyhow!(
+            "not tried: bpf() would taint this kernel; pass {} to agree",
+            tech_preview::FLAG
+        )),
+    };
+    let ok = plan.is_ok() && profile.as_ref().is_none_or(ProfileResult::passed);
     if args.json {
         let symbols: serde_json::Map<_, _> = functions()
             .map(|p| (p.name().to_string(), serde_json::to_value(kernel.symbol(p)).unwrap()))
             .collect();
         let out = json!({
             "kernel": { "release": kernel.release, "generation": kernel.generation },
+            "tech_preview": tech_preview.then(|| json!({
+                "bpf_taints": true,
+                "taint_bit": kernel::TAINT_TECH_PREVIEW,
+                "tainted": tainted,
+                "allowed": caps.is_some(),
+            })),
+            "verifier_profile": profile.as_ref().map(ProfileResult::json),
             "capabilities": caps,
             "symbols": symbols,
             "plan": plan.as_ref().ok(),
@@ -58,24 +118,23 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("kernel {} ({})", kernel.release, kernel.generation);
-        println!("capabilities:");
-        for (name, c) in [
-            ("BTF", &caps.btf),
-            ("kprobe", &caps.kprobe),
-            ("fentry", &caps.fentry),
-            ("ring buffer", &caps.ringbuf),
-            ("perf buffer", &caps.perf),
-        ] {
-            println!("{}", line(name, c));
+        if tech_preview {
+            println!("tech preview: {}", tech_preview::notice(&kernel.release, tainted));
         }
-        let missing = "offsets missing from the BTF: S1 falls back to /proc/PID/fd (marked)";
-        let fd_walk = match (&caps.fd_walk, &caps.btf) {
-            (Some(_), _) => Check::Supported("task->files->fdt->fd[]->f_inode->i_sb offsets found: S1 resolves the sync fd in the kernel".into()),
-            (None, Check::Supported(_) | Check::Unsupported(_)) => Check::Unsupported(missing.into()),
-            // The BTF was not read: whether it has the offsets is not known.
-            (None, _) => Check::Unknown(missing.into()),
-        };
-        println!("{}", line("fd walk", &fd_walk));
+        if let Some(p) = &profile {
+            println!("verifier profile: {}", p.verdict);
+            match &p.kern_version {
+                Ok(t) => println!("  kern_version yes     {t}"),
+                Err(t) => println!("  kern_version no      {t}"),
+            }
+        }
+        match &caps {
+            Some(caps) => print_capabilities(caps),
+            None => println!(
+                "capabilities: not tried (each is a bpf() call); pass {} to try them",
+                tech_preview::FLAG
+            ),
+        }
         println!("symbols:");
         for p in functions() {
             match kernel.symbol(p) {
@@ -93,5 +152,46 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
             Err(e) => println!("plan: none: {e:#}"),
         }
     }
-    Ok(if plan.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn print_capabilities(caps: &Capabilities) {
+    println!("capabilities:");
+    for (name, c) in [
+        ("BTF", &caps.btf),
+        ("kprobe", &caps.kprobe),
+        ("fentry", &caps.fentry),
+        ("ring buffer", &caps.ringbuf),
+        ("perf buffer", &caps.perf),
+    ] {
+        println!("{}", line(name, c));
+    }
+    let missing = "offsets missing from the BTF: S1 falls back to /proc/PID/fd (marked)";
+    let fd_walk = match (&caps.fd_walk, &caps.btf) {
+        (Some(_), _) => Check::Supported("task->files->fdt->fd[]->f_inode->i_sb offsets found: S1 resolves the sync fd in the kernel".into()),
+        (None, Check::Supported(_) | Check::Unsupported(_)) => Check::Unsupported(missing.into()),
+        // The BTF was not read: whether it has the offsets is not known.
+        (None, _) => Check::Unknown(missing.into()),
+    };
+    println!("{}", line("fd walk", &fd_walk));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a 3.10 kernel doctor holds the legacy object to the vz7 profile, without bpf().
+    #[test]
+    fn a_vz7_kernel_gets_the_vz7_profile_and_others_none() {
+        let vz7 = KernelInfo::from_parts("3.10.0-1127.18.2.vz7.163.22".into(), "");
+        let p = ProfileResult::of(&vz7).unwrap().expect("a profile for 3.10");
+        assert!(p.verdict.passed(), "{}", p.verdict);
+        let json = p.json();
+        assert_eq!(json["profile"], verifier::VZ7.name);
+        assert!(
+            json["programs"].as_array().unwrap().iter().any(|p| p["name"] == "sys_enter_ioctl")
+        );
+        let debian = KernelInfo::from_parts("6.1.0-57-amd64".into(), "");
+        assert!(ProfileResult::of(&debian).unwrap().is_none());
+    }
 }

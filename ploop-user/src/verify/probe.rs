@@ -27,12 +27,17 @@ use crate::{
     kernel::{
         KernelInfo,
         minimums::{self, Minimum},
+        tracefs,
     },
     verify::perf_ring::{PerfRecord, PerfRing},
 };
 
-static OBJ_RINGBUF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
-static OBJ_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
+pub(crate) static OBJ_RINGBUF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
+/// The legacy object (perf buffer, no ring buffer): `kernel::verifier` holds it to old
+/// verifiers.
+pub(crate) static OBJ_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -439,8 +444,7 @@ impl Capabilities {
 
 fn kprobe_interface_present() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
-        || Path::new("/sys/kernel/tracing/kprobe_events").exists()
-        || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists()
+        || tracefs::ensure().is_some_and(|t| t.join("kprobe_events").exists())
 }
 
 impl Plan {
@@ -609,6 +613,8 @@ fn decode(bytes: &[u8]) -> Option<Event> {
 
 impl Session {
     pub fn attach(plan: &Plan) -> Result<Self> {
+        // Before aya looks for tracefs (once per process): on 3.10 it takes mounting debugfs.
+        tracefs::ensure();
         let obj = match plan.transport {
             Transport::Ringbuf => OBJ_RINGBUF,
             Transport::Perf => OBJ_PERF,
@@ -831,10 +837,10 @@ mod tests {
         }
     }
 
-    /// The legacy object must stay loadable on old kernels (vz7's 3.10 tech preview): none of
-    /// the features `kernel::minimums` lists as avoided (bpf-to-bpf calls, global data,
+    /// The legacy object must stay loadable on old mainline kernels (4.8+): none of the
+    /// features `kernel::minimums` lists as avoided (bpf-to-bpf calls, global data,
     /// bpf_probe_read_kernel/_user), no ring buffer, and no helper newer than
-    /// bpf_get_current_task.
+    /// bpf_get_current_task. vz7's 3.10 verifier has its own profile: `kernel::verifier`.
     #[test]
     fn perf_object_is_fit_for_old_kernels() {
         use crate::kernel::minimums::GET_CURRENT_TASK;

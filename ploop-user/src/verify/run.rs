@@ -26,6 +26,7 @@ use crate::{
     verify::report::svg::axis::plural,
     verify::report::{self, Reports},
     verify::stack::{Stack, StackWatch},
+    verify::tech_preview,
     verify::tracefile::{self, End, Header, TraceLine},
     workload::positive,
 };
@@ -450,6 +451,9 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
              (or the model driver) first."
         );
         return Ok(ExitCode::from(2));
+    }
+    if let Some(refused) = tech_preview::gate(&kernel, "run") {
+        return Ok(refused);
     }
     let plan = probe::plan(&kernel, btf, &args.probe)?;
     let mut session = Session::attach(&plan).context("attaching the probes")?;
