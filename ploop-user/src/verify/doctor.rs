@@ -40,6 +40,27 @@ fn functions() -> impl Iterator<Item = Probe> {
     Probe::ALL.into_iter().filter(|p| matches!(p.attach(), Attach::Function { .. }))
 }
 
+/// Probes on static tracepoints (the ioctl's entry and exit, which anchor every call).
+fn tracepoints() -> impl Iterator<Item = (Probe, &'static str, &'static str)> {
+    Probe::ALL.into_iter().filter_map(|p| match p.attach() {
+        Attach::Tracepoint { category, name } => Some((p, category, name)),
+        Attach::Function { .. } => None,
+    })
+}
+
+/// Whether tracefs lists `category:name`, by its id file (what aya reads to attach), or why
+/// that is not known.
+fn tracepoint_id(tracefs: Option<&Path>, category: &str, name: &str) -> Result<u64, String> {
+    let Some(dir) = tracefs else {
+        return Err("no tracefs (mount it, or debugfs on /sys/kernel/debug)".into());
+    };
+    let id = dir.join("events").join(category).join(name).join("id");
+    match std::fs::read_to_string(&id) {
+        Ok(t) => t.trim().parse().map_err(|_| format!("{}: not a number", id.display())),
+        Err(e) => Err(format!("{}: {e}", id.display())),
+    }
+}
+
 /// The legacy object against this kernel's verifier, where the kernel-generation seam names
 /// one: the verdict and kern_version, both read without a bpf() call.
 struct ProfileResult {
@@ -97,12 +118,24 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         )),
     };
     let ok = plan.is_ok() && profile.as_ref().is_none_or(ProfileResult::passed);
+    // Mounting debugfs where that is what brings tracefs is no bpf() call: it may go first.
+    let tracefs = crate::kernel::tracefs::ensure();
     if args.json {
         let symbols: serde_json::Map<_, _> = functions()
             .map(|p| (p.name().to_string(), serde_json::to_value(kernel.symbol(p)).unwrap()))
             .collect();
+        let tracepoints: serde_json::Map<_, _> = tracepoints()
+            .map(|(p, c, n)| {
+                let v = match tracepoint_id(tracefs, c, n) {
+                    Ok(id) => json!({"tracepoint": format!("{c}:{n}"), "id": id}),
+                    Err(e) => json!({"tracepoint": format!("{c}:{n}"), "error": e}),
+                };
+                (p.name().to_string(), v)
+            })
+            .collect();
         let out = json!({
             "kernel": { "release": kernel.release, "generation": kernel.generation },
+            "tracepoints": tracepoints,
             "tech_preview": tech_preview.then(|| json!({
                 "bpf_taints": true,
                 "taint_bit": kernel::TAINT_TECH_PREVIEW,
@@ -145,6 +178,13 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
                     r.module.as_deref().unwrap_or("vmlinux")
                 ),
                 None => println!("  {:<21} no    {}", p.name(), missing_means(p)),
+            }
+        }
+        println!("tracepoints:");
+        for (p, c, n) in tracepoints() {
+            match tracepoint_id(tracefs, c, n) {
+                Ok(id) => println!("  {:<29} yes   id {id}", format!("{c}:{n}")),
+                Err(e) => println!("  {:<29} no    {e}: {}", format!("{c}:{n}"), missing_means(p)),
             }
         }
         match &plan {
@@ -193,5 +233,24 @@ mod tests {
         );
         let debian = KernelInfo::from_parts("6.1.0-57-amd64".into(), "");
         assert!(ProfileResult::of(&debian).unwrap().is_none());
+    }
+
+    /// Both ioctl tracepoints are listed, by the id tracefs gives them, or with the reason.
+    #[test]
+    fn the_ioctl_tracepoints_are_read_from_tracefs() {
+        let names: Vec<_> = tracepoints().map(|(_, c, n)| format!("{c}:{n}")).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&"syscalls:sys_enter_ioctl".to_string()), "{names:?}");
+        assert!(names.contains(&"syscalls:sys_exit_ioctl".to_string()), "{names:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let ev = dir.path().join("events/syscalls/sys_enter_ioctl");
+        std::fs::create_dir_all(&ev).unwrap();
+        std::fs::write(ev.join("id"), "898\n").unwrap();
+        assert_eq!(tracepoint_id(Some(dir.path()), "syscalls", "sys_enter_ioctl"), Ok(898));
+        let missing = tracepoint_id(Some(dir.path()), "syscalls", "sys_exit_ioctl").unwrap_err();
+        assert!(missing.contains("sys_exit_ioctl/id"), "{missing}");
+        assert!(
+            tracepoint_id(None, "syscalls", "sys_enter_ioctl").unwrap_err().contains("tracefs")
+        );
     }
 }
