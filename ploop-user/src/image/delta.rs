@@ -117,9 +117,11 @@ impl Delta {
             }
             let h = Header::parse(&head).map_err(|mut e| {
                 if expect == Expect::Ploop1 {
-                    e.msg.push_str(
-                        ": every delta above the base is ploop1 (snapshot deltas always are)",
-                    );
+                    e.msg.push_str(if bottom {
+                        ": the base was given as ploop1"
+                    } else {
+                        ": every delta above the base is ploop1 (snapshot deltas always are)"
+                    });
                 }
                 e
             })?;
@@ -533,6 +535,7 @@ mod tests {
         // --format ploop1 on a raw base: refused
         let e = Stack::open_with(&[&p], Expect::Ploop1).err().unwrap();
         assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(0)), "{e}");
+        assert!(e.msg.ends_with("the base was given as ploop1"), "{e}");
     }
 
     #[test]
