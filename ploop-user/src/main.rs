@@ -74,7 +74,17 @@ enum Command {
     Report(run::ReportArgs),
     /// Attach the freeze/thaw probes, run COMMAND (or wait), and record every event.
     ///
-    /// Example: ploop-verify trace --out t.jsonl -- fsfreeze --freeze /mnt
+    /// Raw events only, judged by nothing: `run` checks the contract. The trace (--out) is a
+    /// header, the events in time order and an end record with the counts, events lost
+    /// included.
+    ///
+    /// Exit status: 0 events were recorded (lost events are warned about and counted in the
+    /// end record, not an error here); 1 COMMAND exited with a non-zero status; 2 no event was
+    /// observed, the probes would not attach, or the trace could not be written; 64 bad usage.
+    ///
+    /// Example (a dm suspend freezes the block device under the filesystem; `fsfreeze` would
+    /// not: it freezes the superblock only):
+    /// ploop-verify trace --out t.jsonl -- ploop-verify testkit dm-suspend-resume root
     Trace(trace::TraceArgs),
     /// Triggers that make the kernel freeze and thaw a block device (for tests).
     #[command(subcommand)]

@@ -158,8 +158,8 @@ impl Oracle {
         f.deltas = levels[..at].to_vec();
         let (locate, place) = self.locate(stack)?;
         f.at = place;
-        let image =
-            image::Stack::open(&f.deltas).map_err(|e| format!("reading the deltas: {e}"))?;
+        let image = image::Stack::open_detected(&f.deltas)
+            .map_err(|e| format!("reading the deltas: {e}"))?;
         let fs = locate.open(&image).map_err(|e| format!("locating the filesystem: {e}"))?;
         let report =
             ext4::superblock_verdict(&*fs).map_err(|e| format!("reading the superblock: {e}"))?;
