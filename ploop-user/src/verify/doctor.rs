@@ -43,7 +43,7 @@ fn functions() -> impl Iterator<Item = Probe> {
 pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let kernel = KernelInfo::detect()?;
     let caps = Capabilities::probe(&kernel, btf);
-    let plan = caps.plan(&kernel, btf, args.probe.method, args.probe.transport);
+    let plan = caps.plan(&kernel, args.probe.method, args.probe.transport);
     if args.json {
         let symbols: serde_json::Map<_, _> = functions()
             .map(|p| (p.name().to_string(), serde_json::to_value(kernel.symbol(p)).unwrap()))
@@ -61,6 +61,7 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         println!("capabilities:");
         for (name, c) in [
             ("BTF", &caps.btf),
+            ("offsets", &caps.offsets),
             ("kprobe", &caps.kprobe),
             ("fentry", &caps.fentry),
             ("ring buffer", &caps.ringbuf),
@@ -68,12 +69,12 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         ] {
             println!("{}", line(name, c));
         }
-        let missing = "offsets missing from the BTF: S1 falls back to /proc/PID/fd (marked)";
-        let fd_walk = match (&caps.fd_walk, &caps.btf) {
+        let missing = "offsets missing from their source: S1 falls back to /proc/PID/fd (marked)";
+        let fd_walk = match (&caps.fd_walk, &caps.offsets_source) {
             (Some(_), _) => Check::Supported("task->files->fdt->fd[]->f_inode->i_sb offsets found: S1 resolves the sync fd in the kernel".into()),
-            (None, Check::Supported(_) | Check::Unsupported(_)) => Check::Unsupported(missing.into()),
-            // The BTF was not read: whether it has the offsets is not known.
-            (None, _) => Check::Unknown(missing.into()),
+            (None, Some(_)) => Check::Unsupported(missing.into()),
+            // No source was read: whether it would have the offsets is not known.
+            (None, None) => Check::Unknown(missing.into()),
         };
         println!("{}", line("fd walk", &fd_walk));
         println!("symbols:");
