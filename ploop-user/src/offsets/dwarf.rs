@@ -111,8 +111,8 @@ pub fn member_offsets(
             if declaration || !abbrev.has_children() {
                 continue;
             }
-            let Some(name) = name else { continue };
-            let name = dwarf.attr_string(&unit, name)?;
+            // A name in a dwz supplementary file (DW_FORM_GNU_strp_alt) cannot be read here.
+            let Some(Ok(name)) = name.map(|n| dwarf.attr_string(&unit, n)) else { continue };
             let Some(st) = std::str::from_utf8(name.slice()).ok().filter(|n| todo.contains_key(n))
             else {
                 continue;
@@ -129,6 +129,15 @@ pub fn member_offsets(
                 return Ok(found);
             }
         }
+    }
+    if let Some(alt) = obj.section_by_name(".gnu_debugaltlink") {
+        // dwz moved shared types into a supplementary file: say so rather than "not found".
+        let data = alt.data().unwrap_or_default();
+        let file = String::from_utf8_lossy(data.split(|&b| b == 0).next().unwrap_or_default());
+        bail!(
+            "struct {} not found: this DWARF was compressed by dwz and its shared types are in              {file}, which is not read; give a vmlinux without .gnu_debugaltlink, or --btf",
+            todo.keys().copied().collect::<Vec<_>>().join(", ")
+        );
     }
     Ok(found)
 }
