@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use ploop_user::{
     image,
     kit::{ploopctl, testkit},
+    offsets,
     verify::{doctor, probe, run, tech_preview, trace},
 };
 
@@ -35,7 +36,9 @@ const VERSION: &str = concat!(
 #[command(name = "ploop-verify", version = VERSION, max_term_width = 100)]
 struct Cli {
     /// BTF of the kernel to probe, for kernels without /sys/kernel/btf/vmlinux
-    /// (e.g. from `cargo xtask build-kernel`, or `pahole -J vmlinux`).
+    /// (e.g. from `cargo xtask build-kernel`, or `pahole -J vmlinux`). Without it and without
+    /// kernel BTF, the offsets come from the DWARF cache or the kernel's debuginfo (see
+    /// `offsets --help`).
     #[arg(long, global = true, value_name = "FILE")]
     btf: Option<PathBuf>,
     /// Agree that on a RHEL 7-family kernel (vz7 included) the first bpf() call taints the
@@ -94,6 +97,28 @@ enum Command {
     Device(ploopctl::Device),
     Snapshot(ploopctl::SnapshotArgs),
     Support(ploopctl::SupportArgs),
+    /// Read the struct offsets the probes need from a vmlinux's DWARF, and cache them.
+    ///
+    /// For kernels without BTF (vz7's 3.10): `run`, `trace` and `doctor` take the offsets from
+    /// --btf FILE, else /sys/kernel/btf/vmlinux, else this cache, else the debuginfo vmlinux
+    /// at its usual paths (/usr/lib/debug/lib/modules/RELEASE/vmlinux,
+    /// /usr/lib/debug/boot/vmlinux-RELEASE, /boot/vmlinux-RELEASE,
+    /// /lib/modules/RELEASE/build/vmlinux), which they read and cache themselves. This command
+    /// does it by hand, for a vmlinux elsewhere or of another kernel (copy the cache file to
+    /// that host).
+    ///
+    /// Writes /var/cache/ploop-verify/offsets-RELEASE-BUILDID.json (the directory is
+    /// $PLOOP_VERIFY_CACHE when set), keyed by the file's kernel release (from its banner, or
+    /// --release) and its GNU build id (which the running kernel's /sys/kernel/notes must
+    /// match for the cache to be used there).
+    ///
+    /// Exit status: 0 offsets read and cached; 2 the file is not an ELF vmlinux, has no DWARF
+    /// (stripped), no build id, no block_device.bd_dev, or the cache cannot be written; 64 bad
+    /// usage.
+    ///
+    /// Example (vz7: yum install vzkernel-debuginfo-$(uname -r)):
+    ///   ploop-verify offsets --vmlinux /usr/lib/debug/lib/modules/$(uname -r)/vmlinux
+    Offsets(offsets::OffsetsArgs),
     /// Read ploop images offline: info, check, cat (raw and ploop1 deltas, GPT, dm-crypt).
     #[command(subcommand, long_about = image::cli::ABOUT)]
     Image(image::cli::Image),
@@ -122,6 +147,7 @@ fn main() -> ExitCode {
             .build()?
             .block_on(run::run(a, btf)),
         Command::Report(a) => run::replay(a),
+        Command::Offsets(a) => offsets::run(a),
         Command::Testkit(t) => testkit::run_with_status(t),
         Command::Device(d) => ploopctl::device(d),
         Command::Snapshot(a) => ploopctl::snapshot(a),

@@ -111,7 +111,7 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         Consent::Given | Consent::NotNeeded => Some(Capabilities::probe(&kernel, btf)),
     };
     let plan = match &caps {
-        Some(caps) => caps.plan(&kernel, btf, args.probe.method, args.probe.transport),
+        Some(caps) => caps.plan(&kernel, args.probe.method, args.probe.transport),
         None => Err(anyhow!(
             "not tried: bpf() would taint this kernel; pass {} to agree",
             tech_preview::FLAG
@@ -199,6 +199,7 @@ fn print_capabilities(caps: &Capabilities) {
     println!("capabilities:");
     for (name, c) in [
         ("BTF", &caps.btf),
+        ("offsets", &caps.offsets),
         ("kprobe", &caps.kprobe),
         ("fentry", &caps.fentry),
         ("ring buffer", &caps.ringbuf),
@@ -206,12 +207,12 @@ fn print_capabilities(caps: &Capabilities) {
     ] {
         println!("{}", line(name, c));
     }
-    let missing = "offsets missing from the BTF: S1 falls back to /proc/PID/fd (marked)";
-    let fd_walk = match (&caps.fd_walk, &caps.btf) {
+    let missing = "offsets missing from their source: S1 falls back to /proc/PID/fd (marked)";
+    let fd_walk = match (&caps.fd_walk, &caps.offsets_source) {
         (Some(_), _) => Check::Supported("task->files->fdt->fd[]->f_inode->i_sb offsets found: S1 resolves the sync fd in the kernel".into()),
-        (None, Check::Supported(_) | Check::Unsupported(_)) => Check::Unsupported(missing.into()),
-        // The BTF was not read: whether it has the offsets is not known.
-        (None, _) => Check::Unknown(missing.into()),
+        (None, Some(_)) => Check::Unsupported(missing.into()),
+        // No source was read: whether it would have the offsets is not known.
+        (None, None) => Check::Unknown(missing.into()),
     };
     println!("{}", line("fd walk", &fd_walk));
 }

@@ -29,6 +29,7 @@ use crate::{
         minimums::{self, Minimum},
         tracefs,
     },
+    offsets::{self, FD_WALK, Offsets},
     verify::perf_ring::{PerfRecord, PerfRing},
 };
 
@@ -104,7 +105,7 @@ pub fn plan(kernel: &KernelInfo, btf: Option<&Path>, args: &ProbeArgs) -> Result
     if let (Some(m), Some(t)) = (args.method, args.transport) {
         return Plan::explicit(kernel, btf, m, t);
     }
-    Capabilities::probe(kernel, btf).plan(kernel, btf, args.method, args.transport)
+    Capabilities::probe(kernel, btf).plan(kernel, args.method, args.transport)
 }
 
 /// A kernel function a session attaches to, and the symbol it has on this kernel.
@@ -146,29 +147,17 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// Functions of the ploop driver present on this kernel, attached with kprobes.
     pub ploop_targets: Vec<Target>,
-    /// BTF used for offsets (and fentry targets).
-    pub btf: PathBuf,
+    /// BTF for fentry targets: the offsets' source when that is BTF, else none (no fentry).
+    pub btf: Option<PathBuf>,
+    /// Where the offsets below were read (`None` only in `Capabilities::probe`'s trial
+    /// attach, which runs whether or not they were found: it tests the method, not them).
+    pub offsets: Option<offsets::Source>,
     pub bd_dev_offset: u64,
     /// Offsets of the in-kernel fd walk (S1), by config slot; absent when the BTF lacks one.
     pub fd_walk: Option<Vec<(u32, u64)>>,
     /// ploop's block major (`None`: not registered, or not looked up).
     pub ploop_major: Option<u32>,
 }
-
-/// The fields of the fd walk, in config-slot order.
-const FD_WALK: &[(u32, &str, &str)] = &[
-    (config::TASK_FILES, "task_struct", "files"),
-    (config::FILES_FDT, "files_struct", "fdt"),
-    (config::FDT_MAX_FDS, "fdtable", "max_fds"),
-    (config::FDT_FD, "fdtable", "fd"),
-    (config::FILE_F_INODE, "file", "f_inode"),
-    (config::INODE_I_SB, "inode", "i_sb"),
-    (config::SB_S_DEV, "super_block", "s_dev"),
-    (config::SB_S_BDEV, "super_block", "s_bdev"),
-    (config::INODE_I_MODE, "inode", "i_mode"),
-    (config::INODE_I_RDEV, "inode", "i_rdev"),
-    (config::INODE_I_INO, "inode", "i_ino"),
-];
 
 /// ploop's block major from /proc/devices ("182 ploop" on vz7; dynamic for the model
 /// driver), for `sys_enter_ioctl`'s filter.
@@ -179,13 +168,6 @@ pub fn ploop_major() -> Option<u32> {
         let (major, name) = l.trim().split_once(' ')?;
         (name.trim() == "ploop").then(|| major.parse().ok())?
     })
-}
-
-fn fd_walk_offsets(btf: &btf_rs::Btf) -> Option<Vec<(u32, u64)>> {
-    FD_WALK
-        .iter()
-        .map(|&(slot, st, member)| btf::member_offset(btf, st, member).ok().map(|o| (slot, o)))
-        .collect()
 }
 
 /// Optional ploop functions present in this kernel.
@@ -281,6 +263,10 @@ impl Serialize for Check {
 #[derive(Clone, Debug, Serialize)]
 pub struct Capabilities {
     pub btf: Check,
+    /// Where the offsets come from (BTF, the DWARF cache, DWARF), or the one message that
+    /// says what to install or pass.
+    pub offsets: Check,
+    pub offsets_source: Option<offsets::Source>,
     pub bd_dev_offset: Option<u64>,
     pub fd_walk: Option<Vec<(u32, u64)>>,
     pub kprobe: Check,
@@ -330,25 +316,35 @@ pub fn freeze_thaw_targets(kernel: &KernelInfo) -> Result<Vec<Target>> {
 impl Capabilities {
     /// Tries each capability for real: load the objects, attach and detach each method.
     pub fn probe(kernel: &KernelInfo, btf_file: Option<&Path>) -> Self {
-        let btf_path = btf::path(btf_file);
-        let parsed = btf::load(&btf_path);
-        let bd_dev_offset =
-            parsed.as_ref().ok().and_then(|b| btf::member_offset(b, "block_device", "bd_dev").ok());
-        let fd_walk = parsed.as_ref().ok().and_then(fd_walk_offsets);
-        let btf = match (&parsed, bd_dev_offset) {
-            (Ok(_), Some(off)) => {
-                Check::Supported(format!("{} (block_device.bd_dev at {off})", btf_path.display()))
-            }
-            (Ok(_), None) => {
-                Check::Unsupported(format!("{}: block_device.bd_dev not found", btf_path.display()))
-            }
+        let found = offsets::for_running_kernel(btf_file, &kernel.release);
+        let bd_dev_offset = found.as_ref().ok().and_then(Offsets::bd_dev);
+        let fd_walk = found.as_ref().ok().and_then(Offsets::fd_walk);
+        let btf = match (offsets::btf_path(btf_file), &found) {
+            (Some(p), Ok(_)) => match bd_dev_offset {
+                Some(off) => {
+                    Check::Supported(format!("{} (block_device.bd_dev at {off})", p.display()))
+                }
+                None => {
+                    Check::Unsupported(format!("{}: block_device.bd_dev not found", p.display()))
+                }
+            },
             // The BTF reader keeps no errno: opening the file again tells a kernel without
             // BTF (ENOENT) from a refusal; a file that opens but does not parse is unknown.
-            (Err(e), _) => match std::fs::File::open(&btf_path) {
+            (Some(p), Err(e)) => match std::fs::File::open(&p) {
                 Err(io) => Check::failed(&io, err_chain(e)),
                 Ok(_) => Check::Unknown(err_chain(e)),
             },
+            (None, _) => Check::Unsupported(format!("no {}: the kernel has no BTF", btf::SYS_BTF)),
         };
+        let offsets = match (&found, bd_dev_offset) {
+            (Ok(o), Some(_)) => Check::Supported(o.source.to_string()),
+            (Ok(o), None) => {
+                Check::Unsupported(format!("{}: block_device.bd_dev not found", o.source))
+            }
+            (Err(e), _) => Check::Unsupported(format!("{e:#}")),
+        };
+        let offsets_source = found.as_ref().ok().map(|o| o.source.clone());
+        let plan_btf = offsets_source.as_ref().and_then(plan_btf);
         let targets = freeze_thaw_targets(kernel);
         let attach = |method, transport| -> Check {
             let targets = match &targets {
@@ -361,7 +357,8 @@ impl Capabilities {
                 transport,
                 targets: targets.clone(),
                 ploop_targets: Vec::new(),
-                btf: btf_path.clone(),
+                btf: plan_btf.clone(),
+                offsets: offsets_source.clone(),
                 bd_dev_offset: bd_dev_offset.unwrap_or(config::UNKNOWN),
                 fd_walk: None,
                 ploop_major: None,
@@ -399,14 +396,23 @@ impl Capabilities {
         } else {
             Check::Unknown("cannot test: the perf object does not load".into())
         };
-        Capabilities { btf, bd_dev_offset, fd_walk, kprobe, fentry, ringbuf, perf }
+        Capabilities {
+            btf,
+            offsets,
+            offsets_source,
+            bd_dev_offset,
+            fd_walk,
+            kprobe,
+            fentry,
+            ringbuf,
+            perf,
+        }
     }
 
     /// The plan `auto` would use, or why there is none.
     pub fn plan(
         &self,
         kernel: &KernelInfo,
-        btf_file: Option<&Path>,
         method: Option<Method>,
         transport: Option<Transport>,
     ) -> Result<Plan> {
@@ -426,19 +432,28 @@ impl Capabilities {
             None if self.perf.is_supported() => Transport::Perf,
             None => bail!("no transport loads: {}", self.perf.text()),
         };
-        let bd_dev_offset = self.bd_dev_offset.ok_or_else(|| {
-            anyhow!("block_device.bd_dev offset unknown: {}", self.btf.reason().unwrap_or("?"))
-        })?;
+        let (Some(bd_dev_offset), Some(source)) = (self.bd_dev_offset, &self.offsets_source) else {
+            bail!("block_device.bd_dev offset unknown: {}", self.offsets.text())
+        };
         Ok(Plan {
             method,
             transport,
             targets: freeze_thaw_targets(kernel)?,
             ploop_targets: ploop_targets(kernel),
-            btf: btf::path(btf_file),
+            btf: plan_btf(source),
+            offsets: Some(source.clone()),
             bd_dev_offset,
             fd_walk: self.fd_walk.clone(),
             ploop_major: ploop_major(),
         })
+    }
+}
+
+/// The BTF fentry resolves its targets in: only a BTF source gives one.
+fn plan_btf(source: &offsets::Source) -> Option<PathBuf> {
+    match source {
+        offsets::Source::Btf { path } => Some(path.clone()),
+        _ => None,
     }
 }
 
@@ -455,17 +470,25 @@ impl Plan {
         method: Method,
         transport: Transport,
     ) -> Result<Self> {
-        let btf_path = btf::path(btf_file);
-        let parsed = btf::load(&btf_path)?;
-        let bd_dev_offset = btf::member_offset(&parsed, "block_device", "bd_dev")?;
+        let found = offsets::for_running_kernel(btf_file, &kernel.release)?;
+        let bd_dev_offset = found
+            .bd_dev()
+            .ok_or_else(|| anyhow!("{}: block_device.bd_dev not found", found.source))?;
+        if method == Method::Fentry && !found.source.is_btf() {
+            bail!(
+                "--method fentry needs kernel BTF; this kernel's offsets come from {}",
+                found.source
+            );
+        }
         Ok(Plan {
             method,
             transport,
             targets: freeze_thaw_targets(kernel)?,
             ploop_targets: ploop_targets(kernel),
-            btf: btf_path,
+            btf: plan_btf(&found.source),
+            fd_walk: found.fd_walk(),
+            offsets: Some(found.source),
             bd_dev_offset,
-            fd_walk: fd_walk_offsets(&parsed),
             ploop_major: ploop_major(),
         })
     }
@@ -492,8 +515,12 @@ impl fmt::Display for Plan {
             self.method,
             self.ploop_symbols(),
             self.transport,
-            self.bd_dev_offset
-        )
+            self.bd_dev_offset,
+        )?;
+        match &self.offsets {
+            Some(source) => write!(f, " (offsets from {source})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -657,11 +684,13 @@ impl Session {
             }
         };
         let fentry_btf = match plan.method {
-            Method::Fentry => Some(if plan.btf == Path::new(btf::SYS_BTF) {
-                Btf::from_sys_fs().context("reading kernel BTF for fentry")?
-            } else {
-                Btf::parse_file(&plan.btf, aya::Endianness::default())
-                    .with_context(|| format!("reading {}", plan.btf.display()))?
+            Method::Fentry => Some(match &plan.btf {
+                None => bail!("fentry needs kernel BTF, and the offsets do not come from BTF"),
+                Some(p) if p == Path::new(btf::SYS_BTF) => {
+                    Btf::from_sys_fs().context("reading kernel BTF for fentry")?
+                }
+                Some(p) => Btf::parse_file(p, aya::Endianness::default())
+                    .with_context(|| format!("reading {}", p.display()))?,
             }),
             Method::Kprobe => None,
         };
