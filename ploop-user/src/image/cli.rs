@@ -315,13 +315,22 @@ fn check(a: &CheckArgs) -> Result<ExitCode> {
                     println!("{name}: at byte {} ({:#x}): {}", p.offset, p.offset, p.msg);
                 }
                 if r.more > 0 {
-                    println!("{name}: ... and {} more problems", r.more);
+                    let more = crate::verify::report::svg::axis::plural(
+                        r.more,
+                        "more problem",
+                        "more problems",
+                    );
+                    println!("{name}: ... and {more}");
                 }
                 let n = r.problems.len() as u64 + r.more;
                 problems += n;
                 println!(
                     "{name}: {}",
-                    if n == 0 { "ok".to_string() } else { format!("{n} problems") }
+                    if n == 0 {
+                        "ok".to_string()
+                    } else {
+                        crate::verify::report::svg::axis::plural(n, "problem", "problems")
+                    }
                 );
             }
             Err(e) if matches!(e.kind, ErrorKind::Damaged | ErrorKind::Truncated) => {
