@@ -193,13 +193,14 @@ impl Call {
         if !r.readable {
             return "a request that could not be read".into();
         }
-        if let Some(first) = self.retry_of {
+        // No call numbers or fds here: the shape is what calls of one client have in common.
+        if self.retry_of.is_some() {
             let answer = match self.result() {
                 Some(0) => "succeeded".to_string(),
                 Some(ret) => format!("refused too, {}", crate::errno::ret_name(ret)),
                 None => "unanswered".into(),
             };
-            return format!("the retry of #{first} with one chunk after -EINVAL ({answer})");
+            return format!("the retry with one chunk after -EINVAL ({answer})");
         }
         match r.chunks {
             1 => "one chunk (the kernel's autodetection chooses what to freeze)".into(),
@@ -208,10 +209,10 @@ impl Call {
                 Some(-1) => "two chunks with chunk #1's fd -1: libploop's failed open() of the \
                              partition node, which the kernel turns into the autodetection"
                     .into(),
-                Some(fd) => match &r.sync {
-                    Some(s) if s.is_node() => format!("two chunks, sync fd {fd} a device node"),
-                    Some(_) => format!("two chunks, sync fd {fd} a file or mountpoint"),
-                    None => format!("two chunks, sync fd {fd}"),
+                Some(_) => match &r.sync {
+                    Some(s) if s.is_node() => "two chunks, the sync fd a device node".into(),
+                    Some(_) => "two chunks, the sync fd a file or mountpoint".into(),
+                    None => "two chunks".into(),
                 },
                 None => "two chunks (chunk #1 unread)".into(),
             },

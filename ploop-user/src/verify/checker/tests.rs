@@ -652,9 +652,7 @@ fn libploop_retry_with_one_chunk_after_einval_is_one_snapshot_with_a_fallback() 
         o.tally.iter().map(|t| t.pass + t.fail + t.not_applicable).collect();
     assert!(per_invariant.iter().all(|&n| n == 2), "both calls judged: {per_invariant:?}");
     assert!(
-        c.units[0]
-            .request()
-            .contains("then the retry of #1 with one chunk after -EINVAL (succeeded)")
+        c.units[0].request().contains("then the retry with one chunk after -EINVAL (succeeded)")
     );
     assert!(
         matches!(o.patched, PatchState::Unpatched(ref why) if why.contains("#1")),
@@ -692,7 +690,7 @@ fn a_refused_two_chunk_call_never_retried_is_reported_alone() {
     let o = c.c.outcome();
     assert_eq!((o.snapshots, c.units.len(), o.fallback_count, o.refused_retry_count), (1, 1, 0, 0));
     assert_eq!(o.clients.len(), 1);
-    assert!(o.clients[0].request.starts_with("two chunks, sync fd"), "{:?}", o.clients);
+    assert!(o.clients[0].request.starts_with("two chunks, the sync fd"), "{:?}", o.clients);
 }
 
 /// libploop's failed open() of the partition node sends chunk #1's fd as -1: named so.
