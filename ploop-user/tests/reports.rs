@@ -891,3 +891,27 @@ fn control_characters_from_the_kernel_are_written_visibly_everywhere() {
     assert_eq!(s["clients"][0]["comm"], "ev\u{1b}[31mil\u{7}");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An unwritable `--kcidb` path: no file of the set is written (it once left three of them).
+#[test]
+fn an_unwritable_kcidb_path_writes_none_of_the_set() {
+    let dir = scratch("kcidb-unwritable");
+    let out = dir.join("out");
+    let trace = golden("6.1-ioctl-s2-auto.jsonl");
+    let ok = bin().arg("report").arg(&trace).arg("--out").arg(&out).status().unwrap();
+    assert_eq!(ok.code(), Some(1));
+    let r = bin()
+        .arg("report")
+        .arg(&trace)
+        .arg("--out")
+        .arg(&out)
+        .args(["--kcidb", "/proc/no-such-dir/kcidb.json", "--kcidb-origin", "ci"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("none written"), "{err}");
+    assert!(err.contains("/proc/no-such-dir"), "{err}");
+    assert_eq!(names(&out), SET.iter().map(|f| format!("{f}.stale")).collect(), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -495,6 +495,8 @@ impl PerCall {
 pub struct Reports {
     /// Snapshots fed (a retried request is one).
     calls: usize,
+    /// Their ioctl calls, as the timeline draws them.
+    ioctls: usize,
     junit: PerCall,
     ktap: PerCall,
     timeline: svg::Rows,
@@ -510,6 +512,7 @@ impl Reports {
     pub fn new() -> Result<Self> {
         Ok(Reports {
             calls: 0,
+            ioctls: 0,
             junit: PerCall::new()?,
             ktap: PerCall::new()?,
             timeline: svg::Rows::default(),
@@ -529,6 +532,7 @@ impl Reports {
     /// what they need of it.
     pub fn call(&mut self, mut r: CallReport) -> Result<()> {
         self.calls += 1;
+        self.ioctls += r.calls().count();
         let n = self.calls;
         let failed = r.snapshot_failed();
         if failed {
@@ -557,10 +561,22 @@ impl Reports {
     /// holds.
     pub fn write(self, dir: &Path, s: &Summary, outcome: &Outcome) -> Result<()> {
         let kcidb_path = self.kcidb.as_ref().map(|(k, _)| k.opts.path.clone());
+        if let Some(p) = &kcidb_path
+            && p.file_name().is_none()
+        {
+            anyhow::bail!("--kcidb {}: not a file name", p.display());
+        }
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         retire(dir, kcidb_path.as_deref())?;
+        // What an interrupted write left: never part of any set.
+        for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(STAGE) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
         let id = &s.report_set.id;
-        let stage = dir.join(format!(".ploop-verify-partial-{id}"));
+        let stage = dir.join(format!("{STAGE}{id}"));
         let kcidb_stage = kcidb_path.as_deref().map(|p| sibling(p, &format!(".partial-{id}")));
         let staged = fs::create_dir(&stage)
             .with_context(|| format!("creating {}", stage.display()))
@@ -633,13 +649,17 @@ impl Reports {
         let ktap_tail = |failing: Option<usize>| ktap::tail(s, calls, failing);
         self.ktap.write(&stage.join("results.ktap"), aggregated, head(ktap::head), ktap_tail)?;
         if let (Some((mut k, per_call)), Some(path)) = (self.kcidb, kcidb) {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
             let head = |failing| k.head(s, calls, failing);
             per_call.write(path, aggregated, head, |_| kcidb::Kcidb::TAIL.to_string())?;
         }
         let md = markdown::render(s);
         write_file(&stage.join("summary.md"), |w| Ok(w.write_all(md.as_bytes())?))?;
         let mut svg = String::new();
-        svg::render(s, &self.timeline, self.calls, &outcome.windows, &mut svg);
+        svg::render(s, &self.timeline, self.ioctls, &outcome.windows, &mut svg);
         // A comment may follow the XML declaration, not precede it.
         let at = if svg.starts_with("<?xml") { svg.find('\n').map_or(0, |i| i + 1) } else { 0 };
         svg.insert_str(at, &format!("<!-- ploop-verify report set {set} -->\n"));
@@ -648,6 +668,9 @@ impl Reports {
         write_file(&stage.join("summary.json"), |w| Ok(w.write_all(json.as_bytes())?))
     }
 }
+
+/// The name of the directory inside `--out` a set is written into before it moves into place.
+const STAGE: &str = ".ploop-verify-partial-";
 
 /// `path` with `suffix` added to its file name.
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
