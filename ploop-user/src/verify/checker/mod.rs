@@ -15,7 +15,10 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use ploop_common::{Probe, ploop_if::PLOOP_IOC_SNAPSHOT};
+use ploop_common::{
+    Probe,
+    ploop_if::{PLOOP_FLAG_FS_SYNC, PLOOP_IOC_SNAPSHOT},
+};
 
 use crate::errno::Errno;
 use crate::{
@@ -94,8 +97,8 @@ pub struct Call {
     /// T2 was reported while the call hung: not reported again when it returns.
     pub hang_reported: bool,
     /// This one-chunk call repeats call #N of the same thread on the same device, a
-    /// two-chunk request answered -EINVAL: libploop's fallback for a kernel without the
-    /// sync-fd interface. One snapshot for the client, not two.
+    /// two-chunk request answered -EINVAL: libploop's retry, its fallback for a kernel
+    /// without the sync-fd interface when it succeeds. One snapshot for the client, not two.
     pub retry_of: Option<u64>,
     /// The oracle's finding on the snapshot this call left (X1), as the trace records it.
     pub oracle: Option<crate::verify::oracle::Finding>,
@@ -203,6 +206,9 @@ impl Call {
             return format!("the retry with one chunk after -EINVAL ({answer})");
         }
         match r.chunks {
+            1 if r.flags & PLOOP_FLAG_FS_SYNC == 0 => {
+                "one chunk, without PLOOP_FLAG_FS_SYNC".into()
+            }
             1 => "one chunk (the kernel's autodetection chooses what to freeze)".into(),
             2 => match r.chunk.get(1).map(|c| c.fd) {
                 // libploop checks the wrong variable after open(part) fails and sends -1.
