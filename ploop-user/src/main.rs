@@ -62,18 +62,38 @@ enum Command {
     ///
     /// Anchors each snapshot call at the ioctl, attaches to ploop_snapshot and its helpers
     /// where they have a symbol, and to freeze/thaw; judges every snapshot call on every
-    /// invariant (O1-O4, S1-S3, E1-E3, C1, T1, T2) and prints each violation as it is found,
-    /// a hung call (T2, --hang-after) while it hangs. Writes trace.jsonl, summary.json, junit.xml, results.ktap,
-    /// summary.md and timeline.svg into --out. It only observes: it never freezes or thaws
-    /// anything itself, so an interrupted run leaves no filesystem frozen.
+    /// invariant (O1-O4, S1-S4, E1-E3, C1, T1, T2, X1 with --oracle) and prints each violation
+    /// as it is found, a hung call (T2, --hang-after) while it hangs. It only observes: it
+    /// never freezes or thaws anything itself, so an interrupted run leaves no filesystem
+    /// frozen.
+    ///
+    /// Files written into --out: trace.jsonl (as the run goes; replayable with `report`),
+    /// then the report set: junit.xml, results.ktap, summary.md, timeline.svg and, last,
+    /// summary.json (and --kcidb FILE). Each carries the set's id; the set is moved into place
+    /// only when complete, and an earlier run's reports there are renamed NAME.stale first.
     ///
     /// Exit status: 0 clean; 1 violations; 2 nothing could be verified (probes would not
-    /// attach, no snapshot observed, events lost).
+    /// attach, no snapshot observed, events lost, every snapshot refused without
+    /// --expect-refusals) or the reports could not be written; 64 bad usage.
     ///
-    /// Example: ploop-verify run --out report -- ploop-verify snapshot --device /dev/ploop0 \
-    ///   --delta /var/top.delta --sync-fd-from /mnt
+    /// Example: ploop-verify run --out report -- ploop snapshot /var/ct/101/root.hdd/DiskDescriptor.xml
     Run(run::RunArgs),
     /// Replay a trace through the checker and write the reports again (same verdicts).
+    ///
+    /// Reads a trace.jsonl written by `run` (or `trace --out`) and judges it with the limits
+    /// the run recorded, unless given others here.
+    ///
+    /// Files written into --out (default: the trace's directory): junit.xml, results.ktap,
+    /// summary.md, timeline.svg and, last, summary.json (and --kcidb FILE), as one set: see
+    /// `run --help`. A trace that cannot be read leaves no report, and marks the reports
+    /// already there NAME.stale.
+    ///
+    /// Exit status: 0 clean; 1 violations; 2 nothing could be verified (no snapshot, events
+    /// lost, every snapshot refused without --expect-refusals), the trace was refused, or the
+    /// reports could not be written; 64 bad usage.
+    ///
+    /// Example: ploop-verify report report/trace.jsonl --out replayed --kcidb replayed/kcidb.json \
+    ///   --kcidb-origin my_ci
     Report(run::ReportArgs),
     /// Attach the freeze/thaw probes, run COMMAND (or wait), and record every event.
     ///
@@ -136,6 +156,8 @@ fn main() -> ExitCode {
     if cli.allow_tech_preview_taint {
         tech_preview::allow();
     }
+    // Only these load BPF programs: a permission error elsewhere has nothing to do with it.
+    let loads_bpf = matches!(cli.command, Command::Doctor(_) | Command::Trace(_) | Command::Run(_));
     let result = probe::check_btf_arg(btf).and_then(|()| match cli.command {
         Command::Doctor(a) => doctor::run(a, btf),
         Command::Trace(a) => tokio::runtime::Builder::new_current_thread()
@@ -158,7 +180,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ploop-verify: error: {e:#}");
-            if is_permission_error(&e) {
+            if loads_bpf && is_permission_error(&e) {
                 eprintln!(
                     "ploop-verify: hint: loading BPF programs needs root (CAP_BPF and CAP_PERFMON)"
                 );

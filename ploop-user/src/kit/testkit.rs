@@ -112,6 +112,17 @@ pub enum Testkit {
         /// the others a clean one.
         #[arg(long)]
         oracle: bool,
+        /// The end record says N events were lost (as a run whose buffers overflowed).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        lost: u64,
+        /// Every snapshot refused with -EINVAL before anything is frozen: two chunks, then
+        /// libploop's one-chunk retry, refused too.
+        #[arg(long)]
+        refused: bool,
+        /// The calling process's name (any bytes but NUL, as the kernel allows; escapes such
+        /// as \x1b are not decoded here: pass the bytes).
+        #[arg(long, value_name = "TEXT")]
+        comm: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -386,8 +397,10 @@ pub fn run(cmd: Testkit) -> Result<()> {
         }
         Testkit::FuzzSnapshot(a) => crate::kit::ploop_stress::fuzz(a)?,
         Testkit::SnapshotBench(a) => crate::kit::ploop_stress::bench(a)?,
-        Testkit::SynthTrace { calls, wrong_freeze_every, oracle, out } => {
-            let events = crate::verify::synth::write(&out, calls, wrong_freeze_every, oracle)?;
+        Testkit::SynthTrace { calls, wrong_freeze_every, oracle, lost, refused, comm, out } => {
+            let extras = crate::verify::synth::Extras { lost, refused, comm };
+            let events =
+                crate::verify::synth::write_with(&out, calls, wrong_freeze_every, oracle, &extras)?;
             println!("{events} events in {calls} snapshot calls: {}", out.display());
         }
     }

@@ -44,6 +44,12 @@ pub struct Policy {
     /// reported while it hangs (with its thread's kernel stack), and the run exits 1.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = positive)]
     pub hang_after: f64,
+    /// The workload's snapshots are meant to be refused (a test of the error paths): a run
+    /// in which none succeeded is then judged on them alone and may be clean. Without it,
+    /// such a run verified nothing of the freeze, the switch or the sync fd (exit 2).
+    #[arg(long)]
+    #[serde(default)]
+    pub expect_refusals: bool,
 }
 
 /// `--kcidb`: the results as KernelCI's KCIDB I/O JSON as well.
@@ -144,6 +150,10 @@ pub struct ReplayPolicy {
     /// [default: the run's, else 10].
     #[arg(long, value_name = "SECONDS", value_parser = positive)]
     pub hang_after: Option<f64>,
+    /// The snapshots were meant to be refused (see `run --expect-refusals`) [default: the
+    /// run's].
+    #[arg(long)]
+    pub expect_refusals: bool,
 }
 
 impl ReplayPolicy {
@@ -152,11 +162,13 @@ impl ReplayPolicy {
             max_freeze_ms: 5000.0,
             expect_snapshots: 1,
             hang_after: 10.0,
+            expect_refusals: false,
         });
         Policy {
             max_freeze_ms: self.max_freeze_ms.unwrap_or(base.max_freeze_ms),
             expect_snapshots: self.expect_snapshots.unwrap_or(base.expect_snapshots),
             hang_after: self.hang_after.unwrap_or(base.hang_after),
+            expect_refusals: self.expect_refusals || base.expect_refusals,
         }
     }
 }
@@ -303,19 +315,14 @@ impl Pipeline {
             w.finish()?;
         }
         let outcome = self.checker.outcome();
-        let summary = report::summarise(
-            &outcome,
-            header,
-            &end,
-            self.violations,
-            policy.expect_snapshots.max(1),
-        );
+        let summary = report::summarise(&outcome, header, &end, self.violations, policy);
         self.reports.write(dir, &summary, &outcome)?;
         print_summary(&summary, dir);
         Ok(ExitCode::from(summary.exit_code))
     }
 }
 
+/// The console's account of the run: the same verdict, counts and problems as every report.
 fn print_summary(s: &report::Summary, dir: &Path) {
     say!(
         "ploop-verify: {}: {}, {}, {}, {} lost",
@@ -325,8 +332,22 @@ fn print_summary(s: &report::Summary, dir: &Path) {
         plural(s.events, "event", "events"),
         s.lost
     );
-    if let Some(r) = &s.reason {
-        say!("ploop-verify: {r}");
+    for p in &s.status {
+        say!("ploop-verify: {}", report::visible(&p.text));
+    }
+    say!("ploop-verify: clients: {}", report::visible(&report::clients_text(s)));
+    if let Some(f) = &s.fallbacks {
+        say!(
+            "ploop-verify: {} fell back to one chunk after -EINVAL (libploop's fallback: the \
+             kernel lacks the sync fd)",
+            plural(f.count as u64, "snapshot", "snapshots")
+        );
+    }
+    if let Some(f) = &s.refused_retries {
+        say!(
+            "ploop-verify: {} retried with one chunk after -EINVAL and refused again",
+            plural(f.count as u64, "snapshot", "snapshots")
+        );
     }
     if let Some(u) = &s.oracle_unjudged {
         say!(
@@ -346,19 +367,51 @@ fn print_summary(s: &report::Summary, dir: &Path) {
             i.title
         );
     }
-    say!("ploop-verify: reports in {}", dir.display());
+    let files: Vec<&str> = s.report_set.files.iter().map(String::as_str).collect();
+    say!(
+        "ploop-verify: reports in {} (report set {}): {}",
+        dir.display(),
+        s.report_set.id,
+        files.join(", ")
+    );
 }
 
 pub fn replay(args: ReportArgs) -> Result<ExitCode> {
-    let mut trace = tracefile::Reader::open(&args.trace)?;
     let dir = match &args.out {
         Some(d) => d.clone(),
-        None => args.trace.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+        None => match args.trace.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
     };
+    if args.trace.is_dir() {
+        let inside = args.trace.join("trace.jsonl");
+        anyhow::bail!(
+            "{} is a directory, not a trace{}",
+            args.trace.display(),
+            if inside.is_file() {
+                format!(" (did you mean {}?)", inside.display())
+            } else {
+                String::new()
+            }
+        );
+    }
+    // A trace refused (unreadable, damaged) leaves no report of its own; the reports already
+    // in the directory are another trace's, and are marked so, not left to pass for its.
+    let refused = |e: anyhow::Error| -> anyhow::Error {
+        match report::retire(&dir, args.kcidb.kcidb.as_deref()) {
+            Ok(marked) if !marked.is_empty() => {
+                e.context(report::holds(&dir, args.kcidb.kcidb.as_deref()))
+            }
+            Ok(_) => e,
+            Err(r) => e.context(format!("marking the reports in {}: {r:#}", dir.display())),
+        }
+    };
+    let mut trace = tracefile::Reader::open(&args.trace).map_err(refused)?;
     let header = trace.header.clone();
     let policy = args.policy.resolve(header.policy.as_ref());
     let mut p = Pipeline::new(&header, &policy, &args.kcidb, None)?;
-    while let Some(line) = trace.next_record()? {
+    while let Some(line) = trace.next_record().map_err(refused)? {
         p.push(line)?;
     }
     let end = trace.end().cloned().expect("next_record returns None only after the end record");
@@ -468,6 +521,8 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     say!("ploop-verify: checking {plan}");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    // The earlier run's reports, beside this run's trace as it grows, are marked as not its.
+    report::retire(&args.out, args.kcidb.kcidb.as_deref())?;
     let mut header = tracefile::header(&kernel, &session)?;
     header.policy = Some(args.policy.clone());
     header.oracle = args.oracle;
@@ -519,8 +574,18 @@ mod tests {
     /// with the default 10 s would call its hung snapshot clean), unless told otherwise.
     #[test]
     fn replay_limits_come_from_the_command_line_then_the_trace_then_the_defaults() {
-        let none = ReplayPolicy { max_freeze_ms: None, expect_snapshots: None, hang_after: None };
-        let run = Policy { max_freeze_ms: 60000.0, expect_snapshots: 3, hang_after: 1.5 };
+        let none = ReplayPolicy {
+            max_freeze_ms: None,
+            expect_snapshots: None,
+            hang_after: None,
+            expect_refusals: false,
+        };
+        let run = Policy {
+            max_freeze_ms: 60000.0,
+            expect_snapshots: 3,
+            hang_after: 1.5,
+            expect_refusals: false,
+        };
         assert_eq!(none.resolve(Some(&run)), run);
         let d = none.resolve(None);
         assert_eq!((d.max_freeze_ms, d.expect_snapshots, d.hang_after), (5000.0, 1, 10.0));
@@ -539,7 +604,12 @@ mod tests {
         }
         use clap::Parser as _;
         let run = P::parse_from(["x"]).p;
-        let none = ReplayPolicy { max_freeze_ms: None, expect_snapshots: None, hang_after: None };
+        let none = ReplayPolicy {
+            max_freeze_ms: None,
+            expect_snapshots: None,
+            hang_after: None,
+            expect_refusals: false,
+        };
         assert_eq!(none.resolve(None), run);
     }
 }

@@ -15,7 +15,10 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use ploop_common::{Probe, ploop_if::PLOOP_IOC_SNAPSHOT};
+use ploop_common::{
+    Probe,
+    ploop_if::{PLOOP_FLAG_FS_SYNC, PLOOP_IOC_SNAPSHOT},
+};
 
 use crate::errno::Errno;
 use crate::{
@@ -94,8 +97,8 @@ pub struct Call {
     /// T2 was reported while the call hung: not reported again when it returns.
     pub hang_reported: bool,
     /// This one-chunk call repeats call #N of the same thread on the same device, a
-    /// two-chunk request answered -EINVAL: libploop's fallback for a kernel without the
-    /// sync-fd interface. One snapshot for the client, not two.
+    /// two-chunk request answered -EINVAL: libploop's retry, its fallback for a kernel
+    /// without the sync-fd interface when it succeeds. One snapshot for the client, not two.
     pub retry_of: Option<u64>,
     /// The oracle's finding on the snapshot this call left (X1), as the trace records it.
     pub oracle: Option<crate::verify::oracle::Finding>,
@@ -185,6 +188,44 @@ impl Call {
         self.ploop_dev.map_or(DeviceKey::Plo(self.plo), DeviceKey::Dev)
     }
 
+    /// The shape of the request, which tells the client apart (CONTRACT.md, "The client's
+    /// request"): libploop before 2020 sends one chunk, since then two with a device node as
+    /// the sync fd, and retries with one chunk after -EINVAL.
+    pub fn request_shape(&self) -> String {
+        let r = &self.request;
+        if !r.readable {
+            return "a request that could not be read".into();
+        }
+        // No call numbers or fds here: the shape is what calls of one client have in common.
+        if self.retry_of.is_some() {
+            let answer = match self.result() {
+                Some(0) => "succeeded".to_string(),
+                Some(ret) => format!("refused too, {}", crate::errno::ret_name(ret)),
+                None => "unanswered".into(),
+            };
+            return format!("the retry with one chunk after -EINVAL ({answer})");
+        }
+        match r.chunks {
+            1 if r.flags & PLOOP_FLAG_FS_SYNC == 0 => {
+                "one chunk, without PLOOP_FLAG_FS_SYNC".into()
+            }
+            1 => "one chunk (the kernel's autodetection chooses what to freeze)".into(),
+            2 => match r.chunk.get(1).map(|c| c.fd) {
+                // libploop checks the wrong variable after open(part) fails and sends -1.
+                Some(-1) => "two chunks with chunk #1's fd -1: libploop's failed open() of the \
+                             partition node, which the kernel turns into the autodetection"
+                    .into(),
+                Some(_) => match &r.sync {
+                    Some(s) if s.is_node() => "two chunks, the sync fd a device node".into(),
+                    Some(_) => "two chunks, the sync fd a file or mountpoint".into(),
+                    None => "two chunks".into(),
+                },
+                None => "two chunks (chunk #1 unread)".into(),
+            },
+            n => format!("{n} chunks"),
+        }
+    }
+
     /// The device as reports name it.
     pub fn device_name(&self) -> String {
         match self.ploop_dev {
@@ -241,6 +282,9 @@ pub struct CallReport {
     pub verdicts: Vec<(&'static str, Verdict)>,
     /// When the call was judged: the time of the event that completed it.
     pub judged_ns: u64,
+    /// The refused two-chunk call this one retried with one chunk (libploop's retry after
+    /// -EINVAL): one snapshot for the client, so the reports carry the two as one.
+    pub retried: Option<Box<CallReport>>,
 }
 
 impl CallReport {
@@ -258,6 +302,32 @@ impl CallReport {
             Verdict::Fail(why) => Some((*id, why.as_str())),
             _ => None,
         })
+    }
+
+    /// The ioctl calls of this snapshot, in order: the refused two-chunk call it retried,
+    /// if any, then this one.
+    pub fn calls(&self) -> impl Iterator<Item = &CallReport> + Clone {
+        self.retried.as_deref().into_iter().chain(std::iter::once(self))
+    }
+
+    /// Some verdict of the snapshot (either of its calls) failed.
+    pub fn snapshot_failed(&self) -> bool {
+        self.calls().any(|r| r.failures().next().is_some())
+    }
+
+    /// The snapshot's request as the reports name it (see [`Call::request_shape`]).
+    pub fn request(&self) -> String {
+        match &self.retried {
+            Some(first) => {
+                format!("{}, then {}", first.call.request_shape(), self.call.request_shape())
+            }
+            None => self.call.request_shape(),
+        }
+    }
+
+    /// The client and its request: the process's comm, then [`CallReport::request`].
+    pub fn client(&self) -> String {
+        format!("{}: {}", self.call.comm, self.request())
     }
 }
 
@@ -323,9 +393,31 @@ pub struct Checker {
     /// Per thread, its last call if it was a two-chunk request answered -EINVAL: the
     /// request a client may now repeat with one chunk.
     refused_two_chunk: HashMap<u32, Refused>,
-    /// Calls that were such a repeat (see [`Call::retry_of`]): (first call, retry).
+    /// Per thread, its refused two-chunk call, judged and kept from the reports until the
+    /// thread's next call says whether it was retried: the two are then one snapshot.
+    awaiting_retry: HashMap<u32, CallReport>,
+    /// Retries whose one-chunk half succeeded (see [`Call::retry_of`]): (first call, retry).
     fallbacks: Vec<(u64, u64)>,
     fallback_count: usize,
+    /// Retries refused too: not libploop's fallback to an old kernel, just a failed snapshot.
+    refused_retries: Vec<(u64, u64)>,
+    refused_retry_count: usize,
+    /// Snapshots (a retried request counted once) that succeeded.
+    succeeded: usize,
+    /// Snapshots per client (comm) and request shape, in the order first seen.
+    clients: Vec<ClientUse>,
+}
+
+/// How many distinct (client, request) pairs the reports list; the rest are counted together.
+pub const CLIENTS_LISTED: usize = 32;
+
+/// The snapshots one client made with one shape of request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClientUse {
+    /// The process's comm, or "(others)" past [`CLIENTS_LISTED`].
+    pub comm: String,
+    pub request: String,
+    pub snapshots: usize,
 }
 
 /// What identifies "the same request" for libploop's one-chunk retry.
@@ -399,10 +491,17 @@ pub struct Outcome {
     /// Freeze windows of judged calls, in ns.
     pub windows: Distribution,
     fired: [u64; FIRED_SLOTS],
-    /// One-chunk retries of a refused two-chunk request: (first call, retry), the first
+    /// One-chunk retries of a refused two-chunk request that succeeded (libploop's fallback
+    /// to a kernel without the sync fd): (first call, retry), the first
     /// [`FALLBACKS_LISTED`]; and how many there were.
     pub fallbacks: Vec<(u64, u64)>,
     pub fallback_count: usize,
+    /// Such retries refused too, likewise.
+    pub refused_retries: Vec<(u64, u64)>,
+    pub refused_retry_count: usize,
+    /// Snapshots that succeeded (each retried request counted once, as in `snapshots`).
+    pub succeeded: usize,
+    pub clients: Vec<ClientUse>,
     pub oracle_unjudged: Option<Unjudged>,
 }
 
@@ -442,8 +541,13 @@ impl Checker {
             seq: 0,
             windows: Distribution::default(),
             refused_two_chunk: HashMap::default(),
+            awaiting_retry: HashMap::default(),
             fallbacks: Vec::new(),
             fallback_count: 0,
+            refused_retries: Vec::new(),
+            refused_retry_count: 0,
+            succeeded: 0,
+            clients: Vec::new(),
         }
     }
 
@@ -505,13 +609,33 @@ impl Checker {
                 self.unjudged.get_or_insert_with(|| Unjudged { calls: 0, why: why.to_string() });
             u.calls += 1;
         }
-        for (t, (_, v)) in self.tally.iter_mut().zip(&r.verdicts) {
-            match v {
-                Verdict::Pass => t.pass += 1,
-                Verdict::Fail(_) => t.fail += 1,
-                Verdict::NotApplicable(_) | Verdict::Deferred => t.not_applicable += 1,
+        for call in r.calls() {
+            for (t, (_, v)) in self.tally.iter_mut().zip(&call.verdicts) {
+                match v {
+                    Verdict::Pass => t.pass += 1,
+                    Verdict::Fail(_) => t.fail += 1,
+                    Verdict::NotApplicable(_) | Verdict::Deferred => t.not_applicable += 1,
+                }
             }
         }
+        let request = r.request();
+        let known = self.clients.iter().position(|u| u.comm == r.call.comm && u.request == request);
+        let others = || ClientUse { comm: "(others)".into(), request: "any".into(), snapshots: 0 };
+        let i = match known {
+            Some(i) => i,
+            None if self.clients.len() < CLIENTS_LISTED => {
+                let comm = r.call.comm.clone();
+                self.clients.push(ClientUse { comm, request, snapshots: 0 });
+                self.clients.len() - 1
+            }
+            None => {
+                if self.clients.len() == CLIENTS_LISTED {
+                    self.clients.push(others());
+                }
+                CLIENTS_LISTED
+            }
+        };
+        self.clients[i].snapshots += 1;
         self.judged.push_back(r);
     }
 
@@ -731,11 +855,17 @@ impl Checker {
             return None;
         }
         call.retry_of = Some(prev.seq);
-        self.fallback_count += 1;
-        if self.fallbacks.len() < FALLBACKS_LISTED {
-            self.fallbacks.push((prev.seq, call.seq));
+        let ok = call.result() == Some(0);
+        let (list, count) = if ok {
+            (&mut self.fallbacks, &mut self.fallback_count)
+        } else {
+            (&mut self.refused_retries, &mut self.refused_retry_count)
+        };
+        *count += 1;
+        if list.len() < FALLBACKS_LISTED {
+            list.push((prev.seq, call.seq));
         }
-        (call.result() == Some(0)).then(|| {
+        ok.then(|| {
             format!(
                 "snapshot #{}: two chunks answered -EINVAL, the same request with one chunk \
                  (#{}) succeeded",
@@ -759,7 +889,15 @@ impl Checker {
         let ctx = self.context();
         let verdicts: Vec<(&'static str, Verdict)> =
             INVARIANTS.iter().map(|inv| (inv.id, (inv.check)(&call, &ctx))).collect();
-        let report = CallReport { call, verdicts, judged_ns: now };
+        let mut report = CallReport { call, verdicts, judged_ns: now, retried: None };
+        // The thread's refused two-chunk call: this one's first half, or a snapshot alone.
+        if let Some(first) = self.awaiting_retry.remove(&tid) {
+            if report.call.retry_of == Some(first.call.seq) {
+                report.retried = Some(Box::new(first));
+            } else {
+                self.release(first);
+            }
+        }
         if let Some(window) = report.call.maintenance_window() {
             let q = self.recent.entry(report.call.device_key()).or_default();
             q.push_back(Recent { seq: report.call.seq, tid: report.call.tid, window });
@@ -772,7 +910,13 @@ impl Checker {
                 self.windows.record(end.saturating_sub(f.ret_ns));
             }
         }
-        self.snapshots += 1;
+        // libploop's retry is the same snapshot as the call it repeats: counted once.
+        if report.call.retry_of.is_none() {
+            self.snapshots += 1;
+        }
+        if report.call.result() == Some(0) {
+            self.succeeded += 1;
+        }
         // A hang was reported while it lasted (and counted then).
         let told = report.call.hang_reported;
         let new: Vec<_> = report.failures().filter(|(id, _)| !(told && *id == "T2")).collect();
@@ -782,7 +926,15 @@ impl Checker {
         if x1_of(&report) == &Verdict::Deferred {
             self.for_oracle.push(report.call.clone());
         }
-        self.hold_or_release(report);
+        // Kept until the thread's next call tells whether libploop retried it (a verdict
+        // still deferred goes its usual way: such a call is no retry's first half).
+        if self.refused_two_chunk.get(&tid).is_some_and(|r| r.seq == report.call.seq)
+            && !report.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred)
+        {
+            self.awaiting_retry.insert(tid, report);
+        } else {
+            self.hold_or_release(report);
+        }
         out
     }
 
@@ -880,6 +1032,12 @@ impl Checker {
     /// completes; [`Checker::outcome`] then holds the run's conclusion.
     pub fn finish(&mut self, now: u64) -> Vec<Violation> {
         let mut out = self.hung(now);
+        // Refused two-chunk calls never retried: snapshots of their own.
+        let mut unretried: Vec<CallReport> = self.awaiting_retry.drain().map(|(_, r)| r).collect();
+        unretried.sort_by_key(|r| r.call.seq);
+        for r in unretried {
+            self.release(r);
+        }
         self.incomplete += self.open.len();
         // A call still hanging when the run ends failed T2: the reports must carry it as a
         // failing case like any other (a CI test view read "all passed" while the run
@@ -902,7 +1060,7 @@ impl Checker {
                     (inv.id, v)
                 })
                 .collect();
-            self.release(CallReport { call, verdicts, judged_ns: now });
+            self.release(CallReport { call, verdicts, judged_ns: now, retried: None });
         }
         // A finding that never came: X1 is n/a, said so (the oracle was slower than the run,
         // or its thread died). Before the patch status below, which reads E1's waits alone.
@@ -943,6 +1101,10 @@ impl Checker {
             fired: self.fired,
             fallbacks: self.fallbacks.clone(),
             fallback_count: self.fallback_count,
+            refused_retries: self.refused_retries.clone(),
+            refused_retry_count: self.refused_retry_count,
+            succeeded: self.succeeded,
+            clients: self.clients.clone(),
             oracle_unjudged: self.unjudged.clone(),
         }
     }

@@ -166,10 +166,12 @@ fn all_probed() -> Vec<Probe> {
 }
 
 /// A run through a checker: the checker, the sorted, deduplicated violated ids, and the
-/// judged calls as the reports receive them.
+/// judged calls as the reports receive them, a retried request's two calls one after the
+/// other (`units` keeps them as the reports receive them).
 struct Ran {
     c: Checker,
     judged: Vec<CallReport>,
+    units: Vec<CallReport>,
 }
 
 fn run(stack: Stack, seq: &Seq) -> (Ran, Vec<String>) {
@@ -179,18 +181,26 @@ fn run(stack: Stack, seq: &Seq) -> (Ran, Vec<String>) {
         Options { max_freeze_ns: 5_000_000_000, max_hang_ns: 10_000_000_000 },
     );
     c.stack(&stack);
-    let mut judged = Vec::new();
+    let mut units = Vec::new();
     let mut ids = Vec::new();
     for e in &seq.events {
         ids.extend(c.event(e).into_iter().map(|v| v.id));
-        judged.extend(c.take_judged());
+        units.extend(c.take_judged());
     }
     let end = seq.events.last().map_or(0, |e| e.ts_ns);
     ids.extend(c.finish(end).into_iter().map(|v| v.id));
-    judged.extend(c.take_judged());
+    units.extend(c.take_judged());
     ids.sort();
     ids.dedup();
-    (Ran { c, judged }, ids)
+    let judged = units
+        .iter()
+        .flat_map(|u| u.calls().cloned().collect::<Vec<_>>())
+        .map(|mut r| {
+            r.retried = None;
+            r
+        })
+        .collect();
+    (Ran { c, judged, units }, ids)
 }
 
 impl Ran {
@@ -635,6 +645,15 @@ fn libploop_retry_with_one_chunk_after_einval_is_one_snapshot_with_a_fallback() 
     let o = c.c.outcome();
     assert_eq!((o.fallback_count, o.fallbacks.clone()), (1, vec![(1, 2)]));
     assert_eq!(c.judged[1].call.retry_of, Some(1));
+    // One snapshot, in the count and as the reports receive it, with both calls' verdicts.
+    assert_eq!((o.snapshots, o.succeeded, c.units.len()), (1, 1, 1));
+    assert_eq!(c.units[0].retried.as_ref().map(|r| r.call.seq), Some(1));
+    let per_invariant: Vec<usize> =
+        o.tally.iter().map(|t| t.pass + t.fail + t.not_applicable).collect();
+    assert!(per_invariant.iter().all(|&n| n == 2), "both calls judged: {per_invariant:?}");
+    assert!(
+        c.units[0].request().contains("then the retry with one chunk after -EINVAL (succeeded)")
+    );
     assert!(
         matches!(o.patched, PatchState::Unpatched(ref why) if why.contains("#1")),
         "{:?}",
@@ -642,6 +661,50 @@ fn libploop_retry_with_one_chunk_after_einval_is_one_snapshot_with_a_fallback() 
     );
     // The refused two-chunk call is no violation of S4 on an unpatched kernel.
     assert!(!ids.contains(&"S4".to_string()), "{ids:?}");
+}
+
+/// The retry refused too (a model that refuses every snapshot): one failed snapshot, not
+/// libploop's fallback, and the kernel not named unpatched for it.
+#[test]
+fn a_retry_refused_too_is_one_failed_snapshot_and_no_fallback() {
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::NoBdev, "0:5")).end(10, -22);
+    let mut one = request(PLOOP_FLAG_FS_SYNC, 1, None, None);
+    one.chunk.truncate(1);
+    s.start(10, one).end(10, -22);
+    let (c, _) = run(partitioned_stack(), &s);
+    let o = c.c.outcome();
+    assert_eq!((o.fallback_count, o.refused_retry_count), (0, 1));
+    assert_eq!(o.refused_retries, [(1, 2)]);
+    assert_eq!((o.snapshots, o.succeeded, c.units.len()), (1, 0, 1));
+    assert!(!matches!(o.patched, PatchState::Unpatched(_)), "{:?}", o.patched);
+    assert!(c.units[0].request().ends_with("(refused too, -EINVAL)"), "{}", c.units[0].request());
+}
+
+/// A refused two-chunk call its thread never retried is a snapshot of its own, reported.
+#[test]
+fn a_refused_two_chunk_call_never_retried_is_reported_alone() {
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::NoBdev, "0:5")).end(10, -22);
+    let (c, _) = run(partitioned_stack(), &s);
+    let o = c.c.outcome();
+    assert_eq!((o.snapshots, c.units.len(), o.fallback_count, o.refused_retry_count), (1, 1, 0, 0));
+    assert_eq!(o.clients.len(), 1);
+    assert!(o.clients[0].request.starts_with("two chunks, the sync fd"), "{:?}", o.clients);
+}
+
+/// libploop's failed open() of the partition node sends chunk #1's fd as -1: named so.
+#[test]
+fn a_two_chunk_request_with_fd_minus_one_is_named_as_libploops_failed_open() {
+    let mut s = Seq::new();
+    let mut req = node_req(P1, SyncState::NoBdev, "0:5");
+    req.chunk[1].fd = -1;
+    req.sync = None;
+    s.start(10, req).freeze(10, P1).switch(10).thaw(10, P1).end(10, 0);
+    let (c, _) = run(partitioned_stack(), &s);
+    let shape = c.judged[0].call.request_shape();
+    assert!(shape.contains("libploop's failed open()"), "{shape}");
+    assert!(shape.contains("autodetection"), "{shape}");
 }
 
 #[test]

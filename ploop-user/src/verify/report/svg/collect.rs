@@ -364,6 +364,7 @@ pub fn explain(r: &CallReport) -> String {
         c.tid,
         c.device_name()
     )];
+    lines.push(format!("request: {}", c.request_shape()));
     for (id, why) in r.failures() {
         lines.push(format!("{id} violated: {why}"));
     }
