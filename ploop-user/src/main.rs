@@ -30,7 +30,7 @@ const VERSION: &str = concat!(
 ///
 /// Exit status: 0 success (clean); 1 violations, or the workload or request failed; 2 nothing
 /// could be verified (probes would not attach, no snapshot or event seen, events lost) or bad
-/// input; 64 bad usage.
+/// input; 64 bad usage; 65 a trace refused by `report` (damaged, or not a trace).
 #[derive(Parser, Debug)]
 #[command(name = "ploop-verify", version = VERSION, max_term_width = 100)]
 struct Cli {
@@ -66,6 +66,11 @@ enum Command {
     ///   --delta /var/top.delta --sync-fd-from /mnt
     Run(run::RunArgs),
     /// Replay a trace through the checker and write the reports again (same verdicts).
+    ///
+    /// A trace is checked first: every record in its turn and unchanged (`rec`, `crc`), event
+    /// time never back by more than 30 ms, the end record's count, keys and comms as written.
+    /// Exit status: 0 clean; 1 violations; 2 nothing verified (also a damaged trace read
+    /// with --accept-damaged); 65 the trace refused, with its line: no report written.
     Report(run::ReportArgs),
     /// Attach the freeze/thaw probes, run COMMAND (or wait), and record every event.
     ///
