@@ -131,6 +131,8 @@ pub struct Writer {
     w: BufWriter<fs::File>,
     /// The record being written, serialised before its integrity fields go in.
     buf: Vec<u8>,
+    /// Its `"rec":N,`.
+    rec_field: String,
     /// The next record's number (the header's is 0).
     rec: u64,
 }
@@ -155,6 +157,7 @@ impl Writer {
             tmp,
             w: BufWriter::new(f),
             buf: Vec::with_capacity(1024),
+            rec_field: String::new(),
             rec: 0,
         })
     }
@@ -164,13 +167,15 @@ impl Writer {
         serde_json::to_writer(&mut self.buf, l)?;
         let split = after_tag(&self.buf).context("a trace record without fields")?;
         let (tagged, fields) = self.buf.split_at(split);
-        let rec = format!("\"rec\":{},", self.rec);
+        self.rec_field.clear();
+        std::fmt::Write::write_fmt(&mut self.rec_field, format_args!("\"rec\":{},", self.rec))?;
+        let rec = self.rec_field.as_bytes();
         let mut crc = crc32fast::Hasher::new();
         crc.update(tagged);
-        crc.update(rec.as_bytes());
+        crc.update(rec);
         crc.update(fields);
         self.w.write_all(tagged)?;
-        self.w.write_all(rec.as_bytes())?;
+        self.w.write_all(rec)?;
         write!(self.w, "\"crc\":\"{:08x}\",", crc.finalize())?;
         self.w.write_all(fields)?;
         self.w.write_all(b"\n")?;
@@ -568,10 +573,11 @@ impl Reader {
     /// What this reading could prove of the trace (complete once every record is read).
     pub fn integrity(&self) -> TraceIntegrity {
         TraceIntegrity {
-            status: match (self.checked, self.problems) {
-                (false, _) => TraceStatus::Unchecked,
-                (true, 0) => TraceStatus::Intact,
-                (true, _) => TraceStatus::Damaged,
+            // An old trace can be damaged too: time going back, a finding for no call.
+            status: match (self.problems, self.checked) {
+                (1.., _) => TraceStatus::Damaged,
+                (0, true) => TraceStatus::Intact,
+                (0, false) => TraceStatus::Unchecked,
             },
             records: self.next_rec,
             problems: self.problems,
@@ -752,6 +758,23 @@ mod tests {
         assert!(t.listed[2].contains(":12: record 11 where 13 was due"), "{:?}", t.listed);
         assert!(t.listed[3].contains("the end record counts 45 events, the trace holds 44"));
         assert!(t.text().starts_with("damaged trace read anyway: 4 integrity problems ("));
+        // An old trace has no integrity fields, but time going back is damage there too.
+        let (q, _) = synthetic("anyway-old.jsonl");
+        let to = tmp("anyway-old-back.jsonl");
+        rewrite(&q, &to, |n, l| {
+            if let (7, TraceLine::Event(e)) = (n, l) {
+                e.ts_ns += 11_000_000_000;
+            }
+        });
+        let old: Vec<String> =
+            fs::read_to_string(&to).unwrap().lines().map(strip_integrity).collect();
+        write_lines(&to, &old);
+        assert!(check(&to, false).unwrap_err().contains(":8: time goes back"));
+        let t = check(&to, true).unwrap();
+        // Every later event is back from line 7's: each counted, the first ten listed.
+        assert_eq!((t.status, t.problems, t.listed.len()), (TraceStatus::Damaged, 40, 10));
+        fs::remove_file(to).unwrap();
+        fs::remove_file(q).unwrap();
         // What does not parse is refused all the same.
         lines[7].truncate(30);
         write_lines(&p, &lines);
