@@ -31,7 +31,7 @@ const VERSION: &str = concat!(
 ///
 /// Exit status: 0 success (clean); 1 violations, or the workload or request failed; 2 nothing
 /// could be verified (probes would not attach, no snapshot or event seen, events lost) or bad
-/// input; 64 bad usage.
+/// input; 64 bad usage; 65 a trace refused by `report` (damaged, or not a trace).
 #[derive(Parser, Debug)]
 #[command(name = "ploop-verify", version = VERSION, max_term_width = 100)]
 struct Cli {
@@ -88,9 +88,13 @@ enum Command {
     /// `run --help`. A trace that cannot be read leaves no report, and marks the reports
     /// already there NAME.stale.
     ///
+    /// A trace is checked first: every record in its turn and unchanged (`rec`, `crc`), event
+    /// time never back by more than 30 ms, the end record's count, keys and comms as written.
+    ///
     /// Exit status: 0 clean; 1 violations; 2 nothing could be verified (no snapshot, events
-    /// lost, every snapshot refused without --expect-refusals), the trace was refused, or the
-    /// reports could not be written; 64 bad usage.
+    /// lost, every snapshot refused without --expect-refusals, a damaged trace read with
+    /// --accept-damaged) or the reports could not be written; 64 bad usage; 65 the trace
+    /// refused, with its line: no report written.
     ///
     /// Example: ploop-verify report report/trace.jsonl --out replayed --kcidb replayed/kcidb.json \
     ///   --kcidb-origin my_ci

@@ -83,7 +83,7 @@ fn a_damaged_trace_leaves_no_report() {
     let out_dir = dir.join("report");
     let out = bin().arg("report").arg(&trace).arg("--out").arg(&out_dir).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(65), "{err}");
     assert!(err.contains(&format!("trace.jsonl:{}: not a trace record", cut + 1)), "{err}");
     assert!(!out_dir.exists(), "nothing written for a damaged trace");
     fs::remove_dir_all(&dir).unwrap();

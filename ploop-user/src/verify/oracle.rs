@@ -62,6 +62,7 @@ pub enum OracleVerdict {
 
 /// One trace record: the oracle's finding on call `seq` (thread `tid`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Finding {
     pub seq: u64,
     pub tid: u32,

@@ -32,6 +32,7 @@ use crate::{
 };
 
 #[derive(Args, Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// T1: the longest a device may stay frozen, in milliseconds.
     #[arg(long, default_value_t = 5000.0, value_name = "MS", value_parser = positive)]
@@ -50,6 +51,32 @@ pub struct Policy {
     #[arg(long)]
     #[serde(default)]
     pub expect_refusals: bool,
+}
+
+impl Policy {
+    /// The limits as `run`'s command line takes them, through its own parsers: a trace whose
+    /// header holds `"hang_after": 0` is refused as `--hang-after 0` is, with clap's message.
+    pub fn validate(&self) -> Result<(), String> {
+        #[derive(clap::Parser)]
+        #[command(name = "ploop-verify")]
+        struct Limits {
+            #[command(flatten)]
+            _p: Policy,
+        }
+        use clap::Parser as _;
+        // `--flag=value`: a negative value is a value, not a flag.
+        let argv = [
+            "ploop-verify".to_string(),
+            format!("--max-freeze-ms={}", self.max_freeze_ms),
+            format!("--expect-snapshots={}", self.expect_snapshots),
+            format!("--hang-after={}", self.hang_after),
+        ];
+        Limits::try_parse_from(argv).map(drop).map_err(|e| {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            first.strip_prefix("error: ").unwrap_or(first).to_string()
+        })
+    }
 }
 
 /// `--kcidb`: the results as KernelCI's KCIDB I/O JSON as well.
@@ -132,6 +159,12 @@ pub struct ReportArgs {
     /// Directory for the reports (default: the trace's directory).
     #[arg(long, short, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Read a trace that fails its integrity checks (a record missing, repeated, moved or
+    /// changed, time going back, an oracle finding for no call) anyway: the reports say so
+    /// and the run is "nothing verified" (exit 2). Without it such a trace is refused with
+    /// its line (exit 65), as one that does not parse always is.
+    #[arg(long)]
+    pub accept_damaged: bool,
 }
 
 /// The limits of a replay: each one given here, else the one the live run recorded in the
@@ -190,6 +223,8 @@ struct Pipeline {
     oracle: Option<oracle::Worker>,
     /// What each finding cost, in microseconds, for the run's closing lines.
     oracle_costs: Vec<u64>,
+    /// The last finding that named no call the checker knows (set by [`Pipeline::push`]).
+    orphan: Option<oracle::Finding>,
 }
 
 impl Pipeline {
@@ -220,6 +255,7 @@ impl Pipeline {
             stacks: writer.is_some().then(StackWatch::new),
             oracle: None,
             oracle_costs: Vec::new(),
+            orphan: None,
         };
         if header.oracle {
             p.checker.expect_oracle();
@@ -232,17 +268,25 @@ impl Pipeline {
     }
 
     fn push(&mut self, line: &TraceLine) -> Result<()> {
+        if let TraceLine::Oracle(f) = line {
+            // Judged before it is recorded: a finding for no call stays out of the trace,
+            // whose replay would refuse it.
+            let Some(found) = profile::time(Stage::Check, || self.checker.oracle(f)) else {
+                self.orphan = Some(f.clone());
+                return Ok(());
+            };
+            if let Some(w) = &mut self.writer {
+                profile::time(Stage::Trace, || w.line(line))?;
+            }
+            self.announce(found);
+            return profile::time(Stage::Check, || self.hand_over());
+        }
         if let Some(w) = &mut self.writer {
             profile::time(Stage::Trace, || w.line(line))?;
         }
         profile::time(Stage::Check, || {
             match line {
                 TraceLine::Stack(s) => self.checker.stack(s),
-                TraceLine::Oracle(f) => {
-                    let found = self.checker.oracle(f);
-                    self.announce(found);
-                    self.hand_over()?;
-                }
                 TraceLine::Event(e) => {
                     self.last_ts = self.last_ts.max(e.ts_ns);
                     let hung = self.checker.hung(e.ts_ns);
@@ -257,7 +301,8 @@ impl Pipeline {
                     }
                     self.hand_over()?;
                 }
-                TraceLine::Header(_) | TraceLine::End(_) => {}
+                // Findings are judged above.
+                TraceLine::Oracle(_) | TraceLine::Header(_) | TraceLine::End(_) => {}
             }
             Ok(())
         })
@@ -273,6 +318,14 @@ impl Pipeline {
         for f in found.unwrap_or_default() {
             self.oracle_costs.push(f.cost_us);
             self.push(&TraceLine::Oracle(f))?;
+            if let Some(f) = self.orphan.take() {
+                say!(
+                    "ploop-verify: the oracle's finding on snapshot #{} (tid {}) came for no call \
+                     waiting for one: not recorded",
+                    f.seq,
+                    f.tid
+                );
+            }
         }
         Ok(())
     }
@@ -300,12 +353,14 @@ impl Pipeline {
     }
 
     /// Judges what is left, writes the end record and every report. Returns the exit code.
+    /// `trace`: a replay's word on its trace.
     fn finish(
         mut self,
         header: &Header,
         end: End,
         policy: &Policy,
         dir: &Path,
+        trace: Option<report::TraceIntegrity>,
     ) -> Result<ExitCode> {
         let found = self.checker.finish(self.last_ts.max(end.end_ns.unwrap_or(0)));
         self.announce(found);
@@ -315,7 +370,10 @@ impl Pipeline {
             w.finish()?;
         }
         let outcome = self.checker.outcome();
-        let summary = report::summarise(&outcome, header, &end, self.violations, policy);
+        let mut summary = report::summarise(&outcome, header, &end, self.violations, policy);
+        if let Some(t) = trace {
+            summary = summary.with_trace(t);
+        }
         self.reports.write(dir, &summary, &outcome)?;
         print_summary(&summary, dir);
         Ok(ExitCode::from(summary.exit_code))
@@ -332,6 +390,12 @@ fn print_summary(s: &report::Summary, dir: &Path) {
         plural(s.events, "event", "events"),
         s.lost
     );
+    if let Some(t) = &s.trace {
+        say!("ploop-verify: {}", t.text());
+        for l in t.listed.iter().skip(1) {
+            say!("ploop-verify:   {l}");
+        }
+    }
     for p in &s.status {
         say!("ploop-verify: {}", report::visible(&p.text));
     }
@@ -376,7 +440,20 @@ fn print_summary(s: &report::Summary, dir: &Path) {
     );
 }
 
+/// `report`: a trace refused for what it holds exits [`tracefile::Refused::EXIT`], with no
+/// report written; any other failure is an error (exit 2).
 pub fn replay(args: ReportArgs) -> Result<ExitCode> {
+    match replay_trace(args) {
+        Err(e) if e.chain().any(|c| c.is::<tracefile::Refused>()) => {
+            say!("ploop-verify: error: {e:#}");
+            say!("ploop-verify: trace refused, no report written");
+            Ok(ExitCode::from(tracefile::Refused::EXIT))
+        }
+        other => other,
+    }
+}
+
+fn replay_trace(args: ReportArgs) -> Result<ExitCode> {
     let dir = match &args.out {
         Some(d) => d.clone(),
         None => match args.trace.parent() {
@@ -407,15 +484,22 @@ pub fn replay(args: ReportArgs) -> Result<ExitCode> {
             Err(r) => e.context(format!("marking the reports in {}: {r:#}", dir.display())),
         }
     };
-    let mut trace = tracefile::Reader::open(&args.trace).map_err(refused)?;
+    let mut trace =
+        tracefile::Reader::open_with(&args.trace, args.accept_damaged).map_err(refused)?;
     let header = trace.header.clone();
     let policy = args.policy.resolve(header.policy.as_ref());
     let mut p = Pipeline::new(&header, &policy, &args.kcidb, None)?;
     while let Some(line) = trace.next_record().map_err(refused)? {
         p.push(line)?;
+        if let Some(f) = p.orphan.take() {
+            trace.damage(format_args!(
+                "an oracle finding on snapshot #{} (tid {}), which no call of the trace waits for",
+                f.seq, f.tid
+            ))?;
+        }
     }
     let end = trace.end().cloned().expect("next_record returns None only after the end record");
-    p.finish(&header, end, &policy, &dir)
+    p.finish(&header, end, &policy, &dir, Some(trace.integrity()))
 }
 
 /// The live side: each event after the context only it can read for it.
@@ -563,7 +647,7 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     if let Some(l) = oracle::cost_line(&p.oracle_costs) {
         say!("ploop-verify: {l}");
     }
-    p.finish(&header, end, &args.policy, &args.out)
+    p.finish(&header, end, &args.policy, &args.out, None)
 }
 
 #[cfg(test)]

@@ -681,17 +681,14 @@ impl Checker {
 
     /// The oracle's finding on the call it names: a judged call held for it (X1 is judged now,
     /// and the call released), or, in traces that recorded findings before the completing
-    /// event, the open call. A finding for neither (a damaged trace) is dropped: X1 stays
-    /// n/a. Returns the violation it completes.
-    pub fn oracle(&mut self, f: &crate::verify::oracle::Finding) -> Vec<Violation> {
+    /// event, the open call. Returns the violation it completes; `None` for a finding on
+    /// neither (a damaged trace), which changes nothing.
+    pub fn oracle(&mut self, f: &crate::verify::oracle::Finding) -> Option<Vec<Violation>> {
         if let Some(call) = self.open.get_mut(&f.tid).filter(|c| c.seq == f.seq) {
             call.oracle = Some(f.clone());
-            return Vec::new();
+            return Some(Vec::new());
         }
-        let Some(i) = self.held.iter().position(|r| r.call.seq == f.seq && r.call.oracle.is_none())
-        else {
-            return Vec::new();
-        };
+        let i = self.held.iter().position(|r| r.call.seq == f.seq && r.call.oracle.is_none())?;
         let mut r = self.held.remove(i);
         r.call.oracle = Some(f.clone());
         // Stamped with the moment the call was judged, as if the finding had been there:
@@ -699,7 +696,7 @@ impl Checker {
         let at = r.judged_ns;
         let out = self.redo_deferred(&mut r, at);
         self.hold_or_release(r);
-        out
+        Some(out)
     }
 
     /// Feeds one event; returns the violations it completes.

@@ -126,6 +126,51 @@ impl fmt::Display for RunVerdict {
     }
 }
 
+/// What a replay could prove of the trace it read (absent from a live run's summary).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceIntegrity {
+    pub status: TraceStatus,
+    /// Records read, the header's included.
+    pub records: u64,
+    /// Integrity failures read through with `--accept-damaged`; the first
+    /// [`crate::verify::tracefile::PROBLEMS_LISTED`] in `listed`, each with its line.
+    pub problems: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listed: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TraceStatus {
+    /// Every record in its turn, unchanged, in time, and as many events as the end counts.
+    Intact,
+    /// A damaged trace read anyway (`--accept-damaged`): no verdict of it is trusted, and the
+    /// run is "nothing verified" (exit 2) whatever the calls gave.
+    Damaged,
+    /// An old trace, written before records carried `rec` and `crc`: its integrity is not
+    /// checkable.
+    Unchecked,
+}
+
+impl TraceIntegrity {
+    /// The console's and the reports' line on it.
+    pub fn text(&self) -> String {
+        match self.status {
+            TraceStatus::Intact => format!("trace intact: {} records checked", self.records),
+            TraceStatus::Damaged => format!(
+                "damaged trace read anyway: {} integrity {} ({}{})",
+                self.problems,
+                if self.problems == 1 { "problem" } else { "problems" },
+                self.listed.first().map(String::as_str).unwrap_or_default(),
+                if self.problems > 1 { "; ..." } else { "" }
+            ),
+            TraceStatus::Unchecked => {
+                "old trace, integrity not checkable: its records carry no `rec` and `crc`".into()
+            }
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct Summary {
     pub tool: String,
@@ -174,6 +219,25 @@ pub struct Summary {
     pub freeze_window: Windows,
     /// The first [`VIOLATIONS_LISTED`]; `violations` counts them all.
     pub violation_list: Vec<Violation>,
+    /// A replay's: what it could prove of its trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceIntegrity>,
+}
+
+impl Summary {
+    /// The replay's word on its trace; a damaged one read anyway verifies nothing.
+    pub fn with_trace(mut self, t: TraceIntegrity) -> Self {
+        if t.status == TraceStatus::Damaged {
+            self.verdict = RunVerdict::NothingVerified;
+            self.exit_code = self.verdict.exit_code();
+            // First: every other problem was judged from a trace that cannot be trusted.
+            self.status.insert(0, StatusEntry::from(&Problem::DamagedTrace { what: t.text() }));
+            self.reason =
+                Some(self.status.iter().map(|e| e.text.as_str()).collect::<Vec<_>>().join("; "));
+        }
+        self.trace = Some(t);
+        self
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -293,6 +357,7 @@ pub fn summarise(
             max_ms: ms(w.max()),
         },
         violation_list: violations,
+        trace: None,
     }
 }
 

@@ -24,6 +24,10 @@ pub enum Problem {
     EventsLost {
         lost: u64,
     },
+    /// `report --accept-damaged` read a trace that failed its integrity check.
+    DamagedTrace {
+        what: String,
+    },
 }
 
 impl Problem {
@@ -35,6 +39,7 @@ impl Problem {
             Problem::FewerThanExpected { .. } => "fewer_than_expected",
             Problem::NoneSucceeded { .. } => "none_succeeded",
             Problem::EventsLost { .. } => "events_lost",
+            Problem::DamagedTrace { .. } => "damaged_trace",
         }
     }
 
@@ -56,6 +61,7 @@ impl Problem {
             Problem::EventsLost { lost } => {
                 format!("{lost} events were lost: the verdicts are incomplete")
             }
+            Problem::DamagedTrace { what } => format!("{what}: the verdicts are not trusted"),
         }
     }
 }
