@@ -381,6 +381,7 @@ macro_rules! probes {
         $crate::probes!(@kprobe $flavor, ploop_common::Probe::GetBdevFromFd, get_bdev_from_fd_kprobe, get_bdev_from_fd_kretprobe);
         $crate::probes!(@kprobe $flavor, ploop_common::Probe::PloopQuiesce, ploop_quiesce_kprobe, ploop_quiesce_kretprobe);
         $crate::probes!(@kprobe $flavor, ploop_common::Probe::PloopRelax, ploop_relax_kprobe, ploop_relax_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::Probe::CompleteSnapshot, complete_snapshot_kprobe, complete_snapshot_kretprobe);
 
         #[aya_ebpf::macros::tracepoint]
         pub fn sys_enter_ioctl(ctx: aya_ebpf::programs::TracePointContext) -> u32 {

@@ -37,8 +37,33 @@ pub struct Resolved {
 pub struct KernelInfo {
     pub release: String,
     pub generation: Generation,
-    /// Probes on kernel functions -> the symbol actually present.
-    pub symbols: BTreeMap<Probe, Resolved>,
+    /// Probes on kernel functions -> the symbols actually present: the first of its names
+    /// the kernel has, or for a probe on every implementation of an operation
+    /// ([`Attach::Function`]'s `every`) each one present.
+    #[serde(serialize_with = "one_or_every")]
+    pub symbols: BTreeMap<Probe, Vec<Resolved>>,
+}
+
+/// A probe on one function keeps the shape traces and `doctor --json` have always had (its
+/// symbol); a probe on every implementation lists them.
+fn one_or_every<S: serde::Serializer>(
+    symbols: &BTreeMap<Probe, Vec<Resolved>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let mut m = s.serialize_map(Some(symbols.len()))?;
+    for (probe, found) in symbols {
+        match (every(*probe), found.first()) {
+            (false, Some(first)) => m.serialize_entry(probe, first)?,
+            _ => m.serialize_entry(probe, found)?,
+        }
+    }
+    m.end()
+}
+
+/// Whether `probe` attaches to each implementation present, not to one function.
+pub fn every(probe: Probe) -> bool {
+    matches!(probe.attach(), Attach::Function { every: true, .. })
 }
 
 impl KernelInfo {
@@ -66,15 +91,21 @@ impl KernelInfo {
         }
         let mut symbols = BTreeMap::new();
         for probe in Probe::ALL {
-            let Attach::Function { symbols: names, .. } = probe.attach() else { continue };
-            if let Some((name, module)) = names.iter().find_map(|n| resolve(&present, n)) {
-                symbols.insert(
-                    probe,
-                    Resolved { name: name.to_string(), module: module.map(str::to_string) },
-                );
+            let Attach::Function { symbols: names, every, .. } = probe.attach() else { continue };
+            let found: Vec<Resolved> = names
+                .iter()
+                .filter_map(|n| resolve(&present, n))
+                .map(|(name, module)| Resolved {
+                    name: name.to_string(),
+                    module: module.map(str::to_string),
+                })
+                .take(if every { names.len() } else { 1 })
+                .collect();
+            if !found.is_empty() {
+                symbols.insert(probe, found);
             }
         }
-        let generation = match symbols.get(&Probe::FreezeBdev).map(|r| r.name.as_str()) {
+        let generation = match symbols.get(&Probe::FreezeBdev).map(|r| r[0].name.as_str()) {
             Some("bdev_freeze") => Generation::BdevFreeze,
             _ if release.starts_with("3.") => Generation::Vz7,
             _ => Generation::FreezeBdev,
@@ -82,8 +113,14 @@ impl KernelInfo {
         Self { release, generation, symbols }
     }
 
+    /// The symbol of a probe on one function (for an `every` probe, the first present).
     pub fn symbol(&self, probe: Probe) -> Option<&Resolved> {
-        self.symbols.get(&probe)
+        self.symbols.get(&probe).and_then(|found| found.first())
+    }
+
+    /// Every symbol `probe` attaches to on this kernel (empty: none present).
+    pub fn symbols_of(&self, probe: Probe) -> &[Resolved] {
+        self.symbols.get(&probe).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -179,6 +216,8 @@ impl Generation {
     pub fn arity(self, probe: Probe) -> usize {
         match probe {
             Probe::ThawBdev if self.thaw_takes_super_block() => 2,
+            // The format's operation takes the top delta and the new delta's snapdata.
+            Probe::CompleteSnapshot => 2,
             Probe::FreezeBdev | Probe::ThawBdev => 1,
             _ => 3,
         }
@@ -306,6 +345,44 @@ ffffffff8132a2c0 D freeze_bdev_data
         assert!(k.symbol(Probe::FindAndFreezeBdev).is_none(), "a .cold part is no entry");
         assert!(k.symbol(Probe::PloopRelax).is_none(), "another function sharing a prefix");
         assert_eq!(k.symbol(Probe::PloopQuiesce).unwrap().name, "ploop_quiesce", "exact first");
+    }
+
+    /// Each delta format has its own complete_snapshot (vz7: fmt_ploop1.ko, fmt_raw.ko):
+    /// every one present is a target, clones included, in the order the names are listed.
+    #[test]
+    fn every_formats_complete_snapshot_resolves() {
+        let k = KernelInfo::from_parts(
+            "3.10.0-1127.18.2.vz7.163.22".into(),
+            "1 T freeze_bdev\n2 T thaw_bdev\n\
+             3 t raw_complete_snapshot.isra.0\t[pfmt_raw]\n\
+             4 t ploop1_complete_snapshot\t[pfmt_ploop1]\n\
+             5 t ploop1_complete_snapshot.cold\t[pfmt_ploop1]\n",
+        );
+        let found: Vec<(&str, Option<&str>)> = k
+            .symbols_of(Probe::CompleteSnapshot)
+            .iter()
+            .map(|r| (r.name.as_str(), r.module.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("ploop1_complete_snapshot", Some("pfmt_ploop1")),
+                ("raw_complete_snapshot.isra.0", Some("pfmt_raw"))
+            ]
+        );
+        let json = serde_json::to_value(&k).unwrap();
+        assert_eq!(json["symbols"]["freeze_bdev"]["name"], "freeze_bdev", "one: as before");
+        assert_eq!(json["symbols"]["complete_snapshot"][1]["name"], "raw_complete_snapshot.isra.0");
+        let raw_only = KernelInfo::from_parts(
+            "6.1.0-57-amd64".into(),
+            "1 T freeze_bdev\n2 T thaw_bdev\n3 t raw_complete_snapshot\t[ploop]\n",
+        );
+        assert_eq!(raw_only.symbols_of(Probe::CompleteSnapshot).len(), 1);
+        assert!(
+            KernelInfo::from_parts("6.1".into(), KALLSYMS_61)
+                .symbols_of(Probe::CompleteSnapshot)
+                .is_empty()
+        );
     }
 
     #[test]

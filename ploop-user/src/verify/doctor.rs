@@ -121,8 +121,16 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
     // Mounting debugfs where that is what brings tracefs is no bpf() call: it may go first.
     let tracefs = crate::kernel::tracefs::ensure();
     if args.json {
+        // One function: its symbol or null, as always; every format's operation: a list.
         let symbols: serde_json::Map<_, _> = functions()
-            .map(|p| (p.name().to_string(), serde_json::to_value(kernel.symbol(p)).unwrap()))
+            .map(|p| {
+                let found = if crate::kernel::every(p) {
+                    serde_json::to_value(kernel.symbols_of(p))
+                } else {
+                    serde_json::to_value(kernel.symbol(p))
+                };
+                (p.name().to_string(), found.unwrap())
+            })
             .collect();
         let tracepoints: serde_json::Map<_, _> = tracepoints()
             .map(|(p, c, n)| {
@@ -170,14 +178,15 @@ pub fn run(args: DoctorArgs, btf: Option<&Path>) -> Result<ExitCode> {
         }
         println!("symbols:");
         for p in functions() {
-            match kernel.symbol(p) {
-                Some(r) => println!(
-                    "  {:<21} yes   {} ({})",
-                    p.name(),
-                    r.name,
-                    r.module.as_deref().unwrap_or("vmlinux")
-                ),
-                None => println!("  {:<21} no    {}", p.name(), missing_means(p)),
+            let found: Vec<String> = kernel
+                .symbols_of(p)
+                .iter()
+                .map(|r| format!("{} ({})", r.name, r.module.as_deref().unwrap_or("vmlinux")))
+                .collect();
+            if found.is_empty() {
+                println!("  {:<21} no    {}", p.name(), missing_means(p));
+            } else {
+                println!("  {:<21} yes   {}", p.name(), found.join(", "));
             }
         }
         println!("tracepoints:");

@@ -122,7 +122,12 @@ pub fn missing_means(probe: Probe) -> &'static str {
         Probe::PloopSnapshot => "no verdict on ploop snapshots (is the ploop module loaded?)",
         Probe::GetBdevFromFd => "unpatched kernel, or inlined: sync-fd resolution not observed",
         Probe::FindAndFreezeBdev => "freeze attribution relies on freeze_bdev alone",
-        Probe::PloopQuiesce | Probe::PloopRelax => "the delta switch (O2) cannot be placed in time",
+        Probe::PloopQuiesce | Probe::PloopRelax => {
+            "the delta switch is placed by the format's complete_snapshot alone"
+        }
+        Probe::CompleteSnapshot => {
+            "the delta switch is placed by ploop_quiesce/ploop_relax alone (they may be inlined)"
+        }
         Probe::SysExitIoctl => "the errno user space sees (E3) is not observed",
         Probe::SysEnterIoctl => {
             "calls are anchored at ploop_snapshot: those refused before it, or all of them \
@@ -170,10 +175,13 @@ pub fn ploop_major() -> Option<u32> {
     })
 }
 
-/// Optional ploop functions present in this kernel.
+/// Optional ploop functions present in this kernel: a target per symbol (several for a
+/// probe on every format's operation).
 pub fn ploop_targets(kernel: &KernelInfo) -> Vec<Target> {
     function_probes(false)
-        .filter_map(|role| kernel.symbol(role).map(|s| Target { role, symbol: s.name.clone() }))
+        .flat_map(|role| {
+            kernel.symbols_of(role).iter().map(move |s| Target { role, symbol: s.name.clone() })
+        })
         .collect()
 }
 
@@ -599,11 +607,13 @@ pub fn program_name(probe: Probe, hook: &str) -> String {
     format!("{}_{hook}", probe.name())
 }
 
-/// kretprobe first, then kprobe: every entry seen then has its return seen too.
+/// kretprobe first, then kprobe: every entry seen then has its return seen too. A program
+/// already loaded for another symbol of the same probe is attached again, not reloaded.
 fn attach_kprobes(ebpf: &mut Ebpf, t: &Target) -> Result<()> {
     for prog in [program_name(t.role, "kretprobe"), program_name(t.role, "kprobe")] {
         let p: &mut KProbe = program(ebpf, &prog)?;
-        p.load()
+        let loaded = if p.fd().is_ok() { Ok(()) } else { p.load() };
+        loaded
             .and_then(|()| p.attach(&t.symbol, 0).map(drop))
             .with_context(|| attaching(&prog, t))?;
     }
@@ -713,12 +723,23 @@ impl Session {
                 }
             }
         }
-        // The ploop functions are optional: what does not attach narrows the checks.
+        // The ploop functions are optional: what does not attach narrows the checks. A probe
+        // on several symbols is probed where any of them attached (the others are still
+        // told): a switch in a format whose symbol refused is a call where it did not fire,
+        // n/a like any other.
         let mut narrowed = Vec::new();
+        let mut attached = Vec::new();
         for t in &plan.ploop_targets {
-            if let Err(e) = attach_kprobes(&mut ebpf, t) {
-                narrowed.push((t.role, err_chain(&e)));
+            match attach_kprobes(&mut ebpf, t) {
+                Ok(()) => attached.push(t),
+                Err(e) => narrowed.push((t.role, err_chain(&e))),
             }
+        }
+        let attached_roles: Vec<Probe> = attached.iter().map(|t| t.role).collect();
+        for (role, why) in narrowed.iter_mut().filter(|(r, _)| attached_roles.contains(r)) {
+            let on: Vec<&str> =
+                attached.iter().filter(|t| t.role == *role).map(|t| t.symbol.as_str()).collect();
+            *why = format!("probed on {} alone: {why}", on.join(", "));
         }
         // Snapshot calls are anchored at the ioctl, whose filter needs the fd walk to tell a
         // ploop device; only a session that looks at ploop at all wants it.
@@ -742,15 +763,20 @@ impl Session {
         if ploop_present && let Err(e) = attach_tracepoint(&mut ebpf, Probe::SysExitIoctl) {
             narrowed.push((Probe::SysExitIoctl, err_chain(&e)));
         }
-        let probed = plan
+        let mut probed: Vec<Probe> = Vec::new();
+        for role in plan
             .targets
             .iter()
             .chain(&plan.ploop_targets)
             .map(|t| t.role)
             .chain(anchored.then_some(Probe::SysEnterIoctl))
             .chain(ploop_present.then_some(Probe::SysExitIoctl))
-            .filter(|r| !narrowed.iter().any(|(n, _)| n == r))
-            .collect();
+            .filter(|r| attached_roles.contains(r) || !narrowed.iter().any(|(n, _)| n == r))
+        {
+            if !probed.contains(&role) {
+                probed.push(role);
+            }
+        }
         Ok(Session {
             ebpf,
             plan: plan.clone(),

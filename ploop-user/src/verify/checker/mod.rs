@@ -86,6 +86,9 @@ pub struct Call {
     pending_freezes: Vec<Freeze>,
     pub quiesce_ns: Option<u64>,
     pub relax_ns: Option<u64>,
+    /// The format's `complete_snapshot`: its entry and its return, the switch itself.
+    pub complete_ns: Option<u64>,
+    pub completed_ns: Option<u64>,
     pub get_bdev_called: bool,
     pub find_and_freeze_ret: Option<i64>,
     /// What `ploop_snapshot` returned.
@@ -133,7 +136,7 @@ impl Call {
     /// Successful freezes that count: the partition walk of the autodetection freezes devices
     /// without a filesystem and thaws them at once; such pairs before the switch are normal.
     pub fn counting(&self, generation: Generation) -> Vec<&Freeze> {
-        let switch_at = self.quiesce_ns.or(self.end_ns).unwrap_or(u64::MAX);
+        let switch_at = self.switch().map(|s| s.start_ns).or(self.end_ns).unwrap_or(u64::MAX);
         self.freezes
             .iter()
             .filter(|f| f.ok)
@@ -151,17 +154,37 @@ impl Call {
     /// filesystem never frozen at all in the call.
     pub fn held_during_switch(&self, generation: Generation) -> Vec<&Freeze> {
         let counting = self.counting(generation).into_iter();
-        match (self.quiesce_ns, self.relax_ns) {
-            (Some(q), Some(r)) => counting
-                .filter(|f| f.ret_ns <= q && f.thaw.as_ref().is_none_or(|t| t.entry_ns >= r))
+        match self.switch() {
+            Some(s) => counting
+                .filter(|f| {
+                    f.ret_ns <= s.start_ns && f.thaw.as_ref().is_none_or(|t| t.entry_ns >= s.end_ns)
+                })
                 .collect(),
-            _ => counting.collect(),
+            None => counting.collect(),
         }
+    }
+
+    /// The delta switch as the probes placed it (CONTRACT.md: `ploop_quiesce`, the format's
+    /// `complete_snapshot`, `ploop_relax`): from the first of those seen to begin to the last
+    /// seen to end. `complete_snapshot` is reached through an ops table and cannot be inlined
+    /// away; where `ploop_quiesce`/`ploop_relax` fired too they bracket it, and place it.
+    pub fn switch(&self) -> Option<Switch> {
+        let start =
+            [(self.quiesce_ns, Probe::PloopQuiesce), (self.complete_ns, Probe::CompleteSnapshot)]
+                .into_iter()
+                .filter_map(|(t, by)| Some((t?, by)))
+                .min_by_key(|&(t, _)| t)?;
+        let end =
+            [(self.relax_ns, Probe::PloopRelax), (self.completed_ns, Probe::CompleteSnapshot)]
+                .into_iter()
+                .filter_map(|(t, by)| Some((t?, by)))
+                .max_by_key(|&(t, _)| t)?;
+        Some(Switch { start_ns: start.0, start_by: start.1, end_ns: end.0, end_by: end.1 })
     }
 
     /// Whether the delta switch was seen in this call.
     pub fn switch_seen(&self) -> bool {
-        self.quiesce_ns.is_some() && self.relax_ns.is_some()
+        self.switch().is_some()
     }
 
     pub fn reached_freeze(&self) -> bool {
@@ -169,15 +192,18 @@ impl Call {
             || !self.freezes.is_empty()
             || self.find_and_freeze_ret.is_some()
             || self.quiesce_ns.is_some()
+            || self.complete_ns.is_some()
     }
 
     /// From the first freeze (or the switch) to the last thaw (or the end of the switch).
     pub fn maintenance_window(&self) -> Option<(u64, u64)> {
         let ok = self.freezes.iter().filter(|f| f.ok);
-        let start = ok.clone().map(|f| f.entry_ns).chain(self.quiesce_ns).min()?;
+        let start =
+            ok.clone().map(|f| f.entry_ns).chain(self.quiesce_ns).chain(self.complete_ns).min()?;
         let end = ok
             .filter_map(|f| f.thaw.as_ref().and_then(|t| t.ret_ns))
             .chain(self.relax_ns)
+            .chain(self.completed_ns)
             .max()
             .unwrap_or(start);
         Some((start, end))
@@ -233,6 +259,17 @@ impl Call {
             None => format!("{:#x}", self.plo),
         }
     }
+}
+
+/// Where the delta switch began and ended in a call, and which probe marked each end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Switch {
+    /// `ploop_quiesce`'s entry, or `complete_snapshot`'s.
+    pub start_ns: u64,
+    pub start_by: Probe,
+    /// `ploop_relax`'s return, or `complete_snapshot`'s.
+    pub end_ns: u64,
+    pub end_by: Probe,
 }
 
 /// A ploop device, by dev_t where the probe could read it.
@@ -505,7 +542,7 @@ pub struct Outcome {
     pub oracle_unjudged: Option<Unjudged>,
 }
 
-/// Probe ids are small and dense (1..=8 today); one slot each, 0 unused.
+/// Probe ids are small and dense (1..=10 today); one slot each, 0 unused.
 const FIRED_SLOTS: usize = Probe::ALL.len() + 1;
 
 impl Outcome {
@@ -667,6 +704,8 @@ impl Checker {
                 pending_freezes: Vec::new(),
                 quiesce_ns: None,
                 relax_ns: None,
+                complete_ns: None,
+                completed_ns: None,
                 get_bdev_called: false,
                 find_and_freeze_ret: None,
                 ret: None,
@@ -795,6 +834,10 @@ impl Checker {
                 call.quiesce_ns.get_or_insert(e.ts_ns);
             }
             (Probe::PloopRelax, Phase::Return) => call.relax_ns = Some(e.ts_ns),
+            (Probe::CompleteSnapshot, Phase::Entry) => {
+                call.complete_ns.get_or_insert(e.ts_ns);
+            }
+            (Probe::CompleteSnapshot, Phase::Return) => call.completed_ns = Some(e.ts_ns),
             (Probe::GetBdevFromFd, Phase::Entry) => call.get_bdev_called = true,
             (Probe::FindAndFreezeBdev, Phase::Return) => call.find_and_freeze_ret = Some(ret),
             (Probe::PloopSnapshot, Phase::Return) => {

@@ -175,9 +175,14 @@ struct Ran {
 }
 
 fn run(stack: Stack, seq: &Seq) -> (Ran, Vec<String>) {
+    run_probed(all_probed(), stack, seq)
+}
+
+/// [`run`] on a kernel where only `probed` attached.
+fn run_probed(probed: Vec<Probe>, stack: Stack, seq: &Seq) -> (Ran, Vec<String>) {
     let mut c = Checker::new(
         Generation::FreezeBdev,
-        all_probed(),
+        probed,
         Options { max_freeze_ns: 5_000_000_000, max_hang_ns: 10_000_000_000 },
     );
     c.stack(&stack);
@@ -869,4 +874,112 @@ fn a_patch_status_resolving_e1_leaves_x1_waiting() {
     let waiting: Vec<Call> = c.take_for_oracle().collect();
     assert_eq!(c.oracle(&finding(&waiting[0], OracleVerdict::Clean)), Some(vec![]));
     assert_eq!(c.take_judged().map(|r| r.call.seq).collect::<Vec<_>>(), [2]);
+}
+
+/// What the model built with PLOOP_MODEL_INLINED=y leaves probed: no ploop_snapshot,
+/// find_and_freeze_bdev or get_bdev_from_fd symbol; ploop_quiesce/ploop_relax attached but
+/// never firing (their call sites inlined); the format's complete_snapshot, reached through
+/// its ops table, attached where `complete` (vz7's layout).
+fn inlined_build(complete: bool) -> Vec<Probe> {
+    use Probe::*;
+    [FreezeBdev, ThawBdev, PloopQuiesce, PloopRelax, SysEnterIoctl, SysExitIoctl]
+        .into_iter()
+        .chain(complete.then_some(CompleteSnapshot))
+        .collect()
+}
+
+impl Seq {
+    /// An ioctl-anchored snapshot call with the sync fd on `d`: freeze, thaw and the
+    /// format's complete_snapshot in the order `steps` gives ('f', 't', 'c').
+    fn inlined_call(&mut self, tid: u32, d: &str, steps: &str) -> &mut Self {
+        use ploop_common::ploop_if::PLOOP_IOC_SNAPSHOT;
+        self.ioctl(tid, PLOOP_IOC_SNAPSHOT, Some(sync_req(d)));
+        for step in steps.chars() {
+            match step {
+                'f' => self.freeze(tid, d),
+                't' => self.thaw(tid, d),
+                'c' => self.call(tid, "complete_snapshot"),
+                _ => unreachable!("step {step}"),
+            };
+        }
+        self.ioctl_exit(tid, 0)
+    }
+}
+
+/// thaw_early on the inlined build: ploop_quiesce/ploop_relax never fire, complete_snapshot
+/// places the switch, and the thaw before it is O2; the filesystem unfrozen during it, S2.
+#[test]
+fn a_thaw_before_complete_snapshot_is_o2_where_quiesce_and_relax_are_inlined() {
+    let mut s = Seq::new();
+    s.inlined_call(10, LINEAR, "ftc");
+    let (c, ids) = run_probed(inlined_build(true), linear_stack(), &s);
+    assert_eq!(ids, ["O2", "S2"]);
+    let r = &c.judged[0];
+    assert_eq!(
+        *verdict(r, "O2"),
+        Verdict::Fail("thaw of dm-1 (254:1) before complete_snapshot".into())
+    );
+    let Verdict::Fail(s2) = verdict(r, "S2") else { panic!("{:?}", verdict(r, "S2")) };
+    assert!(s2.contains("was not frozen during the switch"), "{s2}");
+}
+
+#[test]
+fn complete_snapshot_inside_the_freeze_passes_o2_and_s2() {
+    let mut s = Seq::new();
+    s.inlined_call(10, LINEAR, "fct");
+    let (c, ids) = run_probed(inlined_build(true), linear_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    let t = c.tally();
+    assert_eq!((t["O2"].0, t["S2"].0), (1, 1), "judged and passed: {:?}", c.judged[0].verdicts);
+}
+
+/// Without complete_snapshot (no symbol: the formats are not vz7's) and with the pair
+/// silent, the switch is nowhere: O2 is n/a and says why, the thaw_early bug goes unseen, as
+/// it did before; with nothing at all to place the switch, O2 says that.
+#[test]
+fn without_complete_snapshot_an_unseen_switch_is_no_verdict() {
+    let mut s = Seq::new();
+    s.inlined_call(10, LINEAR, "ft");
+    let (c, ids) = run_probed(inlined_build(false), linear_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    let o2 = verdict(&c.judged[0], "O2");
+    assert!(matches!(o2, Verdict::NotApplicable(why) if why.contains("did not fire")), "{o2:?}");
+    let mut none = inlined_build(false);
+    none.retain(|p| !matches!(p, Probe::PloopQuiesce | Probe::PloopRelax));
+    let (c, ids) = run_probed(none, linear_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    let o2 = verdict(&c.judged[0], "O2");
+    assert!(
+        matches!(o2, Verdict::NotApplicable(why) if why.contains("complete_snapshot is probed")),
+        "{o2:?}"
+    );
+    // Probed and silent in a successful call (a format whose symbol is not known): n/a too.
+    let mut s = Seq::new();
+    s.inlined_call(10, LINEAR, "ft");
+    let (c, _) = run_probed(inlined_build(true), linear_stack(), &s);
+    let o2 = verdict(&c.judged[0], "O2");
+    assert!(
+        matches!(o2, Verdict::NotApplicable(why) if why.contains("neither complete_snapshot")),
+        "{o2:?}"
+    );
+}
+
+/// Where ploop_quiesce/ploop_relax fire too they bracket complete_snapshot and the switch
+/// spans them all: a freeze after ploop_quiesce, before complete_snapshot, is during it.
+#[test]
+fn the_switch_spans_quiesce_complete_snapshot_and_relax() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(LINEAR)).call(10, "get_bdev_from_fd");
+    s.ev(10, "ploop_quiesce", "entry", None, None);
+    s.freeze(10, LINEAR);
+    s.ev(10, "ploop_quiesce", "return", None, Some(0));
+    s.call(10, "complete_snapshot").call(10, "ploop_relax").thaw(10, LINEAR).end(10, 0);
+    let (c, ids) = run(linear_stack(), &s);
+    assert_eq!(ids, ["O2", "S2"]);
+    let sw = c.judged[0].call.switch().unwrap();
+    assert_eq!((sw.start_by, sw.end_by), (Probe::PloopQuiesce, Probe::PloopRelax));
+    assert_eq!(
+        *verdict(&c.judged[0], "O2"),
+        Verdict::Fail("freeze of dm-1 (254:1) during the switch".into())
+    );
 }
