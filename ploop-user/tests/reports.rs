@@ -847,7 +847,7 @@ fn a_refused_trace_marks_the_reports_it_finds_and_a_directory_is_named() {
     fs::write(&trace, format!("{}\n{{\"record\":\n", lines[..10].join("\n"))).unwrap();
     let bad = bin().arg("report").arg(&trace).arg("--out").arg(&out).output().unwrap();
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert_eq!(bad.status.code(), Some(65), "{err}");
     assert!(err.contains("damaged.jsonl:11"), "{err}");
     assert!(err.contains("marked as not this run's"), "{err}");
     assert_eq!(names(&out), SET.iter().map(|f| format!("{f}.stale")).collect());
