@@ -22,6 +22,7 @@ use xtask::{
     },
     initramfs,
     kernels::Kernel,
+    vm::Vm,
 };
 
 const PATCH: &str = "0001-ploop-Provide-interface-to-pass-freezing-fs-during-s.patch";
@@ -724,6 +725,75 @@ fn full_build_of_a_small_6_1_kernel_boots_with_its_module_and_btf() {
         "timing: full build (small config) + boot {total:.1}s; build steps {}",
         manifest["timings_s"]
     );
+    offsets_from_dwarf_equal_btf_and_serve_a_kernel_without_btf(&tree, btf, image, mods);
+}
+
+/// Issue 21: the offsets `ploop-verify offsets` reads from the built vmlinux's DWARF equal
+/// those of the BTF pahole made from it; booted with only that cache (no kernel BTF, no
+/// --btf), doctor takes them from the cache and plans kprobes, not fentry.
+fn offsets_from_dwarf_equal_btf_and_serve_a_kernel_without_btf(
+    tree: &Path,
+    btf: &Path,
+    image: &Path,
+    mods: &Path,
+) {
+    use ploop_user::offsets::{self, Offsets};
+    let vmlinux = tree.join("vmlinux");
+    let cache = xtask::build_dir().join("build-kernel-tests/offsets-cache");
+    let _ = fs::remove_dir_all(&cache);
+    let bin = xtask::build::ploop_verify_static().expect("the static ploop-verify");
+    let t = Instant::now();
+    let out = Command::new(&bin)
+        .args(["offsets", "--json", "--vmlinux"])
+        .arg(&vmlinux)
+        .env("PLOOP_VERIFY_CACHE", &cache)
+        .output()
+        .expect("ploop-verify offsets");
+    let wall = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "offsets: {}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let from_dwarf: BTreeMap<String, u64> = serde_json::from_value(got["members"].clone()).unwrap();
+    let from_btf = Offsets::from_btf(btf).expect("the BTF pahole made");
+    assert_eq!(from_btf.members.len(), offsets::wanted().len(), "BTF lacks members");
+    assert_eq!(from_dwarf, from_btf.members, "DWARF and BTF offsets of the same kernel");
+    let cache_file = PathBuf::from(got["cache"].as_str().unwrap());
+    eprintln!(
+        "timing: DWARF offsets of {} ({} MB): read {:.3}s, command {wall:.2}s; cache {} bytes",
+        vmlinux.display(),
+        vmlinux.metadata().unwrap().len() >> 20,
+        got["dwarf_read_s"].as_f64().unwrap(),
+        got["cache_bytes"]
+    );
+
+    let kernel = Kernel::custom(image, mods).unwrap();
+    let guest = "set -e
+                 test ! -e /sys/kernel/btf/vmlinux && echo no-kernel-btf
+                 mkdir -p /var/cache/ploop-verify && cp offsets-*.json /var/cache/ploop-verify/
+                 rc=0; ploop-verify doctor --json > doctor-dwarf.json || rc=$?
+                 echo doctor-rc=$rc
+";
+    let vm = Vm::with_ploop_verify(kernel, &[], guest).unwrap();
+    let boot = vm
+        .run_with(|share| {
+            fs::copy(&cache_file, share.join(cache_file.file_name().unwrap()))?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(boot.status, Some(0), "guest output:\n{}", boot.stdout);
+    for want in ["no-kernel-btf", "doctor-rc=0"] {
+        assert!(boot.stdout.contains(want), "want {want:?}:\n{}", boot.stdout);
+    }
+    let doctor: Value =
+        serde_json::from_str(&fs::read_to_string(boot.share.join("doctor-dwarf.json")).unwrap())
+            .unwrap();
+    let caps = &doctor["capabilities"];
+    assert_eq!(caps["offsets_source"]["kind"], "cache", "{caps}");
+    assert_eq!(caps["bd_dev_offset"], from_btf.members["block_device.bd_dev"], "{caps}");
+    assert!(caps["fd_walk"].is_array(), "{caps}");
+    let plan = &doctor["plan"];
+    assert_eq!(plan["offsets"]["kind"], "cache", "{doctor}");
+    assert_eq!(plan["method"], "kprobe", "no BTF, so no fentry: {doctor}");
+    assert!(plan["btf"].is_null(), "{plan}");
 }
 
 /// Runs build-kernel in-process with `argv`; panics with its exit status on failure.

@@ -3,8 +3,9 @@
 //! through junitparser, and `--kcidb` output through KCIDB's reference validator
 //! (`kcidb_io.schema.LATEST`). Each consumer's counts must equal the ones the run's summary
 //! gives; a report its consumer misreads, or a KCIDB file the validator rejects, fails here.
-//! On golden traces (clean and failing) and on an aggregated replay of 100 k calls, whose
-//! files must stay at a few MB.
+//! On golden traces (clean and failing), on damaged runs (events lost, every snapshot
+//! refused: each consumer must count the run's status as an error or a failure, never read
+//! it green), and on an aggregated replay of 100 k calls, whose files must stay at a few MB.
 //!
 //! Needs what scripts/setup.sh installs: the venv target/ploop/venv (kcidb-io, junitparser).
 //! The KTAP parser is unpacked from the linux-source .deb alone, without a kernel build.
@@ -127,18 +128,35 @@ print(json.dumps({"counted": counted, "declared": declared, "recounted": recount
 "#;
 
 /// junitparser's reading of junit.xml: counted case by case, and the totals the file declares
-/// (which some CI viewers show instead) must agree.
-fn junit_counts(file: &Path) -> Counts {
+/// (which some CI viewers show instead) must agree. `errors`: the error cases the run's
+/// status must give (one per problem of the run).
+fn junit_counts(file: &Path, errors: u64) -> Counts {
     let out = Command::new(python()).args(["-c", JUNIT]).arg(file).output().unwrap();
     assert!(out.status.success(), "junitparser: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = &v["counted"];
-    assert_eq!(c["error"], 0, "{v}");
+    assert_eq!(c["error"], errors, "{v}");
+    assert_eq!(v["declared"]["errors"], errors, "{v}");
     let counts =
         [c["pass"].as_u64().unwrap(), c["fail"].as_u64().unwrap(), c["skip"].as_u64().unwrap()];
     assert_eq!(v["declared"], v["recounted"], "junit.xml's totals differ from its cases: {v}");
-    assert_eq!(v["declared"]["tests"].as_u64().unwrap(), counts.iter().sum::<u64>(), "{v}");
+    assert_eq!(
+        v["declared"]["tests"].as_u64().unwrap(),
+        counts.iter().sum::<u64>() + errors,
+        "{v}"
+    );
     counts
+}
+
+/// The run's own problems (summary.json's `status`): each an error in JUnit and KCIDB, a
+/// failed test in KTAP.
+fn problems(s: &Value) -> u64 {
+    s["status"].as_array().unwrap().len() as u64
+}
+
+/// What kunit.py must count: the calls' verdicts, and each problem of the run as failed.
+fn with_problems(c: Counts, s: &Value) -> Counts {
+    [c[0], c[1] + problems(s), c[2]]
 }
 
 const KCIDB: &str = r#"
@@ -168,11 +186,16 @@ fn kcidb_valid(file: &Path) -> Value {
     serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap()
 }
 
-/// The per-invariant tests of a KCIDB document by status (the run's own test and MISS apart).
+/// The per-invariant tests of a KCIDB document by status (the run's own test, its status
+/// tests and MISS apart).
 fn kcidb_counts(doc: &Value) -> Counts {
     let mut c = [0; 3];
     for t in doc["tests"].as_array().unwrap() {
         if t["path"] == "ploop_verify" || t["status"] == "MISS" {
+            continue;
+        }
+        if t["path"] == "ploop_verify.run_status" {
+            assert_eq!(t["status"], "ERROR", "{t}");
             continue;
         }
         match t["status"].as_str().unwrap() {
@@ -183,6 +206,15 @@ fn kcidb_counts(doc: &Value) -> Counts {
         }
     }
     c
+}
+
+/// The KCIDB tests of the run's problems, each an ERROR.
+fn kcidb_errors(doc: &Value) -> u64 {
+    let tests = doc["tests"].as_array().unwrap();
+    tests
+        .iter()
+        .filter(|t| t["path"] == "ploop_verify.run_status" && t["status"] == "ERROR")
+        .count() as u64
 }
 
 /// The KCIDB root test: the run's status.
@@ -226,16 +258,17 @@ fn golden_traces_read_alike_by_kunit_junitparser_and_kcidb() {
         let want = summary_counts(&s);
         assert_eq!(
             ktap_counts(&dir.join("results.ktap")),
-            want,
+            with_problems(want, &s),
             "{name}: KTAP as kunit.py reads it"
         );
         assert_eq!(
-            junit_counts(&dir.join("junit.xml")),
+            junit_counts(&dir.join("junit.xml"), problems(&s)),
             want,
             "{name}: JUnit as junitparser reads it"
         );
         let doc = kcidb_valid(&dir.join("kcidb.json"));
         assert_eq!(kcidb_counts(&doc), want, "{name}: KCIDB tests");
+        assert_eq!(kcidb_errors(&doc), problems(&s), "{name}: KCIDB errors");
         assert_eq!(kcidb_run_status(&doc), kcidb_status, "{name}");
         let checkout = &doc["checkouts"][0];
         assert_eq!(checkout["patchset_hash"], series_patchset_hash().as_str(), "{name}");
@@ -268,12 +301,15 @@ fn nothing_observed_is_error_and_expected_calls_not_seen_are_miss() {
     assert_eq!(miss.len(), s["invariants"].as_array().unwrap().len(), "one MISS per invariant");
     let unseen = 10000 - s["snapshots"].as_u64().unwrap();
     assert!(miss.iter().all(|t| t["misc"]["unseen"] == unseen), "{:?}", miss[0]);
-    // The judged calls are still there, read alike.
+    // The judged calls are still there, read alike, and the shortfall is an error in each.
+    assert_eq!(problems(&s), 1, "{}", s["status"]);
     assert_eq!(kcidb_counts(&doc), summary_counts(&s));
-    assert_eq!(ktap_counts(&dir.join("results.ktap")), summary_counts(&s));
-    assert_eq!(junit_counts(&dir.join("junit.xml")), summary_counts(&s));
+    assert_eq!(kcidb_errors(&doc), 1);
+    assert_eq!(ktap_counts(&dir.join("results.ktap")), with_problems(summary_counts(&s), &s));
+    assert_eq!(junit_counts(&dir.join("junit.xml"), 1), summary_counts(&s));
 
-    // No call at all: one skipped case saying why in JUnit and KTAP, ERROR and MISS in KCIDB.
+    // No call at all: an error saying why in JUnit, a failed test in KTAP, ERROR and MISS in
+    // KCIDB.
     let trace = dir.join("none.jsonl");
     let st = Command::new(ploop_verify())
         .args(["testkit", "synth-trace", "--calls", "0", "--out"])
@@ -283,11 +319,61 @@ fn nothing_observed_is_error_and_expected_calls_not_seen_are_miss() {
     assert!(st.success());
     let (s, code) = replay(&trace, &dir.join("none"), &[]);
     assert_eq!((code, s["snapshots"].as_u64()), (2, Some(0)));
-    assert_eq!(ktap_counts(&dir.join("none/results.ktap")), [0, 0, 1]);
-    assert_eq!(junit_counts(&dir.join("none/junit.xml")), [0, 0, 1]);
+    assert_eq!(ktap_counts(&dir.join("none/results.ktap")), [0, 1, 0]);
+    assert_eq!(junit_counts(&dir.join("none/junit.xml"), 1), [0, 0, 0]);
     let doc = kcidb_valid(&dir.join("none/kcidb.json"));
     assert_eq!(kcidb_run_status(&doc), "ERROR");
     assert_eq!(kcidb_counts(&doc), [0, 0, 0]);
+    assert_eq!(kcidb_errors(&doc), 1);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 22 item 8: a run that lost events read green in kunit.py and junitparser. Now each
+/// consumer counts the run's status: a failed KTAP test, a JUnit error, a KCIDB ERROR; and a
+/// run whose every snapshot was refused (issue 20) likewise, unless refusals were expected.
+#[test]
+fn a_damaged_or_refused_run_is_never_green_in_any_consumer() {
+    let dir = scratch("damaged");
+    let synth = |name: &str, args: &[&str]| {
+        let trace = dir.join(format!("{name}.jsonl"));
+        let st = Command::new(ploop_verify())
+            .args(["testkit", "synth-trace"])
+            .args(args)
+            .arg("--out")
+            .arg(&trace)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        trace
+    };
+    // (name, synth-trace's arguments, report's, exit status, KCIDB run status, problems)
+    for (name, args, extra, code, status, n) in [
+        ("lost", &["--calls", "5", "--lost", "3"][..], &[][..], 2, "ERROR", 1),
+        (
+            "lost-failing",
+            &["--calls", "4", "--lost", "1", "--wrong-freeze-every", "2"],
+            &[],
+            1,
+            "FAIL",
+            1,
+        ),
+        ("refused", &["--calls", "3", "--refused"], &[], 2, "ERROR", 1),
+        ("refused-expected", &["--calls", "3", "--refused"], &["--expect-refusals"], 0, "PASS", 0),
+    ] {
+        let trace = synth(name, args);
+        let out = dir.join(name);
+        let (s, got) = replay(&trace, &out, extra);
+        assert_eq!(got, code, "{name}");
+        assert_eq!(problems(&s), n, "{name}: {}", s["status"]);
+        let ktap = ktap_counts(&out.join("results.ktap"));
+        assert_eq!(ktap, with_problems(summary_counts(&s), &s), "{name}: KTAP");
+        if code != 0 {
+            assert!(ktap[1] > 0, "{name}: kunit.py must count a failure");
+        }
+        assert_eq!(junit_counts(&out.join("junit.xml"), n), summary_counts(&s), "{name}: JUnit");
+        let doc = kcidb_valid(&out.join("kcidb.json"));
+        assert_eq!((kcidb_errors(&doc), kcidb_run_status(&doc)), (n, status), "{name}: KCIDB");
+    }
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -442,7 +528,7 @@ fn an_aggregated_100k_call_replay_is_read_alike_and_stays_small() {
         "aggregated KTAP as kunit.py reads it"
     );
     assert_eq!(
-        junit_counts(&report.join("junit.xml")),
+        junit_counts(&report.join("junit.xml"), 0),
         want,
         "aggregated JUnit as junitparser reads it"
     );

@@ -544,7 +544,7 @@ fn checker_verdicts(series: &str, build: ModelBuild, clean_snapshots: u64) {
             failures.push(format!("replay {name}: {e}"));
         }
     }
-    // A damaged trace: a clear error naming the line, exit 2, no report written.
+    // A damaged trace: a clear error naming the line, exit 65 (refused), no report written.
     let trace = fs::read_to_string(share.join("clean/trace.jsonl")).unwrap();
     let cut: Vec<&str> = trace.lines().collect();
     let broken = share.join("broken.jsonl");
@@ -558,7 +558,7 @@ fn checker_verdicts(series: &str, build: ModelBuild, clean_snapshots: u64) {
         Command::new(&bin).arg("report").arg(&broken).arg("--out").arg(&out_dir).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     let line = cut.len() / 2 + 1;
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(o.status.code(), Some(65), "{err}");
     assert!(err.contains(&format!("broken.jsonl:{line}: not a trace record")), "{err}");
     assert!(!out_dir.exists(), "nothing written for a broken trace");
 

@@ -33,21 +33,29 @@ pub enum Probe {
     /// away and calls refused before `ploop_snapshot` (vz7's -EBUSY at dispatch) are calls
     /// too. `dev` is the device the fd names; the arguments are fd, cmd, arg.
     SysEnterIoctl = 9,
+    /// The top delta format's `complete_snapshot` operation (`top_delta->ops->
+    /// complete_snapshot(top_delta, &snapdata)`: `ploop1_complete_snapshot`,
+    /// `raw_complete_snapshot`): the delta switch itself. Reached through an ops table, it
+    /// keeps its symbol whatever the compiler inlines, so it places the switch where
+    /// `ploop_quiesce`/`ploop_relax` do not fire.
+    CompleteSnapshot = 10,
 }
 
 /// How a probe reaches the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {
-    /// A kernel function, by the first of `symbols` the kernel has (newest name first).
-    /// kprobe/kretprobe always; fentry/fexit only where `fentry` (vmlinux functions with one
-    /// argument: fentry cannot reach module functions, aya-rs/aya#301).
-    Function { symbols: &'static [&'static str], fentry: bool },
+    /// A kernel function, by the first of `symbols` the kernel has (newest name first), or
+    /// where `every`, by each of them: one operation with an implementation per delta
+    /// format, any of which a kernel may call. kprobe/kretprobe always; fentry/fexit only
+    /// where `fentry` (vmlinux functions with one argument: fentry cannot reach module
+    /// functions, aya-rs/aya#301).
+    Function { symbols: &'static [&'static str], fentry: bool, every: bool },
     /// A static tracepoint.
     Tracepoint { category: &'static str, name: &'static str },
 }
 
 impl Probe {
-    pub const ALL: [Probe; 9] = [
+    pub const ALL: [Probe; 10] = [
         Probe::FreezeBdev,
         Probe::ThawBdev,
         Probe::PloopSnapshot,
@@ -57,6 +65,7 @@ impl Probe {
         Probe::PloopRelax,
         Probe::SysExitIoctl,
         Probe::SysEnterIoctl,
+        Probe::CompleteSnapshot,
     ];
 
     #[inline(always)]
@@ -75,6 +84,7 @@ impl Probe {
             7 => Probe::PloopRelax,
             8 => Probe::SysExitIoctl,
             9 => Probe::SysEnterIoctl,
+            10 => Probe::CompleteSnapshot,
             _ => return None,
         })
     }
@@ -91,6 +101,7 @@ impl Probe {
             Probe::PloopRelax => "ploop_relax",
             Probe::SysExitIoctl => "sys_exit_ioctl",
             Probe::SysEnterIoctl => "sys_enter_ioctl",
+            Probe::CompleteSnapshot => "complete_snapshot",
         }
     }
 
@@ -107,6 +118,7 @@ impl Probe {
             // Traces written before the names were unified call the ioctl exit `sys_ioctl`.
             "sys_exit_ioctl" | "sys_ioctl" => Probe::SysExitIoctl,
             "sys_enter_ioctl" => Probe::SysEnterIoctl,
+            "complete_snapshot" => Probe::CompleteSnapshot,
             _ => return None,
         })
     }
@@ -120,6 +132,15 @@ impl Probe {
             Probe::GetBdevFromFd => (&["get_bdev_from_fd"], false),
             Probe::PloopQuiesce => (&["ploop_quiesce"], false),
             Probe::PloopRelax => (&["ploop_relax"], false),
+            // vz7's formats are modules of their own (fmt_ploop1.c, fmt_raw.c): both may be
+            // loaded, and the top delta of a device is either.
+            Probe::CompleteSnapshot => {
+                return Attach::Function {
+                    symbols: &["ploop1_complete_snapshot", "raw_complete_snapshot"],
+                    fentry: false,
+                    every: true,
+                };
+            }
             Probe::SysExitIoctl => {
                 return Attach::Tracepoint { category: "syscalls", name: "sys_exit_ioctl" };
             }
@@ -127,7 +148,7 @@ impl Probe {
                 return Attach::Tracepoint { category: "syscalls", name: "sys_enter_ioctl" };
             }
         };
-        Attach::Function { symbols, fentry }
+        Attach::Function { symbols, fentry, every: false }
     }
 
     /// Which argument is a `struct block_device *`, whose `bd_dev` the event carries.

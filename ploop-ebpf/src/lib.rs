@@ -2,8 +2,9 @@
 //!
 //! The objects differ only in transport: `ploop-rb` (BPF ring buffer and aya-log, kernel 5.8+)
 //! and `ploop-perf` (perf event array, `bpf_probe_read`, no globals, no ring buffer: it loads
-//! on kernels as old as vz7's 3.10 tech-preview BPF). Everything else, including program
-//! names, is generated here by [`probes!`], so both objects offer the same programs.
+//! on kernels as old as vz7's 3.10 tech-preview BPF, whose verifier's limits ploop-user's
+//! `kernel::verifier` holds it to, as built). Everything else, including program names, is
+//! generated here by [`probes!`], so both objects offer the same programs.
 #![no_std]
 
 use core::mem::offset_of;
@@ -34,7 +35,8 @@ pub static PLOOP_CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
 pub static PLOOP_STASH: HashMap<StashKey, Stash> = HashMap::with_max_entries(4096, 0);
 
 /// Where events are built: a 176-byte event on the 512-byte BPF stack, zeroed, made LLVM emit
-/// `memset` calls (bpf-to-bpf calls, which old kernels refuse). A per-CPU slot needs neither.
+/// `memset` calls (bpf-to-bpf calls, which kernels before 4.16 refuse). A per-CPU slot needs
+/// neither.
 /// `ctl`/`chunks` keep stale bytes outside `ploop_snapshot` entries; nothing reads them there.
 #[map(name = "PLOOP_SCRATCH")]
 pub static PLOOP_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
@@ -144,7 +146,8 @@ fn fd_inode<F: Flavor>(fd: i32) -> Result<u64, u32> {
 }
 
 /// Functions, not closures, throughout: a closure LLVM declines to inline is a bpf-to-bpf
-/// call, which the legacy object must not contain.
+/// call, which the legacy object must not contain: mainline kernels before 4.16 refuse
+/// them (vz7's 7.8 base takes them; see `build.rs` for why the object still avoids them).
 #[inline(always)]
 fn fd_inode_walk<F: Flavor>(fd: i32) -> Option<Result<u64, u32>> {
     let task = unsafe { bpf_get_current_task() };
@@ -378,6 +381,7 @@ macro_rules! probes {
         $crate::probes!(@kprobe $flavor, ploop_common::Probe::GetBdevFromFd, get_bdev_from_fd_kprobe, get_bdev_from_fd_kretprobe);
         $crate::probes!(@kprobe $flavor, ploop_common::Probe::PloopQuiesce, ploop_quiesce_kprobe, ploop_quiesce_kretprobe);
         $crate::probes!(@kprobe $flavor, ploop_common::Probe::PloopRelax, ploop_relax_kprobe, ploop_relax_kretprobe);
+        $crate::probes!(@kprobe $flavor, ploop_common::Probe::CompleteSnapshot, complete_snapshot_kprobe, complete_snapshot_kretprobe);
 
         #[aya_ebpf::macros::tracepoint]
         pub fn sys_enter_ioctl(ctx: aya_ebpf::programs::TracePointContext) -> u32 {

@@ -1,17 +1,13 @@
 //! Struct offsets from the kernel's BTF, handed to the eBPF programs (which have no CO-RE
 //! relocations). `block_device.bd_dev` moves between kernels: 36 on 6.1, 52 on 6.12.
+//! [`crate::offsets`] decides between this and DWARF.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
 
 pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
-
-/// The BTF to read: the file the user named, else the running kernel's.
-pub fn path(user: Option<&Path>) -> PathBuf {
-    user.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(SYS_BTF))
-}
 
 /// Read whole, then parsed: btf-rs parsing straight from the file seeks once per string
 /// (about 100k lseeks for vmlinux), which cost seconds of start-up in a TCG guest.

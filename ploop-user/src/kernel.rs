@@ -4,6 +4,8 @@
 //! and the kernels that have them are in [`minimums`].
 
 pub mod minimums;
+pub mod tracefs;
+pub mod verifier;
 
 use std::{collections::BTreeMap, fs};
 
@@ -35,8 +37,33 @@ pub struct Resolved {
 pub struct KernelInfo {
     pub release: String,
     pub generation: Generation,
-    /// Probes on kernel functions -> the symbol actually present.
-    pub symbols: BTreeMap<Probe, Resolved>,
+    /// Probes on kernel functions -> the symbols actually present: the first of its names
+    /// the kernel has, or for a probe on every implementation of an operation
+    /// ([`Attach::Function`]'s `every`) each one present.
+    #[serde(serialize_with = "one_or_every")]
+    pub symbols: BTreeMap<Probe, Vec<Resolved>>,
+}
+
+/// A probe on one function keeps the shape traces and `doctor --json` have always had (its
+/// symbol); a probe on every implementation lists them.
+fn one_or_every<S: serde::Serializer>(
+    symbols: &BTreeMap<Probe, Vec<Resolved>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let mut m = s.serialize_map(Some(symbols.len()))?;
+    for (probe, found) in symbols {
+        match (every(*probe), found.first()) {
+            (false, Some(first)) => m.serialize_entry(probe, first)?,
+            _ => m.serialize_entry(probe, found)?,
+        }
+    }
+    m.end()
+}
+
+/// Whether `probe` attaches to each implementation present, not to one function.
+pub fn every(probe: Probe) -> bool {
+    matches!(probe.attach(), Attach::Function { every: true, .. })
 }
 
 impl KernelInfo {
@@ -64,15 +91,21 @@ impl KernelInfo {
         }
         let mut symbols = BTreeMap::new();
         for probe in Probe::ALL {
-            let Attach::Function { symbols: names, .. } = probe.attach() else { continue };
-            if let Some((name, module)) = names.iter().find_map(|n| resolve(&present, n)) {
-                symbols.insert(
-                    probe,
-                    Resolved { name: name.to_string(), module: module.map(str::to_string) },
-                );
+            let Attach::Function { symbols: names, every, .. } = probe.attach() else { continue };
+            let found: Vec<Resolved> = names
+                .iter()
+                .filter_map(|n| resolve(&present, n))
+                .map(|(name, module)| Resolved {
+                    name: name.to_string(),
+                    module: module.map(str::to_string),
+                })
+                .take(if every { names.len() } else { 1 })
+                .collect();
+            if !found.is_empty() {
+                symbols.insert(probe, found);
             }
         }
-        let generation = match symbols.get(&Probe::FreezeBdev).map(|r| r.name.as_str()) {
+        let generation = match symbols.get(&Probe::FreezeBdev).map(|r| r[0].name.as_str()) {
             Some("bdev_freeze") => Generation::BdevFreeze,
             _ if release.starts_with("3.") => Generation::Vz7,
             _ => Generation::FreezeBdev,
@@ -80,8 +113,14 @@ impl KernelInfo {
         Self { release, generation, symbols }
     }
 
+    /// The symbol of a probe on one function (for an `every` probe, the first present).
     pub fn symbol(&self, probe: Probe) -> Option<&Resolved> {
-        self.symbols.get(&probe)
+        self.symbols.get(&probe).and_then(|found| found.first())
+    }
+
+    /// Every symbol `probe` attaches to on this kernel (empty: none present).
+    pub fn symbols_of(&self, probe: Probe) -> &[Resolved] {
+        self.symbols.get(&probe).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -106,6 +145,25 @@ fn resolve<'a>(
             })
         })
         .map(|(&n, &m)| (n, m))
+}
+
+/// The taint bit RHEL 7 sets at the first `bpf()` call (`TAINT_TECH_PREVIEW`), logging "TECH
+/// PREVIEW: eBPF syscall may not be fully supported".
+pub const TAINT_TECH_PREVIEW: u32 = 29;
+
+/// Whether `release` is a RHEL 7-family kernel (RHEL, CentOS, vz7 on its RHEL base), whose
+/// BPF is a tech preview that taints the kernel: `3.10.0-1127.el7.x86_64`,
+/// `3.10.0-1127.18.2.vz7.163.22`. Oracle's UEK (`4.14.35-...el7uek`) is no RHEL kernel.
+pub fn bpf_taints(release: &str) -> bool {
+    let mut parts = release.split(['.', '-', '_', '+']);
+    let rhel = release.starts_with("3.10.0-");
+    parts.any(|p| p == "vz7" || (rhel && p == "el7"))
+}
+
+/// Whether `/proc/sys/kernel/tainted` (a decimal mask) has the tech-preview bit.
+pub fn tech_preview_tainted(tainted: &str) -> Option<bool> {
+    let mask: u64 = tainted.trim().parse().ok()?;
+    Some(mask & (1 << TAINT_TECH_PREVIEW) != 0)
 }
 
 impl std::fmt::Display for Generation {
@@ -147,11 +205,19 @@ impl Generation {
         }
     }
 
+    /// The verifier the legacy object is held to on this generation ([`verifier`]): 3.10's.
+    /// Later kernels accept all the older ones did.
+    pub fn verifier_profile(self) -> Option<&'static verifier::Profile> {
+        matches!(self, Generation::Vz7).then_some(&verifier::VZ7)
+    }
+
     /// Number of arguments of a probed function (3.10's `thaw_bdev` also takes the
     /// `super_block` that freeze returned).
     pub fn arity(self, probe: Probe) -> usize {
         match probe {
             Probe::ThawBdev if self.thaw_takes_super_block() => 2,
+            // The format's operation takes the top delta and the new delta's snapdata.
+            Probe::CompleteSnapshot => 2,
             Probe::FreezeBdev | Probe::ThawBdev => 1,
             _ => 3,
         }
@@ -281,6 +347,44 @@ ffffffff8132a2c0 D freeze_bdev_data
         assert_eq!(k.symbol(Probe::PloopQuiesce).unwrap().name, "ploop_quiesce", "exact first");
     }
 
+    /// Each delta format has its own complete_snapshot (vz7: fmt_ploop1.ko, fmt_raw.ko):
+    /// every one present is a target, clones included, in the order the names are listed.
+    #[test]
+    fn every_formats_complete_snapshot_resolves() {
+        let k = KernelInfo::from_parts(
+            "3.10.0-1127.18.2.vz7.163.22".into(),
+            "1 T freeze_bdev\n2 T thaw_bdev\n\
+             3 t raw_complete_snapshot.isra.0\t[pfmt_raw]\n\
+             4 t ploop1_complete_snapshot\t[pfmt_ploop1]\n\
+             5 t ploop1_complete_snapshot.cold\t[pfmt_ploop1]\n",
+        );
+        let found: Vec<(&str, Option<&str>)> = k
+            .symbols_of(Probe::CompleteSnapshot)
+            .iter()
+            .map(|r| (r.name.as_str(), r.module.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("ploop1_complete_snapshot", Some("pfmt_ploop1")),
+                ("raw_complete_snapshot.isra.0", Some("pfmt_raw"))
+            ]
+        );
+        let json = serde_json::to_value(&k).unwrap();
+        assert_eq!(json["symbols"]["freeze_bdev"]["name"], "freeze_bdev", "one: as before");
+        assert_eq!(json["symbols"]["complete_snapshot"][1]["name"], "raw_complete_snapshot.isra.0");
+        let raw_only = KernelInfo::from_parts(
+            "6.1.0-57-amd64".into(),
+            "1 T freeze_bdev\n2 T thaw_bdev\n3 t raw_complete_snapshot\t[ploop]\n",
+        );
+        assert_eq!(raw_only.symbols_of(Probe::CompleteSnapshot).len(), 1);
+        assert!(
+            KernelInfo::from_parts("6.1".into(), KALLSYMS_61)
+                .symbols_of(Probe::CompleteSnapshot)
+                .is_empty()
+        );
+    }
+
     #[test]
     fn prefers_renamed_symbols_and_recognises_vz7() {
         let k = KernelInfo::from_parts(
@@ -324,6 +428,35 @@ ffffffff8132a2c0 D freeze_bdev_data
         assert!(!Generation::Vz7.returns_int(Probe::FreezeBdev));
         assert!(Generation::Vz7.returns_int(Probe::ThawBdev));
         assert!(!Generation::FreezeBdev.returns_int(Probe::SysExitIoctl));
+    }
+
+    #[test]
+    fn rhel7_family_kernels_are_told_by_their_release() {
+        for taints in [
+            "3.10.0-1127.18.2.vz7.163.22",
+            "3.10.0-1160.80.1.vz7.191.4",
+            "3.10.0-1127.el7.x86_64",
+            "3.10.0-1160.119.1.el7.x86_64",
+            "3.10.0-1062.el7_7.x86_64",
+        ] {
+            assert!(bpf_taints(taints), "{taints}");
+        }
+        for clean in [
+            "6.1.0-57-amd64",
+            "4.14.35-2047.518.4.el7uek.x86_64",
+            "4.18.0-553.el8_10.x86_64",
+            "3.10.0-custom",
+            "5.10.0-el7-like",
+            "3.10.0-1127.el7uek",
+        ] {
+            assert!(!bpf_taints(clean), "{clean}");
+        }
+        assert_eq!(tech_preview_tainted("536870912\n"), Some(true));
+        assert_eq!(tech_preview_tainted("536875008"), Some(true), "with O and E too");
+        assert_eq!(tech_preview_tainted("4096"), Some(false));
+        assert_eq!(tech_preview_tainted("x"), None);
+        assert!(Generation::Vz7.verifier_profile().is_some());
+        assert!(Generation::FreezeBdev.verifier_profile().is_none());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod errno;
 pub mod image;
 pub mod kernel;
 pub mod kit;
+pub mod offsets;
 pub mod ploop1;
 pub mod ploop_abi;
 pub mod stats;

@@ -133,7 +133,9 @@ pub fn check(path: &Path, in_use: Option<bool>) -> Result<Report> {
         .map(|p| format!("byte {}: {}", p.offset, p.msg))
         .collect();
     if r.more > 0 {
-        problems.push(format!("and {} more problems", r.more));
+        let more =
+            crate::verify::report::svg::axis::plural(r.more, "more problem", "more problems");
+        problems.push(format!("and {more}"));
     }
     if r.allocated > 0 && h.m_Flags & CIF_Empty != 0 && h.m_DiskInUse == 0 {
         problems.push(format!(

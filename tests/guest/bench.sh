@@ -1,11 +1,11 @@
 # Guest side of `cargo xtask bench`: PLOOP_IOC_SNAPSHOT latency on the model driver without
 # the tool, with its probes and a consumer that only counts (`trace`), and with
 # `ploop-verify run` for each transport and attach method (at its default nice 19, and once
-# at nice 0 for comparison); rounds alternate the modes so
-# that drift hits all alike. Then the detection delay (every call made to fail T1) and the
+# at nice 0 for comparison); each round runs the modes in its own order (ORDERS, seeded
+# random from the host) so that drift hits all alike and no mode always runs first. Then the detection delay (every call made to fail T1) and the
 # event-loss rate (refused snapshot calls at rising rates).
-# COUNT, ROUNDS, STACK (a stack kind of lib.sh: direct, crypt, linear) and, optionally, MODES
-# and RATES come from the environment.
+# COUNT, ROUNDS, STACK (a stack kind of lib.sh: direct, crypt, linear) and, optionally, MODES,
+# ORDERS (each round's modes, rounds separated by '/') and RATES come from the environment.
 set -u
 mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
 MODES=${MODES:-without count run-ringbuf-fentry run-ringbuf-kprobe run-perf-fentry run-perf-kprobe nice0-ringbuf-fentry}
@@ -20,7 +20,9 @@ bench_cmd() { # LABEL
 r=0
 while [ $r -lt $ROUNDS ]; do
   r=$((r + 1))
-  for mode in $MODES; do
+  order=$MODES
+  [ -n "${ORDERS:-}" ] && order=$(echo "$ORDERS" | cut -d/ -f$r)
+  for mode in $order; do
     up $STACK || exit 11
     case $mode in
       without) $(bench_cmd without-probes) ;;

@@ -72,7 +72,7 @@ pub fn write() -> anyhow::Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use std::{fmt::Write as _, process::Command};
+    use std::process::Command;
 
     use super::*;
 

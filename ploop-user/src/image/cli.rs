@@ -8,12 +8,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use super::{
     BlockRead, ErrorKind, ImageError, Locate, SECTOR, Stack,
     crypt::CryptTable,
-    delta::{DeltaFormat, RawHeld},
+    delta::{DeltaFormat, Expect, RawHeld},
     ext4::{self, Verdict},
     gpt::{self, Gpt},
     ploop1::{self, SIGNATURE_DISK_CLOSED_V21, SIGNATURE_DISK_IN_USE},
@@ -25,9 +25,11 @@ Read ploop images offline: raw and ploop1 deltas, stacked bottom first.
 
 A ploop device shows a stack of delta files: the base (raw or ploop1) at the bottom, a ploop1 \
 delta for each snapshot above it, the top one written to. Each block is read from the highest \
-delta that holds it: a ploop1 delta holds the clusters its BAT maps, a raw base every block, a \
-raw upper delta (the model driver's) its allocated extents. Give the deltas bottom first, e.g. \
-in the order of DiskDescriptor.xml's snapshots.
+delta that holds it: a ploop1 delta holds the clusters its BAT maps, a raw base every block. \
+Give the deltas bottom first, e.g. in the order of DiskDescriptor.xml's snapshots. Every delta \
+above the base must be ploop1 (snapshot deltas always are); the base is ploop1 when it has the \
+signature, raw otherwise, and refused when its first bytes look like a damaged ploop1 header \
+(`--format raw` reads it as raw anyway).
 
 Inside the device, in this order as on the stack of the patch's commit: a GPT (`--part 1` is \
 ploopNp1), dm-crypt (`--crypt-table FILE`, holding the line `dmsetup table --showkeys NAME` \
@@ -39,7 +41,8 @@ Examples:
   ploop-verify image cat --part 1 root.hdd root.hdd.1 > fs.img && e2fsck -fn fs.img
 
 Exit status: 0 fine; 1 `check` found problems; 2 unreadable or damaged input (the error names \
-the file and the byte offset); 64 bad usage.";
+the file and the byte offset); 64 bad usage. Memory is bounded by the files, not by what their \
+headers claim.";
 
 #[derive(Subcommand, Debug)]
 pub enum Image {
@@ -48,17 +51,33 @@ pub enum Image {
     ///
     /// The last line is X1's question: does ext4's superblock there carry needs_recovery
     /// (the old snapshot cannot be mounted read-only without a journal replay)?
+    ///
+    /// Exit status: 0 every delta was read (whatever the filesystem's state, and also when
+    /// there is no GPT or no ext4 there); 2 a delta refused (damaged or truncated, named with
+    /// its byte offset), unreadable, a damaged GPT, or the filesystem's place unreadable;
+    /// 64 bad usage.
+    ///
+    /// Example: ploop-verify image info --part 1 root.hdd root.hdd.1
     Info(InfoArgs),
     /// Validate ploop1 files: the signature, every header field (m_Type, m_Sectors, m_Size
     /// against m_SizeInSectors, m_FirstBlockOffset past the BAT, m_DiskInUse, m_Flags,
     /// m_FormatExtensionOffset), and every BAT entry (inside the file, past the header and BAT,
     /// aligned, no two overlapping). Each problem is printed with its byte offset.
     ///
+    /// At most 1000 problems are printed per file; the rest are counted.
+    ///
     /// Exit status: 0 no problem; 1 problems (including no ploop1 signature, a truncated
-    /// file); 2 a file could not be read at all.
+    /// file); 2 a file could not be read at all; 64 bad usage.
+    ///
+    /// Example: ploop-verify image check root.hdd.1 root.hdd.2
     Check(CheckArgs),
     /// Write the logical device (or one partition, decrypted, from an offset) to stdout,
     /// streaming: memory stays bounded whatever the size. Holes read as zeros.
+    ///
+    /// Exit status: 0 written (a reader closing the pipe early, as `head` does, included);
+    /// 2 a delta refused (damaged or truncated, named with its byte offset), unreadable, a
+    /// partition or offset outside the device, a failed write, or stdout a terminal; 64 bad
+    /// usage. Data written before a damaged cluster was reached stays written.
     ///
     /// Example: ploop-verify image cat --part 1 --crypt-table t.txt --offset 2048 root.hdd
     /// root.hdd.1 > fs.img && dumpe2fs -h fs.img
@@ -114,13 +133,57 @@ impl LocateArgs {
     }
 }
 
+/// The base delta's format, for `--format`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseFormat {
+    /// ploop1 with the signature, raw without, refused when it looks like a damaged ploop1
+    /// header.
+    Auto,
+    /// Raw, whatever its first bytes hold.
+    Raw,
+    /// ploop1: refused without the signature.
+    Ploop1,
+}
+
+/// The deltas of a stack, and how to take the base.
+#[derive(Args, Debug, Clone)]
+pub struct StackArgs {
+    /// The base (bottom) delta's format; every delta above it is ploop1.
+    #[arg(long, value_enum, default_value = "auto", value_name = "FORMAT")]
+    pub format: BaseFormat,
+    /// Delta files, bottom (base) first.
+    #[arg(required = true, value_name = "DELTA")]
+    pub deltas: Vec<PathBuf>,
+}
+
+impl StackArgs {
+    pub fn open(&self) -> Result<Stack> {
+        let base = match self.format {
+            BaseFormat::Auto => Expect::Detect,
+            BaseFormat::Raw => Expect::Raw,
+            BaseFormat::Ploop1 => Expect::Ploop1,
+        };
+        Stack::open_with(&self.deltas, base).map_err(|mut e| {
+            // the base refused for its first bytes: the user may know it is a raw disk
+            let base_named = e.file.as_deref() == Some(&*self.deltas[0].display().to_string());
+            if self.format == BaseFormat::Auto
+                && base_named
+                && e.kind == ErrorKind::Damaged
+                && e.offset == Some(0)
+            {
+                e.msg.push_str(" (if it is a raw disk image, say so: --format raw)");
+            }
+            e.into()
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     #[command(flatten)]
     pub locate: LocateArgs,
-    /// Delta files, bottom (base) first.
-    #[arg(required = true, value_name = "DELTA")]
-    pub deltas: Vec<PathBuf>,
+    #[command(flatten)]
+    pub stack: StackArgs,
 }
 
 #[derive(Args, Debug)]
@@ -134,9 +197,8 @@ pub struct CheckArgs {
 pub struct CatArgs {
     #[command(flatten)]
     pub locate: LocateArgs,
-    /// Delta files, bottom (base) first.
-    #[arg(required = true, value_name = "DELTA")]
-    pub deltas: Vec<PathBuf>,
+    #[command(flatten)]
+    pub stack: StackArgs,
 }
 
 pub fn run(cmd: Image) -> Result<ExitCode> {
@@ -191,7 +253,7 @@ fn verdict_line(r: &ext4::Report) -> String {
 
 fn info(a: &InfoArgs) -> Result<ExitCode> {
     let locate = a.locate.locate()?;
-    let stack = Stack::open(&a.deltas)?;
+    let stack = a.stack.open()?;
     let mut damaged = false;
     for d in stack.deltas() {
         let name = d.path().display();
@@ -214,7 +276,7 @@ fn info(a: &InfoArgs) -> Result<ExitCode> {
                 );
             }
             DeltaFormat::Ploop1(h) => {
-                let allocated = d.bat().iter().filter(|&&e| e != 0).count();
+                let allocated = d.allocated_clusters()?.unwrap_or(0);
                 println!(
                     "{name}: ploop1 v{}, {} ({} sectors), cluster {} ({} sectors), BAT {} \
                      entries, {allocated} allocated ({}), data from sector {}, m_DiskInUse \
@@ -225,7 +287,7 @@ fn info(a: &InfoArgs) -> Result<ExitCode> {
                     human(h.cluster_bytes()),
                     h.m_Sectors,
                     h.m_Size,
-                    human(allocated as u64 * h.cluster_bytes()),
+                    human(allocated.saturating_mul(h.cluster_bytes())),
                     h.m_FirstBlockOffset,
                     h.m_DiskInUse,
                     disk_in_use(h.m_DiskInUse),
@@ -294,9 +356,7 @@ fn check(a: &CheckArgs) -> Result<ExitCode> {
     let mut unreadable = false;
     for path in &a.deltas {
         let name = path.display();
-        let report = File::open(path)
-            .map_err(|e| ImageError::io(0, e, "the file"))
-            .and_then(|f| ploop1::check(&f));
+        let report = File::open(path).map_err(ImageError::open).and_then(|f| ploop1::check(&f));
         match report {
             Ok(r) => {
                 let h = &r.header;
@@ -315,23 +375,15 @@ fn check(a: &CheckArgs) -> Result<ExitCode> {
                     println!("{name}: at byte {} ({:#x}): {}", p.offset, p.offset, p.msg);
                 }
                 if r.more > 0 {
-                    println!("{name}: ... and {} more problems", r.more);
+                    println!("{name}: ... and {} more (counted, not listed)", r.more);
                 }
-                let n = r.problems.len() as u64 + r.more;
+                let n = r.total();
                 problems += n;
-                println!(
-                    "{name}: {}",
-                    if n == 0 { "ok".to_string() } else { format!("{n} problems") }
-                );
+                println!("{name}: {}", if n == 0 { "ok".to_string() } else { count(n) });
             }
             Err(e) if matches!(e.kind, ErrorKind::Damaged | ErrorKind::Truncated) => {
                 problems += 1;
-                let hint = if e.offset == Some(0) && e.kind == ErrorKind::Damaged {
-                    " (a raw delta has no header to check)"
-                } else {
-                    ""
-                };
-                println!("{}{hint}", e.in_file(&name));
+                println!("{}", e.in_file(&name));
                 println!("{name}: 1 problem");
             }
             Err(e) => {
@@ -347,6 +399,11 @@ fn check(a: &CheckArgs) -> Result<ExitCode> {
     } else {
         0
     }))
+}
+
+/// "1 problem", "2 problems".
+fn count(n: u64) -> String {
+    format!("{n} problem{}", if n == 1 { "" } else { "s" })
 }
 
 /// Bytes per read and write of `cat`: large enough for throughput, small enough to be
@@ -380,7 +437,7 @@ fn cat(a: &CatArgs) -> Result<ExitCode> {
     if stdout.is_terminal() {
         bail!("image cat writes binary data: redirect stdout to a file or a pipe");
     }
-    let stack = Stack::open(&a.deltas)?;
+    let stack = a.stack.open()?;
     let dev = locate.open(&stack)?;
     copy_device(&dev, &mut stdout.lock())?;
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,12 @@
 //! Delta files and stacks of them: which delta holds each block, and reading through.
 //!
 //! A stack is given bottom first; a read takes each block from the highest delta that holds
-//! it, else zeros. What a delta holds:
+//! it, else zeros. Which format a delta is ([`Expect`]): on vz7 every delta above the base is
+//! ploop1 (snapshot deltas always are), and the base is ploop1 when it carries the signature,
+//! raw otherwise, unless its first bytes look like a damaged ploop1 header
+//! ([`ploop1::damaged_signature`]): reading those as a raw disk would show the header and BAT
+//! as data and a device of the wrong size. The model driver stacks raw deltas too:
+//! [`Stack::open_detected`] reads its stacks. What a delta holds:
 //! - **ploop1**: the clusters whose BAT entry is not 0.
 //! - **raw, at the bottom** (the base): every block of the file (its holes read as zeros,
 //!   which is what the device shows there).
@@ -19,6 +24,7 @@ use std::{
     fs::File,
     os::unix::fs::{FileExt as _, MetadataExt as _},
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use super::{
@@ -28,6 +34,18 @@ use super::{
 
 /// The block of the model driver's raw-delta bitmap (`PLOOP_BLK_SIZE`).
 pub const RAW_BLOCK: u64 = 4096;
+
+/// What a delta file is taken to be when it is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// ploop1 when it starts with a ploop1 signature; refused when its first bytes look like a
+    /// damaged ploop1 header; raw otherwise.
+    Detect,
+    /// Raw, whatever its first bytes (the user says so: `--format raw`).
+    Raw,
+    /// ploop1, anything else refused (every delta above the base on vz7).
+    Ploop1,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeltaFormat {
@@ -51,8 +69,9 @@ pub struct Delta {
     file: File,
     file_size: u64,
     format: DeltaFormat,
-    /// The ploop1 BAT (empty for raw).
-    bat: Vec<u32>,
+    /// ploop1: the BAT chunk read last, (first entry, entries): a read needs one entry per
+    /// cluster, and holding the whole BAT would make memory follow m_Size, not the file.
+    bat: Mutex<Option<(u64, Vec<u32>)>>,
     held: RawHeld,
 }
 
@@ -65,21 +84,21 @@ pub enum Mapping {
 }
 
 impl Delta {
-    /// Opens a delta; `bottom` tells a raw base (holds everything) from a raw upper delta.
-    pub fn open(path: &Path, bottom: bool) -> Result<Delta> {
+    /// Opens a delta as `expect` says; `bottom` tells a raw base (holds everything) from a
+    /// raw upper delta.
+    pub fn open(path: &Path, bottom: bool, expect: Expect) -> Result<Delta> {
         let name = path.display().to_string();
-        let file =
-            File::open(path).map_err(|e| ImageError::io(0, e, "the delta file").in_file(&name))?;
-        Self::from_file(path, file, bottom)
+        let file = File::open(path).map_err(|e| ImageError::open(e).in_file(&name))?;
+        Self::from_file(path, file, bottom, expect)
     }
 
     /// A delta from a file already open (e.g. a dup of the fd `ADD_DELTA` or a snapshot
     /// request carried); `path` names it in messages. The reader only ever `pread`s it.
-    pub fn from_file(path: &Path, file: File, bottom: bool) -> Result<Delta> {
-        Self::from_open_file(path, file, bottom).map_err(|e| e.in_file(path.display()))
+    pub fn from_file(path: &Path, file: File, bottom: bool, expect: Expect) -> Result<Delta> {
+        Self::from_open_file(path, file, bottom, expect).map_err(|e| e.in_file(path.display()))
     }
 
-    fn from_open_file(path: &Path, file: File, bottom: bool) -> Result<Delta> {
+    fn from_open_file(path: &Path, file: File, bottom: bool, expect: Expect) -> Result<Delta> {
         let meta = file.metadata().map_err(|e| ImageError::io(0, e, "the file's size"))?;
         if !meta.is_file() {
             return Err(ImageError::new(ErrorKind::Io, "not a regular file"));
@@ -87,7 +106,8 @@ impl Delta {
         let file_size = meta.len();
         let mut head = [0u8; 64];
         let n = read_upto(&file, 0, &mut head)?;
-        if ploop1::is_ploop1(&head[..n]) {
+        let signed = ploop1::is_ploop1(&head[..n]);
+        if expect == Expect::Ploop1 || (expect == Expect::Detect && signed) {
             if n < head.len() {
                 return Err(ImageError::new(
                     ErrorKind::Truncated,
@@ -95,17 +115,31 @@ impl Delta {
                 )
                 .at(file_size));
             }
-            let h = Header::parse(&head)?;
+            let h = Header::parse(&head).map_err(|mut e| {
+                if expect == Expect::Ploop1 {
+                    e.msg.push_str(if bottom {
+                        ": the base was given as ploop1"
+                    } else {
+                        ": every delta above the base is ploop1 (snapshot deltas always are)"
+                    });
+                }
+                e
+            })?;
             h.fatal(file_size)?;
-            let bat = ploop1::read_bat(&file, &h)?;
             return Ok(Delta {
                 path: path.to_owned(),
                 file,
                 file_size,
                 format: DeltaFormat::Ploop1(h),
-                bat,
+                bat: Mutex::new(None),
                 held: RawHeld::All,
             });
+        }
+        if expect == Expect::Detect
+            && n == head.len()
+            && let Some(why) = ploop1::damaged_signature(&head, file_size)
+        {
+            return Err(ImageError::damaged(ploop1::field::m_Sig, why));
         }
         if file_size == 0 || file_size % SECTOR != 0 {
             return Err(ImageError::new(
@@ -123,7 +157,7 @@ impl Delta {
             file,
             file_size,
             format: DeltaFormat::Raw,
-            bat: Vec::new(),
+            bat: Mutex::new(None),
             held,
         })
     }
@@ -152,20 +186,42 @@ impl Delta {
         }
     }
 
-    /// ploop1: the BAT entries, logical cluster order (0 = not allocated).
-    pub fn bat(&self) -> &[u32] {
-        &self.bat
+    /// ploop1: the allocated BAT entries (a walk of the whole BAT, a chunk at a time).
+    pub fn allocated_clusters(&self) -> Result<Option<u64>> {
+        match &self.format {
+            DeltaFormat::Ploop1(h) => ploop1::count_allocated(&self.file, h)
+                .map(Some)
+                .map_err(|e| e.in_file(self.path.display())),
+            DeltaFormat::Raw => Ok(None),
+        }
     }
 
-    /// Clusters (ploop1) or bytes in 4 KiB blocks (raw upper delta) this delta holds.
-    pub fn allocated_bytes(&self) -> Option<u64> {
-        match (&self.format, &self.held) {
+    /// Bytes in clusters (ploop1) or in 4 KiB blocks (raw upper delta) this delta holds.
+    pub fn allocated_bytes(&self) -> Result<Option<u64>> {
+        Ok(match (&self.format, &self.held) {
             (DeltaFormat::Ploop1(h), _) => {
-                Some(self.bat.iter().filter(|&&e| e != 0).count() as u64 * h.cluster_bytes())
+                self.allocated_clusters()?.map(|n| n.saturating_mul(h.cluster_bytes()))
             }
             (DeltaFormat::Raw, RawHeld::Extents(x)) => Some(x.iter().map(|(s, e)| e - s).sum()),
             (DeltaFormat::Raw, _) => None,
+        })
+    }
+
+    /// ploop1: BAT entry `i` (0 past the BAT), through the chunk read last.
+    fn bat_entry(&self, h: &Header, i: u64) -> Result<u32> {
+        let n = u64::from(h.m_Size);
+        if i >= n {
+            return Ok(0);
         }
+        // a panic elsewhere cannot leave the chunk half written: it is replaced whole
+        let mut cached = self.bat.lock().unwrap_or_else(|e| e.into_inner());
+        let first = i / ploop1::BAT_CHUNK * ploop1::BAT_CHUNK;
+        if !matches!(&*cached, Some((f, _)) if *f == first) {
+            let mut chunk = vec![0u32; ploop1::BAT_CHUNK.min(n - first) as usize];
+            ploop1::read_bat_entries(&self.file, first, &mut chunk)?;
+            *cached = Some((first, chunk));
+        }
+        Ok(cached.as_ref().map_or(0, |(_, c)| c[(i - first) as usize]))
     }
 
     /// What this delta holds at logical byte `off`.
@@ -180,7 +236,7 @@ impl Delta {
                 let i = off / cluster;
                 let within = off % cluster;
                 let run = (cluster - within).min(size - off);
-                match self.bat.get(i as usize).copied().unwrap_or(0) {
+                match self.bat_entry(h, i)? {
                     0 => Ok(Mapping::Absent { run }),
                     e => {
                         let at = h.cluster_at(i, e, self.file_size)?;
@@ -296,14 +352,31 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// A vz7 image: the base detected, every delta above it ploop1.
     pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<Stack> {
+        Self::open_with(paths, Expect::Detect)
+    }
+
+    /// A vz7 image whose base is `base` (`Expect::Raw`: the user's `--format raw`), every delta
+    /// above it ploop1.
+    pub fn open_with<P: AsRef<Path>>(paths: &[P], base: Expect) -> Result<Stack> {
+        Self::open_each(paths, |i| if i == 0 { base } else { Expect::Ploop1 })
+    }
+
+    /// Every delta's format detected, as on the model driver, which stacks raw deltas as well
+    /// as ploop1 ones (what the X1 oracle reads live).
+    pub fn open_detected<P: AsRef<Path>>(paths: &[P]) -> Result<Stack> {
+        Self::open_each(paths, |_| Expect::Detect)
+    }
+
+    fn open_each<P: AsRef<Path>>(paths: &[P], expect: impl Fn(usize) -> Expect) -> Result<Stack> {
         if paths.is_empty() {
             return Err(ImageError::new(ErrorKind::OutOfRange, "no delta given"));
         }
         let deltas = paths
             .iter()
             .enumerate()
-            .map(|(i, p)| Delta::open(p.as_ref(), i == 0))
+            .map(|(i, p)| Delta::open(p.as_ref(), i == 0, expect(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self::from_deltas(deltas))
     }
@@ -402,7 +475,7 @@ mod tests {
             s.read_at(off as u64, &mut buf).unwrap();
             assert_eq!(buf, want[off..off + len], "at {off}");
         }
-        assert_eq!(s.deltas()[1].allocated_bytes(), Some(2 * c1 as u64));
+        assert_eq!(s.deltas()[1].allocated_bytes().unwrap(), Some(2 * c1 as u64));
         assert!(s.read_at(4 * MIB - 1, &mut [0u8; 2]).is_err());
     }
 
@@ -422,6 +495,72 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_ploop1_header_is_refused_not_read_as_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = fill(3, 4096);
+        let good = Ploop1Builder::new(Version::V2, 8, 1 << 20).build(&[(0, &d)]);
+        let p = dir.path().join("base");
+        let top = dir.path().join("top");
+        fs::write(&top, Ploop1Builder::new(Version::V2, 8, 1 << 20).build(&[])).unwrap();
+        // one byte of the signature flipped; then the whole signature zeroed (the other
+        // fields still a ploop1 header's)
+        let mut flipped = good.clone();
+        flipped[15] ^= 0x20;
+        let mut zeroed = good.clone();
+        zeroed[..16].fill(0);
+        for (bad, why) in
+            [(&flipped, "1 byte from the ploop1 v2"), (&zeroed, "the rest is a ploop1 v2")]
+        {
+            fs::write(&p, bad).unwrap();
+            let e = Stack::open(&[&p]).err().unwrap();
+            assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(0)), "{e}");
+            assert!(e.msg.contains(why) && e.msg.contains("a damaged ploop1 header"), "{e}");
+            assert!(Stack::open_detected(&[&p]).is_err());
+            // the user says it is raw: read as raw, header bytes and all
+            let s = Stack::open_with(&[&p], Expect::Raw).unwrap();
+            assert_eq!(s.size(), bad.len() as u64);
+            assert_eq!(read_all(&s), *bad);
+            // above a good base: not ploop1, refused
+            fs::write(&p, &good).unwrap();
+            fs::write(&top, bad).unwrap();
+            let e = Stack::open(&[&p, &top]).err().unwrap();
+            assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(0)), "{e}");
+            assert!(e.msg.contains("every delta above the base is ploop1"), "{e}");
+        }
+        // a raw disk (a GPT's protective MBR first) and zeros stay raw
+        for raw in [crate::image::testimg::seed_images().pop().unwrap(), vec![0u8; 1 << 20]] {
+            fs::write(&p, &raw).unwrap();
+            assert_eq!(Stack::open(&[&p]).unwrap().deltas()[0].format(), &DeltaFormat::Raw);
+        }
+        // --format ploop1 on a raw base: refused
+        let e = Stack::open_with(&[&p], Expect::Ploop1).err().unwrap();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(0)), "{e}");
+        assert!(e.msg.ends_with("the base was given as ploop1"), "{e}");
+    }
+
+    #[test]
+    fn the_bat_is_read_a_chunk_at_a_time_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ploop1::BAT_CHUNK * 2 + 5;
+        let (a, b, c) = (fill(1, 4096), fill(2, 4096), fill(3, 4096));
+        let last = n - 1;
+        let far = ploop1::BAT_CHUNK + 7;
+        let img =
+            Ploop1Builder::new(Version::V2, 8, n * 4096).build(&[(last, &a), (3, &b), (far, &c)]);
+        let p = dir.path().join("d");
+        fs::write(&p, &img).unwrap();
+        let s = Stack::open(&[&p]).unwrap();
+        assert_eq!(s.size(), n * 4096);
+        // back and forth between the chunks
+        for (i, want) in [(far, &c), (3, &b), (last, &a), (far, &c), (4, &vec![0u8; 4096])] {
+            let mut buf = vec![0u8; 4096];
+            s.read_at(i * 4096, &mut buf).unwrap();
+            assert!(buf == *want, "cluster {i}");
+        }
+        assert_eq!(s.deltas()[0].allocated_clusters().unwrap(), Some(3));
+    }
+
+    #[test]
     fn raw_upper_deltas_hold_their_allocated_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let size = 1024 * 1024u64;
@@ -438,7 +577,12 @@ mod tests {
         // and a fresh sparse delta on top: holds nothing
         File::create(dir.path().join("fresh")).unwrap().set_len(size).unwrap();
         let names = ["base", "up", "fresh"].map(|n| dir.path().join(n));
-        let s = Stack::open(&names).unwrap();
+        // a vz7 image has no raw delta above the base: refused, naming the first
+        let e = Stack::open(&names).err().unwrap();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(0)), "{e}");
+        assert!(e.to_string().starts_with(&names[1].display().to_string()), "{e}");
+        assert!(e.msg.contains("every delta above the base is ploop1"), "{e}");
+        let s = Stack::open_detected(&names).unwrap();
         assert_eq!(s.deltas()[2].raw_held(), &RawHeld::Extents(vec![]));
         let mut want = base.clone();
         match s.deltas()[1].raw_held() {

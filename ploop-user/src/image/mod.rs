@@ -57,6 +57,7 @@ pub struct ImageError {
     /// Byte offset in `file` of the field or data at fault.
     pub offset: Option<u64>,
     pub msg: String,
+    /// The I/O error, printed as part of the message (see `source()`).
     pub source: Option<io::Error>,
 }
 
@@ -80,6 +81,14 @@ impl ImageError {
             self.file = Some(file.to_string());
         }
         self
+    }
+
+    /// A file that could not be opened (the message is the errno's: "No such file or
+    /// directory").
+    pub fn open(e: io::Error) -> Self {
+        let mut err = Self::new(ErrorKind::Io, "cannot open");
+        err.source = Some(e);
+        err
     }
 
     pub fn io(offset: u64, e: io::Error, what: &str) -> Self {
@@ -108,11 +117,9 @@ impl fmt::Display for ImageError {
     }
 }
 
-impl std::error::Error for ImageError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
-    }
-}
+/// No `source()`: the I/O error is already in the message, and an error chain (anyhow's
+/// `{:#}`) would print it twice.
+impl std::error::Error for ImageError {}
 
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
 

@@ -126,6 +126,48 @@ pub fn is_ploop1(head: &[u8]) -> bool {
             || &head[..16] == SIGNATURE_STRUCTURED_DISK_V2)
 }
 
+/// Signature bytes that may differ for a header to count as a damaged ploop1 one: 4 of 16.
+/// A raw disk starts with a protective MBR, boot code or zeros; 12 bytes of a signature in
+/// place is damage, not chance.
+pub const SIGNATURE_DAMAGE_BYTES: usize = 4;
+
+/// Why `head` (a file's first 64 bytes, without a ploop1 signature) looks like a damaged
+/// ploop1 header rather than the start of a raw disk, if it does: its signature is within
+/// [`SIGNATURE_DAMAGE_BYTES`] bytes of one, or the other fields form a header that a reader
+/// could use on a file of `file_size` bytes (`m_Type` 2, a cluster, a BAT that fits).
+pub fn damaged_signature(head: &[u8; 64], file_size: u64) -> Option<String> {
+    let sig = String::from_utf8_lossy(&head[..16]);
+    for (v, want) in [(1, SIGNATURE_STRUCTURED_DISK_V1), (2, SIGNATURE_STRUCTURED_DISK_V2)] {
+        let off = head[..16].iter().zip(want).filter(|(a, b)| a != b).count();
+        if off <= SIGNATURE_DAMAGE_BYTES {
+            return Some(format!(
+                "m_Sig is {sig:?}, {off} byte{} from the ploop1 v{v} signature {:?}: a damaged \
+                 ploop1 header",
+                if off == 1 { "" } else { "s" },
+                String::from_utf8_lossy(want)
+            ));
+        }
+    }
+    for want in [SIGNATURE_STRUCTURED_DISK_V2, SIGNATURE_STRUCTURED_DISK_V1] {
+        let mut b = *head;
+        b[..16].copy_from_slice(want);
+        let Ok(h) = Header::parse(&b) else { continue };
+        if h.m_Type == PRL_IMAGE_COMPRESSED && h.fatal(file_size).is_ok() {
+            return Some(format!(
+                "m_Sig is {sig:?}, not a ploop1 signature, but the rest is a ploop1 v{} header \
+                 (m_Type {}, clusters of {} sectors, m_Size {}, data from sector {}): a damaged \
+                 ploop1 header",
+                h.version.number(),
+                h.m_Type,
+                h.m_Sectors,
+                h.m_Size,
+                h.m_FirstBlockOffset
+            ));
+        }
+    }
+    None
+}
+
 impl Header {
     /// Decodes the 64 header bytes; only the signature is checked here ([`Header::problems`]
     /// checks the rest, so that `check` can list every problem at once).
@@ -253,18 +295,26 @@ impl Header {
                 true,
                 format!("m_SizeInSectors is {}: larger than any device", self.m_SizeInSectors),
             );
-        } else if cluster_ok
-            && u64::from(self.m_Size) * u64::from(self.m_Sectors) < self.m_SizeInSectors
-        {
-            add(
-                field::m_Size,
-                true,
-                format!(
-                    "m_Size is {} clusters of {} sectors, fewer than the {} sectors of \
-                     m_SizeInSectors",
-                    self.m_Size, self.m_Sectors, self.m_SizeInSectors
-                ),
-            );
+        } else if cluster_ok {
+            // libploop's generate_pvd_header makes m_Size exactly the clusters of the device;
+            // more would be a BAT larger than the device, which only damage makes (and which
+            // would have the reader walk entries no read can reach)
+            let clusters = self.m_SizeInSectors.div_ceil(u64::from(self.m_Sectors));
+            if u64::from(self.m_Size) != clusters {
+                add(
+                    field::m_Size,
+                    true,
+                    format!(
+                        "m_Size is {} BAT entries, but the device (m_SizeInSectors {}) is {} \
+                         clusters of {} sectors: the BAT is {} than the device it describes",
+                        self.m_Size,
+                        self.m_SizeInSectors,
+                        clusters,
+                        self.m_Sectors,
+                        if u64::from(self.m_Size) < clusters { "smaller" } else { "larger" }
+                    ),
+                );
+            }
         }
         match self.m_DiskInUse {
             SIGNATURE_DISK_CLOSED_V20 | SIGNATURE_DISK_CLOSED_V21 => {}
@@ -306,7 +356,10 @@ impl Header {
                 file_size,
                 true,
                 format!(
-                    "the file ({file_size} bytes) ends inside the BAT, which ends at byte {}",
+                    "the file ({file_size} bytes) ends inside the BAT: m_Size (byte {}) is {} \
+                     entries, which end at byte {}",
+                    field::m_Size,
+                    self.m_Size,
                     self.bat_end()
                 ),
             );
@@ -384,20 +437,48 @@ impl Header {
     }
 }
 
-/// Reads and decodes the header of `file`.
-pub fn read_header(file: &File) -> Result<Header> {
-    let mut b = [0u8; 64];
-    file.read_exact_at(&mut b, 0).map_err(|e| ImageError::io(0, e, "the ploop1 header"))?;
-    Header::parse(&b)
+/// BAT entries read at a time (64 KiB): what the reader and `check` hold of a BAT, whatever
+/// its size (a 4 TiB device of 1 MiB clusters has a 16 MiB BAT; m_Size can claim 16 GiB).
+pub const BAT_CHUNK: u64 = 16 * 1024;
+
+/// Reads BAT entries `first..first + out.len()` (the header must have no fatal problem, so
+/// that the file holds them).
+pub fn read_bat_entries(file: &File, first: u64, out: &mut [u32]) -> Result<()> {
+    let at = Header::bat_entry_offset(first);
+    let mut raw = vec![0u8; out.len() * 4];
+    file.read_exact_at(&mut raw, at).map_err(|e| ImageError::io(at, e, "the BAT"))?;
+    for (e, c) in out.iter_mut().zip(raw.as_chunks::<4>().0) {
+        *e = u32::from_le_bytes(*c);
+    }
+    Ok(())
 }
 
-/// Reads the BAT's `m_Size` entries (the header must have no fatal problem).
-pub fn read_bat(file: &File, h: &Header) -> Result<Vec<u32>> {
-    let n = h.m_Size as usize;
-    let mut raw = vec![0u8; n * 4];
-    file.read_exact_at(&mut raw, PVD_HEADER_SIZE)
-        .map_err(|e| ImageError::io(PVD_HEADER_SIZE, e, "the BAT"))?;
-    Ok(raw.as_chunks::<4>().0.iter().map(|&c| u32::from_le_bytes(c)).collect())
+/// Calls `f(first, entries)` for the whole BAT in order, [`BAT_CHUNK`] entries at a time.
+pub fn walk_bat(
+    file: &File,
+    h: &Header,
+    mut f: impl FnMut(u64, &[u32]) -> Result<()>,
+) -> Result<()> {
+    let n = u64::from(h.m_Size);
+    let mut buf = vec![0u32; BAT_CHUNK.min(n) as usize];
+    let mut first = 0;
+    while first < n {
+        let len = BAT_CHUNK.min(n - first) as usize;
+        read_bat_entries(file, first, &mut buf[..len])?;
+        f(first, &buf[..len])?;
+        first += len as u64;
+    }
+    Ok(())
+}
+
+/// The allocated (non-zero) entries of the BAT.
+pub fn count_allocated(file: &File, h: &Header) -> Result<u64> {
+    let mut n = 0;
+    walk_bat(file, h, |_, chunk| {
+        n += chunk.iter().filter(|&&e| e != 0).count() as u64;
+        Ok(())
+    })?;
+    Ok(n)
 }
 
 /// What `image check` found in a ploop1 file.
@@ -414,81 +495,187 @@ pub struct CheckReport {
     pub more: u64,
 }
 
+impl CheckReport {
+    /// Every problem found, listed or counted.
+    pub fn total(&self) -> u64 {
+        self.problems.len() as u64 + self.more
+    }
+}
+
 pub const MAX_PROBLEMS: usize = 1000;
+
+/// Problems in the order found (which is file order): the first [`MAX_PROBLEMS`] kept, the
+/// rest counted, so that `check` holds what it prints and no more.
+struct Kept {
+    problems: Vec<Problem>,
+    more: u64,
+}
+
+impl Kept {
+    /// Keeps `p` if there is room; returns its index when kept.
+    fn push(&mut self, p: Problem) -> Option<usize> {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(p);
+            Some(self.problems.len() - 1)
+        } else {
+            self.more += 1;
+            None
+        }
+    }
+}
+
+/// One bit per cluster of the file, set when a BAT entry claims it, in 8 KiB pages allocated
+/// on first touch: at most a bit per cluster the file holds (1/4096 of its size with 512-byte
+/// clusters, less for a sparse BAT), however many entries point there.
+struct Claimed {
+    pages: Vec<Option<Box<[u64; 1024]>>>,
+}
+
+impl Claimed {
+    const PAGE_BITS: u64 = 1024 * 64;
+
+    fn new(clusters: u64) -> Self {
+        Self { pages: (0..clusters.div_ceil(Self::PAGE_BITS)).map(|_| None).collect() }
+    }
+
+    /// Claims cluster `c` (below `clusters`); false if it was claimed already.
+    fn claim(&mut self, c: u64) -> bool {
+        let page =
+            self.pages[(c / Self::PAGE_BITS) as usize].get_or_insert_with(|| Box::new([0; 1024]));
+        let bit = c % Self::PAGE_BITS;
+        let (w, m) = ((bit / 64) as usize, 1u64 << (bit % 64));
+        let fresh = page[w] & m == 0;
+        page[w] |= m;
+        fresh
+    }
+}
 
 /// Validates a ploop1 file: the header's fields, then every BAT entry (inside the file,
 /// past the header and BAT, cluster aligned, no two overlapping, clear of the format
-/// extension). `Err` only when the file cannot be read at all or is not ploop1.
+/// extension). `Err` only when the file cannot be read at all or is not ploop1. Memory is
+/// bounded by the file, not by what its header claims: the BAT is read [`BAT_CHUNK`] entries
+/// at a time, clusters are claimed in a bitmap ([`Claimed`]), and only the problems printed
+/// are kept.
 pub fn check(file: &File) -> Result<CheckReport> {
     let file_size = file.metadata().map_err(|e| ImageError::io(0, e, "the file's size"))?.len();
-    let header = read_header(file)?;
-    let mut problems = header.problems(file_size);
+    let mut head = [0u8; 64];
+    file.read_exact_at(&mut head, 0).map_err(|e| ImageError::io(0, e, "the ploop1 header"))?;
+    let header = Header::parse(&head).map_err(|mut e| {
+        match damaged_signature(&head, file_size) {
+            Some(why) => e.msg = why,
+            None => e.msg.push_str(" (a raw delta has no header to check)"),
+        }
+        e
+    })?;
+    let mut header_problems = header.problems(file_size);
+    header_problems.sort_by_key(|p| p.offset);
+    let walk = !header_problems.iter().any(|p| p.fatal);
+    let mut kept = Kept { problems: Vec::new(), more: 0 };
+    for p in header_problems {
+        kept.push(p);
+    }
     let mut report = CheckReport { header, file_size, allocated: 0, problems: Vec::new(), more: 0 };
-    // The BAT can be walked when its size and the cluster are sane and the file holds it.
-    if !problems.iter().any(|p| p.fatal) {
+    // The BAT is walked when its size and the cluster are sane and the file holds it. Every
+    // header problem left lies in the header (bytes 16..64), every BAT problem at its entry:
+    // found in entry order, they are in file order.
+    if walk {
         let h = &report.header;
-        let bat = read_bat(file, h)?;
-        // (file offset, end, logical cluster) of every entry that passed the single checks
-        let mut used: Vec<(u64, u64, u64)> = Vec::new();
+        let cluster = h.cluster_bytes();
         let ext = (h.version == Version::V2 && h.m_FormatExtensionOffset != 0)
             .then(|| h.m_FormatExtensionOffset.saturating_mul(SECTOR));
-        for (i, &e) in bat.iter().enumerate() {
+        // a u32 entry reaches 2^32 clusters (v2) or sectors (v1), whatever the file's size
+        let reach = match h.version {
+            Version::V1 => (1u64 << 32) / u64::from(h.m_Sectors),
+            Version::V2 => 1 << 32,
+        };
+        let mut claimed = Claimed::new(file_size.div_ceil(cluster).min(reach));
+        // kept overlap problems: (index in kept, file cluster), named once their first
+        // claimant is known
+        let mut overlaps: Vec<(usize, u64)> = Vec::new();
+        let mut allocated = 0u64;
+        walk_bat(file, h, |first, chunk| {
+            for (k, &e) in chunk.iter().enumerate() {
+                if e == 0 {
+                    continue;
+                }
+                allocated += 1;
+                let i = first + k as u64;
+                let at = Header::bat_entry_offset(i);
+                match h.cluster_at(i, e, file_size) {
+                    Ok(off) => {
+                        let end = off + cluster;
+                        if let Some(x) = ext.filter(|&x| off <= x && x < end) {
+                            kept.push(Problem {
+                                offset: at,
+                                msg: format!(
+                                    "BAT entry {i} points at bytes {off}..{end}, which hold the \
+                                     format extension (byte {x})"
+                                ),
+                                fatal: false,
+                            });
+                        }
+                        // cluster_at's checks make `off` a multiple of the cluster
+                        if !claimed.claim(off / cluster) {
+                            let p = Problem {
+                                offset: at,
+                                msg: format!("BAT entry {i} points at bytes {off}..{end}"),
+                                fatal: false,
+                            };
+                            if let Some(idx) = kept.push(p) {
+                                overlaps.push((idx, off / cluster));
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        kept.push(Problem { offset: at, msg: err.msg, fatal: false });
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        report.allocated = allocated;
+        if !overlaps.is_empty() {
+            name_first_claimants(file, h, file_size, &mut kept.problems, &overlaps)?;
+        }
+    }
+    report.problems = kept.problems;
+    report.more = kept.more;
+    Ok(report)
+}
+
+/// Completes the kept overlap problems with the entry that claimed their cluster first (a
+/// second walk of the BAT, holding only the clusters of the problems kept).
+fn name_first_claimants(
+    file: &File,
+    h: &Header,
+    file_size: u64,
+    problems: &mut [Problem],
+    overlaps: &[(usize, u64)],
+) -> Result<()> {
+    let mut first: std::collections::HashMap<u64, Option<u64>> =
+        overlaps.iter().map(|&(_, c)| (c, None)).collect();
+    let cluster = h.cluster_bytes();
+    walk_bat(file, h, |start, chunk| {
+        for (k, &e) in chunk.iter().enumerate() {
             if e == 0 {
                 continue;
             }
-            report.allocated += 1;
-            let i = i as u64;
-            match h.cluster_at(i, e, file_size) {
-                Ok(off) => {
-                    let end = off + h.cluster_bytes();
-                    if let Some(x) = ext.filter(|&x| off <= x && x < end) {
-                        problems.push(Problem {
-                            offset: Header::bat_entry_offset(i),
-                            msg: format!(
-                                "BAT entry {i} points at bytes {off}..{end}, which hold the \
-                                 format extension (byte {x})"
-                            ),
-                            fatal: false,
-                        });
-                    }
-                    used.push((off, end, i));
-                }
-                Err(err) => problems.push(Problem {
-                    offset: err.offset.unwrap_or(0),
-                    msg: err.msg,
-                    fatal: false,
-                }),
+            let i = start + k as u64;
+            if let Ok(off) = h.cluster_at(i, e, file_size)
+                && let Some(slot) = first.get_mut(&(off / cluster))
+                && slot.is_none()
+            {
+                *slot = Some(i);
             }
         }
-        used.sort_unstable();
-        // sorted by start: an entry overlaps an earlier one iff it starts before the furthest
-        // end seen so far
-        let mut furthest: Option<(u64, u64)> = None; // (end, logical cluster)
-        for &(off, end, i) in &used {
-            if let Some((fend, j)) = furthest {
-                if off < fend {
-                    problems.push(Problem {
-                        offset: Header::bat_entry_offset(i),
-                        msg: format!(
-                            "BAT entry {i} points at bytes {off}..{end}, overlapping the \
-                             cluster of BAT entry {j}"
-                        ),
-                        fatal: false,
-                    });
-                }
-                if end > fend {
-                    furthest = Some((end, i));
-                }
-            } else {
-                furthest = Some((end, i));
-            }
+        Ok(())
+    })?;
+    for &(idx, c) in overlaps {
+        if let Some(Some(j)) = first.get(&c) {
+            problems[idx].msg.push_str(&format!(", overlapping the cluster of BAT entry {j}"));
         }
     }
-    problems.sort_by_key(|p| p.offset);
-    report.more = problems.len().saturating_sub(MAX_PROBLEMS) as u64;
-    problems.truncate(MAX_PROBLEMS);
-    report.problems = problems;
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -543,6 +730,8 @@ mod tests {
             (|h| h.m_Sectors = 6, field::m_Sectors, true),
             (|h| h.m_Sectors = MAX_CLUSTER_SECTORS * 2, field::m_Sectors, true),
             (|h| h.m_Size = 3, field::m_Size, true),
+            // a BAT larger than the device: walking it would read entries no read reaches
+            (|h| h.m_Size = 5, field::m_Size, true),
             (|h| h.m_SizeInSectors = 0, field::m_SizeInSectors, true),
             (|h| h.m_SizeInSectors = u64::MAX, field::m_SizeInSectors, true),
             (|h| h.m_DiskInUse = SIGNATURE_DISK_IN_USE, field::m_DiskInUse, false),
@@ -560,6 +749,18 @@ mod tests {
             assert_eq!(p.len(), 1, "case {i}: {p:?}");
             assert_eq!((p[0].offset, p[0].fatal), (offset, fatal), "case {i}: {p:?}");
         }
+        // a BAT of 2^32-1 entries on a small file: refused at m_Size, first
+        let mut h = v2();
+        h.m_Size = u32::MAX;
+        let e = h.fatal(8 * 512 * 3).unwrap_err();
+        assert_eq!((e.kind, e.offset), (ErrorKind::Damaged, Some(field::m_Size)), "{e}");
+        assert!(e.msg.contains("larger than the device"), "{e}");
+        // the same with a device to match: the file cannot hold the BAT, named at its end
+        h.m_SizeInSectors = u64::from(u32::MAX) * 8;
+        h.m_FirstBlockOffset = (h.bat_end().div_ceil(4096) * 8) as u32;
+        let e = h.fatal(8 * 512 * 3).unwrap_err();
+        assert_eq!(e.offset, Some(8 * 512 * 3), "{e}");
+        assert!(e.msg.contains("m_Size (byte 32) is 4294967295 entries"), "{e}");
         // the file too short for the BAT: named at the file's end
         let mut h = v2();
         h.m_Size = 1000;

@@ -121,14 +121,15 @@ pub fn exercise(dir: &std::path::Path, bytes: &[u8]) {
         let _ = std::fs::write(&base, vec![0u8; 128 * 512]);
     }
     let crypt = CryptTable::parse(FUZZ_CRYPT_LINE).ok();
-    for stack in [vec![p.clone()], vec![base, p.clone()]] {
-        if let Ok(s) = Stack::open(&stack) {
-            let _ = copy_device(&s, &mut io::sink());
-            let _ = Gpt::read(&s);
-            for crypt in [crypt.clone(), None] {
-                let l = Locate { partition: Some(1), crypt, linear_offset: Some(8) };
-                let _ = l.open(&s).map(|fs| ext4::superblock_verdict(&fs));
-            }
+    let stacks = [vec![p.clone()], vec![base, p.clone()]];
+    // a vz7 image, and the model driver's stacks (raw deltas above the base too)
+    let opened = stacks.iter().flat_map(|s| [Stack::open(s), Stack::open_detected(s)]);
+    for s in opened.flatten() {
+        let _ = copy_device(&s, &mut io::sink());
+        let _ = Gpt::read(&s);
+        for crypt in [crypt.clone(), None] {
+            let l = Locate { partition: Some(1), crypt, linear_offset: Some(8) };
+            let _ = l.open(&s).map(|fs| ext4::superblock_verdict(&fs));
         }
     }
     if let Ok(f) = File::open(&p) {

@@ -71,9 +71,13 @@ pub enum Testkit {
     /// An empty ploop1 delta DELTA with the device's size, cluster size (pstate/block_size)
     /// and version (pstate/fmt_version); PLOOP_IOC_SNAPSHOT with pctl_format=PLOOP_FMT_PLOOP1,
     /// PLOOP_FLAG_FS_SYNC, pctl_cluster_log, pctl_size=0, two chunks: #0 the delta
-    /// (PLOOP_IO_AUTO), #1 an fd of the partition node DEVICEpN opened O_RDONLY. If the kernel
-    /// answers EINVAL, the same request once more with pctl_chunks=1 (an old kernel); any
-    /// other errno fails the snapshot (the delta is removed). Prints what happened.
+    /// (PLOOP_IO_AUTO), #1 an fd, opened O_RDONLY, of the node libploop names with
+    /// get_part_devname(): /dev/mapper/CRYPT-<disk>[p1] when the disk starts with a LUKS
+    /// header (p1 when a GPT is inside it), else DEVICEp1 with a GPT, else DEVICE itself. If
+    /// the kernel answers EINVAL, the same request once more with pctl_chunks=1 (an old
+    /// kernel); any other errno fails the snapshot (the delta is removed). Prints what happened.
+    ///
+    /// Example: ploop-verify testkit libploop-snapshot --device /dev/ploop0 --delta top.hds
     ///
     /// Exit status: 0 the snapshot was taken; 1 refused; 2 bad input.
     LibploopSnapshot(LibploopArgs),
@@ -108,6 +112,17 @@ pub enum Testkit {
         /// the others a clean one.
         #[arg(long)]
         oracle: bool,
+        /// The end record says N events were lost (as a run whose buffers overflowed).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        lost: u64,
+        /// Every snapshot refused with -EINVAL before anything is frozen: two chunks, then
+        /// libploop's one-chunk retry, refused too.
+        #[arg(long)]
+        refused: bool,
+        /// The calling process's name (any bytes but NUL, as the kernel allows; escapes such
+        /// as \x1b are not decoded here: pass the bytes).
+        #[arg(long, value_name = "TEXT")]
+        comm: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -121,10 +136,68 @@ pub struct LibploopArgs {
     /// The new top delta (must not exist).
     #[arg(long, value_name = "DELTA_FILE")]
     pub delta: PathBuf,
-    /// The partition whose node goes into chunk #1 (DEVICEpN; 0: the disk itself).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub part: u32,
+    /// The partition whose node goes into chunk #1 instead of libploop's choice (DEVICEpN;
+    /// 0: the disk itself).
+    #[arg(long, value_name = "N")]
+    pub part: Option<u32>,
 }
+
+/// The node whose fd libploop's create_image_snapshot passes as the sync fd (OpenVZ ploop
+/// since commit 4f67197, 2020-10): `get_part_devname(NULL, device, ...)` in lib/ploop.c.
+/// With no disk descriptor (NULL) its older dm-crypt branch (dm-crypt on ploopNp1, named
+/// CRYPT-ploopNp1) is never taken: that layout gets the plain rule, ploopNp1, a node below
+/// the dm-crypt device that holds the filesystem.
+pub fn libploop_part_node(
+    device: &std::path::Path,
+    signature: impl Fn(&std::path::Path, Signature) -> Result<bool>,
+) -> Result<PathBuf> {
+    let gpt_part = |dev: &std::path::Path| -> Result<PathBuf> {
+        Ok(if signature(dev, Signature::Gpt)? {
+            PathBuf::from(format!("{}p1", dev.display()))
+        } else {
+            dev.to_path_buf()
+        })
+    };
+    if signature(device, Signature::Luks)? {
+        // crypt_get_device_name(): "/dev/mapper/CRYPT-" + basename(device); the partition
+        // above it (the commit's dm-linear) is that name + "p1".
+        let name = device.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        return gpt_part(&PathBuf::from(format!("/dev/mapper/CRYPT-{name}")));
+    }
+    gpt_part(device)
+}
+
+/// The two on-disk signatures get_part_devname() looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signature {
+    /// is_luks(): "LUKS" in the first bytes of the device.
+    Luks,
+    /// has_partition(): "EFI PART" at the start of the second logical block.
+    Gpt,
+}
+
+/// Reads `sig` from a block device node as libploop does.
+fn read_signature(dev: &std::path::Path, sig: Signature) -> Result<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let f = fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
+    let (at, magic): (u64, &[u8]) = match sig {
+        Signature::Luks => (0, b"LUKS"),
+        Signature::Gpt => {
+            let mut ssz: libc::c_int = 512;
+            // SAFETY: BLKSSZGET writes one int through the pointer.
+            if unsafe { libc::ioctl(f.as_raw_fd(), BLKSSZGET, &mut ssz) } < 0 {
+                ssz = 512;
+            }
+            (ssz as u64, b"EFI PART")
+        }
+    };
+    let mut buf = [0u8; 8];
+    f.read_exact_at(&mut buf, at).with_context(|| format!("reading {}", dev.display()))?;
+    Ok(buf.starts_with(magic))
+}
+
+/// `_IO(0x12, 104)`: the logical block size.
+const BLKSSZGET: libc::Ioctl = nix::request_code_none!(0x12, 104);
 
 /// The fixed aes-xts-plain64 key of `testkit dm-crypt` (test data only, never a secret).
 pub const TEST_KEY: &str = "6d6f64656c2d6b65792d666f722d706c6f6f702d7665726966792d74657374a5";
@@ -181,12 +254,24 @@ fn libploop_snapshot(a: LibploopArgs) -> Result<ExitCode> {
     let Some(cluster_log) = dev.cluster_log() else {
         bail!("{}: no pstate/block_size (not a ploop device?)", a.device.display());
     };
-    let node = if a.part == 0 {
-        a.device.clone()
-    } else {
-        PathBuf::from(format!("{}p{}", a.device.display(), a.part))
+    let node = match a.part {
+        None => libploop_part_node(&a.device, read_signature)?,
+        Some(0) => a.device.clone(),
+        Some(n) => PathBuf::from(format!("{}p{n}", a.device.display())),
     };
-    let sync = ploopctl::open_sync_dev(&node)?;
+    // libploop checks the wrong variable after open(part) (`if (ret)`, not the fd), so a
+    // failed open goes into chunk #1 as fd -1, which the kernel reads as "autodetect".
+    let sync = fs::File::open(&node);
+    let sync_fd = match &sync {
+        Ok(f) => f.as_raw_fd(),
+        Err(e) => {
+            eprintln!(
+                "libploop-snapshot: open({}) failed: {e}; sending fd -1 in chunk #1, as libploop does",
+                node.display()
+            );
+            -1
+        }
+    };
     let (delta, created) =
         ploopctl::open_new_ploop1(&a.delta, size, cluster_log, dev.ploop1_version(), false)?;
     let mut req = Request::one(PLOOP_FMT_PLOOP1, PLOOP_FLAG_FS_SYNC, delta.as_raw_fd());
@@ -194,12 +279,12 @@ fn libploop_snapshot(a: LibploopArgs) -> Result<ExitCode> {
     req.ctl.pctl_size = 0;
     req.chunks[0].pctl_type = PLOOP_IO_AUTO;
     req.ctl.pctl_chunks = 2;
-    req.chunks.push(PloopCtlChunk { pctl_fd: sync.as_raw_fd(), ..Default::default() });
+    req.chunks.push(PloopCtlChunk { pctl_fd: sync_fd, ..Default::default() });
     let mut buf = GuardedBuf::new()?;
     let t = Instant::now();
     let mut res = ploopctl::send_snapshot(&dev, &mut buf, &req, Fault::None);
     let mut what = format!(
-        "PLOOP_IOC_SNAPSHOT ploop1 cluster_log {cluster_log}, 2 chunks, sync fd {} (O_RDONLY): {}",
+        "PLOOP_IOC_SNAPSHOT ploop1 cluster_log {cluster_log}, 2 chunks, sync fd {sync_fd} of {} (O_RDONLY): {}",
         node.display(),
         answer(res)
     );
@@ -312,8 +397,10 @@ pub fn run(cmd: Testkit) -> Result<()> {
         }
         Testkit::FuzzSnapshot(a) => crate::kit::ploop_stress::fuzz(a)?,
         Testkit::SnapshotBench(a) => crate::kit::ploop_stress::bench(a)?,
-        Testkit::SynthTrace { calls, wrong_freeze_every, oracle, out } => {
-            let events = crate::verify::synth::write(&out, calls, wrong_freeze_every, oracle)?;
+        Testkit::SynthTrace { calls, wrong_freeze_every, oracle, lost, refused, comm, out } => {
+            let extras = crate::verify::synth::Extras { lost, refused, comm };
+            let events =
+                crate::verify::synth::write_with(&out, calls, wrong_freeze_every, oracle, &extras)?;
             println!("{events} events in {calls} snapshot calls: {}", out.display());
         }
     }
@@ -327,5 +414,52 @@ mod tests {
     fn ext4_shutdown_request_number() {
         // From <linux/ext4.h>: EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32) = 0x8004587d
         assert_eq!(super::EXT4_IOC_SHUTDOWN as u64 & 0xffff_ffff, 0x8004_587d);
+    }
+
+    #[test]
+    #[allow(clippy::unnecessary_cast, reason = "libc::Ioctl is u64 on glibc, i32 on musl")]
+    fn blksszget_request_number() {
+        // <linux/fs.h>: BLKSSZGET = _IO(0x12, 104)
+        assert_eq!(super::BLKSSZGET as u64, 0x1268);
+    }
+
+    /// get_part_devname(NULL, ...) for every layout libploop creates.
+    #[test]
+    fn libploop_names_the_node_that_holds_the_filesystem() {
+        use std::path::{Path, PathBuf};
+
+        use super::{Signature::*, libploop_part_node};
+        // (what carries which signature, the node libploop opens)
+        let cases: [(&[(&str, super::Signature)], &str); 5] = [
+            // A container image: GPT, ext4 on ploopNp1.
+            (&[("/dev/ploop0", Gpt)], "/dev/ploop0p1"),
+            // No partition table: the filesystem on the disk.
+            (&[], "/dev/ploop0"),
+            // LUKS on the whole disk, the GPT inside it: the commit's ploop -> dm_crypt ->
+            // linear -> fs; the dm-linear partition is CRYPT-ploop0p1.
+            (
+                &[("/dev/ploop3", Luks), ("/dev/mapper/CRYPT-ploop3", Gpt)],
+                "/dev/mapper/CRYPT-ploop3p1",
+            ),
+            // LUKS on the whole disk, no GPT inside.
+            (&[("/dev/ploop3", Luks)], "/dev/mapper/CRYPT-ploop3"),
+            // The older layout, dm-crypt on ploopNp1: without a disk descriptor libploop takes
+            // the plain rule and names ploopNp1, below the dm-crypt device.
+            (&[("/dev/ploop1", Gpt), ("/dev/ploop1p1", Luks)], "/dev/ploop1p1"),
+        ];
+        for (sigs, want) in cases {
+            let dev = if want.contains("ploop3") {
+                "/dev/ploop3"
+            } else if want.contains("ploop1") {
+                "/dev/ploop1"
+            } else {
+                "/dev/ploop0"
+            };
+            let got = libploop_part_node(Path::new(dev), |p, s| {
+                Ok(sigs.iter().any(|&(d, k)| Path::new(d) == p && k == s))
+            })
+            .unwrap();
+            assert_eq!(got, PathBuf::from(want), "{sigs:?}");
+        }
     }
 }

@@ -65,11 +65,14 @@ struct Reorder {
     seq: u64,
 }
 
+/// The perf buffer's reorder window (ns): the most a trace's event time may go back.
+pub const PERF_REORDER_NS: u64 = 30_000_000;
+
 /// How long events wait for earlier ones: perf buffers are per CPU; the ring buffer is one
 /// stream in which each task's events are already in order (the checker's state is per task).
 fn reorder_window(t: Transport) -> u64 {
     match t {
-        Transport::Perf => 30_000_000,
+        Transport::Perf => PERF_REORDER_NS,
         Transport::Ringbuf => 0,
     }
 }

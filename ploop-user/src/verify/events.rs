@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use crate::kernel::{Generation, KDev};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TraceEvent {
     pub ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
     /// Inline: most events are judged and dropped, and a replay reads millions.
+    #[serde(deserialize_with = "comm")]
     pub comm: CompactString,
     /// The probe, by the role of the function (`freeze_bdev`), whatever its symbol here.
     pub func: Probe,
@@ -35,6 +37,25 @@ pub struct TraceEvent {
     /// event in fifteen has one, and every event is moved several times on its way.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub request: Option<Box<Request>>,
+}
+
+/// The kernel's `TASK_COMM_LEN`: a task's name is at most 15 bytes and its NUL.
+pub const TASK_COMM_LEN: usize = 16;
+const _: () = assert!(Event::ZERO.comm.len() == TASK_COMM_LEN);
+
+/// A comm as a trace holds it, refused when no task could have it. [`TraceEvent::from_raw`]
+/// turns each byte run that is not UTF-8 into one U+FFFD: each of those stands for a byte at
+/// least, every other character for its own bytes.
+fn comm<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CompactString, D::Error> {
+    let s = CompactString::deserialize(d)?;
+    let bytes: usize = s.chars().map(|c| if c == '\u{fffd}' { 1 } else { c.len_utf8() }).sum();
+    if bytes >= TASK_COMM_LEN {
+        return Err(serde::de::Error::custom(format_args!(
+            "a comm of {bytes} bytes: the kernel's hold at most {} and a NUL",
+            TASK_COMM_LEN - 1
+        )));
+    }
+    Ok(s)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +154,7 @@ impl<'de> Deserialize<'de> for Args {
 
 /// A `PLOOP_IOC_SNAPSHOT` request copied from user memory at `ploop_snapshot` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Request {
     /// `false` when the `ploop_ctl` itself could not be read (the kernel answers -EFAULT).
     pub readable: bool,
@@ -153,12 +175,14 @@ pub struct Request {
 
 /// A file by identity: its filesystem's `s_dev` and its inode number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileId {
     pub dev: KDev,
     pub ino: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Chunk {
     pub fd: i32,
     #[serde(rename = "type")]
@@ -177,6 +201,7 @@ impl Chunk {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SyncFd {
     pub fd: i32,
     pub state: SyncState,

@@ -14,5 +14,6 @@ pub mod report;
 pub mod run;
 pub mod stack;
 pub mod synth;
+pub mod tech_preview;
 pub mod trace;
 pub mod tracefile;

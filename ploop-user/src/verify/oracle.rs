@@ -62,6 +62,7 @@ pub enum OracleVerdict {
 
 /// One trace record: the oracle's finding on call `seq` (thread `tid`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Finding {
     pub seq: u64,
     pub tid: u32,
@@ -158,8 +159,8 @@ impl Oracle {
         f.deltas = levels[..at].to_vec();
         let (locate, place) = self.locate(stack)?;
         f.at = place;
-        let image =
-            image::Stack::open(&f.deltas).map_err(|e| format!("reading the deltas: {e}"))?;
+        let image = image::Stack::open_detected(&f.deltas)
+            .map_err(|e| format!("reading the deltas: {e}"))?;
         let fs = locate.open(&image).map_err(|e| format!("locating the filesystem: {e}"))?;
         let report =
             ext4::superblock_verdict(&*fs).map_err(|e| format!("reading the superblock: {e}"))?;

@@ -27,12 +27,18 @@ use crate::{
     kernel::{
         KernelInfo,
         minimums::{self, Minimum},
+        tracefs,
     },
+    offsets::{self, FD_WALK, Offsets},
     verify::perf_ring::{PerfRecord, PerfRing},
 };
 
-static OBJ_RINGBUF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
-static OBJ_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
+pub(crate) static OBJ_RINGBUF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-rb"));
+/// The legacy object (perf buffer, no ring buffer): `kernel::verifier` holds it to old
+/// verifiers.
+pub(crate) static OBJ_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ploop-perf"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -99,7 +105,7 @@ pub fn plan(kernel: &KernelInfo, btf: Option<&Path>, args: &ProbeArgs) -> Result
     if let (Some(m), Some(t)) = (args.method, args.transport) {
         return Plan::explicit(kernel, btf, m, t);
     }
-    Capabilities::probe(kernel, btf).plan(kernel, btf, args.method, args.transport)
+    Capabilities::probe(kernel, btf).plan(kernel, args.method, args.transport)
 }
 
 /// A kernel function a session attaches to, and the symbol it has on this kernel.
@@ -116,7 +122,12 @@ pub fn missing_means(probe: Probe) -> &'static str {
         Probe::PloopSnapshot => "no verdict on ploop snapshots (is the ploop module loaded?)",
         Probe::GetBdevFromFd => "unpatched kernel, or inlined: sync-fd resolution not observed",
         Probe::FindAndFreezeBdev => "freeze attribution relies on freeze_bdev alone",
-        Probe::PloopQuiesce | Probe::PloopRelax => "the delta switch (O2) cannot be placed in time",
+        Probe::PloopQuiesce | Probe::PloopRelax => {
+            "the delta switch is placed by the format's complete_snapshot alone"
+        }
+        Probe::CompleteSnapshot => {
+            "the delta switch is placed by ploop_quiesce/ploop_relax alone (they may be inlined)"
+        }
         Probe::SysExitIoctl => "the errno user space sees (E3) is not observed",
         Probe::SysEnterIoctl => {
             "calls are anchored at ploop_snapshot: those refused before it, or all of them \
@@ -141,29 +152,17 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// Functions of the ploop driver present on this kernel, attached with kprobes.
     pub ploop_targets: Vec<Target>,
-    /// BTF used for offsets (and fentry targets).
-    pub btf: PathBuf,
+    /// BTF for fentry targets: the offsets' source when that is BTF, else none (no fentry).
+    pub btf: Option<PathBuf>,
+    /// Where the offsets below were read (`None` only in `Capabilities::probe`'s trial
+    /// attach, which runs whether or not they were found: it tests the method, not them).
+    pub offsets: Option<offsets::Source>,
     pub bd_dev_offset: u64,
     /// Offsets of the in-kernel fd walk (S1), by config slot; absent when the BTF lacks one.
     pub fd_walk: Option<Vec<(u32, u64)>>,
     /// ploop's block major (`None`: not registered, or not looked up).
     pub ploop_major: Option<u32>,
 }
-
-/// The fields of the fd walk, in config-slot order.
-const FD_WALK: &[(u32, &str, &str)] = &[
-    (config::TASK_FILES, "task_struct", "files"),
-    (config::FILES_FDT, "files_struct", "fdt"),
-    (config::FDT_MAX_FDS, "fdtable", "max_fds"),
-    (config::FDT_FD, "fdtable", "fd"),
-    (config::FILE_F_INODE, "file", "f_inode"),
-    (config::INODE_I_SB, "inode", "i_sb"),
-    (config::SB_S_DEV, "super_block", "s_dev"),
-    (config::SB_S_BDEV, "super_block", "s_bdev"),
-    (config::INODE_I_MODE, "inode", "i_mode"),
-    (config::INODE_I_RDEV, "inode", "i_rdev"),
-    (config::INODE_I_INO, "inode", "i_ino"),
-];
 
 /// ploop's block major from /proc/devices ("182 ploop" on vz7; dynamic for the model
 /// driver), for `sys_enter_ioctl`'s filter.
@@ -176,17 +175,13 @@ pub fn ploop_major() -> Option<u32> {
     })
 }
 
-fn fd_walk_offsets(btf: &btf_rs::Btf) -> Option<Vec<(u32, u64)>> {
-    FD_WALK
-        .iter()
-        .map(|&(slot, st, member)| btf::member_offset(btf, st, member).ok().map(|o| (slot, o)))
-        .collect()
-}
-
-/// Optional ploop functions present in this kernel.
+/// Optional ploop functions present in this kernel: a target per symbol (several for a
+/// probe on every format's operation).
 pub fn ploop_targets(kernel: &KernelInfo) -> Vec<Target> {
     function_probes(false)
-        .filter_map(|role| kernel.symbol(role).map(|s| Target { role, symbol: s.name.clone() }))
+        .flat_map(|role| {
+            kernel.symbols_of(role).iter().map(move |s| Target { role, symbol: s.name.clone() })
+        })
         .collect()
 }
 
@@ -276,6 +271,10 @@ impl Serialize for Check {
 #[derive(Clone, Debug, Serialize)]
 pub struct Capabilities {
     pub btf: Check,
+    /// Where the offsets come from (BTF, the DWARF cache, DWARF), or the one message that
+    /// says what to install or pass.
+    pub offsets: Check,
+    pub offsets_source: Option<offsets::Source>,
     pub bd_dev_offset: Option<u64>,
     pub fd_walk: Option<Vec<(u32, u64)>>,
     pub kprobe: Check,
@@ -325,25 +324,35 @@ pub fn freeze_thaw_targets(kernel: &KernelInfo) -> Result<Vec<Target>> {
 impl Capabilities {
     /// Tries each capability for real: load the objects, attach and detach each method.
     pub fn probe(kernel: &KernelInfo, btf_file: Option<&Path>) -> Self {
-        let btf_path = btf::path(btf_file);
-        let parsed = btf::load(&btf_path);
-        let bd_dev_offset =
-            parsed.as_ref().ok().and_then(|b| btf::member_offset(b, "block_device", "bd_dev").ok());
-        let fd_walk = parsed.as_ref().ok().and_then(fd_walk_offsets);
-        let btf = match (&parsed, bd_dev_offset) {
-            (Ok(_), Some(off)) => {
-                Check::Supported(format!("{} (block_device.bd_dev at {off})", btf_path.display()))
-            }
-            (Ok(_), None) => {
-                Check::Unsupported(format!("{}: block_device.bd_dev not found", btf_path.display()))
-            }
+        let found = offsets::for_running_kernel(btf_file, &kernel.release);
+        let bd_dev_offset = found.as_ref().ok().and_then(Offsets::bd_dev);
+        let fd_walk = found.as_ref().ok().and_then(Offsets::fd_walk);
+        let btf = match (offsets::btf_path(btf_file), &found) {
+            (Some(p), Ok(_)) => match bd_dev_offset {
+                Some(off) => {
+                    Check::Supported(format!("{} (block_device.bd_dev at {off})", p.display()))
+                }
+                None => {
+                    Check::Unsupported(format!("{}: block_device.bd_dev not found", p.display()))
+                }
+            },
             // The BTF reader keeps no errno: opening the file again tells a kernel without
             // BTF (ENOENT) from a refusal; a file that opens but does not parse is unknown.
-            (Err(e), _) => match std::fs::File::open(&btf_path) {
+            (Some(p), Err(e)) => match std::fs::File::open(&p) {
                 Err(io) => Check::failed(&io, err_chain(e)),
                 Ok(_) => Check::Unknown(err_chain(e)),
             },
+            (None, _) => Check::Unsupported(format!("no {}: the kernel has no BTF", btf::SYS_BTF)),
         };
+        let offsets = match (&found, bd_dev_offset) {
+            (Ok(o), Some(_)) => Check::Supported(o.source.to_string()),
+            (Ok(o), None) => {
+                Check::Unsupported(format!("{}: block_device.bd_dev not found", o.source))
+            }
+            (Err(e), _) => Check::Unsupported(format!("{e:#}")),
+        };
+        let offsets_source = found.as_ref().ok().map(|o| o.source.clone());
+        let plan_btf = offsets_source.as_ref().and_then(plan_btf);
         let targets = freeze_thaw_targets(kernel);
         let attach = |method, transport| -> Check {
             let targets = match &targets {
@@ -356,7 +365,8 @@ impl Capabilities {
                 transport,
                 targets: targets.clone(),
                 ploop_targets: Vec::new(),
-                btf: btf_path.clone(),
+                btf: plan_btf.clone(),
+                offsets: offsets_source.clone(),
                 bd_dev_offset: bd_dev_offset.unwrap_or(config::UNKNOWN),
                 fd_walk: None,
                 ploop_major: None,
@@ -394,14 +404,23 @@ impl Capabilities {
         } else {
             Check::Unknown("cannot test: the perf object does not load".into())
         };
-        Capabilities { btf, bd_dev_offset, fd_walk, kprobe, fentry, ringbuf, perf }
+        Capabilities {
+            btf,
+            offsets,
+            offsets_source,
+            bd_dev_offset,
+            fd_walk,
+            kprobe,
+            fentry,
+            ringbuf,
+            perf,
+        }
     }
 
     /// The plan `auto` would use, or why there is none.
     pub fn plan(
         &self,
         kernel: &KernelInfo,
-        btf_file: Option<&Path>,
         method: Option<Method>,
         transport: Option<Transport>,
     ) -> Result<Plan> {
@@ -421,15 +440,16 @@ impl Capabilities {
             None if self.perf.is_supported() => Transport::Perf,
             None => bail!("no transport loads: {}", self.perf.text()),
         };
-        let bd_dev_offset = self.bd_dev_offset.ok_or_else(|| {
-            anyhow!("block_device.bd_dev offset unknown: {}", self.btf.reason().unwrap_or("?"))
-        })?;
+        let (Some(bd_dev_offset), Some(source)) = (self.bd_dev_offset, &self.offsets_source) else {
+            bail!("block_device.bd_dev offset unknown: {}", self.offsets.text())
+        };
         Ok(Plan {
             method,
             transport,
             targets: freeze_thaw_targets(kernel)?,
             ploop_targets: ploop_targets(kernel),
-            btf: btf::path(btf_file),
+            btf: plan_btf(source),
+            offsets: Some(source.clone()),
             bd_dev_offset,
             fd_walk: self.fd_walk.clone(),
             ploop_major: ploop_major(),
@@ -437,10 +457,17 @@ impl Capabilities {
     }
 }
 
+/// The BTF fentry resolves its targets in: only a BTF source gives one.
+fn plan_btf(source: &offsets::Source) -> Option<PathBuf> {
+    match source {
+        offsets::Source::Btf { path } => Some(path.clone()),
+        _ => None,
+    }
+}
+
 fn kprobe_interface_present() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
-        || Path::new("/sys/kernel/tracing/kprobe_events").exists()
-        || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists()
+        || tracefs::ensure().is_some_and(|t| t.join("kprobe_events").exists())
 }
 
 impl Plan {
@@ -451,17 +478,25 @@ impl Plan {
         method: Method,
         transport: Transport,
     ) -> Result<Self> {
-        let btf_path = btf::path(btf_file);
-        let parsed = btf::load(&btf_path)?;
-        let bd_dev_offset = btf::member_offset(&parsed, "block_device", "bd_dev")?;
+        let found = offsets::for_running_kernel(btf_file, &kernel.release)?;
+        let bd_dev_offset = found
+            .bd_dev()
+            .ok_or_else(|| anyhow!("{}: block_device.bd_dev not found", found.source))?;
+        if method == Method::Fentry && !found.source.is_btf() {
+            bail!(
+                "--method fentry needs kernel BTF; this kernel's offsets come from {}",
+                found.source
+            );
+        }
         Ok(Plan {
             method,
             transport,
             targets: freeze_thaw_targets(kernel)?,
             ploop_targets: ploop_targets(kernel),
-            btf: btf_path,
+            btf: plan_btf(&found.source),
+            fd_walk: found.fd_walk(),
+            offsets: Some(found.source),
             bd_dev_offset,
-            fd_walk: fd_walk_offsets(&parsed),
             ploop_major: ploop_major(),
         })
     }
@@ -488,8 +523,12 @@ impl fmt::Display for Plan {
             self.method,
             self.ploop_symbols(),
             self.transport,
-            self.bd_dev_offset
-        )
+            self.bd_dev_offset,
+        )?;
+        match &self.offsets {
+            Some(source) => write!(f, " (offsets from {source})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -568,11 +607,13 @@ pub fn program_name(probe: Probe, hook: &str) -> String {
     format!("{}_{hook}", probe.name())
 }
 
-/// kretprobe first, then kprobe: every entry seen then has its return seen too.
+/// kretprobe first, then kprobe: every entry seen then has its return seen too. A program
+/// already loaded for another symbol of the same probe is attached again, not reloaded.
 fn attach_kprobes(ebpf: &mut Ebpf, t: &Target) -> Result<()> {
     for prog in [program_name(t.role, "kretprobe"), program_name(t.role, "kprobe")] {
         let p: &mut KProbe = program(ebpf, &prog)?;
-        p.load()
+        let loaded = if p.fd().is_ok() { Ok(()) } else { p.load() };
+        loaded
             .and_then(|()| p.attach(&t.symbol, 0).map(drop))
             .with_context(|| attaching(&prog, t))?;
     }
@@ -609,6 +650,8 @@ fn decode(bytes: &[u8]) -> Option<Event> {
 
 impl Session {
     pub fn attach(plan: &Plan) -> Result<Self> {
+        // Before aya looks for tracefs (once per process): on 3.10 it takes mounting debugfs.
+        tracefs::ensure();
         let obj = match plan.transport {
             Transport::Ringbuf => OBJ_RINGBUF,
             Transport::Perf => OBJ_PERF,
@@ -651,11 +694,13 @@ impl Session {
             }
         };
         let fentry_btf = match plan.method {
-            Method::Fentry => Some(if plan.btf == Path::new(btf::SYS_BTF) {
-                Btf::from_sys_fs().context("reading kernel BTF for fentry")?
-            } else {
-                Btf::parse_file(&plan.btf, aya::Endianness::default())
-                    .with_context(|| format!("reading {}", plan.btf.display()))?
+            Method::Fentry => Some(match &plan.btf {
+                None => bail!("fentry needs kernel BTF, and the offsets do not come from BTF"),
+                Some(p) if p == Path::new(btf::SYS_BTF) => {
+                    Btf::from_sys_fs().context("reading kernel BTF for fentry")?
+                }
+                Some(p) => Btf::parse_file(p, aya::Endianness::default())
+                    .with_context(|| format!("reading {}", p.display()))?,
             }),
             Method::Kprobe => None,
         };
@@ -678,12 +723,23 @@ impl Session {
                 }
             }
         }
-        // The ploop functions are optional: what does not attach narrows the checks.
+        // The ploop functions are optional: what does not attach narrows the checks. A probe
+        // on several symbols is probed where any of them attached (the others are still
+        // told): a switch in a format whose symbol refused is a call where it did not fire,
+        // n/a like any other.
         let mut narrowed = Vec::new();
+        let mut attached = Vec::new();
         for t in &plan.ploop_targets {
-            if let Err(e) = attach_kprobes(&mut ebpf, t) {
-                narrowed.push((t.role, err_chain(&e)));
+            match attach_kprobes(&mut ebpf, t) {
+                Ok(()) => attached.push(t),
+                Err(e) => narrowed.push((t.role, err_chain(&e))),
             }
+        }
+        let attached_roles: Vec<Probe> = attached.iter().map(|t| t.role).collect();
+        for (role, why) in narrowed.iter_mut().filter(|(r, _)| attached_roles.contains(r)) {
+            let on: Vec<&str> =
+                attached.iter().filter(|t| t.role == *role).map(|t| t.symbol.as_str()).collect();
+            *why = format!("probed on {} alone: {why}", on.join(", "));
         }
         // Snapshot calls are anchored at the ioctl, whose filter needs the fd walk to tell a
         // ploop device; only a session that looks at ploop at all wants it.
@@ -707,15 +763,20 @@ impl Session {
         if ploop_present && let Err(e) = attach_tracepoint(&mut ebpf, Probe::SysExitIoctl) {
             narrowed.push((Probe::SysExitIoctl, err_chain(&e)));
         }
-        let probed = plan
+        let mut probed: Vec<Probe> = Vec::new();
+        for role in plan
             .targets
             .iter()
             .chain(&plan.ploop_targets)
             .map(|t| t.role)
             .chain(anchored.then_some(Probe::SysEnterIoctl))
             .chain(ploop_present.then_some(Probe::SysExitIoctl))
-            .filter(|r| !narrowed.iter().any(|(n, _)| n == r))
-            .collect();
+            .filter(|r| attached_roles.contains(r) || !narrowed.iter().any(|(n, _)| n == r))
+        {
+            if !probed.contains(&role) {
+                probed.push(role);
+            }
+        }
         Ok(Session {
             ebpf,
             plan: plan.clone(),
@@ -831,10 +892,10 @@ mod tests {
         }
     }
 
-    /// The legacy object must stay loadable on old kernels (vz7's 3.10 tech preview): none of
-    /// the features `kernel::minimums` lists as avoided (bpf-to-bpf calls, global data,
+    /// The legacy object must stay loadable on old mainline kernels (4.8+): none of the
+    /// features `kernel::minimums` lists as avoided (bpf-to-bpf calls, global data,
     /// bpf_probe_read_kernel/_user), no ring buffer, and no helper newer than
-    /// bpf_get_current_task.
+    /// bpf_get_current_task. vz7's 3.10 verifier has its own profile: `kernel::verifier`.
     #[test]
     fn perf_object_is_fit_for_old_kernels() {
         use crate::kernel::minimums::GET_CURRENT_TASK;

@@ -26,11 +26,13 @@ use crate::{
     verify::report::svg::axis::plural,
     verify::report::{self, Reports},
     verify::stack::{Stack, StackWatch},
+    verify::tech_preview,
     verify::tracefile::{self, End, Header, TraceLine},
     workload::positive,
 };
 
 #[derive(Args, Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// T1: the longest a device may stay frozen, in milliseconds.
     #[arg(long, default_value_t = 5000.0, value_name = "MS", value_parser = positive)]
@@ -43,6 +45,38 @@ pub struct Policy {
     /// reported while it hangs (with its thread's kernel stack), and the run exits 1.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = positive)]
     pub hang_after: f64,
+    /// The workload's snapshots are meant to be refused (a test of the error paths): a run
+    /// in which none succeeded is then judged on them alone and may be clean. Without it,
+    /// such a run verified nothing of the freeze, the switch or the sync fd (exit 2).
+    #[arg(long)]
+    #[serde(default)]
+    pub expect_refusals: bool,
+}
+
+impl Policy {
+    /// The limits as `run`'s command line takes them, through its own parsers: a trace whose
+    /// header holds `"hang_after": 0` is refused as `--hang-after 0` is, with clap's message.
+    pub fn validate(&self) -> Result<(), String> {
+        #[derive(clap::Parser)]
+        #[command(name = "ploop-verify")]
+        struct Limits {
+            #[command(flatten)]
+            _p: Policy,
+        }
+        use clap::Parser as _;
+        // `--flag=value`: a negative value is a value, not a flag.
+        let argv = [
+            "ploop-verify".to_string(),
+            format!("--max-freeze-ms={}", self.max_freeze_ms),
+            format!("--expect-snapshots={}", self.expect_snapshots),
+            format!("--hang-after={}", self.hang_after),
+        ];
+        Limits::try_parse_from(argv).map(drop).map_err(|e| {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            first.strip_prefix("error: ").unwrap_or(first).to_string()
+        })
+    }
 }
 
 /// `--kcidb`: the results as KernelCI's KCIDB I/O JSON as well.
@@ -125,6 +159,12 @@ pub struct ReportArgs {
     /// Directory for the reports (default: the trace's directory).
     #[arg(long, short, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Read a trace that fails its integrity checks (a record missing, repeated, moved or
+    /// changed, time going back, an oracle finding for no call) anyway: the reports say so
+    /// and the run is "nothing verified" (exit 2). Without it such a trace is refused with
+    /// its line (exit 65), as one that does not parse always is.
+    #[arg(long)]
+    pub accept_damaged: bool,
 }
 
 /// The limits of a replay: each one given here, else the one the live run recorded in the
@@ -143,6 +183,10 @@ pub struct ReplayPolicy {
     /// [default: the run's, else 10].
     #[arg(long, value_name = "SECONDS", value_parser = positive)]
     pub hang_after: Option<f64>,
+    /// The snapshots were meant to be refused (see `run --expect-refusals`) [default: the
+    /// run's].
+    #[arg(long)]
+    pub expect_refusals: bool,
 }
 
 impl ReplayPolicy {
@@ -151,11 +195,13 @@ impl ReplayPolicy {
             max_freeze_ms: 5000.0,
             expect_snapshots: 1,
             hang_after: 10.0,
+            expect_refusals: false,
         });
         Policy {
             max_freeze_ms: self.max_freeze_ms.unwrap_or(base.max_freeze_ms),
             expect_snapshots: self.expect_snapshots.unwrap_or(base.expect_snapshots),
             hang_after: self.hang_after.unwrap_or(base.hang_after),
+            expect_refusals: self.expect_refusals || base.expect_refusals,
         }
     }
 }
@@ -177,6 +223,8 @@ struct Pipeline {
     oracle: Option<oracle::Worker>,
     /// What each finding cost, in microseconds, for the run's closing lines.
     oracle_costs: Vec<u64>,
+    /// The last finding that named no call the checker knows (set by [`Pipeline::push`]).
+    orphan: Option<oracle::Finding>,
 }
 
 impl Pipeline {
@@ -207,6 +255,7 @@ impl Pipeline {
             stacks: writer.is_some().then(StackWatch::new),
             oracle: None,
             oracle_costs: Vec::new(),
+            orphan: None,
         };
         if header.oracle {
             p.checker.expect_oracle();
@@ -219,17 +268,25 @@ impl Pipeline {
     }
 
     fn push(&mut self, line: &TraceLine) -> Result<()> {
+        if let TraceLine::Oracle(f) = line {
+            // Judged before it is recorded: a finding for no call stays out of the trace,
+            // whose replay would refuse it.
+            let Some(found) = profile::time(Stage::Check, || self.checker.oracle(f)) else {
+                self.orphan = Some(f.clone());
+                return Ok(());
+            };
+            if let Some(w) = &mut self.writer {
+                profile::time(Stage::Trace, || w.line(line))?;
+            }
+            self.announce(found);
+            return profile::time(Stage::Check, || self.hand_over());
+        }
         if let Some(w) = &mut self.writer {
             profile::time(Stage::Trace, || w.line(line))?;
         }
         profile::time(Stage::Check, || {
             match line {
                 TraceLine::Stack(s) => self.checker.stack(s),
-                TraceLine::Oracle(f) => {
-                    let found = self.checker.oracle(f);
-                    self.announce(found);
-                    self.hand_over()?;
-                }
                 TraceLine::Event(e) => {
                     self.last_ts = self.last_ts.max(e.ts_ns);
                     let hung = self.checker.hung(e.ts_ns);
@@ -244,7 +301,8 @@ impl Pipeline {
                     }
                     self.hand_over()?;
                 }
-                TraceLine::Header(_) | TraceLine::End(_) => {}
+                // Findings are judged above.
+                TraceLine::Oracle(_) | TraceLine::Header(_) | TraceLine::End(_) => {}
             }
             Ok(())
         })
@@ -260,6 +318,14 @@ impl Pipeline {
         for f in found.unwrap_or_default() {
             self.oracle_costs.push(f.cost_us);
             self.push(&TraceLine::Oracle(f))?;
+            if let Some(f) = self.orphan.take() {
+                say!(
+                    "ploop-verify: the oracle's finding on snapshot #{} (tid {}) came for no call \
+                     waiting for one: not recorded",
+                    f.seq,
+                    f.tid
+                );
+            }
         }
         Ok(())
     }
@@ -287,12 +353,14 @@ impl Pipeline {
     }
 
     /// Judges what is left, writes the end record and every report. Returns the exit code.
+    /// `trace`: a replay's word on its trace.
     fn finish(
         mut self,
         header: &Header,
         end: End,
         policy: &Policy,
         dir: &Path,
+        trace: Option<report::TraceIntegrity>,
     ) -> Result<ExitCode> {
         let found = self.checker.finish(self.last_ts.max(end.end_ns.unwrap_or(0)));
         self.announce(found);
@@ -302,19 +370,17 @@ impl Pipeline {
             w.finish()?;
         }
         let outcome = self.checker.outcome();
-        let summary = report::summarise(
-            &outcome,
-            header,
-            &end,
-            self.violations,
-            policy.expect_snapshots.max(1),
-        );
+        let mut summary = report::summarise(&outcome, header, &end, self.violations, policy);
+        if let Some(t) = trace {
+            summary = summary.with_trace(t);
+        }
         self.reports.write(dir, &summary, &outcome)?;
         print_summary(&summary, dir);
         Ok(ExitCode::from(summary.exit_code))
     }
 }
 
+/// The console's account of the run: the same verdict, counts and problems as every report.
 fn print_summary(s: &report::Summary, dir: &Path) {
     say!(
         "ploop-verify: {}: {}, {}, {}, {} lost",
@@ -324,8 +390,28 @@ fn print_summary(s: &report::Summary, dir: &Path) {
         plural(s.events, "event", "events"),
         s.lost
     );
-    if let Some(r) = &s.reason {
-        say!("ploop-verify: {r}");
+    if let Some(t) = &s.trace {
+        say!("ploop-verify: {}", t.text());
+        for l in t.listed.iter().skip(1) {
+            say!("ploop-verify:   {l}");
+        }
+    }
+    for p in &s.status {
+        say!("ploop-verify: {}", report::visible(&p.text));
+    }
+    say!("ploop-verify: clients: {}", report::visible(&report::clients_text(s)));
+    if let Some(f) = &s.fallbacks {
+        say!(
+            "ploop-verify: {} fell back to one chunk after -EINVAL (libploop's fallback: the \
+             kernel lacks the sync fd)",
+            plural(f.count as u64, "snapshot", "snapshots")
+        );
+    }
+    if let Some(f) = &s.refused_retries {
+        say!(
+            "ploop-verify: {} retried with one chunk after -EINVAL and refused again",
+            plural(f.count as u64, "snapshot", "snapshots")
+        );
     }
     if let Some(u) = &s.oracle_unjudged {
         say!(
@@ -345,23 +431,75 @@ fn print_summary(s: &report::Summary, dir: &Path) {
             i.title
         );
     }
-    say!("ploop-verify: reports in {}", dir.display());
+    let files: Vec<&str> = s.report_set.files.iter().map(String::as_str).collect();
+    say!(
+        "ploop-verify: reports in {} (report set {}): {}",
+        dir.display(),
+        s.report_set.id,
+        files.join(", ")
+    );
 }
 
+/// `report`: a trace refused for what it holds exits [`tracefile::Refused::EXIT`], with no
+/// report written; any other failure is an error (exit 2).
 pub fn replay(args: ReportArgs) -> Result<ExitCode> {
-    let mut trace = tracefile::Reader::open(&args.trace)?;
+    match replay_trace(args) {
+        Err(e) if e.chain().any(|c| c.is::<tracefile::Refused>()) => {
+            say!("ploop-verify: error: {e:#}");
+            say!("ploop-verify: trace refused, no report written");
+            Ok(ExitCode::from(tracefile::Refused::EXIT))
+        }
+        other => other,
+    }
+}
+
+fn replay_trace(args: ReportArgs) -> Result<ExitCode> {
     let dir = match &args.out {
         Some(d) => d.clone(),
-        None => args.trace.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+        None => match args.trace.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
     };
+    if args.trace.is_dir() {
+        let inside = args.trace.join("trace.jsonl");
+        anyhow::bail!(
+            "{} is a directory, not a trace{}",
+            args.trace.display(),
+            if inside.is_file() {
+                format!(" (did you mean {}?)", inside.display())
+            } else {
+                String::new()
+            }
+        );
+    }
+    // A trace refused (unreadable, damaged) leaves no report of its own; the reports already
+    // in the directory are another trace's, and are marked so, not left to pass for its.
+    let refused = |e: anyhow::Error| -> anyhow::Error {
+        match report::retire(&dir, args.kcidb.kcidb.as_deref()) {
+            Ok(marked) if !marked.is_empty() => {
+                e.context(report::holds(&dir, args.kcidb.kcidb.as_deref()))
+            }
+            Ok(_) => e,
+            Err(r) => e.context(format!("marking the reports in {}: {r:#}", dir.display())),
+        }
+    };
+    let mut trace =
+        tracefile::Reader::open_with(&args.trace, args.accept_damaged).map_err(refused)?;
     let header = trace.header.clone();
     let policy = args.policy.resolve(header.policy.as_ref());
     let mut p = Pipeline::new(&header, &policy, &args.kcidb, None)?;
-    while let Some(line) = trace.next_record()? {
+    while let Some(line) = trace.next_record().map_err(refused)? {
         p.push(line)?;
+        if let Some(f) = p.orphan.take() {
+            trace.damage(format_args!(
+                "an oracle finding on snapshot #{} (tid {}), which no call of the trace waits for",
+                f.seq, f.tid
+            ))?;
+        }
     }
     let end = trace.end().cloned().expect("next_record returns None only after the end record");
-    p.finish(&header, end, &policy, &dir)
+    p.finish(&header, end, &policy, &dir, Some(trace.integrity()))
 }
 
 /// The live side: each event after the context only it can read for it.
@@ -451,6 +589,9 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
+    if let Some(refused) = tech_preview::gate(&kernel, "run") {
+        return Ok(refused);
+    }
     let plan = probe::plan(&kernel, btf, &args.probe)?;
     let mut session = Session::attach(&plan).context("attaching the probes")?;
     for (role, why) in &session.narrowed {
@@ -464,6 +605,8 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     say!("ploop-verify: checking {plan}");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    // The earlier run's reports, beside this run's trace as it grows, are marked as not its.
+    report::retire(&args.out, args.kcidb.kcidb.as_deref())?;
     let mut header = tracefile::header(&kernel, &session)?;
     header.policy = Some(args.policy.clone());
     header.oracle = args.oracle;
@@ -504,7 +647,7 @@ pub async fn run(args: RunArgs, btf: Option<&Path>) -> Result<ExitCode> {
     if let Some(l) = oracle::cost_line(&p.oracle_costs) {
         say!("ploop-verify: {l}");
     }
-    p.finish(&header, end, &args.policy, &args.out)
+    p.finish(&header, end, &args.policy, &args.out, None)
 }
 
 #[cfg(test)]
@@ -515,8 +658,18 @@ mod tests {
     /// with the default 10 s would call its hung snapshot clean), unless told otherwise.
     #[test]
     fn replay_limits_come_from_the_command_line_then_the_trace_then_the_defaults() {
-        let none = ReplayPolicy { max_freeze_ms: None, expect_snapshots: None, hang_after: None };
-        let run = Policy { max_freeze_ms: 60000.0, expect_snapshots: 3, hang_after: 1.5 };
+        let none = ReplayPolicy {
+            max_freeze_ms: None,
+            expect_snapshots: None,
+            hang_after: None,
+            expect_refusals: false,
+        };
+        let run = Policy {
+            max_freeze_ms: 60000.0,
+            expect_snapshots: 3,
+            hang_after: 1.5,
+            expect_refusals: false,
+        };
         assert_eq!(none.resolve(Some(&run)), run);
         let d = none.resolve(None);
         assert_eq!((d.max_freeze_ms, d.expect_snapshots, d.hang_after), (5000.0, 1, 10.0));
@@ -535,7 +688,12 @@ mod tests {
         }
         use clap::Parser as _;
         let run = P::parse_from(["x"]).p;
-        let none = ReplayPolicy { max_freeze_ms: None, expect_snapshots: None, hang_after: None };
+        let none = ReplayPolicy {
+            max_freeze_ms: None,
+            expect_snapshots: None,
+            hang_after: None,
+            expect_refusals: false,
+        };
         assert_eq!(none.resolve(None), run);
     }
 }

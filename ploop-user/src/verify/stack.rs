@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::kernel::KDev;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Stack {
     /// The ploop device.
     pub ploop_dev: KDev,
@@ -23,6 +24,7 @@ pub struct Stack {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StackDev {
     pub dev: KDev,
     /// Inline strings: a stack comes with every snapshot call of a trace.

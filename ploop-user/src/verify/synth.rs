@@ -16,6 +16,21 @@ use crate::{
     verify::tracefile::{End, Header, TOOL, TraceLine, WallClock, Writer},
 };
 
+/// What a synthetic trace holds besides its correct calls: the damage and oddities a run
+/// can meet, for the reports' tests.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// The end record's count of lost events (a run whose buffers overflowed).
+    pub lost: u64,
+    /// Every snapshot refused with -EINVAL before anything is frozen, as a driver without
+    /// the interface the client needs does: the two-chunk request, then libploop's retry
+    /// with one chunk, refused too.
+    pub refused: bool,
+    /// The calling process's comm (default `ploop-verify`): the kernel allows any byte but
+    /// NUL in it.
+    pub comm: Option<String>,
+}
+
 /// Writes a trace of `calls` snapshot calls on the stack ploop -> dm-crypt -> dm-linear ->
 /// ext4, spread over 4 threads and 2 devices; returns the number of events. Every
 /// `wrong_freeze_every`th call (0: none) freezes dm-crypt instead of the sync fd's dm-linear,
@@ -23,6 +38,18 @@ use crate::{
 /// among many. `oracle`: each call also gets the finding `run --oracle` would record, X1
 /// failing exactly on those calls (the filesystem was not frozen).
 pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> Result<u64> {
+    write_with(path, calls, wrong_freeze_every, oracle, &Extras::default())
+}
+
+/// [`write`] with [`Extras`].
+pub fn write_with(
+    path: &Path,
+    calls: u64,
+    wrong_freeze_every: u64,
+    oracle: bool,
+    extras: &Extras,
+) -> Result<u64> {
+    let comm = extras.comm.as_deref().unwrap_or("ploop-verify");
     let mut w = Writer::create(path)?;
     let probed = Probe::ALL.to_vec();
     w.line(&TraceLine::Header(Box::new(Header {
@@ -81,6 +108,40 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> 
         let wrong = wrong_freeze_every > 0 && (i + 1) % wrong_freeze_every == 0;
         let frozen = if wrong { crypt } else { linear };
         use {Phase::*, Probe::*};
+        let event = |ts_ns, func, phase, dev, ret, request: Option<&Request>| TraceEvent {
+            ts_ns,
+            pid: tid,
+            tid,
+            comm: comm.into(),
+            func,
+            phase,
+            dev,
+            args: Args::new(&[0xffff_8880_0000_0000u64 + u64::from(n) * 0x1000]),
+            ret,
+            cpu: n,
+            no_entry: false,
+            request: request.map(|r| Box::new(r.clone())),
+        };
+        if extras.refused {
+            let mut retry = request.clone();
+            retry.chunks = 1;
+            retry.chunk.truncate(1);
+            retry.sync = None;
+            for r in [&request, &retry] {
+                let einval = Some(-22);
+                for (func, phase, ret) in [
+                    (PloopSnapshot, Entry, None),
+                    (PloopSnapshot, Return, einval),
+                    (SysExitIoctl, Return, einval),
+                ] {
+                    ts += 50_000;
+                    let req = (func == PloopSnapshot && phase == Entry).then_some(r);
+                    w.line(&TraceLine::Event(event(ts, func, phase, Some(ploop), ret, req)))?;
+                    events += 1;
+                }
+            }
+            continue;
+        }
         let steps: [(Probe, Phase, Option<KDev>, Option<i64>); 15] = [
             (PloopSnapshot, Entry, Some(ploop), None),
             (FindAndFreezeBdev, Entry, None, None),
@@ -100,21 +161,8 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> 
         ];
         for (func, phase, d, ret) in steps {
             ts += 50_000;
-            w.line(&TraceLine::Event(TraceEvent {
-                ts_ns: ts,
-                pid: tid,
-                tid,
-                comm: "ploop-verify".into(),
-                func,
-                phase,
-                dev: d,
-                args: Args::new(&[0xffff_8880_0000_0000u64 + u64::from(n) * 0x1000]),
-                ret,
-                cpu: n,
-                no_entry: false,
-                request: (func == PloopSnapshot && phase == Entry)
-                    .then(|| Box::new(request.clone())),
-            }))?;
+            let req = (func == PloopSnapshot && phase == Entry).then_some(&request);
+            w.line(&TraceLine::Event(event(ts, func, phase, d, ret, req)))?;
             events += 1;
             // As live (header `oracle`): the finding follows the event that completes the call.
             if oracle && func == SysExitIoctl {
@@ -135,7 +183,8 @@ pub fn write(path: &Path, calls: u64, wrong_freeze_every: u64, oracle: bool) -> 
             }
         }
     }
-    w.line(&TraceLine::End(End { events, lost: 0, command_status: Some(0), end_ns: None }))?;
+    let lost = extras.lost;
+    w.line(&TraceLine::End(End { events, lost, command_status: Some(0), end_ns: None }))?;
     w.finish()?;
     Ok(events)
 }

@@ -15,6 +15,7 @@ use crate::{
     verify::drive::{self, Drive, Driven, PriorityArgs, Sink},
     verify::events::{Phase, TraceEvent},
     verify::probe::{self, ProbeArgs, Session},
+    verify::tech_preview,
     verify::tracefile::{self, TraceLine},
     workload::positive,
 };
@@ -82,6 +83,9 @@ impl Sink for Traced {
 
 pub async fn run(args: TraceArgs, btf: Option<&Path>) -> Result<ExitCode> {
     let kernel = KernelInfo::detect()?;
+    if let Some(refused) = tech_preview::gate(&kernel, "trace") {
+        return Ok(refused);
+    }
     let plan = probe::plan(&kernel, btf, &args.probe)?;
     let mut session = Session::attach(&plan).context("attaching the probes")?;
     let mut source = session.stream()?;

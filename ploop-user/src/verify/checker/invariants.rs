@@ -35,7 +35,7 @@ pub struct Invariant {
 
 pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: "O1", title: "every freeze is thawed exactly once before return", check: o1 },
-    Invariant { id: "O2", title: "freeze before ploop_quiesce, thaw after ploop_relax", check: o2 },
+    Invariant { id: "O2", title: "freeze before the delta switch, thaw after it", check: o2 },
     Invariant { id: "O3", title: "nothing frozen without PLOOP_FLAG_FS_SYNC", check: o3 },
     Invariant { id: "O4", title: "3.10: thaw gets the super_block freeze returned", check: o4 },
     Invariant { id: "S1", title: "the frozen device is the sync fd's st_dev", check: s1 },
@@ -119,17 +119,28 @@ fn o1(call: &Call, _: &Context) -> Verdict {
 }
 
 fn o2(call: &Call, ctx: &Context) -> Verdict {
-    if !ctx.probed(Probe::PloopQuiesce) || !ctx.probed(Probe::PloopRelax) {
-        return na("ploop_quiesce/ploop_relax are not probed on this kernel");
+    let pair = ctx.probed(Probe::PloopQuiesce) && ctx.probed(Probe::PloopRelax);
+    let complete = ctx.probed(Probe::CompleteSnapshot);
+    if !pair && !complete {
+        return na("neither ploop_quiesce/ploop_relax nor the format's complete_snapshot is \
+                   probed on this kernel");
     }
-    let (Some(q), Some(r)) = (call.quiesce_ns, call.relax_ns) else {
+    let Some(switch) = call.switch() else {
         // A successful snapshot switched deltas: the probes did not see it.
-        return na(if call.result() == Some(0) {
-            "ploop_quiesce/ploop_relax did not fire in this call: their call sites may be inlined"
-        } else {
-            "no delta switch in this call"
+        return na(match (call.result() == Some(0), complete) {
+            (false, _) => "no delta switch in this call",
+            (true, false) => {
+                "ploop_quiesce/ploop_relax did not fire in this call: their call sites may be \
+                 inlined"
+            }
+            (true, true) => {
+                "neither complete_snapshot nor ploop_quiesce/ploop_relax fired in this call: the \
+                 top delta's format has no probed complete_snapshot, and their call sites may \
+                 be inlined"
+            }
         });
     };
+    let (q, r) = (switch.start_ns, switch.end_ns);
     let mut problems = Vec::new();
     for f in call.freezes.iter().filter(|f| f.ok) {
         if f.entry_ns > q && f.entry_ns < r {
@@ -138,14 +149,17 @@ fn o2(call: &Call, ctx: &Context) -> Verdict {
     }
     for f in call.counting(ctx.generation) {
         if f.entry_ns > r {
-            problems.push(format!("freeze of {} after ploop_relax", call.dev_name(f.dev)));
+            problems.push(format!("freeze of {} after {}", call.dev_name(f.dev), switch.end_by));
         }
         if let Some(t) = &f.thaw
             && f.entry_ns < q
             && t.entry_ns < r
         {
-            let when =
-                if t.entry_ns < q { "before ploop_quiesce" } else { "before ploop_relax returned" };
+            let when = if t.entry_ns < q {
+                format!("before {}", switch.start_by)
+            } else {
+                format!("before {} returned", switch.end_by)
+            };
             problems.push(format!("thaw of {} {when}", call.dev_name(f.dev)));
         }
     }

@@ -15,7 +15,10 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use ploop_common::{Probe, ploop_if::PLOOP_IOC_SNAPSHOT};
+use ploop_common::{
+    Probe,
+    ploop_if::{PLOOP_FLAG_FS_SYNC, PLOOP_IOC_SNAPSHOT},
+};
 
 use crate::errno::Errno;
 use crate::{
@@ -83,6 +86,9 @@ pub struct Call {
     pending_freezes: Vec<Freeze>,
     pub quiesce_ns: Option<u64>,
     pub relax_ns: Option<u64>,
+    /// The format's `complete_snapshot`: its entry and its return, the switch itself.
+    pub complete_ns: Option<u64>,
+    pub completed_ns: Option<u64>,
     pub get_bdev_called: bool,
     pub find_and_freeze_ret: Option<i64>,
     /// What `ploop_snapshot` returned.
@@ -94,8 +100,8 @@ pub struct Call {
     /// T2 was reported while the call hung: not reported again when it returns.
     pub hang_reported: bool,
     /// This one-chunk call repeats call #N of the same thread on the same device, a
-    /// two-chunk request answered -EINVAL: libploop's fallback for a kernel without the
-    /// sync-fd interface. One snapshot for the client, not two.
+    /// two-chunk request answered -EINVAL: libploop's retry, its fallback for a kernel
+    /// without the sync-fd interface when it succeeds. One snapshot for the client, not two.
     pub retry_of: Option<u64>,
     /// The oracle's finding on the snapshot this call left (X1), as the trace records it.
     pub oracle: Option<crate::verify::oracle::Finding>,
@@ -130,7 +136,7 @@ impl Call {
     /// Successful freezes that count: the partition walk of the autodetection freezes devices
     /// without a filesystem and thaws them at once; such pairs before the switch are normal.
     pub fn counting(&self, generation: Generation) -> Vec<&Freeze> {
-        let switch_at = self.quiesce_ns.or(self.end_ns).unwrap_or(u64::MAX);
+        let switch_at = self.switch().map(|s| s.start_ns).or(self.end_ns).unwrap_or(u64::MAX);
         self.freezes
             .iter()
             .filter(|f| f.ok)
@@ -148,17 +154,37 @@ impl Call {
     /// filesystem never frozen at all in the call.
     pub fn held_during_switch(&self, generation: Generation) -> Vec<&Freeze> {
         let counting = self.counting(generation).into_iter();
-        match (self.quiesce_ns, self.relax_ns) {
-            (Some(q), Some(r)) => counting
-                .filter(|f| f.ret_ns <= q && f.thaw.as_ref().is_none_or(|t| t.entry_ns >= r))
+        match self.switch() {
+            Some(s) => counting
+                .filter(|f| {
+                    f.ret_ns <= s.start_ns && f.thaw.as_ref().is_none_or(|t| t.entry_ns >= s.end_ns)
+                })
                 .collect(),
-            _ => counting.collect(),
+            None => counting.collect(),
         }
+    }
+
+    /// The delta switch as the probes placed it (CONTRACT.md: `ploop_quiesce`, the format's
+    /// `complete_snapshot`, `ploop_relax`): from the first of those seen to begin to the last
+    /// seen to end. `complete_snapshot` is reached through an ops table and cannot be inlined
+    /// away; where `ploop_quiesce`/`ploop_relax` fired too they bracket it, and place it.
+    pub fn switch(&self) -> Option<Switch> {
+        let start =
+            [(self.quiesce_ns, Probe::PloopQuiesce), (self.complete_ns, Probe::CompleteSnapshot)]
+                .into_iter()
+                .filter_map(|(t, by)| Some((t?, by)))
+                .min_by_key(|&(t, _)| t)?;
+        let end =
+            [(self.relax_ns, Probe::PloopRelax), (self.completed_ns, Probe::CompleteSnapshot)]
+                .into_iter()
+                .filter_map(|(t, by)| Some((t?, by)))
+                .max_by_key(|&(t, _)| t)?;
+        Some(Switch { start_ns: start.0, start_by: start.1, end_ns: end.0, end_by: end.1 })
     }
 
     /// Whether the delta switch was seen in this call.
     pub fn switch_seen(&self) -> bool {
-        self.quiesce_ns.is_some() && self.relax_ns.is_some()
+        self.switch().is_some()
     }
 
     pub fn reached_freeze(&self) -> bool {
@@ -166,15 +192,18 @@ impl Call {
             || !self.freezes.is_empty()
             || self.find_and_freeze_ret.is_some()
             || self.quiesce_ns.is_some()
+            || self.complete_ns.is_some()
     }
 
     /// From the first freeze (or the switch) to the last thaw (or the end of the switch).
     pub fn maintenance_window(&self) -> Option<(u64, u64)> {
         let ok = self.freezes.iter().filter(|f| f.ok);
-        let start = ok.clone().map(|f| f.entry_ns).chain(self.quiesce_ns).min()?;
+        let start =
+            ok.clone().map(|f| f.entry_ns).chain(self.quiesce_ns).chain(self.complete_ns).min()?;
         let end = ok
             .filter_map(|f| f.thaw.as_ref().and_then(|t| t.ret_ns))
             .chain(self.relax_ns)
+            .chain(self.completed_ns)
             .max()
             .unwrap_or(start);
         Some((start, end))
@@ -185,6 +214,44 @@ impl Call {
         self.ploop_dev.map_or(DeviceKey::Plo(self.plo), DeviceKey::Dev)
     }
 
+    /// The shape of the request, which tells the client apart (CONTRACT.md, "The client's
+    /// request"): libploop before 2020 sends one chunk, since then two with a device node as
+    /// the sync fd, and retries with one chunk after -EINVAL.
+    pub fn request_shape(&self) -> String {
+        let r = &self.request;
+        if !r.readable {
+            return "a request that could not be read".into();
+        }
+        // No call numbers or fds here: the shape is what calls of one client have in common.
+        if self.retry_of.is_some() {
+            let answer = match self.result() {
+                Some(0) => "succeeded".to_string(),
+                Some(ret) => format!("refused too, {}", crate::errno::ret_name(ret)),
+                None => "unanswered".into(),
+            };
+            return format!("the retry with one chunk after -EINVAL ({answer})");
+        }
+        match r.chunks {
+            1 if r.flags & PLOOP_FLAG_FS_SYNC == 0 => {
+                "one chunk, without PLOOP_FLAG_FS_SYNC".into()
+            }
+            1 => "one chunk (the kernel's autodetection chooses what to freeze)".into(),
+            2 => match r.chunk.get(1).map(|c| c.fd) {
+                // libploop checks the wrong variable after open(part) fails and sends -1.
+                Some(-1) => "two chunks with chunk #1's fd -1: libploop's failed open() of the \
+                             partition node, which the kernel turns into the autodetection"
+                    .into(),
+                Some(_) => match &r.sync {
+                    Some(s) if s.is_node() => "two chunks, the sync fd a device node".into(),
+                    Some(_) => "two chunks, the sync fd a file or mountpoint".into(),
+                    None => "two chunks".into(),
+                },
+                None => "two chunks (chunk #1 unread)".into(),
+            },
+            n => format!("{n} chunks"),
+        }
+    }
+
     /// The device as reports name it.
     pub fn device_name(&self) -> String {
         match self.ploop_dev {
@@ -192,6 +259,17 @@ impl Call {
             None => format!("{:#x}", self.plo),
         }
     }
+}
+
+/// Where the delta switch began and ended in a call, and which probe marked each end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Switch {
+    /// `ploop_quiesce`'s entry, or `complete_snapshot`'s.
+    pub start_ns: u64,
+    pub start_by: Probe,
+    /// `ploop_relax`'s return, or `complete_snapshot`'s.
+    pub end_ns: u64,
+    pub end_by: Probe,
 }
 
 /// A ploop device, by dev_t where the probe could read it.
@@ -241,6 +319,9 @@ pub struct CallReport {
     pub verdicts: Vec<(&'static str, Verdict)>,
     /// When the call was judged: the time of the event that completed it.
     pub judged_ns: u64,
+    /// The refused two-chunk call this one retried with one chunk (libploop's retry after
+    /// -EINVAL): one snapshot for the client, so the reports carry the two as one.
+    pub retried: Option<Box<CallReport>>,
 }
 
 impl CallReport {
@@ -258,6 +339,32 @@ impl CallReport {
             Verdict::Fail(why) => Some((*id, why.as_str())),
             _ => None,
         })
+    }
+
+    /// The ioctl calls of this snapshot, in order: the refused two-chunk call it retried,
+    /// if any, then this one.
+    pub fn calls(&self) -> impl Iterator<Item = &CallReport> + Clone {
+        self.retried.as_deref().into_iter().chain(std::iter::once(self))
+    }
+
+    /// Some verdict of the snapshot (either of its calls) failed.
+    pub fn snapshot_failed(&self) -> bool {
+        self.calls().any(|r| r.failures().next().is_some())
+    }
+
+    /// The snapshot's request as the reports name it (see [`Call::request_shape`]).
+    pub fn request(&self) -> String {
+        match &self.retried {
+            Some(first) => {
+                format!("{}, then {}", first.call.request_shape(), self.call.request_shape())
+            }
+            None => self.call.request_shape(),
+        }
+    }
+
+    /// The client and its request: the process's comm, then [`CallReport::request`].
+    pub fn client(&self) -> String {
+        format!("{}: {}", self.call.comm, self.request())
     }
 }
 
@@ -323,9 +430,31 @@ pub struct Checker {
     /// Per thread, its last call if it was a two-chunk request answered -EINVAL: the
     /// request a client may now repeat with one chunk.
     refused_two_chunk: HashMap<u32, Refused>,
-    /// Calls that were such a repeat (see [`Call::retry_of`]): (first call, retry).
+    /// Per thread, its refused two-chunk call, judged and kept from the reports until the
+    /// thread's next call says whether it was retried: the two are then one snapshot.
+    awaiting_retry: HashMap<u32, CallReport>,
+    /// Retries whose one-chunk half succeeded (see [`Call::retry_of`]): (first call, retry).
     fallbacks: Vec<(u64, u64)>,
     fallback_count: usize,
+    /// Retries refused too: not libploop's fallback to an old kernel, just a failed snapshot.
+    refused_retries: Vec<(u64, u64)>,
+    refused_retry_count: usize,
+    /// Snapshots (a retried request counted once) that succeeded.
+    succeeded: usize,
+    /// Snapshots per client (comm) and request shape, in the order first seen.
+    clients: Vec<ClientUse>,
+}
+
+/// How many distinct (client, request) pairs the reports list; the rest are counted together.
+pub const CLIENTS_LISTED: usize = 32;
+
+/// The snapshots one client made with one shape of request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClientUse {
+    /// The process's comm, or "(others)" past [`CLIENTS_LISTED`].
+    pub comm: String,
+    pub request: String,
+    pub snapshots: usize,
 }
 
 /// What identifies "the same request" for libploop's one-chunk retry.
@@ -399,14 +528,21 @@ pub struct Outcome {
     /// Freeze windows of judged calls, in ns.
     pub windows: Distribution,
     fired: [u64; FIRED_SLOTS],
-    /// One-chunk retries of a refused two-chunk request: (first call, retry), the first
+    /// One-chunk retries of a refused two-chunk request that succeeded (libploop's fallback
+    /// to a kernel without the sync fd): (first call, retry), the first
     /// [`FALLBACKS_LISTED`]; and how many there were.
     pub fallbacks: Vec<(u64, u64)>,
     pub fallback_count: usize,
+    /// Such retries refused too, likewise.
+    pub refused_retries: Vec<(u64, u64)>,
+    pub refused_retry_count: usize,
+    /// Snapshots that succeeded (each retried request counted once, as in `snapshots`).
+    pub succeeded: usize,
+    pub clients: Vec<ClientUse>,
     pub oracle_unjudged: Option<Unjudged>,
 }
 
-/// Probe ids are small and dense (1..=8 today); one slot each, 0 unused.
+/// Probe ids are small and dense (1..=10 today); one slot each, 0 unused.
 const FIRED_SLOTS: usize = Probe::ALL.len() + 1;
 
 impl Outcome {
@@ -442,8 +578,13 @@ impl Checker {
             seq: 0,
             windows: Distribution::default(),
             refused_two_chunk: HashMap::default(),
+            awaiting_retry: HashMap::default(),
             fallbacks: Vec::new(),
             fallback_count: 0,
+            refused_retries: Vec::new(),
+            refused_retry_count: 0,
+            succeeded: 0,
+            clients: Vec::new(),
         }
     }
 
@@ -505,13 +646,33 @@ impl Checker {
                 self.unjudged.get_or_insert_with(|| Unjudged { calls: 0, why: why.to_string() });
             u.calls += 1;
         }
-        for (t, (_, v)) in self.tally.iter_mut().zip(&r.verdicts) {
-            match v {
-                Verdict::Pass => t.pass += 1,
-                Verdict::Fail(_) => t.fail += 1,
-                Verdict::NotApplicable(_) | Verdict::Deferred => t.not_applicable += 1,
+        for call in r.calls() {
+            for (t, (_, v)) in self.tally.iter_mut().zip(&call.verdicts) {
+                match v {
+                    Verdict::Pass => t.pass += 1,
+                    Verdict::Fail(_) => t.fail += 1,
+                    Verdict::NotApplicable(_) | Verdict::Deferred => t.not_applicable += 1,
+                }
             }
         }
+        let request = r.request();
+        let known = self.clients.iter().position(|u| u.comm == r.call.comm && u.request == request);
+        let others = || ClientUse { comm: "(others)".into(), request: "any".into(), snapshots: 0 };
+        let i = match known {
+            Some(i) => i,
+            None if self.clients.len() < CLIENTS_LISTED => {
+                let comm = r.call.comm.clone();
+                self.clients.push(ClientUse { comm, request, snapshots: 0 });
+                self.clients.len() - 1
+            }
+            None => {
+                if self.clients.len() == CLIENTS_LISTED {
+                    self.clients.push(others());
+                }
+                CLIENTS_LISTED
+            }
+        };
+        self.clients[i].snapshots += 1;
         self.judged.push_back(r);
     }
 
@@ -543,6 +704,8 @@ impl Checker {
                 pending_freezes: Vec::new(),
                 quiesce_ns: None,
                 relax_ns: None,
+                complete_ns: None,
+                completed_ns: None,
                 get_bdev_called: false,
                 find_and_freeze_ret: None,
                 ret: None,
@@ -557,17 +720,14 @@ impl Checker {
 
     /// The oracle's finding on the call it names: a judged call held for it (X1 is judged now,
     /// and the call released), or, in traces that recorded findings before the completing
-    /// event, the open call. A finding for neither (a damaged trace) is dropped: X1 stays
-    /// n/a. Returns the violation it completes.
-    pub fn oracle(&mut self, f: &crate::verify::oracle::Finding) -> Vec<Violation> {
+    /// event, the open call. Returns the violation it completes; `None` for a finding on
+    /// neither (a damaged trace), which changes nothing.
+    pub fn oracle(&mut self, f: &crate::verify::oracle::Finding) -> Option<Vec<Violation>> {
         if let Some(call) = self.open.get_mut(&f.tid).filter(|c| c.seq == f.seq) {
             call.oracle = Some(f.clone());
-            return Vec::new();
+            return Some(Vec::new());
         }
-        let Some(i) = self.held.iter().position(|r| r.call.seq == f.seq && r.call.oracle.is_none())
-        else {
-            return Vec::new();
-        };
+        let i = self.held.iter().position(|r| r.call.seq == f.seq && r.call.oracle.is_none())?;
         let mut r = self.held.remove(i);
         r.call.oracle = Some(f.clone());
         // Stamped with the moment the call was judged, as if the finding had been there:
@@ -575,7 +735,7 @@ impl Checker {
         let at = r.judged_ns;
         let out = self.redo_deferred(&mut r, at);
         self.hold_or_release(r);
-        out
+        Some(out)
     }
 
     /// Feeds one event; returns the violations it completes.
@@ -674,6 +834,10 @@ impl Checker {
                 call.quiesce_ns.get_or_insert(e.ts_ns);
             }
             (Probe::PloopRelax, Phase::Return) => call.relax_ns = Some(e.ts_ns),
+            (Probe::CompleteSnapshot, Phase::Entry) => {
+                call.complete_ns.get_or_insert(e.ts_ns);
+            }
+            (Probe::CompleteSnapshot, Phase::Return) => call.completed_ns = Some(e.ts_ns),
             (Probe::GetBdevFromFd, Phase::Entry) => call.get_bdev_called = true,
             (Probe::FindAndFreezeBdev, Phase::Return) => call.find_and_freeze_ret = Some(ret),
             (Probe::PloopSnapshot, Phase::Return) => {
@@ -731,11 +895,17 @@ impl Checker {
             return None;
         }
         call.retry_of = Some(prev.seq);
-        self.fallback_count += 1;
-        if self.fallbacks.len() < FALLBACKS_LISTED {
-            self.fallbacks.push((prev.seq, call.seq));
+        let ok = call.result() == Some(0);
+        let (list, count) = if ok {
+            (&mut self.fallbacks, &mut self.fallback_count)
+        } else {
+            (&mut self.refused_retries, &mut self.refused_retry_count)
+        };
+        *count += 1;
+        if list.len() < FALLBACKS_LISTED {
+            list.push((prev.seq, call.seq));
         }
-        (call.result() == Some(0)).then(|| {
+        ok.then(|| {
             format!(
                 "snapshot #{}: two chunks answered -EINVAL, the same request with one chunk \
                  (#{}) succeeded",
@@ -759,7 +929,15 @@ impl Checker {
         let ctx = self.context();
         let verdicts: Vec<(&'static str, Verdict)> =
             INVARIANTS.iter().map(|inv| (inv.id, (inv.check)(&call, &ctx))).collect();
-        let report = CallReport { call, verdicts, judged_ns: now };
+        let mut report = CallReport { call, verdicts, judged_ns: now, retried: None };
+        // The thread's refused two-chunk call: this one's first half, or a snapshot alone.
+        if let Some(first) = self.awaiting_retry.remove(&tid) {
+            if report.call.retry_of == Some(first.call.seq) {
+                report.retried = Some(Box::new(first));
+            } else {
+                self.release(first);
+            }
+        }
         if let Some(window) = report.call.maintenance_window() {
             let q = self.recent.entry(report.call.device_key()).or_default();
             q.push_back(Recent { seq: report.call.seq, tid: report.call.tid, window });
@@ -772,7 +950,13 @@ impl Checker {
                 self.windows.record(end.saturating_sub(f.ret_ns));
             }
         }
-        self.snapshots += 1;
+        // libploop's retry is the same snapshot as the call it repeats: counted once.
+        if report.call.retry_of.is_none() {
+            self.snapshots += 1;
+        }
+        if report.call.result() == Some(0) {
+            self.succeeded += 1;
+        }
         // A hang was reported while it lasted (and counted then).
         let told = report.call.hang_reported;
         let new: Vec<_> = report.failures().filter(|(id, _)| !(told && *id == "T2")).collect();
@@ -782,7 +966,15 @@ impl Checker {
         if x1_of(&report) == &Verdict::Deferred {
             self.for_oracle.push(report.call.clone());
         }
-        self.hold_or_release(report);
+        // Kept until the thread's next call tells whether libploop retried it (a verdict
+        // still deferred goes its usual way: such a call is no retry's first half).
+        if self.refused_two_chunk.get(&tid).is_some_and(|r| r.seq == report.call.seq)
+            && !report.verdicts.iter().any(|(_, v)| *v == Verdict::Deferred)
+        {
+            self.awaiting_retry.insert(tid, report);
+        } else {
+            self.hold_or_release(report);
+        }
         out
     }
 
@@ -880,6 +1072,12 @@ impl Checker {
     /// completes; [`Checker::outcome`] then holds the run's conclusion.
     pub fn finish(&mut self, now: u64) -> Vec<Violation> {
         let mut out = self.hung(now);
+        // Refused two-chunk calls never retried: snapshots of their own.
+        let mut unretried: Vec<CallReport> = self.awaiting_retry.drain().map(|(_, r)| r).collect();
+        unretried.sort_by_key(|r| r.call.seq);
+        for r in unretried {
+            self.release(r);
+        }
         self.incomplete += self.open.len();
         // A call still hanging when the run ends failed T2: the reports must carry it as a
         // failing case like any other (a CI test view read "all passed" while the run
@@ -902,7 +1100,7 @@ impl Checker {
                     (inv.id, v)
                 })
                 .collect();
-            self.release(CallReport { call, verdicts, judged_ns: now });
+            self.release(CallReport { call, verdicts, judged_ns: now, retried: None });
         }
         // A finding that never came: X1 is n/a, said so (the oracle was slower than the run,
         // or its thread died). Before the patch status below, which reads E1's waits alone.
@@ -943,6 +1141,10 @@ impl Checker {
             fired: self.fired,
             fallbacks: self.fallbacks.clone(),
             fallback_count: self.fallback_count,
+            refused_retries: self.refused_retries.clone(),
+            refused_retry_count: self.refused_retry_count,
+            succeeded: self.succeeded,
+            clients: self.clients.clone(),
             oracle_unjudged: self.unjudged.clone(),
         }
     }

@@ -166,31 +166,46 @@ fn all_probed() -> Vec<Probe> {
 }
 
 /// A run through a checker: the checker, the sorted, deduplicated violated ids, and the
-/// judged calls as the reports receive them.
+/// judged calls as the reports receive them, a retried request's two calls one after the
+/// other (`units` keeps them as the reports receive them).
 struct Ran {
     c: Checker,
     judged: Vec<CallReport>,
+    units: Vec<CallReport>,
 }
 
 fn run(stack: Stack, seq: &Seq) -> (Ran, Vec<String>) {
+    run_probed(all_probed(), stack, seq)
+}
+
+/// [`run`] on a kernel where only `probed` attached.
+fn run_probed(probed: Vec<Probe>, stack: Stack, seq: &Seq) -> (Ran, Vec<String>) {
     let mut c = Checker::new(
         Generation::FreezeBdev,
-        all_probed(),
+        probed,
         Options { max_freeze_ns: 5_000_000_000, max_hang_ns: 10_000_000_000 },
     );
     c.stack(&stack);
-    let mut judged = Vec::new();
+    let mut units = Vec::new();
     let mut ids = Vec::new();
     for e in &seq.events {
         ids.extend(c.event(e).into_iter().map(|v| v.id));
-        judged.extend(c.take_judged());
+        units.extend(c.take_judged());
     }
     let end = seq.events.last().map_or(0, |e| e.ts_ns);
     ids.extend(c.finish(end).into_iter().map(|v| v.id));
-    judged.extend(c.take_judged());
+    units.extend(c.take_judged());
     ids.sort();
     ids.dedup();
-    (Ran { c, judged }, ids)
+    let judged = units
+        .iter()
+        .flat_map(|u| u.calls().cloned().collect::<Vec<_>>())
+        .map(|mut r| {
+            r.retried = None;
+            r
+        })
+        .collect();
+    (Ran { c, judged, units }, ids)
 }
 
 impl Ran {
@@ -635,6 +650,15 @@ fn libploop_retry_with_one_chunk_after_einval_is_one_snapshot_with_a_fallback() 
     let o = c.c.outcome();
     assert_eq!((o.fallback_count, o.fallbacks.clone()), (1, vec![(1, 2)]));
     assert_eq!(c.judged[1].call.retry_of, Some(1));
+    // One snapshot, in the count and as the reports receive it, with both calls' verdicts.
+    assert_eq!((o.snapshots, o.succeeded, c.units.len()), (1, 1, 1));
+    assert_eq!(c.units[0].retried.as_ref().map(|r| r.call.seq), Some(1));
+    let per_invariant: Vec<usize> =
+        o.tally.iter().map(|t| t.pass + t.fail + t.not_applicable).collect();
+    assert!(per_invariant.iter().all(|&n| n == 2), "both calls judged: {per_invariant:?}");
+    assert!(
+        c.units[0].request().contains("then the retry with one chunk after -EINVAL (succeeded)")
+    );
     assert!(
         matches!(o.patched, PatchState::Unpatched(ref why) if why.contains("#1")),
         "{:?}",
@@ -642,6 +666,50 @@ fn libploop_retry_with_one_chunk_after_einval_is_one_snapshot_with_a_fallback() 
     );
     // The refused two-chunk call is no violation of S4 on an unpatched kernel.
     assert!(!ids.contains(&"S4".to_string()), "{ids:?}");
+}
+
+/// The retry refused too (a model that refuses every snapshot): one failed snapshot, not
+/// libploop's fallback, and the kernel not named unpatched for it.
+#[test]
+fn a_retry_refused_too_is_one_failed_snapshot_and_no_fallback() {
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::NoBdev, "0:5")).end(10, -22);
+    let mut one = request(PLOOP_FLAG_FS_SYNC, 1, None, None);
+    one.chunk.truncate(1);
+    s.start(10, one).end(10, -22);
+    let (c, _) = run(partitioned_stack(), &s);
+    let o = c.c.outcome();
+    assert_eq!((o.fallback_count, o.refused_retry_count), (0, 1));
+    assert_eq!(o.refused_retries, [(1, 2)]);
+    assert_eq!((o.snapshots, o.succeeded, c.units.len()), (1, 0, 1));
+    assert!(!matches!(o.patched, PatchState::Unpatched(_)), "{:?}", o.patched);
+    assert!(c.units[0].request().ends_with("(refused too, -EINVAL)"), "{}", c.units[0].request());
+}
+
+/// A refused two-chunk call its thread never retried is a snapshot of its own, reported.
+#[test]
+fn a_refused_two_chunk_call_never_retried_is_reported_alone() {
+    let mut s = Seq::new();
+    s.start(10, node_req(P1, SyncState::NoBdev, "0:5")).end(10, -22);
+    let (c, _) = run(partitioned_stack(), &s);
+    let o = c.c.outcome();
+    assert_eq!((o.snapshots, c.units.len(), o.fallback_count, o.refused_retry_count), (1, 1, 0, 0));
+    assert_eq!(o.clients.len(), 1);
+    assert!(o.clients[0].request.starts_with("two chunks, the sync fd"), "{:?}", o.clients);
+}
+
+/// libploop's failed open() of the partition node sends chunk #1's fd as -1: named so.
+#[test]
+fn a_two_chunk_request_with_fd_minus_one_is_named_as_libploops_failed_open() {
+    let mut s = Seq::new();
+    let mut req = node_req(P1, SyncState::NoBdev, "0:5");
+    req.chunk[1].fd = -1;
+    req.sync = None;
+    s.start(10, req).freeze(10, P1).switch(10).thaw(10, P1).end(10, 0);
+    let (c, _) = run(partitioned_stack(), &s);
+    let shape = c.judged[0].call.request_shape();
+    assert!(shape.contains("libploop's failed open()"), "{shape}");
+    assert!(shape.contains("autodetection"), "{shape}");
 }
 
 #[test]
@@ -721,9 +789,11 @@ fn x1_waits_for_a_finding_that_follows_the_call() {
     assert_eq!(waiting.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(c.take_for_oracle().count(), 0, "each call is offered once");
     // Out of order, as a slow judgement may make them.
-    let found = c.oracle(&finding(&waiting[1], OracleVerdict::Clean));
+    let found = c.oracle(&finding(&waiting[1], OracleVerdict::Clean)).unwrap();
     assert!(found.is_empty());
-    let found = c.oracle(&finding(&waiting[0], OracleVerdict::NeedsRecovery));
+    // The same finding again: no call waits for it now.
+    assert_eq!(c.oracle(&finding(&waiting[1], OracleVerdict::Clean)), None);
+    let found = c.oracle(&finding(&waiting[0], OracleVerdict::NeedsRecovery)).unwrap();
     assert_eq!(found.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["X1"]);
     let exit = s.events.iter().find(|e| e.tid == 10 && e.func == Probe::SysExitIoctl).unwrap();
     assert_eq!(found[0].ts_ns, exit.ts_ns, "stamped with the call's completing event");
@@ -779,7 +849,7 @@ fn x1_from_a_finding_recorded_before_the_completing_event() {
         c.event(e);
     }
     let open = c.open.get(&10).unwrap().clone();
-    assert!(c.oracle(&finding(&open, OracleVerdict::NeedsRecovery)).is_empty());
+    assert_eq!(c.oracle(&finding(&open, OracleVerdict::NeedsRecovery)), Some(vec![]));
     let ids: Vec<String> = c.event(last).into_iter().map(|v| v.id).collect();
     assert_eq!(ids, ["X1"]);
     assert_eq!(c.take_for_oracle().count(), 0);
@@ -802,6 +872,114 @@ fn a_patch_status_resolving_e1_leaves_x1_waiting() {
     assert_eq!(ids, ["E1"]);
     assert_eq!(c.take_judged().map(|r| r.call.seq).collect::<Vec<_>>(), [1]);
     let waiting: Vec<Call> = c.take_for_oracle().collect();
-    assert!(c.oracle(&finding(&waiting[0], OracleVerdict::Clean)).is_empty());
+    assert_eq!(c.oracle(&finding(&waiting[0], OracleVerdict::Clean)), Some(vec![]));
     assert_eq!(c.take_judged().map(|r| r.call.seq).collect::<Vec<_>>(), [2]);
+}
+
+/// What the model built with PLOOP_MODEL_INLINED=y leaves probed: no ploop_snapshot,
+/// find_and_freeze_bdev or get_bdev_from_fd symbol; ploop_quiesce/ploop_relax attached but
+/// never firing (their call sites inlined); the format's complete_snapshot, reached through
+/// its ops table, attached where `complete` (vz7's layout).
+fn inlined_build(complete: bool) -> Vec<Probe> {
+    use Probe::*;
+    [FreezeBdev, ThawBdev, PloopQuiesce, PloopRelax, SysEnterIoctl, SysExitIoctl]
+        .into_iter()
+        .chain(complete.then_some(CompleteSnapshot))
+        .collect()
+}
+
+impl Seq {
+    /// An ioctl-anchored snapshot call with the sync fd on `d`: freeze, thaw and the
+    /// format's complete_snapshot in the order `steps` gives ('f', 't', 'c').
+    fn inlined_call(&mut self, tid: u32, d: &str, steps: &str) -> &mut Self {
+        use ploop_common::ploop_if::PLOOP_IOC_SNAPSHOT;
+        self.ioctl(tid, PLOOP_IOC_SNAPSHOT, Some(sync_req(d)));
+        for step in steps.chars() {
+            match step {
+                'f' => self.freeze(tid, d),
+                't' => self.thaw(tid, d),
+                'c' => self.call(tid, "complete_snapshot"),
+                _ => unreachable!("step {step}"),
+            };
+        }
+        self.ioctl_exit(tid, 0)
+    }
+}
+
+/// thaw_early on the inlined build: ploop_quiesce/ploop_relax never fire, complete_snapshot
+/// places the switch, and the thaw before it is O2; the filesystem unfrozen during it, S2.
+#[test]
+fn a_thaw_before_complete_snapshot_is_o2_where_quiesce_and_relax_are_inlined() {
+    let mut s = Seq::new();
+    s.inlined_call(10, LINEAR, "ftc");
+    let (c, ids) = run_probed(inlined_build(true), linear_stack(), &s);
+    assert_eq!(ids, ["O2", "S2"]);
+    let r = &c.judged[0];
+    assert_eq!(
+        *verdict(r, "O2"),
+        Verdict::Fail("thaw of dm-1 (254:1) before complete_snapshot".into())
+    );
+    let Verdict::Fail(s2) = verdict(r, "S2") else { panic!("{:?}", verdict(r, "S2")) };
+    assert!(s2.contains("was not frozen during the switch"), "{s2}");
+}
+
+#[test]
+fn complete_snapshot_inside_the_freeze_passes_o2_and_s2() {
+    let mut s = Seq::new();
+    s.inlined_call(10, LINEAR, "fct");
+    let (c, ids) = run_probed(inlined_build(true), linear_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    let t = c.tally();
+    assert_eq!((t["O2"].0, t["S2"].0), (1, 1), "judged and passed: {:?}", c.judged[0].verdicts);
+}
+
+/// Without complete_snapshot (no symbol: the formats are not vz7's) and with the pair
+/// silent, the switch is nowhere: O2 is n/a and says why, the thaw_early bug goes unseen, as
+/// it did before; with nothing at all to place the switch, O2 says that.
+#[test]
+fn without_complete_snapshot_an_unseen_switch_is_no_verdict() {
+    let mut s = Seq::new();
+    s.inlined_call(10, LINEAR, "ft");
+    let (c, ids) = run_probed(inlined_build(false), linear_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    let o2 = verdict(&c.judged[0], "O2");
+    assert!(matches!(o2, Verdict::NotApplicable(why) if why.contains("did not fire")), "{o2:?}");
+    let mut none = inlined_build(false);
+    none.retain(|p| !matches!(p, Probe::PloopQuiesce | Probe::PloopRelax));
+    let (c, ids) = run_probed(none, linear_stack(), &s);
+    assert!(ids.is_empty(), "{ids:?}");
+    let o2 = verdict(&c.judged[0], "O2");
+    assert!(
+        matches!(o2, Verdict::NotApplicable(why) if why.contains("complete_snapshot is probed")),
+        "{o2:?}"
+    );
+    // Probed and silent in a successful call (a format whose symbol is not known): n/a too.
+    let mut s = Seq::new();
+    s.inlined_call(10, LINEAR, "ft");
+    let (c, _) = run_probed(inlined_build(true), linear_stack(), &s);
+    let o2 = verdict(&c.judged[0], "O2");
+    assert!(
+        matches!(o2, Verdict::NotApplicable(why) if why.contains("neither complete_snapshot")),
+        "{o2:?}"
+    );
+}
+
+/// Where ploop_quiesce/ploop_relax fire too they bracket complete_snapshot and the switch
+/// spans them all: a freeze after ploop_quiesce, before complete_snapshot, is during it.
+#[test]
+fn the_switch_spans_quiesce_complete_snapshot_and_relax() {
+    let mut s = Seq::new();
+    s.start(10, sync_req(LINEAR)).call(10, "get_bdev_from_fd");
+    s.ev(10, "ploop_quiesce", "entry", None, None);
+    s.freeze(10, LINEAR);
+    s.ev(10, "ploop_quiesce", "return", None, Some(0));
+    s.call(10, "complete_snapshot").call(10, "ploop_relax").thaw(10, LINEAR).end(10, 0);
+    let (c, ids) = run(linear_stack(), &s);
+    assert_eq!(ids, ["O2", "S2"]);
+    let sw = c.judged[0].call.switch().unwrap();
+    assert_eq!((sw.start_by, sw.end_by), (Probe::PloopQuiesce, Probe::PloopRelax));
+    assert_eq!(
+        *verdict(&c.judged[0], "O2"),
+        Verdict::Fail("freeze of dm-1 (254:1) during the switch".into())
+    );
 }

@@ -1,6 +1,7 @@
 //! `junit.xml`: one test suite per snapshot call with one case per invariant; above
 //! [`super::AGGREGATE_ABOVE`] calls, one suite of one case per invariant with its counts,
-//! then the failing calls' suites.
+//! then the failing calls' suites. The run's own problems (events lost, nothing verified)
+//! are a suite of error cases, which every JUnit consumer counts.
 
 use std::fmt::Write as _;
 
@@ -14,36 +15,28 @@ pub fn skipped(v: &Verdict) -> bool {
     !matches!(v, Verdict::Pass | Verdict::Fail(_))
 }
 
-/// Everything before the per-call suites. `aggregated`: the number of failing calls that
-/// follow and their skipped cases, when the run is aggregated.
+/// Everything before the per-call suites. `aggregated`: the cases of the failing calls that
+/// follow and how many of them are skipped, when the run is aggregated.
 ///
 /// The totals count the cases the file holds, as consumers that count cases do: a violation
 /// outside any judged call (a call hung when the run ended) is in summary.json, not a case.
 pub fn head(s: &Summary, calls: usize, aggregated: Option<(usize, usize)>, out: &mut String) {
     let skipped: usize = s.invariants.iter().map(|i| i.not_applicable).sum();
     let failures: usize = s.invariants.iter().map(|i| i.fail).sum();
+    let errors = s.status.len();
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(out, "<!-- ploop-verify report set {} -->", s.report_set.id);
     // "--" may not appear inside an XML comment; probe names and counts have none.
     let _ = writeln!(out, "<!-- probes: {} -->", xml(&super::probes_text(s)));
-    let Some((failing_calls, skipped_in_failing)) = aggregated else {
-        // No call: the one skipped case below.
-        let (tests, skipped) =
-            if calls == 0 { (1, 1) } else { (calls * INVARIANTS.len(), skipped) };
+    let Some((cases_in_failing, skipped_in_failing)) = aggregated else {
+        // Every verdict of every ioctl call (a retried request has two).
+        let cases: usize = s.invariants.iter().map(|i| i.pass + i.fail + i.not_applicable).sum();
         let _ = writeln!(
             out,
-            "<testsuites name=\"ploop-verify\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\">"
+            "<testsuites name=\"ploop-verify\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\">",
+            cases + errors
         );
-        if calls == 0 {
-            out.push_str(
-                "  <testsuite name=\"ploop-verify\" tests=\"1\" failures=\"0\" skipped=\"1\">\n",
-            );
-            let _ = writeln!(
-                out,
-                "    <testcase classname=\"ploop-verify\" name=\"snapshots\"><skipped message=\"{}\"/></testcase>",
-                xml(s.reason.as_deref().unwrap_or("no snapshot"))
-            );
-            out.push_str("  </testsuite>\n");
-        }
+        status(s, out);
         return;
     };
     // Aggregated: the invariants' suite, then every failing call's (which hold the failures).
@@ -52,11 +45,12 @@ pub fn head(s: &Summary, calls: usize, aggregated: Option<(usize, usize)>, out: 
     let never_judged = s.invariants.iter().filter(|i| i.pass + i.fail == 0).count();
     let _ = writeln!(
         out,
-        "<testsuites name=\"ploop-verify\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
-        invariants + failing_calls * INVARIANTS.len(),
+        "<testsuites name=\"ploop-verify\" tests=\"{}\" failures=\"{}\" errors=\"{errors}\" skipped=\"{}\">",
+        invariants + cases_in_failing + errors,
         failed_ids + failures,
         never_judged + skipped_in_failing
     );
+    status(s, out);
     let _ = writeln!(
         out,
         "  <!-- aggregated: {calls} snapshot calls (more than {}): one case per invariant with its \
@@ -87,16 +81,52 @@ pub fn head(s: &Summary, calls: usize, aggregated: Option<(usize, usize)>, out: 
     out.push_str("  </testsuite>\n");
 }
 
-/// One call's suite.
+/// The run's problems: one suite, an error case each (absent when there are none).
+fn status(s: &Summary, out: &mut String) {
+    if s.status.is_empty() {
+        return;
+    }
+    let n = s.status.len();
+    let _ = writeln!(
+        out,
+        "  <testsuite name=\"ploop-verify run status\" tests=\"{n}\" failures=\"0\" errors=\"{n}\" skipped=\"0\">"
+    );
+    for p in &s.status {
+        let text = xml(&p.text);
+        let _ = writeln!(
+            out,
+            "    <testcase classname=\"ploop-verify.run\" name=\"run status: {}\"><error message=\"{text}\" type=\"{}\">{text}</error></testcase>",
+            p.kind, p.kind
+        );
+    }
+    out.push_str("  </testsuite>\n");
+}
+
+/// One snapshot's suite: each of its ioctl calls' cases (a retried request has two calls).
 pub fn call(r: &CallReport, out: &mut String) {
-    let fails = r.failures().count();
-    let na = r.verdicts.iter().filter(|(_, v)| skipped(v)).count();
+    let fails: usize = r.calls().map(|c| c.failures().count()).sum();
+    let verdicts = r.calls().flat_map(|c| &c.verdicts);
+    let na = verdicts.clone().filter(|(_, v)| skipped(v)).count();
     let _ = writeln!(
         out,
         "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{fails}\" skipped=\"{na}\">",
         xml(&call_label(r)),
-        r.verdicts.len()
+        verdicts.count()
     );
+    let _ = writeln!(
+        out,
+        "    <properties><property name=\"client\" value=\"{}\"/><property name=\"request\" value=\"{}\"/></properties>",
+        xml(&r.call.comm),
+        xml(&r.request())
+    );
+    for c in r.calls() {
+        cases(c, out);
+    }
+    out.push_str("  </testsuite>\n");
+}
+
+/// One ioctl call's cases.
+fn cases(r: &CallReport, out: &mut String) {
     for (inv, (id, v)) in INVARIANTS.iter().zip(&r.verdicts) {
         // Written straight into `out`: this runs for every call, live (issue 15).
         let _ = write!(
@@ -123,5 +153,4 @@ pub fn call(r: &CallReport, out: &mut String) {
             Verdict::Deferred => out.push_str("><skipped message=\"undecided\"/></testcase>\n"),
         }
     }
-    out.push_str("  </testsuite>\n");
 }

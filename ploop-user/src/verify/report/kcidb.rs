@@ -9,7 +9,8 @@
 //! - tests: `ploop_verify` (the run: PASS clean, FAIL violations, ERROR nothing verified),
 //!   one `ploop_verify.<ID>` per snapshot call and invariant (PASS, FAIL, SKIP for n/a), and
 //!   MISS per invariant for calls expected (`--expect-snapshots`) and not seen or never
-//!   completed. Above [`super::AGGREGATE_ABOVE`] calls, one test per invariant with its counts
+//!   completed, and `ploop_verify.run_status` ERROR for each of the run's own problems
+//!   (events lost, nothing verified: see `super::status`). Above [`super::AGGREGATE_ABOVE`] calls, one test per invariant with its counts
 //!   plus the failing calls' tests, like JUnit and KTAP.
 //!
 //! Ids are `ORIGIN:RUN.…`, RUN a hash of the trace header and the first judged call, so a
@@ -107,7 +108,7 @@ impl Manifest {
     }
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     let mut s = String::with_capacity(64);
     for b in Sha256::digest(data) {
         let _ = write!(s, "{b:02x}");
@@ -271,7 +272,7 @@ impl Kcidb {
                 "environment": self.environment(),
                 "misc": {
                     "snapshot": c.seq, "pid": c.pid, "tid": c.tid, "comm": c.comm,
-                    "device": c.device_name(), "ret": c.result(),
+                    "device": c.device_name(), "ret": c.result(), "request": c.request_shape(),
                 },
             });
             if let Some(why) = why {
@@ -383,6 +384,7 @@ impl Kcidb {
                 "incomplete": s.incomplete, "events": s.events, "lost": s.lost,
                 "aggregated": aggregated.is_some(),
                 "probes": super::probes_text(s),
+                "report_set": s.report_set.id, "clients": s.clients, "succeeded": s.succeeded,
             },
         });
         if let Some(r) = &s.reason {
@@ -426,6 +428,15 @@ impl Kcidb {
                     json!({"aggregated": true, "calls": calls, "pass": i.pass, "fail": i.fail, "not_applicable": i.not_applicable}),
                 );
             }
+        }
+        for p in &s.status {
+            test(
+                format!("{run}.status.{}", p.kind),
+                "ploop_verify.run_status".into(),
+                "ERROR",
+                format!("the run's status: {}", p.text),
+                json!({"kind": p.kind}),
+            );
         }
         // Calls expected and not seen, and calls seen that never completed: their verdicts
         // are unknown because the observation fell short.

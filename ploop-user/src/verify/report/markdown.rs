@@ -4,7 +4,7 @@
 use super::svg::axis::{grouped, plural};
 use std::fmt::Write as _;
 
-use super::{ProbeState, RunVerdict, Summary, patch_text, probes_text};
+use super::{ProbeState, RunVerdict, Summary, clients_text, patch_text, probes_text, visible};
 
 pub fn render(s: &Summary) -> String {
     let mut out = String::from("## ploop-verify report\n\n");
@@ -21,8 +21,8 @@ pub fn render(s: &Summary) -> String {
         plural(s.events, "event", "events"),
         grouped(s.lost)
     );
-    if let Some(r) = &s.reason {
-        let _ = writeln!(out, "> {r}\n");
+    for p in &s.status {
+        let _ = writeln!(out, "> ⚠️ **{}**: {}\n", p.kind, visible(&p.text));
     }
     // The cause and its consequence together: the commit's symptom, shown.
     let failed = |id: &str| s.invariants.iter().any(|i| i.id == id && i.fail > 0);
@@ -31,14 +31,25 @@ pub fn render(s: &Summary) -> String {
     }
     let release = s.kernel.get("release").and_then(|r| r.as_str()).unwrap_or("?");
     let _ = writeln!(out, "- Kernel `{release}`: {}", patch_text(&s.kernel_patch));
+    let _ = writeln!(out, "- Clients: {}", visible(&clients_text(s)));
     if let Some(f) = &s.fallbacks {
         let pairs: Vec<String> = f.calls.iter().map(|(a, b)| format!("#{a}+#{b}")).collect();
         let _ = writeln!(
             out,
-            "- {} snapshot(s) fell back to one chunk after a two-chunk request was refused with \
-             -EINVAL (libploop's retry for a kernel without the sync fd; each pair is one \
-             snapshot): {}",
-            f.count,
+            "- {} fell back to one chunk after a two-chunk request was refused with -EINVAL, \
+             and the retry succeeded (libploop's fallback for a kernel without the sync fd; \
+             each pair is one snapshot): {}",
+            plural(f.count as u64, "snapshot", "snapshots"),
+            pairs.join(", ")
+        );
+    }
+    if let Some(f) = &s.refused_retries {
+        let pairs: Vec<String> = f.calls.iter().map(|(a, b)| format!("#{a}+#{b}")).collect();
+        let _ = writeln!(
+            out,
+            "- {} retried with one chunk after -EINVAL and were refused again (no fallback: \
+             failed snapshots; each pair is one snapshot): {}",
+            plural(f.count as u64, "snapshot", "snapshots"),
             pairs.join(", ")
         );
     }
@@ -83,7 +94,11 @@ pub fn render(s: &Summary) -> String {
             let _ = writeln!(
                 out,
                 "- **{}** snapshot #{} (tid {}, {}): {}",
-                v.id, v.seq, v.tid, v.device, v.why
+                v.id,
+                v.seq,
+                v.tid,
+                visible(&v.device),
+                visible(&v.why)
             );
         }
         if s.violations > 50 {
@@ -91,5 +106,6 @@ pub fn render(s: &Summary) -> String {
         }
     }
     out.push_str("\nTimeline and freeze-window histogram: `timeline.svg`.\n");
+    let _ = writeln!(out, "\n<!-- ploop-verify report set {} -->", s.report_set.id);
     out
 }

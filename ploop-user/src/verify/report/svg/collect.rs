@@ -35,7 +35,7 @@ pub struct Span {
     pub end: Option<u64>,
     /// Successful freezes: (index into [`Rows::frozen`], frozen at, thawed at (`None`: never)).
     pub freezes: Vec<(usize, u64, Option<u64>)>,
-    /// ploop_quiesce .. ploop_relax.
+    /// The delta switch ([`Call::switch`]).
     pub switch: Option<(u64, u64)>,
     pub failed: bool,
     /// The call returned an error (a refusal may be correct; it is drawn apart all the same).
@@ -232,7 +232,7 @@ impl Rows {
             start: c.start_ns,
             end: c.end_ns,
             freezes,
-            switch: c.quiesce_ns.zip(c.relax_ns),
+            switch: c.switch().map(|sw| (sw.start_ns, sw.end_ns)),
             failed,
             error: c.result().is_some_and(|r| r != 0),
             x1: X1::of(&r),
@@ -308,7 +308,7 @@ pub fn latest(c: &Call) -> u64 {
         c.freezes
             .iter()
             .flat_map(|f| [Some(f.ret_ns), f.thaw.as_ref().map(|t| t.entry_ns)])
-            .chain([c.quiesce_ns, c.relax_ns])
+            .chain([c.quiesce_ns, c.relax_ns, c.complete_ns, c.completed_ns])
             .flatten()
             .chain([c.start_ns])
             .max()
@@ -364,6 +364,7 @@ pub fn explain(r: &CallReport) -> String {
         c.tid,
         c.device_name()
     )];
+    lines.push(format!("request: {}", c.request_shape()));
     for (id, why) in r.failures() {
         lines.push(format!("{id} violated: {why}"));
     }
@@ -393,10 +394,12 @@ pub fn explain(r: &CallReport) -> String {
         Some((_, name)) => format!("should have been frozen: {name}"),
         None => "should have been frozen: nothing (PLOOP_FLAG_FS_SYNC not set)".into(),
     });
-    if let (Some(q), Some(rl)) = (c.quiesce_ns, c.relax_ns) {
+    if let Some(sw) = c.switch() {
         lines.push(format!(
-            "switch (ploop_quiesce to ploop_relax): {}",
-            dur(rl.saturating_sub(q) as f64)
+            "switch ({} to {}): {}",
+            sw.start_by,
+            sw.end_by,
+            dur(sw.end_ns.saturating_sub(sw.start_ns) as f64)
         ));
     }
     lines.join("\n")

@@ -116,13 +116,16 @@ fn inset(
     let n_rows = 1 + rows.len();
     let bottom = top + n_rows as f64 * ROW_H;
     // The switch: a band across every row, so that what was frozen during it is read off.
-    if let (Some(q), Some(rl)) = (c.quiesce_ns, c.relax_ns) {
+    if let Some(sw) = c.switch() {
+        let (q, rl) = (sw.start_ns, sw.end_ns);
         let _ = writeln!(
             o,
             "<g class=\"switch\">{}<rect x=\"{:.1}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"black\" fill-opacity=\"0.10\" stroke=\"black\" stroke-dasharray=\"3 2\" stroke-width=\"0.7\"/></g>",
             title(&format!(
-                "the delta switch: ploop_quiesce at +{} to ploop_relax at +{} ({})",
+                "the delta switch: {} at +{} to {} at +{} ({})",
+                sw.start_by,
                 axis::dur(q.saturating_sub(c.start_ns) as f64),
+                sw.end_by,
                 axis::dur(rl.saturating_sub(c.start_ns) as f64),
                 axis::dur(rl.saturating_sub(q) as f64)
             )),
@@ -143,7 +146,7 @@ fn inset(
         if failed { "#fbdada" } else { "#ddd" },
         if failed { RED } else { "#888" }
     );
-    if let (Some(q), Some(_)) = (c.quiesce_ns, c.relax_ns) {
+    if let Some(q) = c.switch().map(|sw| sw.start_ns) {
         let _ = writeln!(
             o,
             "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"{}\">switch</text>",
@@ -259,7 +262,7 @@ fn inset(
         if Some(i) == missing_row
             && let Some((_, name)) = &want
         {
-            let (from, to) = c.quiesce_ns.zip(c.relax_ns).unwrap_or((c.start_ns, end));
+            let (from, to) = c.switch().map_or((c.start_ns, end), |sw| (sw.start_ns, sw.end_ns));
             let why: Vec<String> = r.failures().map(|(id, why)| format!("{id}: {why}")).collect();
             let _ = writeln!(
                 o,
