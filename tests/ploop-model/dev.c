@@ -40,6 +40,8 @@
 #include <linux/sysfs.h>
 #include <linux/device.h>
 #include <linux/delay.h>
+#include <linux/proc_fs.h>
+#include <linux/seq_file.h>
 
 #include "ploop.h"
 
@@ -85,6 +87,14 @@ static const char * const ploop_bug_names[PLOOP_BUG_COUNT] = {
 static int nr_devs = 2;
 module_param(nr_devs, int, 0444);
 MODULE_PARM_DESC(nr_devs, "number of /dev/ploopN devices (1..64, default 2)");
+
+/*
+ * vz7's: libploop reads it (ploop1 v2 deltas for large disks when it is
+ * there).  The model reads and writes both versions.
+ */
+static int large_disk_support = 1;
+module_param(large_disk_support, int, 0444);
+MODULE_PARM_DESC(large_disk_support, "Support of large disks (>2TB)");
 
 static bool patched = true;
 module_param(patched, bool, 0644);
@@ -485,8 +495,24 @@ static int ploop_delta_open(struct ploop_device *plo, int fd, int format,
 	inode = file_inode(file);
 
 	err = -EINVAL;
-	if (!S_ISREG(inode->i_mode) || (file->f_flags & (O_APPEND | O_DIRECT)))
+	if (!S_ISREG(inode->i_mode) || (file->f_flags & O_APPEND))
 		goto out_fput;
+	/*
+	 * libploop opens every delta with O_DIRECT, which vz7 accepts (its
+	 * io_direct engine does its own I/O).  The model's I/O goes through the
+	 * page cache at any offset and length: it takes the same file opened
+	 * anew without O_DIRECT.
+	 */
+	if (file->f_flags & O_DIRECT) {
+		struct file *f = dentry_open(&file->f_path,
+					     file->f_flags & ~O_DIRECT,
+					     file->f_cred);
+
+		fput(file);
+		if (IS_ERR(f))
+			return PTR_ERR(f);
+		file = f;
+	}
 	err = -EBADF;
 	if (!(file->f_mode & FMODE_READ) ||
 	    (need_write && !(file->f_mode & FMODE_WRITE)))
@@ -525,6 +551,8 @@ out_fput:
 
 /* ---------------------------------------------------------------------- */
 /* the vz7 snapshot path */
+
+static int ploop_add_delta(struct ploop_device *plo, unsigned long arg);
 
 #ifndef PLOOP_MODEL_INLINED
 int get_bdev_from_fd(int fd, struct block_device **bdev);
@@ -776,6 +804,9 @@ PLOOP_ONE_CALLER int ploop_snapshot(struct ploop_device *plo, unsigned long arg,
 
 	if (!plo->nr_deltas)
 		return -ENOENT;
+	/* vz7: on a stopped device a snapshot is an ADD_DELTA (see "Life cycle") */
+	if (!plo->running && !plo->live)
+		return ploop_add_delta(plo, arg);
 	if (plo->maintenance_type != PLOOP_MNTN_OFF)
 		return -EBUSY;
 
@@ -911,26 +942,59 @@ static void ploop_rescan_partitions(struct ploop_device *plo)
 			plo->disk->disk_name, err);
 }
 
+/* The capacity is the deltas' size from now on; the partitions are read again. */
+static void ploop_go_live(struct ploop_device *plo)
+{
+	invalidate_bdev(plo->disk->part0);
+	set_capacity_and_notify(plo->disk, plo->size >> SECTOR_SHIFT);
+	if (!plo->disk->open_partitions)
+		ploop_rescan_partitions(plo);
+	plo->live = true;
+}
+
+/* Capacity 0: the partitions go, nothing is read from the deltas. */
+static void ploop_go_dark(struct ploop_device *plo)
+{
+	set_capacity_and_notify(plo->disk, 0);
+	invalidate_bdev(plo->disk->part0);
+	ploop_rescan_partitions(plo);	/* capacity 0: drops them */
+	plo->live = false;
+}
+
+/*
+ * vz7's ploop_add_delta: a delta on top of a device that is not running,
+ * the one below it read-only.  With PLOOP_FLAG_COOKIE the cookie follows
+ * the chunk (struct ploop_ctl_delta) and is taken by the first delta that
+ * brings one.  The model makes the device live at the first delta (see
+ * README, "Life cycle"), vz7 at PLOOP_IOC_START.
+ */
 static int ploop_add_delta(struct ploop_device *plo, unsigned long arg)
 {
+	char cookie[PLOOP_COOKIE_SIZE] = "";
 	struct ploop_ctl ctl;
 	struct ploop_ctl_chunk chunk;
 	struct ploop_delta *delta;
 	bool rdonly, first;
 	unsigned int nr;
-	loff_t size;
 	int err;
 
-	if (plo->maintenance_type != PLOOP_MNTN_OFF)
-		return -EBUSY;
 	if (copy_from_user(&ctl, (void __user *)arg, sizeof(ctl)))
 		return -EFAULT;
-	if (ctl.pctl_chunks != 1 || (ctl.pctl_format != PLOOP_FMT_RAW &&
-				     ctl.pctl_format != PLOOP_FMT_PLOOP1))
+	if (ctl.pctl_chunks != 1)
 		return -EINVAL;
 	if (copy_from_user(&chunk, (void __user *)(arg + sizeof(ctl)),
 			   sizeof(chunk)))
 		return -EFAULT;
+	if ((ctl.pctl_flags & PLOOP_FLAG_COOKIE) && !plo->cookie[0] &&
+	    copy_from_user(cookie, (void __user *)(arg + sizeof(ctl) +
+						   sizeof(chunk)),
+			   PLOOP_COOKIE_SIZE - 1))
+		return -EFAULT;
+	if (plo->running || plo->maintenance_type != PLOOP_MNTN_OFF)
+		return -EBUSY;
+	if (ctl.pctl_format != PLOOP_FMT_RAW &&
+	    ctl.pctl_format != PLOOP_FMT_PLOOP1)
+		return -EINVAL;
 	rdonly = ctl.pctl_flags & PLOOP_FMT_RDONLY;
 	/* the base sets the cluster size (block_size), every later delta has it */
 	if (plo->nr_deltas ? ctl.pctl_cluster_log != plo->cluster_log :
@@ -938,22 +1002,22 @@ static int ploop_add_delta(struct ploop_device *plo, unsigned long arg)
 		return -EINVAL;
 	if (!ploop_io_type_ok(chunk.pctl_type))
 		return -EINVAL;
+	nr = plo->nr_deltas;
+	first = nr == 0;
+	/* vz7: a delta goes only on a read-only top */
+	if (!first && !plo->deltas[nr - 1]->rdonly)
+		return -EINVAL;
 
 	err = ploop_delta_open(plo, chunk.pctl_fd, ctl.pctl_format,
 			       ctl.pctl_cluster_log, !rdonly, rdonly, &delta);
 	if (err)
 		return err;
 	delta->rdonly = rdonly;
-	size = delta->size;
 
-	nr = plo->nr_deltas;
-	first = nr == 0;
 	err = __ploop_quiesce(plo);
-	if (!err && !first && !plo->deltas[nr - 1]->rdonly)
-		err = ploop_delta_seal(plo->deltas[nr - 1]);
 	if (!err) {
 		if (first) {
-			plo->size = size;
+			plo->size = delta->size;
 			plo->cluster_log = ctl.pctl_cluster_log;
 			plo->fmt_version = PLOOP_FMT_UNDEFINED;
 		}
@@ -968,14 +1032,80 @@ static int ploop_add_delta(struct ploop_device *plo, unsigned long arg)
 		ploop_delta_free(delta);
 		return err;
 	}
+	if (cookie[0])
+		memcpy(plo->cookie, cookie, sizeof(cookie));
 	ploop_delta_sysfs_add(plo, delta);
 
 	set_disk_ro(plo->disk, rdonly);
-	if (first) {
-		invalidate_bdev(plo->disk->part0);
-		set_capacity_and_notify(plo->disk, size >> SECTOR_SHIFT);
-		ploop_rescan_partitions(plo);
+	if (first)
+		ploop_go_live(plo);
+	else if (plo->live)
+		invalidate_bdev(plo->disk->part0);	/* the new top may differ */
+	return 0;
+}
+
+/* vz7's ploop_start: the deltas start, the device runs. */
+static int ploop_start(struct ploop_device *plo)
+{
+	struct ploop_delta *top;
+	unsigned int i;
+	int err;
+
+	if (plo->running)
+		return -EBUSY;
+	if (!plo->nr_deltas)
+		return -ENOENT;
+	for (i = 0; i < plo->nr_deltas; i++) {
+		struct ploop_delta *d = plo->deltas[i];
+
+		if (!d->rdonly) {
+			err = d->ops->start(d);
+			if (err)
+				return err;
+		}
 	}
+	top = plo->deltas[plo->nr_deltas - 1];
+	set_disk_ro(plo->disk, top->rdonly);
+	/* read the whole stack's partition table, not the base's alone */
+	ploop_go_live(plo);
+	plo->running = true;
+	return 0;
+}
+
+/*
+ * vz7's ploop_stop: refused on a partition (-ENODEV), while anybody but
+ * the caller has the disk or a partition open (-EBUSY: a mounted
+ * filesystem, a dm device on it), on a device that does not run (-EINVAL),
+ * during a maintenance or a PLOOP_IOC_FREEZE (-EBUSY).  The writable top
+ * is stopped (ploop1: its header closed), the capacity goes to 0; the
+ * deltas stay until PLOOP_IOC_CLEAR.
+ */
+static int ploop_stop(struct ploop_device *plo, struct block_device *bdev)
+{
+	struct ploop_delta *top;
+	int err;
+
+	if (bdev_is_partition(bdev))
+		return -ENODEV;
+	if (disk_openers(plo->disk) > 1 || plo->disk->open_partitions)
+		return -EBUSY;
+	if (!plo->running)
+		return -EINVAL;
+	if (!plo->nr_deltas)
+		return -ENOENT;
+	if (plo->maintenance_type != PLOOP_MNTN_OFF || plo->user_frozen)
+		return -EBUSY;
+
+	sync_blockdev(plo->disk->part0);	/* the caller's buffered writes */
+	err = __ploop_quiesce(plo);
+	top = plo->deltas[plo->nr_deltas - 1];
+	if (!err && !top->rdonly)
+		err = top->ops->stop(top);
+	__ploop_relax(plo);
+	if (err)
+		return err;
+	plo->running = false;
+	ploop_go_dark(plo);
 	return 0;
 }
 
@@ -987,18 +1117,26 @@ static void ploop_drop_deltas(struct ploop_device *plo)
 	plo->size = 0;
 	plo->cluster_log = 0;
 	plo->fmt_version = PLOOP_FMT_UNDEFINED;
+	plo->cookie[0] = '\0';
 	for (i = 0; i < nr; i++) {
 		ploop_delta_free(plo->deltas[i]);
 		plo->deltas[i] = NULL;
 	}
 }
 
+/*
+ * vz7's ploop_clear: every delta dropped, on a device that does not run
+ * (-EBUSY while it does: PLOOP_IOC_STOP first).  A device the model made
+ * live at ADD_DELTA without a START is cleared as it is, if nobody else
+ * has it open.
+ */
 static int ploop_clear(struct ploop_device *plo)
 {
 	int err;
 
-	if (plo->maintenance_type != PLOOP_MNTN_OFF || plo->user_frozen ||
-	    disk_openers(plo->disk) > 1 || plo->disk->open_partitions)
+	if (plo->running || plo->maintenance_type != PLOOP_MNTN_OFF ||
+	    plo->user_frozen || disk_openers(plo->disk) > 1 ||
+	    plo->disk->open_partitions)
 		return -EBUSY;
 	if (!plo->nr_deltas)
 		return 0;
@@ -1016,10 +1154,252 @@ static int ploop_clear(struct ploop_device *plo)
 	if (err)
 		return err;
 
-	set_capacity_and_notify(plo->disk, 0);
-	invalidate_bdev(plo->disk->part0);
-	ploop_rescan_partitions(plo);	/* capacity 0: drops them */
+	if (plo->live)
+		ploop_go_dark(plo);
 	set_disk_ro(plo->disk, false);
+	return 0;
+}
+
+/*
+ * vz7's ploop_del_delta: the delta at a level goes, the ones above move
+ * down a level.  libploop's online merge of two lower deltas copies the
+ * upper one into the lower one itself and then deletes the upper: the
+ * delta below the deleted one reads its index again (refresh).  The base
+ * of a running device stays (-EBUSY).
+ */
+static int ploop_del_delta(struct ploop_device *plo, unsigned long arg)
+{
+	struct ploop_delta *d, *top;
+	unsigned int i, nr = plo->nr_deltas;
+	u32 level;
+	int err;
+
+	if (copy_from_user(&level, (void __user *)arg, sizeof(level)))
+		return -EFAULT;
+	if (plo->maintenance_type != PLOOP_MNTN_OFF)
+		return -EBUSY;
+	if (level == 0 && plo->running)
+		return -EBUSY;
+	if (level >= nr)
+		return -ENOENT;
+	d = plo->deltas[level];
+
+	/* the levels above are renamed: their kobjects go and come back */
+	for (i = level; i < nr; i++)
+		ploop_delta_sysfs_del(plo->deltas[i]);
+
+	err = __ploop_quiesce(plo);
+	if (!err) {
+		for (i = level; i + 1 < nr; i++) {
+			plo->deltas[i] = plo->deltas[i + 1];
+			plo->deltas[i]->level = i;
+		}
+		plo->deltas[nr - 1] = NULL;
+		WRITE_ONCE(plo->nr_deltas, nr - 1);
+		if (level)
+			err = plo->deltas[level - 1]->ops->refresh(
+				plo->deltas[level - 1]);
+	}
+	__ploop_relax(plo);
+	if (err && plo->nr_deltas == nr) {	/* the quiesce failed */
+		for (i = level; i < nr; i++)
+			ploop_delta_sysfs_add(plo, plo->deltas[i]);
+		return err;
+	}
+
+	for (i = level; i + 1 < nr; i++)
+		ploop_delta_sysfs_add(plo, plo->deltas[i]);
+	ploop_delta_free(d);
+	if (!plo->nr_deltas) {
+		plo->cookie[0] = '\0';
+		plo->size = 0;
+		plo->cluster_log = 0;
+		plo->fmt_version = PLOOP_FMT_UNDEFINED;
+		if (plo->live)
+			ploop_go_dark(plo);
+		set_disk_ro(plo->disk, false);
+	} else {
+		top = plo->deltas[plo->nr_deltas - 1];
+		set_disk_ro(plo->disk, top->rdonly);
+		if (plo->live)
+			invalidate_bdev(plo->disk->part0);
+	}
+	return err;
+}
+
+/* The delta's file opened anew with @flags, the same path. */
+static int ploop_delta_reopen(struct ploop_delta *d, int flags)
+{
+	struct file *f = dentry_open(&d->file->f_path, flags, current_cred());
+
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	fput(d->file);
+	d->file = f;
+	return 0;
+}
+
+/*
+ * vz7's online ploop_merge: the writable top is merged into the delta
+ * below it, which becomes the writable top, and the old top goes.  vz7
+ * copies in its worker while the device runs (maintenance MERGE) and the
+ * ioctl waits; the model copies in the ioctl with the device quiesced,
+ * every block the top holds written through the lower delta's format.
+ */
+static int ploop_merge(struct ploop_device *plo)
+{
+	unsigned int nr = plo->nr_deltas;
+	struct ploop_delta *top, *lower;
+	unsigned long blk, nblocks;
+	void *buf;
+	int err;
+
+	if (plo->maintenance_type != PLOOP_MNTN_OFF)
+		return -EBUSY;
+	if (nr < 2)
+		return -ENOENT;
+	top = plo->deltas[nr - 1];
+	lower = plo->deltas[nr - 2];
+
+	buf = kmalloc(PLOOP_BLK_SIZE, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	/* vz7's prepare_merge: the lower delta's file, opened for writing */
+	if (!(lower->file->f_mode & FMODE_WRITE)) {
+		err = ploop_delta_reopen(lower, (lower->file->f_flags &
+						 ~(O_ACCMODE | O_DIRECT)) |
+					 O_RDWR);
+		if (err)
+			goto out_free;
+	}
+	err = lower->ops->start(lower);
+	if (err)
+		goto out_free;
+
+	plo->maintenance_type = PLOOP_MNTN_MERGE;
+	sync_blockdev(plo->disk->part0);
+	err = __ploop_quiesce(plo);
+	if (err)
+		goto out_relax;
+	/* the lower delta is the top now: its writes fill from below it */
+	WRITE_ONCE(plo->nr_deltas, nr - 1);
+	err = top->ops->sync(top);
+	nblocks = DIV_ROUND_UP(plo->size, PLOOP_BLK_SIZE);
+	for (blk = 0; !err && blk < nblocks; blk++) {
+		loff_t pos = (loff_t)blk << PLOOP_BLK_SHIFT;
+		unsigned int len = min_t(loff_t, PLOOP_BLK_SIZE,
+					 plo->size - pos);
+
+		if (!top->ops->map_index(top, blk))
+			continue;
+		err = ploop_file_read(top->file, buf, len,
+				      top->ops->file_pos(top, pos));
+		if (!err)
+			err = lower->ops->write(lower, blk, 0, buf, len);
+		if (fatal_signal_pending(current))
+			err = -EINTR;
+		cond_resched();
+	}
+	if (!err)
+		err = lower->ops->sync(lower);
+	if (err) {
+		/* the top still covers what was copied: the device reads the same */
+		WRITE_ONCE(plo->nr_deltas, nr);
+	} else {
+		lower->rdonly = false;
+		plo->deltas[nr - 1] = NULL;
+	}
+out_relax:
+	__ploop_relax(plo);
+	plo->maintenance_type = PLOOP_MNTN_OFF;
+	if (!err) {
+		ploop_delta_free(top);
+		set_disk_ro(plo->disk, false);
+	}
+out_free:
+	kfree(buf);
+	return err;
+}
+
+/* vz7's ploop_sync: the top delta's data and index on disk. */
+static int ploop_sync(struct ploop_device *plo)
+{
+	struct ploop_delta *top;
+
+	if (!plo->nr_deltas)
+		return -ENOENT;
+	top = plo->deltas[plo->nr_deltas - 1];
+	return top->ops->sync(top);
+}
+
+/*
+ * vz7's ploop_balloon_ioc, for the maintenance state: libploop asks it
+ * (inflate 0, keep_intact 1) before every online snapshot.  The model has
+ * no balloon: inflating only enters PLOOP_MNTN_BALLOON (a ploop1 top),
+ * deflating leaves it.
+ */
+static int ploop_balloon_ioc(struct ploop_device *plo, unsigned long arg)
+{
+	struct ploop_balloon_ctl ctl;
+	struct ploop_delta *top;
+
+	if (!plo->nr_deltas)
+		return -ENOENT;
+	top = plo->deltas[plo->nr_deltas - 1];
+	if (copy_from_user(&ctl, (void __user *)arg, sizeof(ctl)))
+		return -EFAULT;
+	if (ctl.inflate && ctl.keep_intact)
+		return -EINVAL;
+
+	switch (plo->maintenance_type) {
+	case PLOOP_MNTN_OFF:
+		if (ctl.inflate) {
+			if (top->ops->id != PLOOP_FMT_PLOOP1)
+				return -EOPNOTSUPP;
+			plo->maintenance_type = PLOOP_MNTN_BALLOON;
+		}
+		break;
+	case PLOOP_MNTN_BALLOON:
+		if (!ctl.inflate && !ctl.keep_intact)
+			plo->maintenance_type = PLOOP_MNTN_OFF;
+		break;
+	}
+	ctl.mntn_type = plo->maintenance_type;
+	return copy_to_user((void __user *)arg, &ctl, sizeof(ctl)) ? -EFAULT : 0;
+}
+
+/*
+ * vz7's ploop_getdevice_ioc: the minor of the first device without deltas.
+ * vz7 makes a new device past the last one; the model has nr_devs of them
+ * and answers -ERANGE when none is free (vz7's answer when no minor is
+ * left).
+ */
+static int ploop_getdevice_ioc(unsigned long arg)
+{
+	struct ploop_getdevice_ctl ctl = {};
+	int i;
+
+	for (i = 0; i < nr_devs; i++)
+		if (!READ_ONCE(ploop_devs[i]->nr_deltas))
+			break;
+	if (i == nr_devs)
+		return -ERANGE;
+	ctl.minor = i << PLOOP_PART_SHIFT;
+	return copy_to_user((void __user *)arg, &ctl, sizeof(ctl)) ? -EFAULT : 0;
+}
+
+/* vz7's ploop_set_max_delta_size: the top delta may not grow past it. */
+static int ploop_set_max_delta_size(struct ploop_device *plo,
+				    unsigned long arg)
+{
+	u64 max_delta_size;
+
+	if (copy_from_user(&max_delta_size, (void __user *)arg,
+			   sizeof(max_delta_size)))
+		return -EFAULT;
+	if (!plo->nr_deltas)
+		return -EINVAL;
+	plo->deltas[plo->nr_deltas - 1]->max_delta_size = max_delta_size;
 	return 0;
 }
 
@@ -1077,8 +1457,16 @@ static int ploop_ioctl(struct block_device *bdev, ploop_mode_t mode,
 
 	switch (cmd) {
 	case PLOOP_IOC_ADD_DELTA:
-	case PLOOP_IOC_SNAPSHOT:
 	case PLOOP_IOC_CLEAR:
+	case PLOOP_IOC_STOP:
+	case PLOOP_IOC_START:
+	case PLOOP_IOC_SNAPSHOT:
+	case PLOOP_IOC_DEL_DELTA:
+	case PLOOP_IOC_SYNC:
+	case PLOOP_IOC_MERGE:
+	case PLOOP_IOC_BALLOON:
+	case PLOOP_IOC_GETDEVICE:
+	case PLOOP_IOC_MAX_DELTA_SIZE:
 	case PLOOP_IOC_FREEZE:
 	case PLOOP_IOC_THAW:
 		break;
@@ -1103,11 +1491,35 @@ static int ploop_ioctl(struct block_device *bdev, ploop_mode_t mode,
 	case PLOOP_IOC_ADD_DELTA:
 		err = ploop_add_delta(plo, arg);
 		break;
+	case PLOOP_IOC_CLEAR:
+		err = ploop_clear(plo);
+		break;
+	case PLOOP_IOC_STOP:
+		err = ploop_stop(plo, bdev);
+		break;
+	case PLOOP_IOC_START:
+		err = ploop_start(plo);
+		break;
 	case PLOOP_IOC_SNAPSHOT:
 		err = ploop_snapshot(plo, arg, bdev);
 		break;
-	case PLOOP_IOC_CLEAR:
-		err = ploop_clear(plo);
+	case PLOOP_IOC_DEL_DELTA:
+		err = ploop_del_delta(plo, arg);
+		break;
+	case PLOOP_IOC_SYNC:
+		err = ploop_sync(plo);
+		break;
+	case PLOOP_IOC_MERGE:
+		err = ploop_merge(plo);
+		break;
+	case PLOOP_IOC_BALLOON:
+		err = ploop_balloon_ioc(plo, arg);
+		break;
+	case PLOOP_IOC_GETDEVICE:
+		err = ploop_getdevice_ioc(arg);
+		break;
+	case PLOOP_IOC_MAX_DELTA_SIZE:
+		err = ploop_set_max_delta_size(plo, arg);
 		break;
 	case PLOOP_IOC_FREEZE:
 		err = ploop_ioc_freeze(plo);
@@ -1120,10 +1532,100 @@ static int ploop_ioctl(struct block_device *bdev, ploop_mode_t mode,
 	return err;
 }
 
+/* pstate/open_count, as vz7's ploop_open/ploop_release count them */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 5, 0)
+static int ploop_open(struct gendisk *disk, blk_mode_t mode)
+{
+	atomic_inc(&((struct ploop_device *)disk->private_data)->open_count);
+	return 0;
+}
+
+static void ploop_release(struct gendisk *disk)
+{
+	atomic_dec(&((struct ploop_device *)disk->private_data)->open_count);
+}
+#else
+static int ploop_open(struct block_device *bdev, fmode_t mode)
+{
+	atomic_inc(&((struct ploop_device *)bdev->bd_disk->private_data)->open_count);
+	return 0;
+}
+
+static void ploop_release(struct gendisk *disk, fmode_t mode)
+{
+	atomic_dec(&((struct ploop_device *)disk->private_data)->open_count);
+}
+#endif
+
 static const struct block_device_operations ploop_fops = {
 	.owner		= THIS_MODULE,
+	.open		= ploop_open,
+	.release	= ploop_release,
 	.submit_bio	= ploop_submit_bio,
 	.ioctl		= ploop_ioctl,
+};
+
+/* ---------------------------------------------------------------------- */
+/* /proc/vz/ploop_minor (vz7: libploop finds a free device there) */
+
+static DEFINE_MUTEX(ploop_devices_mutex);
+static struct proc_dir_entry *ploop_proc_vz;
+
+static int ploop_minor_show(struct seq_file *m, void *v)
+{
+	struct ploop_device *plo = m->private;
+
+	seq_printf(m, "%d\n", plo->index << PLOOP_PART_SHIFT);
+	return 0;
+}
+
+/*
+ * The first device without deltas that no other reader holds: locked
+ * (pstate/locked) until the file is closed, so that two clients never get
+ * the same device.  vz7 makes a new device when none is free; the model
+ * has nr_devs and answers -ERANGE.
+ */
+static int ploop_minor_open(struct inode *inode, struct file *file)
+{
+	struct ploop_device *plo = NULL;
+	int i, ret;
+
+	mutex_lock(&ploop_devices_mutex);
+	for (i = 0; i < nr_devs; i++) {
+		if (!READ_ONCE(ploop_devs[i]->nr_deltas) &&
+		    !ploop_devs[i]->locked) {
+			plo = ploop_devs[i];
+			plo->locked = true;
+			break;
+		}
+	}
+	mutex_unlock(&ploop_devices_mutex);
+	if (!plo)
+		return -ERANGE;
+	ret = single_open(file, ploop_minor_show, plo);
+	if (ret) {
+		mutex_lock(&ploop_devices_mutex);
+		plo->locked = false;
+		mutex_unlock(&ploop_devices_mutex);
+	}
+	return ret;
+}
+
+static int ploop_minor_release(struct inode *inode, struct file *file)
+{
+	struct ploop_device *plo = ((struct seq_file *)file->private_data)->private;
+
+	mutex_lock(&ploop_devices_mutex);
+	plo->locked = false;
+	mutex_unlock(&ploop_devices_mutex);
+	return single_release(inode, file);
+}
+
+static const struct proc_ops ploop_minor_ops = {
+	.proc_open	= ploop_minor_open,
+	.proc_read	= seq_read,
+	.proc_lseek	= seq_lseek,
+	.proc_release	= ploop_minor_release,
 };
 
 /* ---------------------------------------------------------------------- */
@@ -1251,11 +1753,11 @@ static int __init ploop_mod_init(void)
 	if (err)
 		goto out_raw;
 
-	ploop_major = register_blkdev(0, "ploop");
-	if (ploop_major < 0) {
-		err = ploop_major;
+	/* the fixed major libploop makes its nodes with */
+	err = register_blkdev(PLOOP_DEVICE_MAJOR, "ploop");
+	if (err)
 		goto out_fmt;
-	}
+	ploop_major = PLOOP_DEVICE_MAJOR;
 
 	ploop_devs = kcalloc(nr_devs, sizeof(*ploop_devs), GFP_KERNEL);
 	if (!ploop_devs) {
@@ -1271,10 +1773,19 @@ static int __init ploop_mod_init(void)
 		}
 		ploop_devs[i] = plo;
 	}
+	/* vz7 has /proc/vz from the kernel's own vz code; here it is ours */
+	err = -ENOMEM;
+	ploop_proc_vz = proc_mkdir("vz", NULL);
+	if (!ploop_proc_vz)
+		goto out_destroy;
+	if (!proc_create("ploop_minor", 0440, ploop_proc_vz, &ploop_minor_ops))
+		goto out_proc;
 	pr_info("ploop: model, %d devices, major %d, patched=%d\n",
 		nr_devs, ploop_major, patched);
 	return 0;
 
+out_proc:
+	remove_proc_entry("vz", NULL);
 out_destroy:
 	while (--i >= 0)
 		ploop_destroy_dev(ploop_devs[i]);
@@ -1292,6 +1803,8 @@ static void __exit ploop_mod_exit(void)
 {
 	int i;
 
+	remove_proc_entry("ploop_minor", ploop_proc_vz);
+	remove_proc_entry("vz", NULL);
 	for (i = 0; i < nr_devs; i++)
 		ploop_destroy_dev(ploop_devs[i]);
 	kfree(ploop_devs);

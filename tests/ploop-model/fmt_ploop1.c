@@ -106,6 +106,9 @@ static int ploop1_write_new_cluster(struct ploop_delta *top, loff_t pos,
 
 	if (c >= ph->nr_bat)
 		return -EIO;
+	/* PLOOP_IOC_MAX_DELTA_SIZE: the file may not grow past it */
+	if (((u64)ph->alloc_head + 1) << ph->cluster_shift > top->max_delta_size)
+		return -ENOSPC;
 	for (k = 0; k < csize; k += PLOOP_BLK_SIZE) {
 		loff_t bpos = cstart + k;
 		unsigned int blen;
@@ -195,6 +198,62 @@ static int ploop1_stop(struct ploop_delta *d)
 		ph->cbuf = NULL;
 	}
 	return err;
+}
+
+/* The delta takes writes again: m_DiskInUse set, as at a writable open. */
+static int ploop1_start(struct ploop_delta *d)
+{
+	struct ploop1_private *ph = ph_of(d);
+	struct ploop_pvd_header vh;
+	int err;
+
+	if (ph->in_use)
+		return 0;
+	if (!(d->file->f_mode & FMODE_WRITE))
+		return -EBADF;
+	if (!ph->cbuf) {
+		ph->cbuf = kvmalloc(1U << ph->cluster_shift, GFP_KERNEL);
+		if (!ph->cbuf)
+			return -ENOMEM;
+	}
+	err = ploop1_read_header(d->file, &vh);
+	if (err)
+		return err;
+	vh.m_DiskInUse = cpu_to_le32(SIGNATURE_DISK_IN_USE);
+	err = ploop1_write_header(d->file, &vh);
+	if (!err)
+		err = vfs_fsync(d->file, 0);
+	if (!err)
+		ph->in_use = true;
+	return err;
+}
+
+/*
+ * The BAT again from the file (vz7: ploop1_refresh): user space merged an
+ * upper delta into this one while it was attached read-only.
+ */
+static int ploop1_refresh(struct ploop_delta *d)
+{
+	struct ploop1_private *ph = ph_of(d);
+	loff_t i_size = i_size_read(file_inode(d->file));
+	u32 i, *bat;
+	int err;
+
+	bat = kvcalloc(ph->nr_bat, sizeof(u32), GFP_KERNEL);
+	if (!bat)
+		return -ENOMEM;
+	err = ploop_file_read(d->file, bat, ph->nr_bat * sizeof(u32),
+			      PLOOP_MAP_OFFSET * sizeof(u32));
+	if (err) {
+		kvfree(bat);
+		return err;
+	}
+	for (i = 0; i < ph->nr_bat; i++)
+		bat[i] = le32_to_cpu(bat[i]);
+	kvfree(ph->bat);
+	ph->bat = bat;
+	ph->alloc_head = i_size >> ph->cluster_shift;
+	return 0;
 }
 
 /*
@@ -338,8 +397,10 @@ static struct ploop_delta_ops ploop1_delta_ops = {
 	.name			= "ploop1",
 	.open			= ploop1_open,
 	.destroy		= ploop1_destroy,
+	.start			= ploop1_start,
 	.stop			= ploop1_stop,
 	.sync			= ploop1_sync,
+	.refresh		= ploop1_refresh,
 	.map_index		= ploop1_map_index,
 	.file_pos		= ploop1_file_pos,
 	.write			= ploop1_write,

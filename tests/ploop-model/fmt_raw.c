@@ -166,10 +166,22 @@ static int raw_sync(struct ploop_delta *d)
 	return vfs_fsync(d->file, 0);
 }
 
-/* A raw delta has no header: stopping it is a sync. */
+/* A raw delta has no header: starting it needs nothing, stopping it is a sync. */
+static int raw_start(struct ploop_delta *d)
+{
+	return 0;
+}
+
 static int raw_stop(struct ploop_delta *d)
 {
 	return raw_sync(d);
+}
+
+/* User space wrote into the file (online merge): which blocks it holds again. */
+static int raw_refresh(struct ploop_delta *d)
+{
+	bitmap_zero(raw_map(d), DIV_ROUND_UP(d->size, PLOOP_BLK_SIZE));
+	return raw_scan(d, d->size);
 }
 
 static bool raw_map_index(struct ploop_delta *d, unsigned long blk)
@@ -235,8 +247,10 @@ static struct ploop_delta_ops raw_delta_ops = {
 	.name			= "raw",
 	.open			= raw_open,
 	.destroy		= raw_destroy,
+	.start			= raw_start,
 	.stop			= raw_stop,
 	.sync			= raw_sync,
+	.refresh		= raw_refresh,
 	.map_index		= raw_map_index,
 	.file_pos		= raw_file_pos,
 	.write			= raw_write,

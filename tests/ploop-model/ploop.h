@@ -80,9 +80,13 @@ struct ploop_delta_ops {
 			bool rdonly);
 	/* Free the format's state; a delta still writable is stopped first. */
 	void	(*destroy)(struct ploop_delta *delta);
+	/* It takes writes again (PLOOP_IOC_START, the merge's target). */
+	int	(*start)(struct ploop_delta *delta);
 	/* The delta stops taking writes: synced, its header says closed. */
 	int	(*stop)(struct ploop_delta *delta);
 	int	(*sync)(struct ploop_delta *delta);
+	/* Read the index again: user space wrote into the file (online merge). */
+	int	(*refresh)(struct ploop_delta *delta);
 
 	/* Does the delta hold 4 KiB block @blk, and where in its file is @pos? */
 	bool	(*map_index)(struct ploop_delta *delta, unsigned long blk);
@@ -121,6 +125,18 @@ struct ploop_device {
 
 	struct mutex		ctl_mutex;
 	int			maintenance_type;
+	/* vz7 PLOOP_S_RUNNING: PLOOP_IOC_START .. PLOOP_IOC_STOP */
+	bool			running;
+	/*
+	 * The capacity is the deltas' size.  vz7 shows it only while running;
+	 * the model also from the first ADD_DELTA on (see README, "Life
+	 * cycle"), until PLOOP_IOC_STOP or PLOOP_IOC_CLEAR.
+	 */
+	bool			live;
+	/* vz7 PLOOP_S_LOCKED: /proc/vz/ploop_minor handed this device out */
+	bool			locked;
+	atomic_t		open_count;	/* pstate/open_count */
+	char			cookie[PLOOP_COOKIE_SIZE];	/* PLOOP_FLAG_COOKIE */
 
 	/* deltas[0] is the base, deltas[nr_deltas - 1] the top */
 	struct ploop_delta	*deltas[PLOOP_MAX_DELTAS];

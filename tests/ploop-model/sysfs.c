@@ -63,6 +63,46 @@ static ssize_t fmt_version_show(struct kobject *kobj,
 			  READ_ONCE(ploop_from_pstate(kobj)->fmt_version));
 }
 
+/* vz7 PLOOP_S_RUNNING: libploop takes a device that is not for a stopped one */
+static ssize_t running_show(struct kobject *kobj, struct kobj_attribute *attr,
+			    char *buf)
+{
+	return sysfs_emit(buf, "%d\n",
+			  READ_ONCE(ploop_from_pstate(kobj)->running));
+}
+
+/* vz7 PLOOP_S_LOCKED: /proc/vz/ploop_minor handed the device out */
+static ssize_t locked_show(struct kobject *kobj, struct kobj_attribute *attr,
+			   char *buf)
+{
+	return sysfs_emit(buf, "%d\n",
+			  READ_ONCE(ploop_from_pstate(kobj)->locked));
+}
+
+static ssize_t open_count_show(struct kobject *kobj,
+			       struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%d\n",
+			  atomic_read(&ploop_from_pstate(kobj)->open_count));
+}
+
+/*
+ * The ADD_DELTA cookie: libploop names its device by it, and takes a device
+ * with an empty cookie as being removed.  Read without ctl_mutex as vz7
+ * does: set by the first ADD_DELTA that brings one, cleared with the last delta.
+ */
+static ssize_t cookie_show(struct kobject *kobj, struct kobj_attribute *attr,
+			   char *buf)
+{
+	struct ploop_device *plo = ploop_from_pstate(kobj);
+
+	return sysfs_emit(buf, "%.*s\n", PLOOP_COOKIE_SIZE - 1, plo->cookie);
+}
+
+static struct kobj_attribute ploop_attr_running = __ATTR_RO(running);
+static struct kobj_attribute ploop_attr_locked = __ATTR_RO(locked);
+static struct kobj_attribute ploop_attr_open_count = __ATTR_RO(open_count);
+static struct kobj_attribute ploop_attr_cookie = __ATTR_RO(cookie);
 static struct kobj_attribute ploop_attr_block_size = __ATTR_RO(block_size);
 static struct kobj_attribute ploop_attr_fmt_version = __ATTR_RO(fmt_version);
 static struct kobj_attribute ploop_attr_nr_deltas = __ATTR_RO(nr_deltas);
@@ -77,6 +117,10 @@ static struct attribute *ploop_pstate_attrs[] = {
 	&ploop_attr_maintenance.attr,
 	&ploop_attr_block_size.attr,
 	&ploop_attr_fmt_version.attr,
+	&ploop_attr_running.attr,
+	&ploop_attr_locked.attr,
+	&ploop_attr_open_count.attr,
+	&ploop_attr_cookie.attr,
 	NULL,
 };
 
@@ -94,9 +138,15 @@ static const struct attribute_group ploop_pstate_group = {
  * for readers in kernfs, and a reader taking ctl_mutex would deadlock there.
  */
 struct ploop_delta_kobj {
-	struct kobject	kobj;
-	struct file	*file;
-	const char	*format;	/* the format's name, static */
+	struct kobject		kobj;
+	struct file		*file;
+	const char		*format;	/* the format's name, static */
+	int			level;
+	/*
+	 * For ro only, read with READ_ONCE: kernfs lets no show() run once
+	 * kobject_del() has returned, and the delta is freed after that.
+	 */
+	struct ploop_delta	*delta;
 };
 
 static struct ploop_delta_kobj *to_delta_kobj(struct kobject *kobj)
@@ -124,12 +174,39 @@ static ssize_t format_show(struct kobject *kobj, struct kobj_attribute *attr,
 	return sysfs_emit(buf, "%s\n", to_delta_kobj(kobj)->format);
 }
 
+static ssize_t level_show(struct kobject *kobj, struct kobj_attribute *attr,
+			  char *buf)
+{
+	return sysfs_emit(buf, "%d\n", to_delta_kobj(kobj)->level);
+}
+
+/* libploop tells a running top delta that takes writes by it (online merge) */
+static ssize_t ro_show(struct kobject *kobj, struct kobj_attribute *attr,
+		       char *buf)
+{
+	return sysfs_emit(buf, "%d\n",
+			  READ_ONCE(to_delta_kobj(kobj)->delta->rdonly));
+}
+
+/* vz7 names the I/O engine; the model has one, through the page cache */
+static ssize_t io_show(struct kobject *kobj, struct kobj_attribute *attr,
+		       char *buf)
+{
+	return sysfs_emit(buf, "direct\n");
+}
+
+static struct kobj_attribute ploop_attr_level = __ATTR_RO(level);
+static struct kobj_attribute ploop_attr_ro = __ATTR_RO(ro);
+static struct kobj_attribute ploop_attr_io = __ATTR_RO(io);
 static struct kobj_attribute ploop_attr_image = __ATTR_RO(image);
 static struct kobj_attribute ploop_attr_format = __ATTR_RO(format);
 
 static struct attribute *ploop_delta_attrs[] = {
+	&ploop_attr_level.attr,
 	&ploop_attr_image.attr,
 	&ploop_attr_format.attr,
+	&ploop_attr_io.attr,
+	&ploop_attr_ro.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(ploop_delta);
@@ -165,6 +242,8 @@ void ploop_delta_sysfs_add(struct ploop_device *plo, struct ploop_delta *d)
 	}
 	dk->file = get_file(d->file);
 	dk->format = d->ops->name;
+	dk->level = d->level;
+	dk->delta = d;
 	err = kobject_init_and_add(&dk->kobj, &ploop_delta_ktype, plo->pdelta,
 				   "%d", d->level);
 	if (err) {
