@@ -124,6 +124,26 @@ pub struct LibploopArgs {
     /// The partition whose node goes into chunk #1 (DEVICEpN; 0: the disk itself).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub part: u32,
+    /// An encrypted container's layout, named as libploop's get_part_devname() names the
+    /// node (OpenVZ/ploop lib/ploop.c, lib/crypt.c): `luks`, dm-crypt on the whole disk with
+    /// the GPT inside it, /dev/mapper/CRYPT-ploopN plus `p1` (the partition above dm-crypt;
+    /// without `p1` with --part 0); `part`, the older layout, dm-crypt on ploopNp1,
+    /// /dev/mapper/CRYPT-ploopNp1.
+    #[arg(long, value_name = "LAYOUT", value_parser = ["luks", "part"])]
+    pub crypt: Option<String>,
+}
+
+/// The node libploop's get_part_devname() opens for chunk #1: the device that holds the
+/// filesystem.
+fn part_devname(a: &LibploopArgs) -> PathBuf {
+    let disk = a.device.display().to_string();
+    let base = disk.rsplit('/').next().unwrap_or(&disk).to_string();
+    let p = |n: u32| if n == 0 { String::new() } else { format!("p{n}") };
+    PathBuf::from(match a.crypt.as_deref() {
+        Some("luks") => format!("/dev/mapper/CRYPT-{base}{}", p(a.part)),
+        Some(_) => format!("/dev/mapper/CRYPT-{base}p1"),
+        None => format!("{disk}{}", p(a.part)),
+    })
 }
 
 /// The fixed aes-xts-plain64 key of `testkit dm-crypt` (test data only, never a secret).
@@ -181,11 +201,7 @@ fn libploop_snapshot(a: LibploopArgs) -> Result<ExitCode> {
     let Some(cluster_log) = dev.cluster_log() else {
         bail!("{}: no pstate/block_size (not a ploop device?)", a.device.display());
     };
-    let node = if a.part == 0 {
-        a.device.clone()
-    } else {
-        PathBuf::from(format!("{}p{}", a.device.display(), a.part))
-    };
+    let node = part_devname(&a);
     let sync = ploopctl::open_sync_dev(&node)?;
     let (delta, created) =
         ploopctl::open_new_ploop1(&a.delta, size, cluster_log, dev.ploop1_version(), false)?;
@@ -327,5 +343,24 @@ mod tests {
     fn ext4_shutdown_request_number() {
         // From <linux/ext4.h>: EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32) = 0x8004587d
         assert_eq!(super::EXT4_IOC_SHUTDOWN as u64 & 0xffff_ffff, 0x8004_587d);
+    }
+
+    /// The node of each layout libploop knows, as its get_part_devname() names it.
+    #[test]
+    fn libploop_names_the_node_that_holds_the_filesystem() {
+        let name = |part: u32, crypt: Option<&str>| {
+            let a = super::LibploopArgs {
+                device: "/dev/ploop3".into(),
+                delta: "/tmp/d".into(),
+                part,
+                crypt: crypt.map(str::to_string),
+            };
+            super::part_devname(&a).display().to_string()
+        };
+        assert_eq!(name(1, None), "/dev/ploop3p1", "a GPT");
+        assert_eq!(name(0, None), "/dev/ploop3", "no partition table");
+        assert_eq!(name(1, Some("luks")), "/dev/mapper/CRYPT-ploop3p1", "the commit's stack");
+        assert_eq!(name(0, Some("luks")), "/dev/mapper/CRYPT-ploop3", "LUKS, no GPT inside");
+        assert_eq!(name(1, Some("part")), "/dev/mapper/CRYPT-ploop3p1", "dm-crypt on ploopNp1");
     }
 }
