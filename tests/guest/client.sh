@@ -57,7 +57,10 @@ ro_mount() {
   if [ $l = linear ]; then
     ploop-verify testkit dm-remove olin 2>/dev/null; ploop-verify testkit dm-remove ocrypt 2>/dev/null
   fi
-  [ -n "$dev" ] && pl $l-ro-$u-umount umount -d "$dev"
+  # A client whose mount failed has taken its device down itself.
+  [ -n "$dev" ] && [ -n "$(ls /sys/block/${dev#/dev/}/pdelta 2>/dev/null)" ] &&
+    pl $l-ro-$u-umount umount -d "$dev"
+  return 0
 }
 
 # wl_life L: the client's life on the mounted image (inside `ploop-verify run`).
