@@ -11,7 +11,6 @@
 set -u
 mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
 P=/sys/module/ploop/parameters
-[ -d $P ] || P=/sys/module/ploop_model/parameters
 C=/var/c DD=/var/c/DiskDescriptor.xml
 client_dir $C || exit 11
 dev_in() { printf '%s\n' "$1" | sed -n 's|.*dev=\(/dev/ploop[0-9]*\).*|\1|p' | head -1; }
