@@ -118,3 +118,12 @@ errno_of() {
 dev_of() {
   set -- $(stat -L -c '%t %T' "$1") && echo "$((0x$1)):$((0x$2))"
 }
+
+# --- the real client (xtask/src/client.rs puts Debian's `ploop` into the guest) -------------
+# client_dir DIR: DIR on ext4 on a loop device over a file in /tmp, for the client's images.
+# libploop opens every delta with O_DIRECT, which tmpfs refuses before 6.6 (EINVAL: "Can't
+# open ... Invalid argument" on 6.1) and 9p too; ext4 takes it on every kernel.
+client_dir() {
+  mkdir -p "$1" && rm -f /tmp/client-fs.img &&
+    mkfs.ext4 -q /tmp/client-fs.img 640M && mount -t ext4 -o loop /tmp/client-fs.img "$1"
+}

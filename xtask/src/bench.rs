@@ -53,6 +53,12 @@ pub struct BenchArgs {
     /// Only the replay benchmark (no guest).
     #[arg(long)]
     pub replay_only: bool,
+    /// The real client instead of the snapshot ioctl alone: the latency of Debian's `ploop
+    /// snapshot` (the whole command) on ext4 on ploop0p1 as `ploop init` lays it out, without
+    /// and with `ploop-verify run`, in the same guest run (--rounds rounds of --count
+    /// snapshots per mode; --stack and --modes do not apply).
+    #[arg(long)]
+    pub client: bool,
 }
 
 /// The guest's mode names (bench.sh), each with the label of its snapshot-bench lines.
@@ -80,7 +86,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         replay(&bin, calls)?;
     }
     if !a.replay_only {
-        latency(a)?;
+        if a.client { latency_client(a)? } else { latency(a)? }
     }
     Ok(())
 }
@@ -470,6 +476,34 @@ fn latency(a: &BenchArgs) -> Result<()> {
             best.map_or("none measured".into(), |b| format!("{b:.0}"))
         );
     }
+    Ok(())
+}
+
+/// `--client`: tests/guest/bench-client.sh, then the ratio table of its two modes.
+fn latency_client(a: &BenchArgs) -> Result<()> {
+    let env = format!("COUNT={}\nROUNDS={}", a.count, a.rounds);
+    let kernel = Kernel::resolve(&a.kernel)?;
+    let mut vm = crate::client::with_model(kernel, guest_script("bench-client.sh", &env)?)?;
+    vm.timeout = Duration::from_secs(2400);
+    let out = vm.run()?;
+    out.expect_success()?;
+    for line in out.stdout.lines().filter(|l| l.contains("failed") || l.starts_with("run round")) {
+        println!("  {line}");
+    }
+    println!(
+        "`ploop snapshot` latency (Debian's client, the whole command) on {} (TCG), ext4 on \
+         ploop0p1 with two writers, {} rounds of {} snapshots per mode",
+        out_kernel(&a.kernel),
+        a.rounds,
+        a.count
+    );
+    let samples: Vec<_> = out.stdout.lines().filter_map(parse_samples).collect();
+    if !samples.iter().any(|s| s.0 == "without-probes")
+        || !samples.iter().any(|s| s.0 == "run-client")
+    {
+        bail!("no `ploop snapshot` samples of both modes in the guest output:\n{}", out.stdout);
+    }
+    ratio_table(&samples, &["run-client"]);
     Ok(())
 }
 
