@@ -30,7 +30,7 @@ if [ $# -gt 0 ]; then "$@"; exit $?; fi
 
 fresh() {
   rm -rf $C/*; mkdir -p /mnt/c
-  ploop init -s 384M -f ploop1 -t ext4 $C/root.hdd >/dev/null &&
+  ploop init -s 384M -f ploop1 -t ext4 $C/root.hdd >/dev/null && unballoon $DD &&
     ploop mount -m /mnt/c $DD >/dev/null
 }
 r=0

@@ -99,7 +99,7 @@ for l in $STACKS; do
   rm -rf $C/*; mkdir -p /mnt/c
   key=
   if [ $l = p1 ]; then
-    pl $l-init init -s 384M -f ploop1 -t ext4 $C/root.hdd &&
+    pl $l-init init -s 384M -f ploop1 -t ext4 $C/root.hdd && unballoon $C/DiskDescriptor.xml &&
       pl $l-mount mount -m /mnt/c $C/DiskDescriptor.xml || { bad $l-up "the client's init and mount"; continue; }
   else
     pl $l-init init -s 384M -f ploop1 -t none $C/root.hdd &&

@@ -503,7 +503,7 @@ fn latency_client(a: &BenchArgs) -> Result<()> {
     {
         bail!("no `ploop snapshot` samples of both modes in the guest output:\n{}", out.stdout);
     }
-    ratio_table(&samples, &["run-client"]);
+    print!("{}", ratio_table(&samples, &["run-client"], a.rounds));
     Ok(())
 }
 
