@@ -74,8 +74,8 @@ wl_life() {
   printf '%s\n' "$OUT" | while read -r u p cur f; do
     case $u in "{"*) result $l-shot-$u shot uuid="$u" parent="$p" current="$cur" fname="$f" ;; esac
   done
-  olds=$(printf '%s\n' "$OUT" | awk '$1 ~ /^{/ && $3 != "*" {print $1}')
-  newest=$(printf '%s\n' "$OUT" | awk '$1 ~ /^{/ && $3 == "*" {print $2}')
+  olds=$(printf '%s\n' "$OUT" | awk '$1 ~ /^[{]/ && $3 != "*" {print $1}')
+  newest=$(printf '%s\n' "$OUT" | awk '$1 ~ /^[{]/ && $3 == "*" {print $2}')
   [ $l = linear ] && { umount /mnt/c; stack_down linear 0; }
   pl $l-umount umount $dd
   for u in $olds; do ro_mount $l "$u"; done
@@ -83,7 +83,7 @@ wl_life() {
   if [ $l = p1 ]; then pl $l-mount-2 mount -m /mnt/c $dd; else pl $l-mount-2 mount $dd; fi
   pl $l-delete snapshot-delete -u "$newest" $dd
   pl $l-list-2 snapshot-list -H -o uuid,parent_uuid,current,fname $dd
-  oldest=$(printf '%s\n' "$OUT" | awk '$2 ~ /^{00000000-/ {print $1}')
+  oldest=$(printf '%s\n' "$OUT" | awk '$2 ~ /^[{]00000000-/ {print $1}')
   pl $l-umount-2 umount $dd
   pl $l-switch snapshot-switch -u "$oldest" $dd
   if [ $l = p1 ]; then pl $l-mount-3 mount -m /mnt/c $dd; else pl $l-mount-3 mount $dd; fi
