@@ -71,7 +71,9 @@ wl_life() {
   while [ $i -lt $N ]; do i=$((i + 1)); pl $l-snapshot-$i snapshot $dd; done
   touch /tmp/stop; wait
   pl $l-list snapshot-list -H -o uuid,parent_uuid,current,fname $dd
-  printf '%s\n' "$OUT" | while read -r u p cur f; do
+  # `current` is "*" on the top's line and empty (no field) on the others.
+  printf '%s\n' "$OUT" | while read -r u p a b; do
+    if [ "$a" = "*" ]; then cur='*' f=$b; else cur= f=$a; fi
     case $u in "{"*) result $l-shot-$u shot uuid="$u" parent="$p" current="$cur" fname="$f" ;; esac
   done
   olds=$(printf '%s\n' "$OUT" | awk '$1 ~ /^[{]/ && $3 != "*" {print $1}')
