@@ -493,9 +493,23 @@ fn work_tree(pristine: &Path, version: &str, name: &str) -> PathBuf {
     let ploop = tree.join("drivers/block/ploop");
     fs::create_dir_all(&ploop).unwrap();
     let model = repo().join("tests/ploop-model");
+    // A source the model no longer has (ploop_model.c became dev.c, ...) and the old .ko
+    // files go: kbuild links the .ko files again, and only the model's modules are found.
+    for e in fs::read_dir(&ploop).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap();
+        let stale =
+            p.extension().is_some_and(|x| x == "c" || x == "h") && !model.join(name).exists();
+        if stale || p.extension().is_some_and(|x| x == "ko") {
+            fs::remove_file(&p).unwrap();
+        }
+    }
+    // The sources and the model's own Kbuild (ploop.ko from dev.c, fmt_*.c, ...).
     for e in fs::read_dir(&model).unwrap() {
         let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "c" || x == "h") {
+        if p.extension().is_some_and(|x| x == "c" || x == "h")
+            || p.file_name().is_some_and(|n| n == "Kbuild")
+        {
             let dst = ploop.join(p.file_name().unwrap());
             let data = fs::read(&p).unwrap();
             // Only what changed, so that kbuild rebuilds only what it must.
@@ -503,10 +517,6 @@ fn work_tree(pristine: &Path, version: &str, name: &str) -> PathBuf {
                 fs::write(&dst, data).unwrap();
             }
         }
-    }
-    let kbuild = "# SPDX-License-Identifier: GPL-2.0\nobj-m := ploop_model.o\n";
-    if fs::read_to_string(ploop.join("Kbuild")).ok().as_deref() != Some(kbuild) {
-        fs::write(ploop.join("Kbuild"), kbuild).unwrap();
     }
     tree
 }
@@ -519,10 +529,10 @@ fn modules_only_build_of_the_model_driver_loads_in_debian_6_1() {
     let tree = work_tree(&linux_source(&version), &version, "linux-6.1");
     let out_dir = xtask::build_dir().join("build-kernel-tests/linux-6.1/out");
     let guest = "set -e\n\
-                 grep '^ploop_model ' /proc/modules\n\
-                 lsmod | grep -q '^ploop_model' && echo lsmod-lists-ploop_model\n\
+                 grep '^ploop ' /proc/modules\n\
+                 lsmod | grep -q '^ploop ' && echo lsmod-lists-ploop\n\
                  test -b /dev/ploop0 && echo dev-ploop0-is-a-block-device\n\
-                 echo patched=$(cat /sys/module/ploop_model/parameters/patched)\n";
+                 echo patched=$(cat /sys/module/ploop/parameters/patched)\n";
     let config = headers.join(".config");
     let symvers = headers.join("Module.symvers");
     let argv = [
@@ -551,7 +561,7 @@ fn modules_only_build_of_the_model_driver_loads_in_debian_6_1() {
     assert_eq!(built.release.as_deref(), Some(kernel.release.as_str()));
     assert_eq!(built.modules.len(), 1, "{:?}", built.modules);
     let ko = &built.modules[0];
-    assert_eq!(ko.file_name().unwrap(), "ploop_model.ko");
+    assert_eq!(ko.file_name().unwrap(), "ploop.ko");
 
     // vermagic as the Debian kernel's own modules have it.
     let theirs = initramfs::read_module(&kernel.modules.join("kernel/drivers/block/loop.ko"))
@@ -584,9 +594,7 @@ fn modules_only_build_of_the_model_driver_loads_in_debian_6_1() {
     // The guest: the module loaded, no kernel BUG/WARNING, no modversions complaint.
     let boot = built.boot.as_ref().expect("the guest ran");
     assert_eq!(boot.status, Some(0), "guest output:\n{}", boot.stdout);
-    for want in
-        ["ploop_model ", "lsmod-lists-ploop_model", "dev-ploop0-is-a-block-device", "patched=Y"]
-    {
+    for want in ["ploop ", "lsmod-lists-ploop", "dev-ploop0-is-a-block-device", "patched=Y"] {
         assert!(boot.stdout.contains(want), "want {want:?}:\n{}", boot.stdout);
     }
     assert!(boot.kernel_problems().is_empty(), "kernel log: {:?}", boot.kernel_problems());
@@ -650,7 +658,7 @@ fn full_build_of_a_small_6_1_kernel_boots_with_its_module_and_btf() {
     let config = guest_config(&tree);
     let out_dir = xtask::build_dir().join("build-kernel-tests/linux-6.1-full/out");
     let guest = "set -e\n\
-                 grep '^ploop_model ' /proc/modules\n\
+                 grep '^ploop ' /proc/modules\n\
                  test -b /dev/ploop0 && echo dev-ploop0-is-a-block-device\n\
                  test ! -e /sys/kernel/btf/vmlinux && echo no-kernel-btf\n\
                  rc=0; ploop-verify --btf vmlinux.btf doctor --json > doctor.json || rc=$?\n\
@@ -677,7 +685,7 @@ fn full_build_of_a_small_6_1_kernel_boots_with_its_module_and_btf() {
     assert!(image.metadata().unwrap().len() > 1 << 20, "bzImage too small");
     let mods = built.modules_dir.as_ref().expect("modules_install tree");
     assert!(mods.ends_with(format!("lib/modules/{release}")));
-    assert!(mods.join("kernel/drivers/block/ploop/ploop_model.ko").is_file());
+    assert!(mods.join("kernel/drivers/block/ploop/ploop.ko").is_file());
     assert!(mods.join("modules.dep").is_file());
     let btf = built.btf.as_ref().expect("vmlinux.btf");
     assert_eq!(&fs::read(btf).unwrap()[..2], &[0x9f, 0xeb]);
@@ -694,7 +702,7 @@ fn full_build_of_a_small_6_1_kernel_boots_with_its_module_and_btf() {
 
     let boot = built.boot.as_ref().expect("the guest ran");
     assert_eq!(boot.status, Some(0), "guest output:\n{}", boot.stdout);
-    for want in ["ploop_model ", "dev-ploop0-is-a-block-device", "no-kernel-btf"] {
+    for want in ["ploop ", "dev-ploop0-is-a-block-device", "no-kernel-btf"] {
         assert!(boot.stdout.contains(want), "want {want:?}:\n{}", boot.stdout);
     }
     assert!(boot.kernel_problems().is_empty(), "kernel log: {:?}", boot.kernel_problems());

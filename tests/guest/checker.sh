@@ -4,7 +4,7 @@
 # trace.jsonl.
 # Called with a workload name (from inside `ploop-verify run`), it runs that workload only.
 set -u
-P=/sys/module/ploop_model/parameters
+P=/sys/module/ploop/parameters
 CLEAN_SNAPSHOTS=${CLEAN_SNAPSHOTS:-210}
 
 # --- workloads ---------------------------------------------------------------------------

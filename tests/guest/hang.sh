@@ -7,7 +7,7 @@
 # 6.12, whose emergency thaw worker blocks on the frozen filesystem itself) then lets
 # the snapshot finish, and no filesystem may be left frozen.
 set -u
-P=/sys/module/ploop_model/parameters
+P=/sys/module/ploop/parameters
 HANG_AFTER=${HANG_AFTER:-3}
 SYSRQ_AFTER=${SYSRQ_AFTER:-8}
 

@@ -1,5 +1,5 @@
 # Guest side of live_model (errors): the errno of every malformed PLOOP_IOC_SNAPSHOT in the
-# patched and the unpatched mode of the ploop_model driver, then the fuzzer (random requests
+# patched and the unpatched mode of the ploop model driver (ploop.ko), then the fuzzer (random requests
 # from several threads) on ext4 directly on ploop and on ploop -> dm-crypt -> dm-linear.
 # Results in /share/results.jsonl (lib.sh: result): the answer to each case in each mode (exit
 # status and errno), which the host test compares with the contract's table; what `support`
@@ -9,7 +9,7 @@
 set -u
 mount -t tmpfs -o size=700m tmpfs /tmp || exit 10
 mkdir -p /mnt/e /mnt/l /tmp/d /tmp/fz /tmp/fz2
-P=/sys/module/ploop_model/parameters
+P=/sys/module/ploop/parameters
 # ok, bad and expect (checks) come from tests/guest/lib.sh.
 stamp() { echo "info t=$(cut -d' ' -f1 /proc/uptime) $1"; }
 # A write to the filesystem at $1 completes within 5 s: nothing is left frozen.
@@ -169,5 +169,5 @@ umount /mnt/l && ploop-verify testkit dm-remove lin1 && ploop-verify testkit dm-
   ploop-verify device detach --device /dev/ploop1 >/dev/null && ok teardown-linear || bad teardown-linear
 umount /mnt/e && ploop-verify device detach --device /dev/ploop0 >/dev/null && ok teardown-direct ||
   bad teardown-direct
-rmmod ploop_model && ok rmmod || bad rmmod
+rmmod ploop && ok rmmod || bad rmmod
 finish

@@ -1,5 +1,5 @@
 # Guest side of live_model (stacks): ext4 on ploop, on dm-crypt on ploop, and on dm-linear on
-# dm-crypt on ploop (the stack of the patch), on the ploop_model driver (patched mode); the
+# dm-crypt on ploop (the stack of the patch), on the ploop model driver (ploop.ko) (patched mode); the
 # same three on ploop0p1 of a GPT (as container images are) with ploop1 snapshot deltas, and
 # ext4 on ploop0p1 with raw deltas and libploop's sync fd (the partition's node, bdev mode).
 # For each stack: data written before a snapshot reads back after it; lower deltas never
@@ -15,7 +15,7 @@
 set -u
 mount -t tmpfs -o size=700m tmpfs /tmp || exit 10
 mkdir -p /mnt/s
-P=/sys/module/ploop_model/parameters
+P=/sys/module/ploop/parameters
 
 # ok, bad and expect (checks) come from tests/guest/lib.sh.
 sum() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }

@@ -37,6 +37,18 @@ pub fn build_variant(kernel: &Kernel, src: &Path, variant: Option<&str>) -> Resu
     // Not with_extension: releases such as 6.12.95+deb12 have dots of their own.
     let lock = fs::File::create(work.with_file_name(format!("{name}-{}.lock", kernel.release)))?;
     lock.lock().with_context(|| format!("locking {}", work.display()))?;
+    // What the sources no longer have must not be built or loaded: a source removed or
+    // renamed (ploop_model.c became dev.c, ...) and its old .ko. The .ko files kbuild makes
+    // again from the objects it keeps.
+    for entry in fs::read_dir(&work)? {
+        let p = entry?.path();
+        let name = p.file_name().expect("a file name");
+        let stale_src =
+            p.extension().is_some_and(|e| e == "c" || e == "h") && !src.join(name).exists();
+        if stale_src || p.extension().is_some_and(|e| e == "ko") {
+            fs::remove_file(&p)?;
+        }
+    }
     for entry in fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let p = entry?.path();
         let keep = p.extension().is_some_and(|e| e == "c" || e == "h")

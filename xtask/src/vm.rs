@@ -100,14 +100,16 @@ pub struct Output {
     pub elapsed: Duration,
 }
 
-/// How the ploop model driver is compiled (tests/ploop-model/ploop_model.c).
+/// How the ploop model driver (tests/ploop-model, ploop.ko) is compiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelBuild {
     /// Every snapshot helper keeps a symbol and every call fires its probe.
     Probed,
     /// As a compiler may build vz7: `ploop_snapshot`, `find_and_freeze_bdev` and
     /// `get_bdev_from_fd` inlined (no symbol), `ploop_quiesce`/`ploop_relax` reached through
-    /// inlined copies inside the snapshot (their probes attach and never fire there).
+    /// inlined copies inside the snapshot (their probes attach and never fire there). The
+    /// switch, the format's `complete_snapshot` called through its ops table, keeps its
+    /// symbol in both builds.
     Inlined,
 }
 

@@ -571,7 +571,7 @@ pub fn fuzz(args: FuzzArgs) -> Result<()> {
             seen.err().map(|e| e.to_string())
         ),
     };
-    if let Ok(bug) = fs::read_to_string("/sys/module/ploop_model/parameters/bug")
+    if let Ok(bug) = fs::read_to_string("/sys/module/ploop/parameters/bug")
         && bug.trim() != "none"
     {
         bail!(
