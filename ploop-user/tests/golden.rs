@@ -188,13 +188,20 @@ fn golden_expectations_say_what_each_case_is_for() {
     // limit is 10 s): once returning late, once still hanging when the run ended.
     assert_eq!(ids("6.1-hung-returned"), ["T1", "T2"]);
     assert_eq!(ids("6.1-hung-at-end"), ["T2"]);
-    // Live on the model built to inline ploop_snapshot and its helpers (ModelBuild::Inlined):
-    // clean stays clean, ignore_sync_fd is still caught, thaw_early cannot be seen.
+    // Live on the model built to inline ploop_snapshot and its helpers (ModelBuild::Inlined),
+    // recorded before the switch probe: clean stays clean, ignore_sync_fd is still caught,
+    // thaw_early cannot be seen.
     for kernel in ["6.1", "6.12"] {
         for (case, want) in
             [("clean", &[][..]), ("bug-ignore_sync_fd", &["S1", "S2"]), ("bug-thaw_early", &[])]
         {
             let name = format!("{kernel}-build-inlined-{case}");
+            assert_eq!(ids(&name), want, "{name}");
+        }
+        // The same build live with the switch probe on the format's complete_snapshot (called
+        // through the ops table, so never inlined): thaw_early is caught, by O2 and S2.
+        for (case, want) in [("clean", &[][..]), ("bug-thaw_early", &["O2", "S2"])] {
+            let name = format!("{kernel}-build-inlined-switch-{case}");
             assert_eq!(ids(&name), want, "{name}");
         }
     }
