@@ -199,7 +199,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 xtask::client::add(&mut vm)?;
             }
             vm.timeout = Duration::from_secs(timeout);
-            vm.contents.extra_modules = insmod;
+            vm.contents.extra_modules.extend(insmod);
             files.apply(&mut vm);
             eprintln!("xtask: booting {} under QEMU (TCG)", vm.kernel.release);
             let out = vm.run()?;
