@@ -2,8 +2,8 @@
 # whole command, as an operator or vzctl waits for it: libploop's locking, the new delta,
 # the ioctl, DiskDescriptor.xml) on ext4 on ploop0p1 as `ploop init` lays it out, with two
 # writers on it, without and with `ploop-verify run` around the same commands; ROUNDS rounds
-# of COUNT snapshots per mode, the modes alternating within each round so that drift hits
-# both alike, each series on a fresh image (the model driver keeps at most 32 deltas).
+# of COUNT snapshots per mode, each round's two modes in the order ORDERS gives (seeded in
+# xtask, rounds separated by '/'), each series on a fresh image.
 # Prints `snapshot-bench-samples LABEL: US...` lines (xtask/src/bench.rs reads them).
 set -u
 mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
@@ -36,7 +36,7 @@ fresh() {
 r=0
 while [ $r -lt $ROUNDS ]; do
   r=$((r + 1))
-  for mode in without run; do
+  for mode in $(echo "$ORDERS" | cut -d/ -f$r); do
     fresh || { echo "the client could not make and mount an image"; exit 12; }
     case $mode in
       without) series without-probes ;;

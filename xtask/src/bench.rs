@@ -481,7 +481,13 @@ fn latency(a: &BenchArgs) -> Result<()> {
 
 /// `--client`: tests/guest/bench-client.sh, then the ratio table of its two modes.
 fn latency_client(a: &BenchArgs) -> Result<()> {
-    let env = format!("COUNT={}\nROUNDS={}", a.count, a.rounds);
+    let orders = round_orders(&["without", "run"], a.rounds, a.seed);
+    let env = format!(
+        "COUNT={}\nROUNDS={}\nORDERS='{}'",
+        a.count,
+        a.rounds,
+        orders.iter().map(|o| o.join(" ")).collect::<Vec<_>>().join("/")
+    );
     let kernel = Kernel::resolve(&a.kernel)?;
     let mut vm = crate::client::with_model(kernel, guest_script("bench-client.sh", &env)?)?;
     vm.timeout = Duration::from_secs(2400);
@@ -492,10 +498,12 @@ fn latency_client(a: &BenchArgs) -> Result<()> {
     }
     println!(
         "`ploop snapshot` latency (Debian's client, the whole command) on {} (TCG), ext4 on \
-         ploop0p1 with two writers, {} rounds of {} snapshots per mode",
+         ploop0p1 with two writers, {} rounds of {} snapshots per mode, the modes in a random \
+         order in each round (--seed {})",
         out_kernel(&a.kernel),
         a.rounds,
-        a.count
+        a.count,
+        a.seed
     );
     let samples: Vec<_> = out.stdout.lines().filter_map(parse_samples).collect();
     if !samples.iter().any(|s| s.0 == "without-probes")
