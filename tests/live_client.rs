@@ -231,3 +231,19 @@ fn real_client_life_6_1() {
 fn real_client_life_6_12() {
     client_life("6.12");
 }
+
+/// The README's main job, `cargo xtask demo`, shows what it says: the client's snapshots on
+/// the commit's stack fail S2 and X1 and leave an old snapshot that ext4 will not mount
+/// read-only; the sync fd's pass both and the old snapshot mounts (demo::run checks it).
+#[test]
+fn the_demo_shows_the_commits_symptom_6_1() {
+    let out = std::env::temp_dir().join(format!("ploop-demo-test-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&out);
+    xtask::demo::run("6.1", &out).expect("the demo");
+    for case in ["real-client", "sync-fd"] {
+        for f in ["summary.md", "junit.xml", "timeline.svg"] {
+            assert!(out.join(case).join(f).is_file(), "{case}/{f} copied out");
+        }
+    }
+    fs::remove_dir_all(&out).unwrap();
+}

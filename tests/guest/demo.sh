@@ -28,9 +28,12 @@ detach() {
   ploop-verify testkit dm-remove CRYPT-ploop${n}p1; ploop-verify testkit dm-remove CRYPT-ploop$n
   ploop umount -d $dev >/dev/null
 }
-# ro_old DELTA...: the old snapshot (these deltas, base first) attached read-only by the
-# client, the same stack read-only, and ext4 mounted read-only: prints what happened.
+# ro_old CASE DELTA...: the old snapshot (these deltas, base first) attached read-only by
+# the client, the same stack read-only, and ext4 mounted read-only: prints what happened and
+# writes it to /share/CASE.ro (mounted, recovery-required, or failed) for xtask's check.
 ro_old() {
+  case=$1; shift
+  echo failed > /share/$case.ro
   out=$(ploop mount -r -f ploop1 "$@" 2>&1) || { echo "$out"; return 1; }
   odev=$(dev_in "$out")
   dmesg -c >/dev/null
@@ -38,8 +41,11 @@ ro_old() {
     ol=$(ploop-verify testkit dm-linear olin $oc --read-only) &&
     mkdir -p /mnt/old && if mount -t ext4 -o ro $ol /mnt/old 2>/dev/null; then
       echo "mounted read-only: the old snapshot is clean"; umount /mnt/old
+      echo mounted > /share/$case.ro
     else
       echo "mount -o ro failed; the kernel says:"; dmesg | grep -i 'ext4-fs' | sed 's/^/  /'
+      dmesg | grep -q 'recovery required on readonly filesystem' &&
+        echo recovery-required > /share/$case.ro
     fi
   ploop-verify testkit dm-remove olin; ploop-verify testkit dm-remove ocrypt
   ploop umount -d $odev >/dev/null
@@ -71,7 +77,7 @@ snapshots real-client "for i in 1 2 3; do ploop snapshot $DD | grep -i snapshot;
 old=$(chain | sed '$d')
 detach
 echo "== the last old snapshot, attached read-only by the client, mounted read-only"
-ro_old $old
+ro_old real-client $old
 
 echo "== the patch's sync fd: the 2020 client's request (chunk #1 = /dev/mapper/CRYPT-ploopNp1)"
 # kernel-patch/0002's reading of a device-node fd (the seed's refuses it: S4).
@@ -82,5 +88,5 @@ snapshots sync-fd "for i in 1 2 3; do
 old=$(chain | sed '$d')
 detach
 echo "== the last old snapshot, attached read-only by the client, mounted read-only"
-ro_old $old
+ro_old sync-fd $old
 echo seed > $P/sync_fd_resolve

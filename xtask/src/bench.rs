@@ -25,7 +25,7 @@ pub struct BenchArgs {
     /// Guest kernel for the latency benchmark (`6.1`, `6.12`, or a kernel directory).
     #[arg(long, default_value = "6.1")]
     pub kernel: String,
-    /// Snapshots per round and mode (the model driver keeps at most 32 deltas).
+    /// Snapshots per round and mode (the model driver keeps at most 128 deltas).
     #[arg(long, default_value_t = 25)]
     pub count: u32,
     /// Rounds; each runs every mode once, in its own seeded random order. 16 by default: the

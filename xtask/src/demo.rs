@@ -21,7 +21,12 @@ pub fn run(kernel: &str, out: &Path) -> Result<()> {
     let o = vm.run()?;
     print!("{}", o.stdout);
     o.expect_success()?;
-    for case in ["real-client", "sync-fd"] {
+    // What each half must show, or the demo has not shown it: the violated ids and the
+    // read-only mount of the last old snapshot.
+    let mut wrong = Vec::new();
+    for (case, ids, ro) in
+        [("real-client", &["S2", "X1"][..], "recovery-required"), ("sync-fd", &[][..], "mounted")]
+    {
         let from = o.share.join(case);
         if !from.join("summary.md").is_file() {
             bail!("the guest left no report for {case}");
@@ -34,6 +39,31 @@ pub fn run(kernel: &str, out: &Path) -> Result<()> {
         }
         let rc = fs::read_to_string(o.share.join(format!("{case}.rc"))).unwrap_or_default();
         eprintln!("demo: {case}: ploop-verify run {}; reports in {}", rc.trim(), to.display());
+        let summary: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(from.join("summary.json"))?)
+                .with_context(|| format!("{case}/summary.json"))?;
+        let mut got: Vec<&str> = summary["violation_list"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|v| v["id"].as_str()).collect())
+            .unwrap_or_default();
+        got.sort_unstable();
+        got.dedup();
+        let mount = fs::read_to_string(o.share.join(format!("{case}.ro"))).unwrap_or_default();
+        if got != ids || mount.trim() != ro {
+            wrong.push(format!(
+                "{case}: violated {got:?} and the old snapshot's read-only mount {}, \
+                 where the demo shows {ids:?} and {ro}",
+                mount.trim()
+            ));
+        }
     }
+    if !wrong.is_empty() {
+        bail!("the demo did not show what it is for:\n  {}", wrong.join("\n  "));
+    }
+    eprintln!(
+        "demo: shown: the client's one-chunk snapshots leave ext4 unfrozen (S2) and old \
+         snapshots that need a journal replay (X1, and the read-only mount refused); the sync \
+         fd's snapshots pass both, and the old snapshot mounts"
+    );
     Ok(())
 }
