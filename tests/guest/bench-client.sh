@@ -6,9 +6,7 @@
 # xtask, rounds separated by '/'), each series on a fresh image.
 # Prints `snapshot-bench-samples LABEL: US...` lines (xtask/src/bench.rs reads them).
 set -u
-mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
 C=/var/c DD=/var/c/DiskDescriptor.xml
-client_dir $C || exit 11
 
 # series LABEL: COUNT timed `ploop snapshot` calls on a fresh image (called as the workload
 # of `ploop-verify run` too).
@@ -27,6 +25,10 @@ series() {
   echo "snapshot-bench-samples $1:$s"
 }
 if [ $# -gt 0 ]; then "$@"; exit $?; fi
+
+# Not for the workload's re-entry above: /tmp holds the run's reports, /var/c the image.
+mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
+client_dir $C || exit 11
 
 fresh() {
   rm -rf $C/*; mkdir -p /mnt/c
