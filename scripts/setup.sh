@@ -52,7 +52,11 @@ qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-utils seabio
 pkgs=(busybox-static e2fsprogs cpio xz-utils zstd pahole kmod gcc make
       bc bison flex libelf-dev libssl-dev dwarves patch time util-linux
       rpm file python3-venv
-      librsvg2-bin)  # rsvg-convert: the reports test renders timeline.svg as a viewer would
+      librsvg2-bin   # rsvg-convert: the reports test renders timeline.svg as a viewer would
+      # The real ploop client (OpenVZ's tools 1.15, before the 2020 sync-fd change) that the
+      # live tests, the demo and the bench run in guests on the model driver; parted and
+      # e2fsprogs are the helpers libploop runs (xtask/src/client.rs copies them in).
+      ploop libploop1 parted)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 missing=()
 for p in "${pkgs[@]}"; do installed "$p" || missing+=("$p"); done

@@ -27,6 +27,13 @@ pub fn run_guest_script(series: &str, name: &str, env: &str) -> Result<Output> {
     run_logged(series, vm)
 }
 
+/// [`run_model_script`] with the real client in the guest (`xtask::client`).
+pub fn run_client_script(series: &str, name: &str, env: &str) -> Result<Output> {
+    let mut vm = xtask::client::with_model(Kernel::resolve(series)?, guest_script(name, env)?)?;
+    vm.timeout = std::time::Duration::from_secs(900);
+    run_logged(series, vm)
+}
+
 /// Like [`run_guest_script`], with the ploop model driver built for this kernel and loaded,
 /// and dm-crypt available.
 pub fn run_model_script(series: &str, name: &str, env: &str) -> Result<Output> {
@@ -130,6 +137,15 @@ pub enum Kind {
     /// top was `top`, rebuilt in the guest from the lower deltas alone (read-only, the same
     /// dm stack), and whether `dumpe2fs -h` lists `needs_recovery` among its `features`.
     Rebuilt { top: String, needs_recovery: bool, features: String },
+    /// A command of the real client (`pl` in `tests/guest/client.sh`): its exit status, the
+    /// command line and its last line of output.
+    Client { status: i32, command: String, said: String },
+    /// One line of the client's `snapshot-list -H -o uuid,parent_uuid,current,fname`
+    /// (`current` is `*` on the top).
+    Shot { uuid: String, parent: String, current: String, fname: String },
+    /// An old snapshot mounted read-only (client.sh `ro_mount`): whether it mounted, and
+    /// whether ext4 refused with "recovery required on readonly filesystem".
+    RoMount { uuid: String, mounted: bool, recovery_required: bool },
     /// The script got to its end (`finish`).
     Done,
 }

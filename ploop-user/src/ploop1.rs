@@ -99,9 +99,19 @@ fn chs(sectors: u64) -> (u32, u32) {
 /// Writes an empty delta (header and a zeroed BAT up to the first data cluster) into `f`, a
 /// new file at `path` (named in errors).
 pub fn write_empty(mut f: fs::File, path: &Path, header: &Header) -> Result<()> {
-    f.write_all(&header.to_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    f.set_len(u64::from(header.m_FirstBlockOffset) * SECTOR)
-        .with_context(|| format!("sizing {}", path.display()))?;
+    // The BAT is written as zeros, not left a hole: libploop writes every cluster of a new
+    // delta's header and BAT (do_create_delta), and its check refuses a sparse delta when the
+    // client mounts it read-only ("ploop image ... is sparse", check.c fill_hole).
+    let h = header.to_bytes();
+    f.write_all(&h).with_context(|| format!("writing {}", path.display()))?;
+    // In pieces: a large device with small clusters has a BAT of up to a GiB.
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = (u64::from(header.m_FirstBlockOffset) * SECTOR).saturating_sub(h.len() as u64);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n]).with_context(|| format!("writing {}", path.display()))?;
+        left -= n as u64;
+    }
     f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
 }
@@ -162,6 +172,21 @@ pub fn check(path: &Path, in_use: Option<bool>) -> Result<Report> {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt as _;
+
+    /// libploop refuses a sparse delta at a read-only mount: every byte of the header and BAT
+    /// is on disk, and the file ends where the first data cluster would start.
+    #[test]
+    fn an_empty_delta_has_no_hole() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.hds");
+        let h = empty_header(64 << 20, 11, Version::V2).unwrap();
+        write_empty(fs::File::create(&path).unwrap(), &path, &h).unwrap();
+        let m = fs::metadata(&path).unwrap();
+        assert_eq!(m.len(), u64::from(h.m_FirstBlockOffset) * SECTOR);
+        assert!(m.blocks() * 512 >= m.len(), "{} bytes allocated of {}", m.blocks() * 512, m.len());
+        assert!(check(&path, Some(false)).unwrap().problems.is_empty());
+    }
 
     #[test]
     fn an_empty_header_is_libploops_and_reads_back() {

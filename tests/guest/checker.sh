@@ -9,7 +9,7 @@ CLEAN_SNAPSHOTS=${CLEAN_SNAPSHOTS:-210}
 
 # --- workloads ---------------------------------------------------------------------------
 wl_clean() {
-  per=$(( (CLEAN_SNAPSHOTS + 8) / 9 ))   # 3 stacks x 3 device cycles (32 deltas at most)
+  per=$(( (CLEAN_SNAPSHOTS + 8) / 9 ))   # 3 stacks x 3 device cycles (the model: 128 deltas at most)
   for kind in direct crypt linear; do
     for mode in sync auto sync; do
       [ $kind = linear ] && mode=sync   # autodetection cannot see this stack: see wl_s2

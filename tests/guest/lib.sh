@@ -118,3 +118,26 @@ errno_of() {
 dev_of() {
   set -- $(stat -L -c '%t %T' "$1") && echo "$((0x$1)):$((0x$2))"
 }
+
+# --- the real client (xtask/src/client.rs puts Debian's `ploop` into the guest) -------------
+# client_dir DIR: DIR on ext4 on a loop device over a file in /tmp, for the client's images.
+# libploop opens every delta with O_DIRECT, which tmpfs refuses before 6.6 (EINVAL: "Can't
+# open ... Invalid argument" on 6.1) and 9p too; ext4 takes it on every kernel.
+client_dir() {
+  mkdir -p "$1" && rm -f /tmp/client-fs.img &&
+    mkfs.ext4 -q /tmp/client-fs.img 640M && mount -t ext4 -o loop /tmp/client-fs.img "$1"
+}
+
+# unballoon DD: the balloon file `ploop init -t ext4` leaves in the filesystem, removed.
+# libploop mounts in two steps, read-only and then a remount with `balloon_ino=INO` when the
+# filesystem holds its balloon file (lib/ploop.c ploop_mount_fs): an option of vz7's ext4
+# that Debian's ext4 refuses (EINVAL, "Can't mount file system"). Without the file the
+# remount carries no such option. The model has no balloon (PLOOP_IOC_BALLOON only reports
+# the maintenance state), so nothing else needs the file.
+unballoon() {
+  o=$(ploop mount "$1" 2>&1) || { echo "unballoon: ploop mount: $o"; return 1; }
+  d=$(printf '%s\n' "$o" | sed -n 's|.*dev=\(/dev/ploop[0-9]*\).*|\1|p' | head -1)
+  mkdir -p /mnt/b && mount -t ext4 "${d}p1" /mnt/b || return 1
+  rm -f /mnt/b/.balloon-*; umount /mnt/b
+  o=$(ploop umount "$1" 2>&1) || { echo "unballoon: ploop umount: $o"; return 1; }
+}

@@ -25,7 +25,7 @@ pub struct BenchArgs {
     /// Guest kernel for the latency benchmark (`6.1`, `6.12`, or a kernel directory).
     #[arg(long, default_value = "6.1")]
     pub kernel: String,
-    /// Snapshots per round and mode (the model driver keeps at most 32 deltas).
+    /// Snapshots per round and mode (the model driver keeps at most 128 deltas).
     #[arg(long, default_value_t = 25)]
     pub count: u32,
     /// Rounds; each runs every mode once, in its own seeded random order. 16 by default: the
@@ -53,6 +53,12 @@ pub struct BenchArgs {
     /// Only the replay benchmark (no guest).
     #[arg(long)]
     pub replay_only: bool,
+    /// The real client instead of the snapshot ioctl alone: the latency of Debian's `ploop
+    /// snapshot` (the whole command) on ext4 on ploop0p1 as `ploop init` lays it out, without
+    /// and with `ploop-verify run`, in the same guest run (--rounds rounds of --count
+    /// snapshots per mode; --stack and --modes do not apply).
+    #[arg(long)]
+    pub client: bool,
 }
 
 /// The guest's mode names (bench.sh), each with the label of its snapshot-bench lines.
@@ -80,7 +86,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         replay(&bin, calls)?;
     }
     if !a.replay_only {
-        latency(a)?;
+        if a.client { latency_client(a)? } else { latency(a)? }
     }
     Ok(())
 }
@@ -470,6 +476,46 @@ fn latency(a: &BenchArgs) -> Result<()> {
             best.map_or("none measured".into(), |b| format!("{b:.0}"))
         );
     }
+    Ok(())
+}
+
+/// `--client`: tests/guest/bench-client.sh, then the ratio table of its two modes.
+fn latency_client(a: &BenchArgs) -> Result<()> {
+    let orders = round_orders(&["without", "run"], a.rounds, a.seed);
+    let env = format!(
+        "COUNT={}\nROUNDS={}\nORDERS='{}'",
+        a.count,
+        a.rounds,
+        orders.iter().map(|o| o.join(" ")).collect::<Vec<_>>().join("/")
+    );
+    let kernel = Kernel::resolve(&a.kernel)?;
+    let mut vm = crate::client::with_model(kernel, guest_script("bench-client.sh", &env)?)?;
+    vm.timeout = Duration::from_secs(2400);
+    let out = vm.run()?;
+    out.expect_success()?;
+    for line in out.stdout.lines().filter(|l| l.contains("failed") || l.starts_with("run round")) {
+        println!("  {line}");
+    }
+    // A failed `ploop snapshot` is timed too, and far faster: no number may include one.
+    if out.stdout.lines().any(|l| l.starts_with("ploop snapshot ") && l.ends_with("failed")) {
+        bail!("some `ploop snapshot` commands failed in the guest: no latency is printed");
+    }
+    println!(
+        "`ploop snapshot` latency (Debian's client, the whole command) on {} (TCG), ext4 on \
+         ploop0p1 with two writers, {} rounds of {} snapshots per mode, the modes in a random \
+         order in each round (--seed {})",
+        out_kernel(&a.kernel),
+        a.rounds,
+        a.count,
+        a.seed
+    );
+    let samples: Vec<_> = out.stdout.lines().filter_map(parse_samples).collect();
+    if !samples.iter().any(|s| s.0 == "without-probes")
+        || !samples.iter().any(|s| s.0 == "run-client")
+    {
+        bail!("no `ploop snapshot` samples of both modes in the guest output:\n{}", out.stdout);
+    }
+    print!("{}", ratio_table(&samples, &["run-client"], a.rounds));
     Ok(())
 }
 

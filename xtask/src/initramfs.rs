@@ -28,6 +28,9 @@ pub struct Contents {
     pub extra_modules: Vec<PathBuf>,
     /// Host executables copied with the shared libraries `ldd` reports, at the same path.
     pub host_bins: Vec<PathBuf>,
+    /// `(host executable, guest path)`: a host executable at a guest path of its own, with its
+    /// shared libraries where [`Contents::host_bins`] puts them (a wrapper takes its name).
+    pub host_bins_at: Vec<(PathBuf, String)>,
     /// `(host file, guest path)`.
     pub files: Vec<(PathBuf, String)>,
     /// `(guest path, target)`.
@@ -388,6 +391,11 @@ pub fn build(kernel: &Kernel, contents: &Contents, command: &str, out: &Path) ->
     for bin in &contents.host_bins {
         let data = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
         cpio.file(bin.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?, 0o755, &data);
+        libs.extend(shared_libs(bin)?);
+    }
+    for (bin, guest) in &contents.host_bins_at {
+        let data = fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+        cpio.file(guest, 0o755, &data);
         libs.extend(shared_libs(bin)?);
     }
     for lib in libs {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod build;
 pub mod build_kernel;
+pub mod client;
 pub mod demo;
 pub mod dist;
 pub mod initramfs;

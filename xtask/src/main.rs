@@ -86,6 +86,18 @@ enum Cmd {
         /// Out-of-tree .ko files to load after the kernel's own.
         #[arg(long = "insmod", value_name = "KO")]
         insmod: Vec<PathBuf>,
+        /// Build the ploop model driver for this kernel and load it (module `ploop`, with
+        /// dm-crypt and the rest of what the live tests load).
+        #[arg(long, conflicts_with_all = ["image", "load"])]
+        model: bool,
+        /// Put Debian's ploop client into the guest (scripts/setup.sh installs it on the
+        /// host): `ploop` runs there as on a vz7 host, behind the wrapper that
+        /// xtask/src/client.rs explains. Example, what the client asks of the model:
+        ///   cargo xtask vm-run --model --client --copy /usr/bin/strace -- \
+        ///     /copy/lib/ld-linux-x86-64.so.2 --library-path /copy/lib /copy/strace -f \
+        ///     ploop init -s 64M -t ext4 /tmp/c/root.hdd
+        #[arg(long, verbatim_doc_comment)]
+        client: bool,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -160,15 +172,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::VmRun { kernel, image, modules, load, insmod, timeout, console, files, command } => {
+        Cmd::VmRun {
+            kernel,
+            image,
+            modules,
+            load,
+            insmod,
+            model,
+            client,
+            timeout,
+            console,
+            files,
+            command,
+        } => {
             let kernel = match (image, modules) {
                 (Some(i), Some(m)) => Kernel::custom(&i, &m)?,
                 _ => Kernel::resolve(&kernel)?,
             };
             let load: Vec<&str> = load.iter().map(String::as_str).collect();
-            let mut vm = Vm::with_ploop_verify(kernel, &load, command.join(" "))?;
+            let mut vm = if model {
+                Vm::with_model(kernel, command.join(" "))?
+            } else {
+                Vm::with_ploop_verify(kernel, &load, command.join(" "))?
+            };
+            if client {
+                xtask::client::add(&mut vm)?;
+            }
             vm.timeout = Duration::from_secs(timeout);
-            vm.contents.extra_modules = insmod;
+            vm.contents.extra_modules.extend(insmod);
             files.apply(&mut vm);
             eprintln!("xtask: booting {} under QEMU (TCG)", vm.kernel.release);
             let out = vm.run()?;

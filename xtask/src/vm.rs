@@ -160,6 +160,7 @@ impl Vm {
             extra_modules: Vec::new(),
             // dumpe2fs: the independent judge of X1 (tests/guest/checker.sh).
             host_bins: vec![PathBuf::from("/sbin/mke2fs"), PathBuf::from("/sbin/dumpe2fs")],
+            host_bins_at: Vec::new(),
             files: vec![(bin, "/usr/bin/ploop-verify".into())],
             // busybox sh runs its own applets before PATH, and its mke2fs makes only ext2:
             // the real one is reached under a name busybox does not have.

@@ -189,7 +189,7 @@ pub fn create_with(name: &str, table: &[Target], read_only: bool) -> Result<Path
         let _ = remove(name);
         return Err(e);
     }
-    node(name)
+    node(name).inspect(|n| link_mapper(name, n))
 }
 
 /// Like [`create`], with a dm uuid set at `DM_DEV_CREATE`. cryptsetup gives its crypt
@@ -208,7 +208,7 @@ pub fn create_with_uuid(name: &str, uuid: &str, table: &[Target]) -> Result<Path
         let _ = remove(name);
         return Err(e);
     }
-    node(name)
+    node(name).inspect(|n| link_mapper(name, n))
 }
 
 /// A dm-crypt table over all of `device` (`sectors` long): `aes-xts-plain64` with `key_hex`,
@@ -268,7 +268,24 @@ pub fn resume(name: &str) -> Result<()> {
 }
 
 pub fn remove(name: &str) -> Result<()> {
-    simple(DM_DEV_REMOVE, name, 0, &format!("removing {name}")).map(|_| ())
+    simple(DM_DEV_REMOVE, name, 0, &format!("removing {name}"))?;
+    let link = PathBuf::from("/dev/mapper").join(name);
+    if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+        let _ = fs::remove_file(&link);
+    }
+    Ok(())
+}
+
+/// `/dev/mapper/NAME` -> `../dm-N`, as udev's rules make it. Clients name dm devices by that
+/// path (libploop opens `/dev/mapper/CRYPT-...` for its sync fd); where no udev runs (a
+/// guest's init) nothing else makes it. Where udev made it already, it stays as it is.
+fn link_mapper(name: &str, node: &std::path::Path) {
+    let link = PathBuf::from("/dev/mapper").join(name);
+    if fs::symlink_metadata(&link).is_err()
+        && let Some(dm) = node.file_name()
+    {
+        let _ = std::os::unix::fs::symlink(PathBuf::from("..").join(dm), &link);
+    }
 }
 
 /// `/dev/dm-N` of `name`, from the `dev` the kernel reports.

@@ -138,8 +138,14 @@ pub struct LibploopArgs {
     pub delta: PathBuf,
     /// The partition whose node goes into chunk #1 instead of libploop's choice (DEVICEpN;
     /// 0: the disk itself).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "node")]
     pub part: Option<u32>,
+    /// The node chunk #1 opens instead of libploop's choice. For a test stack that stands
+    /// for a layout without carrying its signatures: `testkit dm-crypt` is plain mode (no
+    /// LUKS header), so on the commit's stack pass what libploop names for a LUKS
+    /// container, e.g. --node /dev/mapper/CRYPT-ploop0p1.
+    #[arg(long, value_name = "PATH")]
+    pub node: Option<PathBuf>,
 }
 
 /// The node whose fd libploop's create_image_snapshot passes as the sync fd (OpenVZ ploop
@@ -254,10 +260,11 @@ fn libploop_snapshot(a: LibploopArgs) -> Result<ExitCode> {
     let Some(cluster_log) = dev.cluster_log() else {
         bail!("{}: no pstate/block_size (not a ploop device?)", a.device.display());
     };
-    let node = match a.part {
-        None => libploop_part_node(&a.device, read_signature)?,
-        Some(0) => a.device.clone(),
-        Some(n) => PathBuf::from(format!("{}p{n}", a.device.display())),
+    let node = match (a.part, &a.node) {
+        (_, Some(node)) => node.clone(),
+        (None, None) => libploop_part_node(&a.device, read_signature)?,
+        (Some(0), None) => a.device.clone(),
+        (Some(n), None) => PathBuf::from(format!("{}p{n}", a.device.display())),
     };
     // libploop checks the wrong variable after open(part) (`if (ret)`, not the fd), so a
     // failed open goes into chunk #1 as fd -1, which the kernel reads as "autodetect".
