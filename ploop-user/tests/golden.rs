@@ -469,6 +469,9 @@ fn damaged_traces_get_the_documented_exit_and_message() {
     let (code, err) = report(deleted, &out, &["--accept-damaged"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("damaged trace read anyway: 2 integrity problems ("), "{err}");
+    // Said once on the console, with what it costs the verdicts.
+    assert_eq!(err.matches("damaged trace read anyway").count(), 1, "{err}");
+    assert!(err.contains("): the verdicts are not trusted"), "{err}");
     assert!(err.contains("the end record counts 42 events, the trace holds 41"), "{err}");
     let s: Value =
         serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();

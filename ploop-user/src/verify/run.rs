@@ -390,13 +390,17 @@ fn print_summary(s: &report::Summary, dir: &Path) {
         plural(s.events, "event", "events"),
         s.lost
     );
+    // A damaged trace's sentence is its status entry (first, with what it costs the
+    // verdicts): said once, with the problems it lists under it.
+    let damaged = s.status.first().filter(|p| p.kind == "damaged_trace");
     if let Some(t) = &s.trace {
-        say!("ploop-verify: {}", t.text());
+        let head = damaged.map_or_else(|| t.text(), |p| report::visible(&p.text));
+        say!("ploop-verify: {head}");
         for l in t.listed.iter().skip(1) {
             say!("ploop-verify:   {l}");
         }
     }
-    for p in &s.status {
+    for p in s.status.iter().skip(usize::from(damaged.is_some() && s.trace.is_some())) {
         say!("ploop-verify: {}", report::visible(&p.text));
     }
     say!("ploop-verify: clients: {}", report::visible(&report::clients_text(s)));
