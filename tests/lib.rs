@@ -284,6 +284,47 @@ impl Trace {
     }
 }
 
+/// `dir/summary.json` of a report set, parsed.
+pub fn summary(dir: &Path) -> serde_json::Value {
+    let p = dir.join("summary.json");
+    serde_json::from_str(&fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .expect("summary.json is JSON")
+}
+
+/// The ids a summary lists as violated.
+pub fn violated(s: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    s["violation_list"]
+        .as_array()
+        .expect("summary.json has a violation_list")
+        .iter()
+        .map(|v| v["id"].as_str().expect("a violation has an id").to_string())
+        .collect()
+}
+
+/// Replays `dir/trace.jsonl` with `bin` (`ploop-verify report`) on the host and compares the
+/// verdicts and the exit status with the live run's summary in `dir`.
+pub fn replay_matches(bin: &Path, dir: &Path) -> Result<(), String> {
+    let out = dir.join("replay");
+    let st = std::process::Command::new(bin)
+        .arg("report")
+        .arg(dir.join("trace.jsonl"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .map_err(|e| e.to_string())?;
+    let live = summary(dir);
+    let again = summary(&out);
+    for key in ["verdict", "violation_list", "invariants", "snapshots", "kernel_patch"] {
+        if live[key] != again[key] {
+            return Err(format!("{key}: live {} vs replay {}", live[key], again[key]));
+        }
+    }
+    if Some(st.code().unwrap_or(-1) as i64) != live["exit_code"].as_i64() {
+        return Err(format!("replay exit {st} vs live {}", live["exit_code"]));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,23 +5,10 @@
 
 use std::{collections::BTreeSet, fs, path::Path, process::Command};
 
-use ploop_tests::{Kind, ModelBuild, Results, run_model_build_script};
+use ploop_tests::{
+    Kind, ModelBuild, Results, replay_matches, run_model_build_script, summary, violated,
+};
 use serde_json::Value;
-
-fn summary(dir: &Path) -> Value {
-    let p = dir.join("summary.json");
-    serde_json::from_str(&fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .expect("summary.json is JSON")
-}
-
-fn violated(s: &Value) -> BTreeSet<String> {
-    s["violation_list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// The exit status of `ploop-verify run --out NAME`, as checker.sh recorded it.
 fn run_status(results: &Results, name: &str) -> i32 {
@@ -34,29 +21,6 @@ fn run_status(results: &Results, name: &str) -> i32 {
 fn tally(s: &Value, id: &str) -> (u64, u64) {
     let i = s["invariants"].as_array().unwrap().iter().find(|i| i["id"] == id).unwrap();
     (i["pass"].as_u64().unwrap(), i["fail"].as_u64().unwrap())
-}
-
-/// Replays `dir/trace.jsonl` on the host and compares the verdicts with the live ones.
-fn replay_matches(bin: &Path, dir: &Path) -> Result<(), String> {
-    let out = dir.join("replay");
-    let st = Command::new(bin)
-        .arg("report")
-        .arg(dir.join("trace.jsonl"))
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .map_err(|e| e.to_string())?;
-    let live = summary(dir);
-    let again = summary(&out);
-    for key in ["verdict", "violation_list", "invariants", "snapshots", "kernel_patch"] {
-        if live[key] != again[key] {
-            return Err(format!("{key}: live {} vs replay {}", live[key], again[key]));
-        }
-    }
-    if Some(st.code().unwrap_or(-1) as i64) != live["exit_code"].as_i64() {
-        return Err(format!("replay exit {st} vs live {}", live["exit_code"]));
-    }
-    Ok(())
 }
 
 /// What each known model bug must trip, on both builds of the model. The switch is seen on

@@ -7,26 +7,13 @@
 //! X1's verdict on each old snapshot must agree with what the real read-only mount of that
 //! snapshot does.
 
-use std::{collections::BTreeSet, fs, path::Path, process::Command};
+use std::{collections::BTreeSet, fs, path::Path};
 
-use ploop_tests::{Kind, Results, run_client_script};
+use ploop_tests::{Kind, Results, replay_matches, run_client_script, summary, violated};
 use serde_json::Value;
 
 /// Snapshots per layout (client.sh `N`).
 const N: usize = 3;
-
-fn summary(dir: &Path) -> Value {
-    let p = dir.join("summary.json");
-    serde_json::from_str(&fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .expect("summary.json is JSON")
-}
-
-fn violated(s: &Value) -> BTreeSet<String> {
-    s["violation_list"]
-        .as_array()
-        .map(|l| l.iter().filter_map(|v| v["id"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
-}
 
 fn tally(s: &Value, id: &str) -> (u64, u64, u64) {
     let Some(i) = s["invariants"].as_array().and_then(|l| l.iter().find(|i| i["id"] == id)) else {
@@ -173,21 +160,11 @@ fn layout(
     }
     // The trace replays to the same verdicts on the host.
     let bin = xtask::build::ploop_verify_static().expect("static ploop-verify");
-    let out = dir.join("replay");
-    let st = Command::new(&bin)
-        .arg("report")
-        .arg(dir.join("trace.jsonl"))
-        .arg("--out")
-        .arg(&out)
-        .status();
-    let again = summary(&out);
-    for key in ["verdict", "violation_list", "invariants", "snapshots"] {
-        if s[key] != again[key] {
-            fail(format!("replay: {key} live {} vs replay {}", s[key], again[key]));
-        }
+    if s["exit_code"].as_i64() != Some(i64::from(rc)) {
+        fail(format!("summary.json says exit {}, the run exited {rc}", s["exit_code"]));
     }
-    if st.ok().and_then(|s| s.code()) != Some(rc) {
-        fail(format!("replay exit differs from the live {rc}"));
+    if let Err(e) = replay_matches(&bin, &dir) {
+        fail(format!("replay: {e}"));
     }
     (agree, judged)
 }

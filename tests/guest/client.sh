@@ -31,8 +31,6 @@ pl() {
   result "$c" client status:=$rc command="ploop $*" said="$(printf '%s\n' "$OUT" | tail -1)"
   return $rc
 }
-# dev_in TEXT: the ploop device the client's output names ("Adding delta dev=/dev/ploop0 ...").
-dev_in() { printf '%s\n' "$1" | sed -n 's|.*dev=\(/dev/ploop[0-9]*\).*|\1|p' | head -1; }
 
 # ro_mount L UUID: the old snapshot UUID mounted read-only; records whether it mounted and
 # whether ext4 said it needs a journal replay it may not do.

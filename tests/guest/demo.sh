@@ -13,7 +13,6 @@ mount -t tmpfs -o size=900m tmpfs /tmp || exit 10
 P=/sys/module/ploop/parameters
 C=/var/c DD=/var/c/DiskDescriptor.xml
 client_dir $C || exit 11
-dev_in() { printf '%s\n' "$1" | sed -n 's|.*dev=\(/dev/ploop[0-9]*\).*|\1|p' | head -1; }
 # attach: `ploop mount` of the image, the commit's stack on it, ext4 at /mnt/c, the key.
 attach() {
   out=$(ploop mount $DD 2>&1) || { echo "$out"; return 1; }

@@ -128,6 +128,9 @@ client_dir() {
     mkfs.ext4 -q /tmp/client-fs.img 640M && mount -t ext4 -o loop /tmp/client-fs.img "$1"
 }
 
+# dev_in TEXT: the ploop device the client's output names ("Adding delta dev=/dev/ploop0 ...").
+dev_in() { printf '%s\n' "$1" | sed -n 's|.*dev=\(/dev/ploop[0-9]*\).*|\1|p' | head -1; }
+
 # unballoon DD: the balloon file `ploop init -t ext4` leaves in the filesystem, removed.
 # libploop mounts in two steps, read-only and then a remount with `balloon_ino=INO` when the
 # filesystem holds its balloon file (lib/ploop.c ploop_mount_fs): an option of vz7's ext4
@@ -136,7 +139,7 @@ client_dir() {
 # the maintenance state), so nothing else needs the file.
 unballoon() {
   o=$(ploop mount "$1" 2>&1) || { echo "unballoon: ploop mount: $o"; return 1; }
-  d=$(printf '%s\n' "$o" | sed -n 's|.*dev=\(/dev/ploop[0-9]*\).*|\1|p' | head -1)
+  d=$(dev_in "$o")
   mkdir -p /mnt/b && mount -t ext4 "${d}p1" /mnt/b || return 1
   rm -f /mnt/b/.balloon-*; umount /mnt/b
   o=$(ploop umount "$1" 2>&1) || { echo "unballoon: ploop umount: $o"; return 1; }

@@ -1109,15 +1109,21 @@ static int ploop_stop(struct ploop_device *plo, struct block_device *bdev)
 	return 0;
 }
 
+/* What the base delta set and the first cookie brought, for a device left without deltas. */
+static void ploop_forget_image(struct ploop_device *plo)
+{
+	plo->size = 0;
+	plo->cluster_log = 0;
+	plo->fmt_version = PLOOP_FMT_UNDEFINED;
+	plo->cookie[0] = '\0';
+}
+
 static void ploop_drop_deltas(struct ploop_device *plo)
 {
 	unsigned int i, nr = plo->nr_deltas;
 
 	WRITE_ONCE(plo->nr_deltas, 0);
-	plo->size = 0;
-	plo->cluster_log = 0;
-	plo->fmt_version = PLOOP_FMT_UNDEFINED;
-	plo->cookie[0] = '\0';
+	ploop_forget_image(plo);
 	for (i = 0; i < nr; i++) {
 		ploop_delta_free(plo->deltas[i]);
 		plo->deltas[i] = NULL;
@@ -1211,10 +1217,7 @@ static int ploop_del_delta(struct ploop_device *plo, unsigned long arg)
 		ploop_delta_sysfs_add(plo, plo->deltas[i]);
 	ploop_delta_free(d);
 	if (!plo->nr_deltas) {
-		plo->cookie[0] = '\0';
-		plo->size = 0;
-		plo->cluster_log = 0;
-		plo->fmt_version = PLOOP_FMT_UNDEFINED;
+		ploop_forget_image(plo);
 		if (plo->live)
 			ploop_go_dark(plo);
 		set_disk_ro(plo->disk, false);

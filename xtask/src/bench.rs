@@ -170,6 +170,18 @@ impl SplitMix64 {
     }
 }
 
+/// `ORDERS` as the guest scripts read it: each round's modes, rounds separated by '/'.
+fn orders_env(orders: &[Vec<&str>]) -> String {
+    orders.iter().map(|o| o.join(" ")).collect::<Vec<_>>().join("/")
+}
+
+/// The orders `--seed` gave, one line per round (the same seed gives the same lines).
+fn print_orders(orders: &[Vec<&str>]) {
+    for (r, o) in orders.iter().enumerate() {
+        println!("  round {:>2}: {}", r + 1, o.join(", "));
+    }
+}
+
 /// Each round's order of `modes`: a Fisher-Yates shuffle from `seed`, one per round, so that
 /// no mode holds a place (the baseline first, as it used to be) in every round.
 fn round_orders<'a>(modes: &[&'a str], rounds: u32, seed: u64) -> Vec<Vec<&'a str>> {
@@ -402,7 +414,7 @@ fn latency(a: &BenchArgs) -> Result<()> {
         a.rounds,
         a.stack,
         modes.join(" "),
-        orders.iter().map(|o| o.join(" ")).collect::<Vec<_>>().join("/")
+        orders_env(&orders)
     );
     let mut vm = Vm::with_model(Kernel::resolve(&a.kernel)?, guest_script("bench.sh", &env)?)?;
     vm.timeout = Duration::from_secs(2400);
@@ -423,9 +435,7 @@ fn latency(a: &BenchArgs) -> Result<()> {
         a.count,
         a.seed
     );
-    for (r, o) in orders.iter().enumerate() {
-        println!("  round {:>2}: {}", r + 1, o.join(", "));
-    }
+    print_orders(&orders);
     let labels: Vec<&str> = modes[1..].iter().map(|m| label(m)).collect();
     let samples: Vec<_> = out.stdout.lines().filter_map(parse_samples).collect();
     if !samples.iter().any(|s| s.0 == "without-probes") {
@@ -482,12 +492,7 @@ fn latency(a: &BenchArgs) -> Result<()> {
 /// `--client`: tests/guest/bench-client.sh, then the ratio table of its two modes.
 fn latency_client(a: &BenchArgs) -> Result<()> {
     let orders = round_orders(&["without", "run"], a.rounds, a.seed);
-    let env = format!(
-        "COUNT={}\nROUNDS={}\nORDERS='{}'",
-        a.count,
-        a.rounds,
-        orders.iter().map(|o| o.join(" ")).collect::<Vec<_>>().join("/")
-    );
+    let env = format!("COUNT={}\nROUNDS={}\nORDERS='{}'", a.count, a.rounds, orders_env(&orders));
     let kernel = Kernel::resolve(&a.kernel)?;
     let mut vm = crate::client::with_model(kernel, guest_script("bench-client.sh", &env)?)?;
     vm.timeout = Duration::from_secs(2400);
@@ -503,12 +508,13 @@ fn latency_client(a: &BenchArgs) -> Result<()> {
     println!(
         "`ploop snapshot` latency (Debian's client, the whole command) on {} (TCG), ext4 on \
          ploop0p1 with two writers, {} rounds of {} snapshots per mode, the modes in a random \
-         order in each round (--seed {})",
+         order in each round (--seed {}):",
         out_kernel(&a.kernel),
         a.rounds,
         a.count,
         a.seed
     );
+    print_orders(&orders);
     let samples: Vec<_> = out.stdout.lines().filter_map(parse_samples).collect();
     if !samples.iter().any(|s| s.0 == "without-probes")
         || !samples.iter().any(|s| s.0 == "run-client")
